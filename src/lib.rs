@@ -1,0 +1,7 @@
+//! roomcast: a real-time messaging gateway.
+//!
+//! The crate is a library plus the `roomcast` binary. The library owns every
+//! piece so that tests, benchmarks, fuzz targets and the load generator can
+//! reach the sans-IO protocol code without sockets.
+
+pub mod proto;
