@@ -1,0 +1,1440 @@
+//! The command line and the settings of `roomcast`.
+//!
+//! This module owns the `roomcast` command line (`serve`, `token`,
+//! `dev-cert`), the [`Config`] that `serve` runs with, and the way a setting
+//! is found. Every serve setting can come from four places; the first one that
+//! has it wins:
+//!
+//! 1. a command-line flag (`--max-message-bytes 65536`),
+//! 2. an environment variable (`ROOMCAST_MAX_MESSAGE_BYTES=65536`),
+//! 3. a key in the TOML file named by `--config` or `ROOMCAST_CONFIG`
+//!    (`max-message-bytes = 65536`, or `max_message_bytes`),
+//! 4. the embedded default ([`Config::default`]).
+//!
+//! The layers are parsed into the same all-optional [`Settings`] shape and
+//! applied to the defaults from the lowest layer to the highest, so a layer
+//! only overrides what it names. The process environment is never read here
+//! directly: callers pass a lookup function, which keeps tests free of global
+//! state. The JWT secret is not a setting of any layer: it only ever comes
+//! from `ROOMCAST_JWT_SECRET` (or the data directory, see `crate::auth`).
+//!
+//! This module does not open sockets or files other than the TOML file.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+/// Prefix of every environment variable the command line reads.
+pub const ENV_PREFIX: &str = "ROOMCAST_";
+/// The environment variable holding the HS256 secret.
+pub const ENV_JWT_SECRET: &str = "ROOMCAST_JWT_SECRET";
+/// The environment variable naming the TOML settings file.
+pub const ENV_CONFIG: &str = "ROOMCAST_CONFIG";
+
+/// A problem with the settings. Printed as `roomcast: config: <this>`; the
+/// process then exits with status 2.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A setting has a value that cannot be used. `key` names where it came
+    /// from: a flag or TOML key (`max-message-bytes`) or an environment
+    /// variable (`ROOMCAST_MAX_MESSAGE_BYTES`).
+    #[error("{key}: {problem}")]
+    Setting { key: String, problem: String },
+    /// The settings file cannot be read or is not TOML.
+    #[error("{path}: {problem}")]
+    File { path: String, problem: String },
+}
+
+impl ConfigError {
+    fn setting(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError::Setting {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// Why the command line did not produce an [`Invocation`].
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Usage error, `--help` or `--version`: clap has the text and the exit
+    /// status (0 for help and version, 2 for errors); call `.exit()` on it.
+    #[error("{0}")]
+    Usage(#[from] clap::Error),
+    /// The settings parsed but cannot be used: print one line and exit 2.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+}
+
+/// When a stored message counts as stored. `Immediate`: a message is
+/// acknowledged only after the storage has synced it to disk. `None`: once
+/// written; the operating system syncs when it likes.
+// The variants carry no doc comments on purpose: clap would turn them into a
+// multi-line list under `--durability` in `serve --help`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    Immediate,
+    None,
+}
+
+impl fmt::Display for Durability {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Durability::Immediate => "immediate",
+            Durability::None => "none",
+        })
+    }
+}
+
+impl FromStr for Durability {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        <Durability as ValueEnum>::from_str(s.trim(), true)
+            .map_err(|_| format!("{s:?} is not one of immediate, none"))
+    }
+}
+
+/// The HS256 secret from `ROOMCAST_JWT_SECRET`. Its `Debug` output hides the
+/// value so that a logged [`Config`] never leaks it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JwtSecret(String);
+
+impl JwtSecret {
+    pub fn new(secret: String) -> Self {
+        JwtSecret(secret)
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for JwtSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JwtSecret(..)")
+    }
+}
+
+/// Everything `roomcast serve` runs with. [`Config::default`] holds the
+/// embedded defaults; docs/CONFIG.md describes each setting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address for plain HTTP and WebSocket.
+    pub listen: SocketAddr,
+    /// Directory for the message store and the generated JWT secret.
+    pub data: PathBuf,
+    /// Event-loop threads (one per core by default).
+    pub threads: usize,
+    /// Accept connections without a token.
+    pub anonymous: bool,
+    /// When a message counts as stored.
+    pub durability: Durability,
+    /// Address for HTTPS and WebSocket over TLS; needs `tls_cert` and `tls_key`.
+    pub tls_listen: Option<SocketAddr>,
+    /// PEM file with the certificate chain, leaf first.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the private key.
+    pub tls_key: Option<PathBuf>,
+    /// Largest inbound WebSocket message or HTTP body.
+    pub max_message_bytes: usize,
+    /// Serve the `/v1/echo` WebSocket endpoint.
+    pub echo: bool,
+    /// Required `aud` claim of tokens, and the one `token` mints.
+    pub jwt_audience: Option<String>,
+    /// Required `iss` claim of tokens, and the one `token` mints.
+    pub jwt_issuer: Option<String>,
+    /// From `ROOMCAST_JWT_SECRET` only; `None` means use the data directory's.
+    pub jwt_secret: Option<JwtSecret>,
+    /// How long a shutdown waits for connections to finish before closing them.
+    pub drain_timeout: Duration,
+    /// A WebSocket with no traffic at all for this long is closed.
+    pub idle_timeout: Duration,
+    /// A ping is sent after this much silence on a WebSocket.
+    pub ping_interval: Duration,
+    /// Time allowed from accept to a complete HTTP request head.
+    pub request_timeout: Duration,
+    /// Sends per second per connection (token bucket refill); 0 disables the limit.
+    pub send_rate: f64,
+    /// Token bucket size: sends allowed in a burst.
+    pub send_burst: u32,
+    /// Outbound bytes queued per connection before it is closed as a slow consumer (4000).
+    pub max_queue_bytes: usize,
+    /// Open connections per process; past it new accepts are closed at once.
+    pub max_connections: usize,
+    /// Messages kept in memory per room.
+    pub history_tail: usize,
+    /// Most messages replayed on `join` with `since`.
+    pub max_replay: usize,
+    /// How long a client message `id` is remembered for deduplication.
+    pub dedup_window: Duration,
+    /// Keep at most this many messages per room (not enforced yet).
+    pub retain_messages: Option<u64>,
+    /// Keep messages at most this long (not enforced yet).
+    pub retain_age: Option<Duration>,
+}
+
+/// The number of threads `serve` uses when `--threads` is not given.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data: PathBuf::from("./data"),
+            threads: default_threads(),
+            anonymous: false,
+            durability: Durability::Immediate,
+            tls_listen: None,
+            tls_cert: None,
+            tls_key: None,
+            max_message_bytes: 64 * 1024,
+            echo: false,
+            jwt_audience: None,
+            jwt_issuer: None,
+            jwt_secret: None,
+            drain_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(20),
+            request_timeout: Duration::from_secs(10),
+            send_rate: 50.0,
+            send_burst: 100,
+            max_queue_bytes: 4 * 1024 * 1024,
+            max_connections: 100_000,
+            history_tail: 1024,
+            max_replay: 1000,
+            dedup_window: Duration::from_secs(3600),
+            retain_messages: None,
+            retain_age: None,
+        }
+    }
+}
+
+impl Config {
+    /// Parses `roomcast serve ARGS...` (without the program name and `serve`)
+    /// against the environment lookup `env`, then validates. This is the same
+    /// path `main` takes, minus the process environment.
+    pub fn from_args_and_env(
+        args: &[&str],
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, CliError> {
+        let argv = ["roomcast", "serve"].iter().chain(args.iter()).copied();
+        match parse_command_line(argv, env)? {
+            Invocation::Serve(config) => Ok(config),
+            // Unreachable: the argument list starts with `serve`.
+            _ => Err(CliError::Config(ConfigError::setting(
+                "serve",
+                "not a serve command line",
+            ))),
+        }
+    }
+
+    /// Checks what each setting's type cannot: ranges and combinations.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn bad(key: &str, problem: &str) -> Result<(), ConfigError> {
+            Err(ConfigError::setting(key, problem))
+        }
+        if self.data.as_os_str().is_empty() {
+            return bad("data", "must not be empty");
+        }
+        if self.threads == 0 {
+            return bad("threads", "must be at least 1");
+        }
+        match (self.tls_listen, &self.tls_cert, &self.tls_key) {
+            (Some(_), Some(_), Some(_)) | (None, None, None) => {}
+            (Some(_), None, _) => return bad("tls-listen", "needs --tls-cert and --tls-key"),
+            (Some(_), _, None) => return bad("tls-listen", "needs --tls-key as well"),
+            (None, _, _) => return bad("tls-cert", "--tls-cert and --tls-key need --tls-listen"),
+        }
+        // Port 0 asks for any free port, so two port-0 listeners do not clash.
+        if let Some(tls) = self.tls_listen {
+            if tls == self.listen && tls.port() != 0 {
+                return bad("tls-listen", "is the same address as --listen");
+            }
+        }
+        if self.max_message_bytes == 0 {
+            return bad("max-message-bytes", "must be at least 1");
+        }
+        // A connection must be able to queue at least one largest message,
+        // or every such message would close its receiver as a slow consumer.
+        if self.max_queue_bytes < self.max_message_bytes {
+            return bad(
+                "max-queue-bytes",
+                "must be at least max-message-bytes (a largest message must fit in the queue)",
+            );
+        }
+        if let Some(aud) = &self.jwt_audience {
+            if aud.is_empty() {
+                return bad("jwt-audience", "must not be empty");
+            }
+        }
+        if let Some(iss) = &self.jwt_issuer {
+            if iss.is_empty() {
+                return bad("jwt-issuer", "must not be empty");
+            }
+        }
+        if self.idle_timeout.is_zero() {
+            return bad("idle-timeout", "must be more than 0");
+        }
+        if self.ping_interval.is_zero() {
+            return bad("ping-interval", "must be more than 0");
+        }
+        if self.ping_interval >= self.idle_timeout {
+            return bad(
+                "ping-interval",
+                "must be shorter than idle-timeout (the ping is what keeps a quiet connection alive)",
+            );
+        }
+        if self.request_timeout.is_zero() {
+            return bad("request-timeout", "must be more than 0");
+        }
+        if !self.send_rate.is_finite() || self.send_rate < 0.0 {
+            return bad(
+                "send-rate",
+                "must be a number of sends per second, 0 or more",
+            );
+        }
+        if self.send_rate > 0.0 && self.send_burst == 0 {
+            return bad("send-burst", "must be at least 1 while send-rate is on");
+        }
+        if self.max_connections == 0 {
+            return bad("max-connections", "must be at least 1");
+        }
+        if self.retain_messages == Some(0) {
+            return bad("retain-messages", "must be at least 1");
+        }
+        if self.retain_age.is_some_and(|age| age.is_zero()) {
+            return bad("retain-age", "must be more than 0");
+        }
+        Ok(())
+    }
+}
+
+/// What the command line asks for, with its settings resolved.
+// Built once per process, so the size of the `Serve` variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Invocation {
+    /// `roomcast serve`: the validated configuration.
+    Serve(Config),
+    /// `roomcast token`: mint one token.
+    Token(TokenRequest),
+    /// `roomcast dev-cert`: write a self-signed certificate.
+    DevCert(DevCertRequest),
+}
+
+/// `roomcast token`: who the token is for and how the secret is found.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    pub sub: String,
+    pub ttl: Duration,
+    pub role: Option<String>,
+    /// Data directory holding the generated secret (when there is no `jwt_secret`).
+    pub data: PathBuf,
+    pub jwt_secret: Option<JwtSecret>,
+    pub jwt_audience: Option<String>,
+    pub jwt_issuer: Option<String>,
+}
+
+/// `roomcast dev-cert`: where to write and which name to certify.
+#[derive(Debug, Clone)]
+pub struct DevCertRequest {
+    pub out_cert: PathBuf,
+    pub out_key: PathBuf,
+    pub names: Vec<String>,
+}
+
+/// Reads one variable from the process environment, for `main`. A value that
+/// is not UTF-8 is passed on lossily, so it fails to parse rather than being
+/// silently ignored.
+pub fn process_env(name: &str) -> Option<String> {
+    std::env::var_os(name).map(|v| v.to_string_lossy().into_owned())
+}
+
+/// Parses a full command line (program name first) and resolves its settings
+/// from the flags, `env`, the settings file and the defaults.
+pub fn parse_command_line<I, T>(
+    args: I,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Invocation, CliError>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let matches = cli_command().try_get_matches_from(args)?;
+    let cli = Cli::from_arg_matches(&matches)?;
+    match cli.command {
+        CliCommand::Serve(serve) => {
+            let config = resolve(serve.settings, serve.config, env)?;
+            config.validate()?;
+            Ok(Invocation::Serve(config))
+        }
+        CliCommand::Token(token) => {
+            let flags = Settings {
+                data: token.data,
+                jwt_audience: token.jwt_audience,
+                jwt_issuer: token.jwt_issuer,
+                ..Settings::default()
+            };
+            let config = resolve(flags, token.config, env)?;
+            if token.sub.is_empty() {
+                return Err(ConfigError::setting("sub", "must not be empty").into());
+            }
+            if token.ttl.as_secs() == 0 {
+                return Err(ConfigError::setting("ttl", "must be at least 1s").into());
+            }
+            Ok(Invocation::Token(TokenRequest {
+                sub: token.sub,
+                ttl: token.ttl,
+                role: token.role,
+                data: config.data,
+                jwt_secret: config.jwt_secret,
+                jwt_audience: config.jwt_audience,
+                jwt_issuer: config.jwt_issuer,
+            }))
+        }
+        CliCommand::DevCert(dev) => Ok(Invocation::DevCert(DevCertRequest {
+            out_cert: dev.out_cert,
+            out_key: dev.out_key,
+            names: dev.name,
+        })),
+    }
+}
+
+/// Applies the layers to the defaults, lowest first: file, environment, flags.
+fn resolve(
+    flags: Settings,
+    config_flag: Option<PathBuf>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<Config, ConfigError> {
+    let config_path = config_flag.or_else(|| env_value(env, ENV_CONFIG).map(PathBuf::from));
+    let env_layer = Settings::from_env(env)?;
+    let mut config = Config::default();
+    if let Some(path) = config_path {
+        Settings::from_file(&path)?.apply(&mut config);
+    }
+    env_layer.apply(&mut config);
+    flags.apply(&mut config);
+    config.jwt_secret = env_value(env, ENV_JWT_SECRET).map(JwtSecret::new);
+    Ok(config)
+}
+
+/// An environment variable, with an empty value read as unset so that
+/// `ROOMCAST_X=` can switch a setting back to the lower layers.
+fn env_value(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String> {
+    env(name).filter(|v| !v.is_empty())
+}
+
+/// `max-message-bytes` -> `ROOMCAST_MAX_MESSAGE_BYTES`.
+pub fn env_name(flag: &str) -> String {
+    format!(
+        "{ENV_PREFIX}{}",
+        flag.to_ascii_uppercase().replace('-', "_")
+    )
+}
+
+// ---------------------------------------------------------------------------
+// The command line.
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "roomcast",
+    version,
+    about = "A real-time messaging gateway: WebSocket rooms with per-room sequence numbers.",
+    arg_required_else_help = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: CliCommand,
+}
+
+// Built once per process, so the size of the `Serve` variant does not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Subcommand)]
+enum CliCommand {
+    /// Run the gateway (HTTP and WebSocket, and TLS when configured)
+    Serve(ServeArgs),
+    /// Print a JWT signed with the gateway's secret
+    Token(TokenArgs),
+    /// Write a self-signed certificate and key for trying TLS locally
+    DevCert(DevCertArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// TOML file of settings; keys are the flag names, e.g. `max-message-bytes = 65536`
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(flatten)]
+    settings: Settings,
+}
+
+#[derive(Debug, Args)]
+struct TokenArgs {
+    /// User id to put in the `sub` claim
+    #[arg(long, value_name = "USER")]
+    sub: String,
+    /// Lifetime of the token: seconds, or a duration such as 1h
+    #[arg(long, value_name = "SECONDS", default_value = "3600", value_parser = parse_duration)]
+    ttl: Duration,
+    /// Value of the `role` claim
+    #[arg(long, value_name = "ROLE")]
+    role: Option<String>,
+    /// Data directory holding the generated secret [default: ./data] [env: ROOMCAST_DATA]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// TOML settings file to read `data`, `jwt-audience` and `jwt-issuer` from [env: ROOMCAST_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Audience (`aud` claim) to mint [env: ROOMCAST_JWT_AUDIENCE]
+    #[arg(long, value_name = "AUD")]
+    jwt_audience: Option<String>,
+    /// Issuer (`iss` claim) to mint [env: ROOMCAST_JWT_ISSUER]
+    #[arg(long, value_name = "ISS")]
+    jwt_issuer: Option<String>,
+}
+
+#[derive(Debug, Args)]
+struct DevCertArgs {
+    /// Where to write the certificate (PEM)
+    #[arg(long, value_name = "PEM")]
+    out_cert: PathBuf,
+    /// Where to write the private key (PEM, mode 0600)
+    #[arg(long, value_name = "PEM")]
+    out_key: PathBuf,
+    /// DNS name or IP address the certificate is for (repeatable)
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    name: Vec<String>,
+}
+
+/// The `clap` command, with each serve flag's help naming its environment
+/// variable (derived from the flag, so the two cannot drift apart).
+pub fn cli_command() -> clap::Command {
+    Cli::command().mut_subcommand("serve", |serve| {
+        serve.mut_args(|arg| {
+            let Some(long) = arg.get_long() else {
+                return arg;
+            };
+            if long == "help" {
+                return arg;
+            }
+            let name = env_name(long);
+            let help = arg.get_help().map(|h| h.to_string()).unwrap_or_default();
+            arg.help(format!("{help} [env: {name}]"))
+        })
+    })
+}
+
+/// One layer of serve settings: flags, environment or file. Every field is
+/// optional; `None` leaves the lower layer's value in place.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct Settings {
+    /// Address for HTTP and WebSocket [default: 127.0.0.1:8080]
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+
+    /// Directory for stored messages and the generated JWT secret [default: ./data]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+
+    /// Event-loop threads [default: number of CPUs]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+
+    /// Accept connections without a token, taking the user id from `?user=`
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_bool)]
+    anonymous: Option<bool>,
+
+    /// When a message counts as stored: after fsync, or once written [default: immediate]
+    #[arg(long, value_name = "MODE")]
+    durability: Option<Durability>,
+
+    /// Address for HTTPS and WebSocket over TLS (needs --tls-cert and --tls-key)
+    #[arg(long, value_name = "ADDR")]
+    #[serde(alias = "tls_listen")]
+    tls_listen: Option<SocketAddr>,
+
+    /// PEM file with the TLS certificate chain, leaf first
+    #[arg(long, value_name = "PEM")]
+    #[serde(alias = "tls_cert")]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM file with the TLS private key
+    #[arg(long, value_name = "PEM")]
+    #[serde(alias = "tls_key")]
+    tls_key: Option<PathBuf>,
+
+    /// Largest inbound message or HTTP body, e.g. 65536 or 64KiB [default: 64KiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[serde(alias = "max_message_bytes", default, deserialize_with = "de_size")]
+    max_message_bytes: Option<usize>,
+
+    /// Serve the /v1/echo WebSocket endpoint, for conformance suites
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "true", value_parser = parse_bool)]
+    echo: Option<bool>,
+
+    /// Require this `aud` claim in tokens
+    #[arg(long, value_name = "AUD")]
+    #[serde(alias = "jwt_audience")]
+    jwt_audience: Option<String>,
+
+    /// Require this `iss` claim in tokens
+    #[arg(long, value_name = "ISS")]
+    #[serde(alias = "jwt_issuer")]
+    jwt_issuer: Option<String>,
+
+    /// How long shutdown waits for connections before closing them [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(alias = "drain_timeout", default, deserialize_with = "de_duration")]
+    drain_timeout: Option<Duration>,
+
+    /// Close a WebSocket after this long without any traffic [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(alias = "idle_timeout", default, deserialize_with = "de_duration")]
+    idle_timeout: Option<Duration>,
+
+    /// Send a ping after this much silence on a WebSocket [default: 20s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(alias = "ping_interval", default, deserialize_with = "de_duration")]
+    ping_interval: Option<Duration>,
+
+    /// Time allowed to send a complete HTTP request head [default: 10s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(alias = "request_timeout", default, deserialize_with = "de_duration")]
+    request_timeout: Option<Duration>,
+
+    /// Sends per second per connection (token bucket); 0 disables the limit [default: 50]
+    #[arg(long, value_name = "RATE")]
+    #[serde(alias = "send_rate")]
+    send_rate: Option<f64>,
+
+    /// Sends allowed in a burst above the rate [default: 100]
+    #[arg(long, value_name = "N")]
+    #[serde(alias = "send_burst")]
+    send_burst: Option<u32>,
+
+    /// Outbound bytes queued per connection before closing it as a slow consumer [default: 4MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[serde(alias = "max_queue_bytes", default, deserialize_with = "de_size")]
+    max_queue_bytes: Option<usize>,
+
+    /// Open connections per process; past it new ones are closed at once [default: 100000]
+    #[arg(long, value_name = "N")]
+    #[serde(alias = "max_connections")]
+    max_connections: Option<usize>,
+
+    /// Messages kept in memory per room [default: 1024]
+    #[arg(long, value_name = "N")]
+    #[serde(alias = "history_tail")]
+    history_tail: Option<usize>,
+
+    /// Most messages replayed on join with `since` [default: 1000]
+    #[arg(long, value_name = "N")]
+    #[serde(alias = "max_replay")]
+    max_replay: Option<usize>,
+
+    /// How long a client message id is remembered for deduplication [default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(alias = "dedup_window", default, deserialize_with = "de_duration")]
+    dedup_window: Option<Duration>,
+
+    /// Keep at most this many messages per room [default: all]
+    #[arg(long, value_name = "N")]
+    #[serde(alias = "retain_messages")]
+    retain_messages: Option<u64>,
+
+    /// Keep messages at most this long [default: forever]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(alias = "retain_age", default, deserialize_with = "de_duration")]
+    retain_age: Option<Duration>,
+}
+
+impl Settings {
+    /// The environment layer. Each variable is `ROOMCAST_` plus the flag name
+    /// in upper snake case, parsed exactly as the flag would be.
+    fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let get = |flag: &str| {
+            let name = env_name(flag);
+            env_value(env, &name).map(|value| (name, value))
+        };
+        // One helper per value shape keeps the field list below one line each.
+        fn with<T>(
+            found: Option<(String, String)>,
+            parse: impl Fn(&str) -> Result<T, String>,
+        ) -> Result<Option<T>, ConfigError> {
+            match found {
+                None => Ok(None),
+                Some((name, value)) => parse(&value)
+                    .map(Some)
+                    .map_err(|problem| ConfigError::setting(name, problem)),
+            }
+        }
+        Ok(Settings {
+            listen: with(get("listen"), parse_from_str)?,
+            data: with(get("data"), parse_from_str)?,
+            threads: with(get("threads"), parse_from_str)?,
+            anonymous: with(get("anonymous"), parse_bool)?,
+            durability: with(get("durability"), parse_from_str)?,
+            tls_listen: with(get("tls-listen"), parse_from_str)?,
+            tls_cert: with(get("tls-cert"), parse_from_str)?,
+            tls_key: with(get("tls-key"), parse_from_str)?,
+            max_message_bytes: with(get("max-message-bytes"), parse_size)?,
+            echo: with(get("echo"), parse_bool)?,
+            jwt_audience: with(get("jwt-audience"), parse_from_str)?,
+            jwt_issuer: with(get("jwt-issuer"), parse_from_str)?,
+            drain_timeout: with(get("drain-timeout"), parse_duration)?,
+            idle_timeout: with(get("idle-timeout"), parse_duration)?,
+            ping_interval: with(get("ping-interval"), parse_duration)?,
+            request_timeout: with(get("request-timeout"), parse_duration)?,
+            send_rate: with(get("send-rate"), parse_from_str)?,
+            send_burst: with(get("send-burst"), parse_from_str)?,
+            max_queue_bytes: with(get("max-queue-bytes"), parse_size)?,
+            max_connections: with(get("max-connections"), parse_from_str)?,
+            history_tail: with(get("history-tail"), parse_from_str)?,
+            max_replay: with(get("max-replay"), parse_from_str)?,
+            dedup_window: with(get("dedup-window"), parse_duration)?,
+            retain_messages: with(get("retain-messages"), parse_from_str)?,
+            retain_age: with(get("retain-age"), parse_duration)?,
+        })
+    }
+
+    /// The file layer.
+    fn from_file(path: &std::path::Path) -> Result<Settings, ConfigError> {
+        let shown = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: shown.clone(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Settings::from_toml(&text, &shown)
+    }
+
+    fn from_toml(text: &str, shown: &str) -> Result<Settings, ConfigError> {
+        toml::from_str(text).map_err(|e| toml_error(&e, text, shown))
+    }
+
+    /// Overrides `config` with every setting this layer has.
+    fn apply(self, config: &mut Config) {
+        fn set<T>(slot: &mut T, value: Option<T>) {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+        fn set_opt<T>(slot: &mut Option<T>, value: Option<T>) {
+            if value.is_some() {
+                *slot = value;
+            }
+        }
+        set(&mut config.listen, self.listen);
+        set(&mut config.data, self.data);
+        set(&mut config.threads, self.threads);
+        set(&mut config.anonymous, self.anonymous);
+        set(&mut config.durability, self.durability);
+        set_opt(&mut config.tls_listen, self.tls_listen);
+        set_opt(&mut config.tls_cert, self.tls_cert);
+        set_opt(&mut config.tls_key, self.tls_key);
+        set(&mut config.max_message_bytes, self.max_message_bytes);
+        set(&mut config.echo, self.echo);
+        set_opt(&mut config.jwt_audience, self.jwt_audience);
+        set_opt(&mut config.jwt_issuer, self.jwt_issuer);
+        set(&mut config.drain_timeout, self.drain_timeout);
+        set(&mut config.idle_timeout, self.idle_timeout);
+        set(&mut config.ping_interval, self.ping_interval);
+        set(&mut config.request_timeout, self.request_timeout);
+        set(&mut config.send_rate, self.send_rate);
+        set(&mut config.send_burst, self.send_burst);
+        set(&mut config.max_queue_bytes, self.max_queue_bytes);
+        set(&mut config.max_connections, self.max_connections);
+        set(&mut config.history_tail, self.history_tail);
+        set(&mut config.max_replay, self.max_replay);
+        set(&mut config.dedup_window, self.dedup_window);
+        set_opt(&mut config.retain_messages, self.retain_messages);
+        set_opt(&mut config.retain_age, self.retain_age);
+    }
+}
+
+/// Turns a TOML error into one line naming the key when the failing line has
+/// one: `threads: invalid type: ... (in FILE, line 3)`.
+fn toml_error(e: &toml::de::Error, text: &str, shown: &str) -> ConfigError {
+    let mut problem = e.message().trim().replace('\n', " ");
+    // serde's own text lists every key in both spellings: too long for one line.
+    if problem.starts_with("unknown field") {
+        problem = "unknown key; the keys are the `roomcast serve` flag names, \
+                   such as max-message-bytes (see docs/CONFIG.md)"
+            .to_string();
+    }
+    let Some(span) = e.span() else {
+        return ConfigError::File {
+            path: shown.to_string(),
+            problem,
+        };
+    };
+    let start = span.start.min(text.len());
+    let line_no = text.get(..start).map_or(1, |s| s.matches('\n').count() + 1);
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
+        .filter(|k| !k.is_empty() && !k.starts_with('['));
+    match key {
+        Some(key) => ConfigError::setting(key, format!("{problem} (in {shown}, line {line_no})")),
+        None => ConfigError::File {
+            path: shown.to_string(),
+            problem: format!("line {line_no}: {problem}"),
+        },
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Value parsers, shared by flags, environment variables and the file.
+
+fn parse_from_str<T>(s: &str) -> Result<T, String>
+where
+    T: FromStr,
+    T::Err: fmt::Display,
+{
+    s.trim()
+        .parse()
+        .map_err(|e: T::Err| format!("invalid value {s:?}: {e}"))
+}
+
+/// `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`, any case.
+pub fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(format!(
+            "invalid value {s:?}: expected true or false (also 1/0, yes/no, on/off)"
+        )),
+    }
+}
+
+/// Splits `"64KiB"` into `(64, "KiB")`; the number must be plain decimal digits.
+fn split_number(s: &str) -> Option<(u64, &str)> {
+    let s = s.trim();
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return None;
+    }
+    let (number, unit) = s.split_at(digits);
+    Some((number.parse().ok()?, unit.trim()))
+}
+
+/// A duration: `500ms`, `10s`, `5m`, `1h`, `2d`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let expected = || {
+        format!(
+            "invalid duration {s:?}: expected a whole number with an optional unit \
+             (ms, s, m, h, d), e.g. 500ms, 10s, 5m; a bare number is seconds"
+        )
+    };
+    let (n, unit) = split_number(s).ok_or_else(expected)?;
+    let too_large = || format!("duration {s:?} is too large");
+    let seconds_per = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(expected()),
+    };
+    n.checked_mul(seconds_per)
+        .map(Duration::from_secs)
+        .ok_or_else(too_large)
+}
+
+/// A byte count: a bare number, or with `B`, `KiB`, `MiB` or `GiB` (any case).
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let expected = || {
+        format!(
+            "invalid size {s:?}: expected a number of bytes, optionally with \
+             KiB, MiB or GiB, e.g. 65536 or 64KiB"
+        )
+    };
+    let (n, unit) = split_number(s).ok_or_else(expected)?;
+    let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return Err(expected()),
+    };
+    n.checked_mul(multiplier)
+        .and_then(|bytes| usize::try_from(bytes).ok())
+        .ok_or_else(|| format!("size {s:?} is too large"))
+}
+
+/// TOML duration: a string as [`parse_duration`] takes, or integer seconds.
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = Duration;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a duration such as \"10s\" or a number of seconds")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+            parse_duration(v).map_err(E::custom)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+            Ok(Duration::from_secs(v))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+            u64::try_from(v)
+                .map(Duration::from_secs)
+                .map_err(|_| E::custom("a duration cannot be negative"))
+        }
+    }
+    d.deserialize_any(V).map(Some)
+}
+
+/// TOML size: a string as [`parse_size`] takes, or an integer byte count.
+fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
+    struct V;
+    impl Visitor<'_> for V {
+        type Value = usize;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a size such as \"64KiB\" or a number of bytes")
+        }
+        fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+            parse_size(v).map_err(E::custom)
+        }
+        fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom("size is too large"))
+        }
+        fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
+            usize::try_from(v).map_err(|_| E::custom("a size cannot be negative"))
+        }
+    }
+    d.deserialize_any(V).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    /// A fresh file under the system temp dir, unique per test run.
+    fn temp_file(contents: &str) -> PathBuf {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "roomcast-config-test-{}-{}.toml",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, contents).unwrap();
+        path
+    }
+
+    fn setting_error(r: Result<Config, CliError>) -> (String, String) {
+        match r {
+            Err(CliError::Config(ConfigError::Setting { key, problem })) => (key, problem),
+            other => panic!("expected a setting error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
+        assert_eq!(parse_duration(" 7s "), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
+        for bad in [
+            "", "s", "-1s", "1.5s", "10x", "10 sec", "ms", "1h30m", "10S", "+5",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
+        }
+        assert!(parse_duration("18446744073709551615d")
+            .unwrap_err()
+            .contains("too large"));
+        assert!(parse_duration("99999999999999999999999s").is_err());
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("65536"), Ok(65536));
+        assert_eq!(parse_size("64KiB"), Ok(65536));
+        assert_eq!(parse_size("4MiB"), Ok(4 << 20));
+        assert_eq!(parse_size("16MiB"), Ok(16 << 20));
+        assert_eq!(parse_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_size("64kib"), Ok(65536));
+        assert_eq!(parse_size("64 KiB"), Ok(65536));
+        assert_eq!(parse_size("100B"), Ok(100));
+        for bad in ["", "KiB", "-1", "1.5MiB", "64KB", "64k", "4 MB", "0x10"] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should not parse");
+        }
+        assert!(parse_size("18446744073709551615GiB").is_err());
+    }
+
+    #[test]
+    fn bools() {
+        for t in ["true", "TRUE", "1", "yes", "on"] {
+            assert_eq!(parse_bool(t), Ok(true));
+        }
+        for f in ["false", "0", "No", "off"] {
+            assert_eq!(parse_bool(f), Ok(false));
+        }
+        assert!(parse_bool("maybe").is_err());
+    }
+
+    #[test]
+    fn command_is_well_formed() {
+        cli_command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_without_anything() {
+        let config = Config::from_args_and_env(&[], &no_env).unwrap();
+        assert_eq!(config, Config::default());
+        assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(config.data, PathBuf::from("./data"));
+        assert!(config.threads >= 1);
+        assert_eq!(config.max_message_bytes, 65536);
+        assert_eq!(config.max_queue_bytes, 4 << 20);
+        assert_eq!(config.durability, Durability::Immediate);
+        assert_eq!(config.jwt_secret, None);
+        Config::default().validate().unwrap();
+    }
+
+    #[test]
+    fn every_flag_parses() {
+        let config = Config::from_args_and_env(
+            &[
+                "--listen=0.0.0.0:9000",
+                "--data=/tmp/rc",
+                "--threads=3",
+                "--anonymous",
+                "--durability=none",
+                "--tls-listen=0.0.0.0:9443",
+                "--tls-cert=c.pem",
+                "--tls-key=k.pem",
+                "--max-message-bytes=16KiB",
+                "--echo",
+                "--jwt-audience=aud",
+                "--jwt-issuer=iss",
+                "--drain-timeout=2s",
+                "--idle-timeout=90s",
+                "--ping-interval=30s",
+                "--request-timeout=500ms",
+                "--send-rate=2.5",
+                "--send-burst=7",
+                "--max-queue-bytes=1MiB",
+                "--max-connections=12",
+                "--history-tail=64",
+                "--max-replay=10",
+                "--dedup-window=2h",
+                "--retain-messages=1000",
+                "--retain-age=30d",
+            ],
+            &no_env,
+        )
+        .unwrap();
+        let want = Config {
+            listen: "0.0.0.0:9000".parse().unwrap(),
+            data: PathBuf::from("/tmp/rc"),
+            threads: 3,
+            anonymous: true,
+            durability: Durability::None,
+            tls_listen: Some("0.0.0.0:9443".parse().unwrap()),
+            tls_cert: Some(PathBuf::from("c.pem")),
+            tls_key: Some(PathBuf::from("k.pem")),
+            max_message_bytes: 16384,
+            echo: true,
+            jwt_audience: Some("aud".into()),
+            jwt_issuer: Some("iss".into()),
+            jwt_secret: None,
+            drain_timeout: Duration::from_secs(2),
+            idle_timeout: Duration::from_secs(90),
+            ping_interval: Duration::from_secs(30),
+            request_timeout: Duration::from_millis(500),
+            send_rate: 2.5,
+            send_burst: 7,
+            max_queue_bytes: 1 << 20,
+            max_connections: 12,
+            history_tail: 64,
+            max_replay: 10,
+            dedup_window: Duration::from_secs(7200),
+            retain_messages: Some(1000),
+            retain_age: Some(Duration::from_secs(30 * 86_400)),
+        };
+        assert_eq!(config, want);
+    }
+
+    #[test]
+    fn bool_flags_take_an_optional_value() {
+        let on = Config::from_args_and_env(&["--anonymous", "--echo=yes"], &no_env).unwrap();
+        assert!(on.anonymous && on.echo);
+        let env = env_of(&[("ROOMCAST_ANONYMOUS", "true")]);
+        let off = Config::from_args_and_env(&["--anonymous=false"], &env).unwrap();
+        assert!(!off.anonymous, "an explicit flag beats the environment");
+        // Without `=`, a following word is not taken as the flag's value.
+        assert!(matches!(
+            Config::from_args_and_env(&["--anonymous", "false"], &no_env),
+            Err(CliError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn precedence_flag_over_env_over_file_over_default() {
+        let file = temp_file(
+            "listen = \"127.0.0.1:1001\"\n\
+             threads = 5\n\
+             max-message-bytes = \"8KiB\"\n\
+             idle_timeout = 120\n\
+             echo = true\n",
+        );
+        let file_arg = format!("--config={}", file.display());
+        let env = env_of(&[
+            ("ROOMCAST_LISTEN", "127.0.0.1:1002"),
+            ("ROOMCAST_THREADS", "6"),
+        ]);
+
+        // File alone.
+        let c = Config::from_args_and_env(&[&file_arg], &no_env).unwrap();
+        assert_eq!(c.listen.port(), 1001);
+        assert_eq!(c.threads, 5);
+        assert_eq!(c.max_message_bytes, 8192);
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert!(c.echo);
+        assert_eq!(c.history_tail, 1024, "untouched settings keep the default");
+
+        // Environment beats the file; the file still fills the rest.
+        let c = Config::from_args_and_env(&[&file_arg], &env).unwrap();
+        assert_eq!(c.listen.port(), 1002);
+        assert_eq!(c.threads, 6);
+        assert_eq!(c.max_message_bytes, 8192);
+
+        // A flag beats both.
+        let c =
+            Config::from_args_and_env(&[&file_arg, "--listen", "127.0.0.1:1003"], &env).unwrap();
+        assert_eq!(c.listen.port(), 1003);
+        assert_eq!(c.threads, 6);
+
+        // The file can also be named by the environment.
+        let path = file.display().to_string();
+        let env = env_of(&[("ROOMCAST_CONFIG", &path)]);
+        let c = Config::from_args_and_env(&[], &env).unwrap();
+        assert_eq!(c.threads, 5);
+
+        // An empty variable counts as unset.
+        let env = env_of(&[("ROOMCAST_THREADS", "")]);
+        let c = Config::from_args_and_env(&[&file_arg], &env).unwrap();
+        assert_eq!(c.threads, 5);
+        std::fs::remove_file(file).unwrap();
+    }
+
+    #[test]
+    fn secret_comes_from_the_environment_only() {
+        let env = env_of(&[("ROOMCAST_JWT_SECRET", "s3cret")]);
+        let c = Config::from_args_and_env(&[], &env).unwrap();
+        assert_eq!(c.jwt_secret.as_ref().map(JwtSecret::expose), Some("s3cret"));
+        assert!(
+            !format!("{c:?}").contains("s3cret"),
+            "Debug hides the secret"
+        );
+        assert!(matches!(
+            Config::from_args_and_env(&["--jwt-secret=x"], &no_env),
+            Err(CliError::Usage(_))
+        ));
+        let file = temp_file("jwt-secret = \"x\"\n");
+        let (key, problem) = setting_error(Config::from_args_and_env(
+            &[&format!("--config={}", file.display())],
+            &no_env,
+        ));
+        assert_eq!(key, "jwt-secret");
+        assert!(problem.contains("unknown key"), "{problem}");
+        std::fs::remove_file(file).unwrap();
+    }
+
+    #[test]
+    fn every_flag_has_an_environment_variable() {
+        let asked = RefCell::new(Vec::new());
+        let env = |name: &str| {
+            asked.borrow_mut().push(name.to_string());
+            None
+        };
+        Config::from_args_and_env(&[], &env).unwrap();
+        let asked = asked.into_inner();
+        let serve = cli_command();
+        let serve = serve.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            let name = env_name(long);
+            assert!(asked.contains(&name), "{name} is never read");
+            let help = arg.get_help().unwrap().to_string();
+            assert!(help.contains(&name), "help of --{long} lacks {name}");
+        }
+    }
+
+    #[test]
+    fn every_flag_is_a_file_key_in_both_spellings() {
+        let serve = cli_command();
+        let serve = serve.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" || long == "config" {
+                continue;
+            }
+            for key in [long.to_string(), long.replace('-', "_")] {
+                // An array is the wrong type for every setting, so a known
+                // key fails on its type and an unknown one on its name.
+                let text = format!("{key} = [[]]\n");
+                let err = Settings::from_toml(&text, "test.toml").unwrap_err();
+                let msg = err.to_string();
+                assert!(!msg.contains("unknown key"), "{key}: {msg}");
+                assert!(msg.starts_with(&format!("{key}: ")), "{msg}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_settings_document_matches() {
+        let doc = include_str!("../docs/CONFIG.md");
+        let serve = cli_command();
+        let serve = serve.find_subcommand("serve").unwrap();
+        for arg in serve.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            assert!(
+                doc.contains(&format!("| `--{long}")),
+                "--{long} undocumented"
+            );
+            assert!(doc.contains(&format!("`{}`", env_name(long))));
+        }
+        let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
+        let len = doc[start..].find("```").unwrap();
+        let mut config = Config::default();
+        Settings::from_toml(&doc[start..start + len], "CONFIG.md")
+            .unwrap()
+            .apply(&mut config);
+        config.validate().unwrap();
+        assert_eq!(config.max_message_bytes, 128 << 10);
+    }
+
+    #[test]
+    fn bad_values_name_their_source() {
+        let env = env_of(&[("ROOMCAST_MAX_MESSAGE_BYTES", "lots")]);
+        let (key, problem) = setting_error(Config::from_args_and_env(&[], &env));
+        assert_eq!(key, "ROOMCAST_MAX_MESSAGE_BYTES");
+        assert!(problem.contains("lots"), "{problem}");
+
+        let env = env_of(&[("ROOMCAST_DURABILITY", "sometimes")]);
+        let (key, _) = setting_error(Config::from_args_and_env(&[], &env));
+        assert_eq!(key, "ROOMCAST_DURABILITY");
+
+        let file = temp_file("listen = \"127.0.0.1:1\"\nthreads = \"many\"\n");
+        let (key, problem) = setting_error(Config::from_args_and_env(
+            &[&format!("--config={}", file.display())],
+            &no_env,
+        ));
+        assert_eq!(key, "threads");
+        assert!(problem.contains("line 2"), "{problem}");
+        assert!(!problem.contains('\n'));
+        std::fs::remove_file(file).unwrap();
+
+        let file = temp_file("bogus-key = 1\n");
+        let (key, problem) = setting_error(Config::from_args_and_env(
+            &[&format!("--config={}", file.display())],
+            &no_env,
+        ));
+        assert_eq!(key, "bogus-key");
+        assert!(problem.contains("unknown key"), "{problem}");
+        std::fs::remove_file(file).unwrap();
+
+        let file = temp_file("this is not toml\n");
+        let err = Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env)
+            .unwrap_err();
+        assert!(matches!(err, CliError::Config(ConfigError::File { .. })));
+        assert!(!err.to_string().contains('\n'), "{err}");
+        std::fs::remove_file(file).unwrap();
+
+        let err = Config::from_args_and_env(&["--config=/nonexistent/roomcast.toml"], &no_env)
+            .unwrap_err();
+        assert!(err.to_string().contains("cannot read"), "{err}");
+
+        assert!(matches!(
+            Config::from_args_and_env(&["--threads=many"], &no_env),
+            Err(CliError::Usage(_))
+        ));
+        assert!(matches!(
+            Config::from_args_and_env(&["--no-such-flag"], &no_env),
+            Err(CliError::Usage(_))
+        ));
+    }
+
+    #[test]
+    fn validation() {
+        let cases: &[(&[&str], &str)] = &[
+            (&["--threads=0"], "threads"),
+            (&["--tls-listen=127.0.0.1:8443"], "tls-listen"),
+            (
+                &["--tls-listen=127.0.0.1:8443", "--tls-cert=c.pem"],
+                "tls-listen",
+            ),
+            (&["--tls-cert=c.pem", "--tls-key=k.pem"], "tls-cert"),
+            (
+                &["--tls-listen=127.0.0.1:8080", "--tls-cert=c", "--tls-key=k"],
+                "tls-listen",
+            ),
+            (&["--max-message-bytes=0"], "max-message-bytes"),
+            (
+                &["--max-message-bytes=8MiB", "--max-queue-bytes=4MiB"],
+                "max-queue-bytes",
+            ),
+            (&["--ping-interval=60s"], "ping-interval"),
+            (&["--idle-timeout=0"], "idle-timeout"),
+            (&["--request-timeout=0"], "request-timeout"),
+            (&["--send-rate=-1"], "send-rate"),
+            (&["--send-rate=NaN"], "send-rate"),
+            (&["--send-burst=0"], "send-burst"),
+            (&["--max-connections=0"], "max-connections"),
+            (&["--retain-messages=0"], "retain-messages"),
+            (&["--retain-age=0s"], "retain-age"),
+            (&["--jwt-audience="], "jwt-audience"),
+        ];
+        for (args, want) in cases {
+            let (key, _) = setting_error(Config::from_args_and_env(args, &no_env));
+            assert_eq!(&key, want, "{args:?}");
+        }
+        // Limits that are allowed to be off.
+        let c = Config::from_args_and_env(
+            &["--send-rate=0", "--send-burst=0", "--dedup-window=0"],
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.send_rate, 0.0);
+        assert!(Config::from_args_and_env(
+            &["--tls-listen=127.0.0.1:8443", "--tls-cert=c", "--tls-key=k"],
+            &no_env
+        )
+        .is_ok());
+    }
+
+    #[test]
+    fn token_command() {
+        let file = temp_file("data = \"/from/file\"\njwt-issuer = \"file-iss\"\n");
+        let path = file.display().to_string();
+        let env = env_of(&[
+            ("ROOMCAST_JWT_SECRET", "k"),
+            ("ROOMCAST_CONFIG", &path),
+            ("ROOMCAST_JWT_AUDIENCE", "env-aud"),
+        ]);
+        let inv = parse_command_line(["roomcast", "token", "--sub", "ann"], &env).unwrap();
+        let Invocation::Token(t) = inv else {
+            panic!("not a token request")
+        };
+        assert_eq!(t.sub, "ann");
+        assert_eq!(t.ttl, Duration::from_secs(3600));
+        assert_eq!(t.role, None);
+        assert_eq!(t.data, PathBuf::from("/from/file"));
+        assert_eq!(t.jwt_issuer.as_deref(), Some("file-iss"));
+        assert_eq!(t.jwt_audience.as_deref(), Some("env-aud"));
+        assert_eq!(t.jwt_secret.as_ref().map(JwtSecret::expose), Some("k"));
+
+        let env = env_of(&[("ROOMCAST_DATA", "/from/env")]);
+        let inv = parse_command_line(
+            [
+                "roomcast", "token", "--sub", "bo", "--ttl", "60", "--role", "admin",
+            ],
+            &env,
+        )
+        .unwrap();
+        let Invocation::Token(t) = inv else {
+            panic!("not a token request")
+        };
+        assert_eq!(t.ttl, Duration::from_secs(60));
+        assert_eq!(t.role.as_deref(), Some("admin"));
+        assert_eq!(t.data, PathBuf::from("/from/env"));
+
+        let inv = parse_command_line(
+            ["roomcast", "token", "--sub=bo", "--data=/flag", "--ttl=2h"],
+            &env,
+        )
+        .unwrap();
+        let Invocation::Token(t) = inv else {
+            panic!("not a token request")
+        };
+        assert_eq!(t.data, PathBuf::from("/flag"));
+        assert_eq!(t.ttl, Duration::from_secs(7200));
+
+        assert!(parse_command_line(["roomcast", "token"], &no_env).is_err());
+        assert!(parse_command_line(["roomcast", "token", "--sub="], &no_env).is_err());
+        assert!(parse_command_line(["roomcast", "token", "--sub=a", "--ttl=0"], &no_env).is_err());
+        std::fs::remove_file(file).unwrap();
+    }
+
+    #[test]
+    fn dev_cert_command() {
+        let inv = parse_command_line(
+            [
+                "roomcast",
+                "dev-cert",
+                "--out-cert",
+                "c.pem",
+                "--out-key",
+                "k.pem",
+            ],
+            &no_env,
+        )
+        .unwrap();
+        let Invocation::DevCert(d) = inv else {
+            panic!("not a dev-cert request")
+        };
+        assert_eq!(d.names, vec!["localhost".to_string()]);
+        assert_eq!(d.out_cert, PathBuf::from("c.pem"));
+    }
+
+    #[test]
+    fn help_and_version_are_usage_results() {
+        for args in [
+            &["roomcast", "--help"][..],
+            &["roomcast", "serve", "--help"],
+            &["roomcast", "--version"],
+        ] {
+            match parse_command_line(args.iter().copied(), &no_env) {
+                Err(CliError::Usage(e)) => assert_eq!(e.exit_code(), 0, "{args:?}"),
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        match parse_command_line(["roomcast", "serve", "--bogus"], &no_env) {
+            Err(CliError::Usage(e)) => assert_eq!(e.exit_code(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+}
