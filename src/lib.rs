@@ -4,4 +4,7 @@
 //! piece so that tests, benchmarks, fuzz targets and the load generator can
 //! reach the sans-IO protocol code without sockets.
 
+pub mod auth;
+pub mod config;
 pub mod proto;
+pub mod server;
