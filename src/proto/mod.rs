@@ -2,3 +2,4 @@
 //! Everything here is sans-IO: bytes in, bytes and events out.
 
 pub mod msg;
+pub mod ws;
