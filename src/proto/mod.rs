@@ -1,2 +1,3 @@
 //! Bytes on the wire: HTTP/1.1 heads, WebSocket frames and protocol messages.
 //! Everything here is sans-IO: bytes in, bytes and events out.
+pub mod http;
