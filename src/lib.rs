@@ -6,5 +6,8 @@
 
 pub mod auth;
 pub mod config;
+pub mod metrics;
 pub mod proto;
+pub mod reactor;
+pub mod rooms;
 pub mod server;

@@ -1,8 +1,31 @@
-//! The gateway process: starts the event loops and runs until drained.
+//! Startup and shutdown of `roomcast serve`: binds one SO_REUSEPORT
+//! listener per reactor (plain and TLS), wires the reactors' mailboxes,
+//! starts the reactor threads and the signal thread, prints where it
+//! listens, and waits for the drain to finish.
 //!
-//! Placeholder: `run` returns at once until the reactor is wired in.
+//! Everything that can fail at startup (data directory, secret, TLS files,
+//! bind) fails here, on the main thread, before any reactor runs.
 
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use mio::{Poll, Waker};
+
+use crate::auth::Auth;
 use crate::config::Config;
+use crate::metrics;
+use crate::reactor::mail::{Inbox, Mailbox};
+use crate::reactor::{Reactor, ReactorParts, Shared};
+
+/// Capacity of each reactor's mailbox. Past it, senders keep mail in their
+/// own overflow queue and refuse new publishes (`overloaded`).
+const MAILBOX_CAP: usize = 64 * 1024;
+/// Listen backlog; the kernel clamps it to somaxconn.
+const BACKLOG: i32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -10,8 +33,191 @@ pub enum ServerError {
     Startup(String),
 }
 
-/// Serves with `config` until shut down.
+fn startup(what: impl std::fmt::Display) -> ServerError {
+    ServerError::Startup(what.to_string())
+}
+
 pub fn run(config: Config) -> Result<(), ServerError> {
-    let _ = config;
+    std::fs::create_dir_all(&config.data)
+        .map_err(|e| startup(format!("data directory {}: {e}", config.data.display())))?;
+    let (auth, secret_from_file) =
+        Auth::from_config(&config).map_err(|e| startup(format!("jwt secret: {e}")))?;
+
+    let tls = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
+        (Some(_), Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+        (Some(_), _, _) => return Err(startup("--tls-listen needs --tls-cert and --tls-key")),
+        _ => None,
+    };
+
+    let n = config.threads.max(1);
+    let plain = bind_group(config.listen, n)?;
+    let plain_addr = local_addr(&plain[0])?;
+    let tls_group = match config.tls_listen {
+        Some(a) => Some(bind_group(a, n)?),
+        None => None,
+    };
+    let tls_addr = match &tls_group {
+        Some(g) => Some(local_addr(&g[0])?),
+        None => None,
+    };
+
+    let mut mailboxes = Vec::with_capacity(n);
+    let mut parts = Vec::with_capacity(n);
+    let mut tls_iter = tls_group.map(|g| g.into_iter());
+    for (id, l) in plain.into_iter().enumerate() {
+        let poll = Poll::new().map_err(|e| startup(format!("poll: {e}")))?;
+        let waker = Arc::new(
+            Waker::new(poll.registry(), mio::Token(0))
+                .map_err(|e| startup(format!("waker: {e}")))?,
+        );
+        let (tx, rx) = crossbeam_channel::bounded(MAILBOX_CAP);
+        let sleeping = Arc::new(AtomicBool::new(false));
+        mailboxes.push(Mailbox {
+            tx,
+            waker,
+            sleeping: sleeping.clone(),
+        });
+        let mut listeners = vec![(l, false)];
+        if let Some(t) = tls_iter.as_mut().and_then(|i| i.next()) {
+            listeners.push((t, true));
+        }
+        parts.push(ReactorParts {
+            id,
+            poll,
+            inbox: Inbox { rx, sleeping },
+            listeners,
+        });
+    }
+
+    let page_token = if secret_from_file {
+        auth.mint("dev", Duration::from_secs(24 * 3600), None).ok()
+    } else {
+        None
+    };
+    let shared = Arc::new(Shared {
+        metrics: (0..n).map(|_| metrics::Shared::default()).collect(),
+        mailboxes,
+        draining: AtomicBool::new(false),
+        tls,
+        auth,
+        config,
+    });
+
+    let mut threads = Vec::with_capacity(n);
+    for p in parts {
+        let id = p.id;
+        let reactor =
+            Reactor::new(p, shared.clone()).map_err(|e| startup(format!("reactor {id}: {e}")))?;
+        let t = thread::Builder::new()
+            .name(format!("reactor-{id}"))
+            .spawn(move || reactor.run())
+            .map_err(|e| startup(format!("thread: {e}")))?;
+        threads.push(t);
+    }
+    spawn_signal_thread(shared.clone())?;
+
+    println!("roomcast listening on http://{plain_addr} ({n} reactors)");
+    if let Some(a) = tls_addr {
+        println!("roomcast listening on https://{a}");
+    }
+    if let Some(t) = page_token {
+        println!("roomcast: try it: http://{plain_addr}/?token={t}");
+    }
+    // Tests and tools wait for these lines; make sure they are out.
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+
+    for t in threads {
+        if t.join().is_err() {
+            // A reactor panicked: the others still drain, but say so.
+            eprintln!("roomcast: a reactor thread panicked");
+            shared.start_drain();
+        }
+    }
+    if shared.draining.load(Ordering::SeqCst) {
+        println!("roomcast: drained, bye");
+    }
     Ok(())
+}
+
+fn spawn_signal_thread(shared: Arc<Shared>) -> Result<(), ServerError> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .map_err(|e| startup(format!("signals: {e}")))?;
+    thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for _ in signals.forever() {
+                seen += 1;
+                if seen == 1 {
+                    eprintln!("roomcast: draining (again to stop at once)");
+                    shared.start_drain();
+                } else {
+                    std::process::exit(130);
+                }
+            }
+        })
+        .map_err(|e| startup(format!("thread: {e}")))?;
+    Ok(())
+}
+
+/// Binds `n` listeners to the same address with SO_REUSEPORT, so the
+/// kernel spreads accepts across reactors. Port 0 picks one port for all.
+fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<mio::net::TcpListener>, ServerError> {
+    let mut out = Vec::with_capacity(n);
+    let mut addr = addr;
+    for _ in 0..n {
+        let l = bind_one(addr).map_err(|e| startup(format!("bind {addr}: {e}")))?;
+        if addr.port() == 0 {
+            addr = l
+                .local_addr()
+                .map_err(|e| startup(format!("bind {addr}: {e}")))?;
+        }
+        out.push(mio::net::TcpListener::from_std(l));
+    }
+    Ok(out)
+}
+
+fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(BACKLOG)?;
+    Ok(s.into())
+}
+
+fn local_addr(l: &mio::net::TcpListener) -> Result<SocketAddr, ServerError> {
+    l.local_addr()
+        .map_err(|e| startup(format!("listener: {e}")))
+}
+
+/// A rustls server config from PEM files (HTTP/1.1 over TLS).
+pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| startup(format!("tls-cert {}: {e}", cert.display())))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| startup(format!("tls-cert {}: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(startup(format!(
+            "tls-cert {}: no certificate found",
+            cert.display()
+        )));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| startup(format!("tls-key {}: {e}", key.display())))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| startup(format!("tls: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| startup(format!("tls: {e}")))?;
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
 }

@@ -1,0 +1,134 @@
+//! One connection's state machine.
+//!
+//! Lifecycle: `Http` (requests parsed with keep-alive and pipelining; a
+//! request may wait on a room owner, which pauses parsing) → either stays
+//! `Http` or becomes `Ws` through the upgrade (a `mem::replace` of the
+//! variant) → `Closing` (a final response or close frame is queued; the
+//! connection is dropped once it is written and, for WebSocket, the peer's
+//! close frame has arrived or the close deadline has passed).
+
+use std::time::Instant;
+
+use crate::metrics::CloseReason;
+use crate::proto::ws::Decoder;
+use crate::rooms::{RoomName, UserId};
+
+use super::transport::{OutQueue, Transport};
+
+pub struct Conn {
+    pub transport: Transport,
+    /// Generation of this slab slot, carried in `ConnRef`s.
+    pub gen: u32,
+    /// Input not consumed yet (a partial request or frame). Empty, with no
+    /// allocation, on an idle connection: reads go through the reactor's
+    /// scratch buffer and only leftovers are kept here.
+    pub rbuf: Vec<u8>,
+    pub out: OutQueue,
+    pub state: State,
+    /// Already on the reactor's list of connections to flush.
+    pub flush_queued: bool,
+    /// Tick of this connection's live timer entry, if any.
+    pub timer_tick: Option<u64>,
+}
+
+pub enum State {
+    Http(HttpState),
+    Ws(Box<WsState>),
+    Closing(Closing),
+}
+
+pub struct HttpState {
+    /// When the request now being received started (first byte seen).
+    pub started: Option<Instant>,
+    /// When the connection last finished a request (or opened).
+    pub idle_since: Instant,
+    /// A request waits on a room owner; parsing is paused so that answers
+    /// go out in request order.
+    pub awaiting: Option<Pending>,
+}
+
+/// What the answer to a waiting request needs from its request.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    pub keep_alive: bool,
+    pub head_only: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsKind {
+    /// `/v1/ws`: the room protocol.
+    App,
+    /// `/v1/echo`: echoes every message (conformance suites).
+    Echo,
+}
+
+pub struct WsState {
+    pub kind: WsKind,
+    pub decoder: Decoder,
+    pub user: UserId,
+    /// Token expiry (Unix seconds), if the connection authenticated.
+    pub exp: Option<u64>,
+    /// Rooms joined, and whether the owner has confirmed the join (only
+    /// then is the connection among the reactor's local members).
+    pub rooms: Vec<(RoomName, bool)>,
+    pub bucket: TokenBucket,
+    pub last_rx: Instant,
+    pub ping_sent: bool,
+}
+
+pub struct Closing {
+    /// Drop the connection at this instant whatever else happens.
+    pub until: Instant,
+    /// A WebSocket close frame was sent: wait for the peer's.
+    pub await_peer_close: bool,
+    pub reason: CloseReason,
+}
+
+/// Per-connection send limiter: `rate` tokens a second up to `burst`.
+pub struct TokenBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    pub fn new(burst: u32, now: Instant) -> Self {
+        TokenBucket {
+            tokens: f64::from(burst),
+            last: now,
+        }
+    }
+
+    /// Takes one token, or says how many milliseconds until one is there.
+    pub fn take(&mut self, rate: f64, burst: u32, now: Instant) -> Result<(), u64> {
+        if rate <= 0.0 {
+            return Ok(());
+        }
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.last = now;
+        self.tokens = (self.tokens + dt * rate).min(f64::from(burst.max(1)));
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            Ok(())
+        } else {
+            Err((((1.0 - self.tokens) / rate) * 1000.0).ceil() as u64)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn bucket_limits_and_refills() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(2, t0);
+        assert!(b.take(10.0, 2, t0).is_ok());
+        assert!(b.take(10.0, 2, t0).is_ok());
+        let wait = b.take(10.0, 2, t0).unwrap_err();
+        assert_eq!(wait, 100);
+        assert!(b.take(10.0, 2, t0 + Duration::from_millis(100)).is_ok());
+        assert!(b.take(0.0, 2, t0).is_ok());
+    }
+}

@@ -1,0 +1,448 @@
+//! HTTP on a connection: one request at a time from the front of the input,
+//! answered in order (pipelining), routed to the built-in endpoints, the
+//! room endpoints (answered by the room's owner, which pauses parsing until
+//! the answer is back) or the WebSocket upgrade.
+
+use bytes::Bytes;
+
+use crate::metrics::CloseReason;
+use crate::proto::http::{self, HttpError, Method, Request, UpgradeError};
+use crate::proto::msg;
+use crate::proto::ws::{accept_key, Decoder};
+use crate::rooms::{owner_of, RoomName, UserId};
+
+use super::conn::{Pending, State, TokenBucket, WsKind, WsState};
+use super::mail::{Asker, Mail};
+use super::{Reactor, Step};
+
+/// The page served at `GET /`.
+const PAGE: &str = include_str!("../../static/index.html");
+/// The subprotocol of protocol v1.
+const SUBPROTOCOL: &str = "roomcast.v1";
+
+/// An HTTP answer, before it is written.
+struct Answer {
+    status: u16,
+    content_type: &'static str,
+    body: Vec<u8>,
+    extra: Vec<(&'static str, String)>,
+}
+
+impl Answer {
+    fn json(status: u16, body: Vec<u8>) -> Answer {
+        Answer {
+            status,
+            content_type: "application/json",
+            body,
+            extra: Vec::new(),
+        }
+    }
+
+    fn error(status: u16, code: &str, message: &str) -> Answer {
+        let mut body = Vec::new();
+        // The body alone: write_error writes a whole response, so format the
+        // same JSON here through a throwaway response and keep its body.
+        let mut full = Vec::new();
+        http::write_error(&mut full, status, code, message, true, &[]);
+        if let Some(i) = full.windows(4).position(|w| w == b"\r\n\r\n") {
+            body.extend_from_slice(&full[i + 4..]);
+        }
+        Answer::json(status, body)
+    }
+}
+
+/// What a request turns into.
+enum Outcome {
+    Answer(Answer),
+    /// Switched to WebSocket, or handed to a room owner (which answers
+    /// through `http_answer`, at once when the owner is this reactor).
+    Done,
+}
+
+impl Reactor {
+    pub(super) fn http_step(&mut self, key: u32, buf: &mut [u8]) -> Step {
+        let limits = http::Limits {
+            max_body: 1 << 20,
+            ..http::Limits::default()
+        };
+        let now = self.now;
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return Step::Stop;
+        };
+        let State::Http(h) = &mut conn.state else {
+            return Step::Stop;
+        };
+        if h.awaiting.is_some() {
+            return Step::Stop;
+        }
+        if h.started.is_none() {
+            h.started = Some(now);
+        }
+        match http::parse_request(buf, &limits) {
+            Ok(None) => Step::NeedMore,
+            Ok(Some((req, used))) => {
+                h.started = None;
+                self.counters.http_requests += 1;
+                self.request(key, req);
+                Step::Consumed(used)
+            }
+            Err(e) => {
+                self.http_fail(key, &e);
+                Step::Stop
+            }
+        }
+    }
+
+    fn http_fail(&mut self, key: u32, e: &HttpError) {
+        let mut out = Vec::new();
+        http::write_error(&mut out, e.status(), e.code(), &e.to_string(), false, &[]);
+        self.send(key, Bytes::from(out));
+        self.set_closing(key, false, CloseReason::Protocol);
+    }
+
+    fn request(&mut self, key: u32, req: Request) {
+        let keep_alive = req.keep_alive && !self.draining();
+        let head_only = req.method == Method::Head;
+        let p = Pending {
+            keep_alive,
+            head_only,
+        };
+        match self.route(key, &req, p) {
+            Outcome::Answer(a) => self.write_answer(key, a, p),
+            Outcome::Done => {}
+        }
+    }
+
+    fn write_answer(&mut self, key: u32, a: Answer, p: Pending) {
+        let extra: Vec<(&str, &str)> = a.extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut out = Vec::with_capacity(160 + a.body.len());
+        http::write_response(
+            &mut out,
+            a.status,
+            a.content_type,
+            &a.body,
+            p.keep_alive,
+            &extra,
+            p.head_only,
+        );
+        self.send(key, Bytes::from(out));
+        if !p.keep_alive {
+            self.set_closing(key, false, CloseReason::Normal);
+        } else if let Some(conn) = self.conns.get_mut(key as usize) {
+            if let State::Http(h) = &mut conn.state {
+                h.idle_since = self.now;
+            }
+        }
+    }
+
+    /// The answer to a request that waited on a room owner.
+    pub(super) fn http_answer(
+        &mut self,
+        key: u32,
+        status: u16,
+        body: Vec<u8>,
+        retry_after: Option<u64>,
+    ) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let State::Http(h) = &mut conn.state else {
+            return;
+        };
+        let Some(p) = h.awaiting.take() else { return };
+        let mut a = Answer::json(status, body);
+        if let Some(s) = retry_after {
+            a.extra.push(("Retry-After", s.to_string()));
+        }
+        let p = Pending {
+            keep_alive: p.keep_alive && !self.draining(),
+            ..p
+        };
+        self.write_answer(key, a, p);
+        // Pipelined requests behind this one may go on now, and the socket
+        // is read again (reading paused while the request waited).
+        if p.keep_alive {
+            self.process_buffered(key);
+            self.rerun.push(key);
+        }
+    }
+
+    fn route(&mut self, key: u32, req: &Request, p: Pending) -> Outcome {
+        let path = req.path.as_str();
+        let get = matches!(req.method, Method::Get | Method::Head);
+        let allow = |methods: &str| {
+            let mut a = Answer::error(405, "method_not_allowed", "method not allowed here");
+            a.extra.push(("Allow", methods.to_string()));
+            Outcome::Answer(a)
+        };
+        match path {
+            "/healthz" if get => {
+                if self.draining() {
+                    Outcome::Answer(Answer::error(503, "overloaded", "draining"))
+                } else {
+                    Outcome::Answer(Answer {
+                        status: 200,
+                        content_type: "text/plain",
+                        body: b"ok\n".to_vec(),
+                        extra: Vec::new(),
+                    })
+                }
+            }
+            "/metrics" if get => Outcome::Answer(Answer {
+                status: 200,
+                content_type: "text/plain; version=0.0.4",
+                body: crate::metrics::render(&self.shared.metrics).into_bytes(),
+                extra: Vec::new(),
+            }),
+            "/" | "/index.html" if get => Outcome::Answer(Answer {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: PAGE.as_bytes().to_vec(),
+                extra: vec![("Cache-Control", "no-cache".to_string())],
+            }),
+            "/healthz" | "/metrics" | "/" | "/index.html" => allow("GET, HEAD"),
+            "/v1/ws" => self.upgrade(key, req, WsKind::App),
+            "/v1/echo" if self.shared.config.echo => self.upgrade(key, req, WsKind::Echo),
+            _ => match path.strip_prefix("/v1/rooms/") {
+                Some(rest) => self.room_route(key, req, rest, p),
+                None => Outcome::Answer(Answer::error(404, "not_found", "no such endpoint")),
+            },
+        }
+    }
+
+    fn room_route(&mut self, key: u32, req: &Request, rest: &str, p: Pending) -> Outcome {
+        let (room, what) = match rest.split_once('/') {
+            Some((room, what)) => (room, what),
+            None => return Outcome::Answer(Answer::error(404, "not_found", "no such endpoint")),
+        };
+        let allowed = match what {
+            "messages" => "GET, HEAD, POST",
+            "presence" => "GET, HEAD",
+            _ => return Outcome::Answer(Answer::error(404, "not_found", "no such endpoint")),
+        };
+        let method_ok = match req.method {
+            Method::Get | Method::Head => true,
+            Method::Post => what == "messages",
+            _ => false,
+        };
+        if !method_ok {
+            let mut a = Answer::error(405, "method_not_allowed", "method not allowed here");
+            a.extra.push(("Allow", allowed.to_string()));
+            return Outcome::Answer(a);
+        }
+        let user = match self.http_user(req) {
+            Ok(u) => u,
+            Err(a) => return Outcome::Answer(a),
+        };
+        if !msg::valid_room(room) {
+            return Outcome::Answer(Answer::error(
+                400,
+                "bad_request",
+                "room names are 1 to 128 bytes of [A-Za-z0-9_.:-]",
+            ));
+        }
+        let room: RoomName = RoomName::from(room);
+        let asker = Asker::Http(self.conn_ref(key));
+        let owner = owner_of(&room, self.shared.reactors());
+        let mail = match (what, req.method) {
+            ("presence", _) => Mail::Presence {
+                room,
+                r#ref: None,
+                asker,
+            },
+            ("messages", Method::Post) => {
+                let post = match msg::decode_post(&req.body) {
+                    Ok(p) => p,
+                    Err(e) => return Outcome::Answer(Answer::error(400, e.code, &e.message)),
+                };
+                if self.backed_up(owner) {
+                    let mut a = Answer::error(503, "overloaded", "the room's owner is busy; retry");
+                    a.extra.push(("Retry-After", "1".to_string()));
+                    return Outcome::Answer(a);
+                }
+                Mail::Publish {
+                    room,
+                    user,
+                    body: post.body.to_owned(),
+                    id: post.id.map(|c| Box::from(c.as_ref())),
+                    r#ref: None,
+                    asker,
+                }
+            }
+            _ => {
+                let num = |name: &str| -> Result<Option<u64>, Answer> {
+                    match req.query_param(name) {
+                        None => Ok(None),
+                        Some(v) if v.is_empty() => Ok(None),
+                        Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
+                            Answer::error(
+                                400,
+                                "bad_request",
+                                &format!("`{name}` must be a non-negative integer"),
+                            )
+                        }),
+                    }
+                };
+                let (before, after, limit) = match (num("before"), num("after"), num("limit")) {
+                    (Ok(b), Ok(a), Ok(l)) => (b, a, l),
+                    (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Outcome::Answer(e),
+                };
+                let limit = limit.unwrap_or(50).clamp(1, 1000) as usize;
+                Mail::History {
+                    room,
+                    before,
+                    after,
+                    limit,
+                    r#ref: None,
+                    asker,
+                }
+            }
+        };
+        // Waiting is marked before posting: when this reactor owns the room
+        // the answer comes back inside `post`.
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            if let State::Http(h) = &mut conn.state {
+                h.awaiting = Some(p);
+            }
+        }
+        self.post(owner, mail);
+        Outcome::Done
+    }
+
+    /// The user an HTTP request acts as: the token's subject, or in
+    /// anonymous mode the `user` query parameter (else `anonymous`).
+    fn http_user(&self, req: &Request) -> Result<UserId, Answer> {
+        match self.token_of(req) {
+            Some(t) => match self.shared.auth.verify(&t) {
+                Ok(c) => Ok(UserId::from(c.sub.as_str())),
+                Err(e) => Err(Answer::error(401, "unauthorized", &e.to_string())),
+            },
+            None if self.shared.config.anonymous => {
+                let u = req
+                    .query_param("user")
+                    .unwrap_or_else(|| "anonymous".to_string());
+                valid_user(&u).map_err(|m| Answer::error(400, "bad_request", m))?;
+                Ok(UserId::from(u.as_str()))
+            }
+            None => Err(Answer::error(
+                401,
+                "unauthorized",
+                "a token is required (Authorization: Bearer, or access_token)",
+            )),
+        }
+    }
+
+    fn token_of(&self, req: &Request) -> Option<String> {
+        if let Some(h) = req.header("authorization") {
+            let h = std::str::from_utf8(h).ok()?.trim();
+            if h.len() > 7 && h[..7].eq_ignore_ascii_case("bearer ") {
+                return Some(h[7..].trim().to_string());
+            }
+        }
+        req.query_param("access_token").filter(|t| !t.is_empty())
+    }
+
+    fn upgrade(&mut self, key: u32, req: &Request, kind: WsKind) -> Outcome {
+        if req.method != Method::Get {
+            let mut a = Answer::error(405, "method_not_allowed", "WebSocket upgrades use GET");
+            a.extra.push(("Allow", "GET".to_string()));
+            return Outcome::Answer(a);
+        }
+        let up = match http::websocket_upgrade(req) {
+            Ok(Some(up)) => up,
+            Ok(None) => {
+                let mut a =
+                    Answer::error(426, "bad_request", "this endpoint speaks WebSocket only");
+                a.extra.push(("Upgrade", "websocket".to_string()));
+                return Outcome::Answer(a);
+            }
+            Err(UpgradeError::Version) => {
+                let mut a = Answer::error(426, "bad_request", "unsupported WebSocket version");
+                a.extra.push(("Sec-WebSocket-Version", "13".to_string()));
+                return Outcome::Answer(a);
+            }
+            Err(e @ UpgradeError::Bad(_)) => {
+                return Outcome::Answer(Answer::error(400, "bad_request", &e.to_string()))
+            }
+        };
+        if self.draining() {
+            return Outcome::Answer(Answer::error(503, "overloaded", "draining"));
+        }
+        let protocol = if up.protocols.is_empty() {
+            None
+        } else if up.protocols.iter().any(|p| p == SUBPROTOCOL) {
+            Some(SUBPROTOCOL)
+        } else if kind == WsKind::Echo {
+            None
+        } else {
+            return Outcome::Answer(Answer::error(
+                400,
+                "bad_request",
+                "the only subprotocol spoken here is roomcast.v1",
+            ));
+        };
+        let (user, exp) = if kind == WsKind::Echo {
+            (UserId::from("echo"), None)
+        } else {
+            match self.token_of(req) {
+                Some(t) => match self.shared.auth.verify(&t) {
+                    Ok(c) => (UserId::from(c.sub.as_str()), Some(c.exp)),
+                    Err(e) => {
+                        return Outcome::Answer(Answer::error(401, "unauthorized", &e.to_string()))
+                    }
+                },
+                None if self.shared.config.anonymous => {
+                    let u = req.query_param("user").unwrap_or_else(anonymous_name);
+                    if let Err(m) = valid_user(&u) {
+                        return Outcome::Answer(Answer::error(400, "bad_request", m));
+                    }
+                    (UserId::from(u.as_str()), None)
+                }
+                None => {
+                    return Outcome::Answer(Answer::error(
+                        401,
+                        "unauthorized",
+                        "a token is required (Authorization: Bearer, or access_token)",
+                    ))
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(192);
+        http::write_upgrade_response(&mut out, &accept_key(&up.key), protocol);
+        self.send(key, Bytes::from(out));
+        let cfg = &self.shared.config;
+        let ws = WsState {
+            kind,
+            decoder: Decoder::new(cfg.max_message_bytes),
+            user,
+            exp,
+            rooms: Vec::new(),
+            bucket: TokenBucket::new(cfg.send_burst, self.now),
+            last_rx: self.now,
+            ping_sent: false,
+        };
+        let first = self.now + cfg.ping_interval.min(cfg.idle_timeout);
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            conn.state = State::Ws(Box::new(ws));
+        }
+        self.schedule(key, first);
+        Outcome::Done
+    }
+}
+
+fn valid_user(u: &str) -> Result<(), &'static str> {
+    if u.is_empty() || u.len() > 128 || u.chars().any(char::is_control) {
+        return Err("user ids are 1 to 128 bytes without control characters");
+    }
+    Ok(())
+}
+
+fn anonymous_name() -> String {
+    let mut b = [0u8; 6];
+    let _ = getrandom::fill(&mut b);
+    let mut s = String::from("anon-");
+    for x in b {
+        s.push_str(&format!("{x:02x}"));
+    }
+    s
+}

@@ -1,0 +1,826 @@
+//! The event loop: one reactor per thread, each with its own `mio::Poll`,
+//! SO_REUSEPORT listeners, a slab of connections, a timer wheel, the rooms it
+//! owns and its local room members.
+//!
+//! One iteration, top to bottom (`run`): compute the poll timeout, poll,
+//! dispatch readiness by token (accept, read), handle mail from other
+//! reactors, fire timers, start draining if asked, write every connection
+//! with queued output ("write before you sleep"), pass overflowed mail on and
+//! wake the reactors that got mail, publish counters.
+//!
+//! The poller is edge-triggered and every connection is registered for
+//! read and write once, for its whole life: no reregister syscalls on the
+//! hot path. The price is that a reader stopped by its budget must be
+//! revisited without an edge (`rerun`), and so must the listener.
+//!
+//! This module knows connections and bytes; room rules live in `rooms`.
+
+mod conn;
+mod http;
+pub mod mail;
+pub mod timer;
+pub mod transport;
+mod ws;
+
+use std::collections::VecDeque;
+use std::io;
+use std::mem;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token};
+use slab::Slab;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::metrics::{self, CloseReason, Counters};
+use crate::proto::ws as wsproto;
+use crate::rooms::{LocalMembers, OwnedRooms, RoomSettings};
+
+use conn::{Closing, Conn, HttpState, State};
+use mail::{ConnRef, Inbox, Mail, Mailbox};
+use timer::Wheel;
+use transport::{ReadOutcome, Transport, WriteOutcome, READ_BUDGET};
+
+const WAKER: Token = Token(0);
+const LISTENER_BASE: usize = 1; // plain, then TLS
+const CONN_BASE: usize = 3;
+
+/// Accepts per listener per wake: past it, the loop comes back at once
+/// rather than letting a connect storm starve established connections.
+const ACCEPT_BUDGET: usize = 256;
+/// Mail handled per iteration before sockets get their turn again.
+const MAIL_BUDGET: usize = 8192;
+/// How long accepting pauses after EMFILE/ENFILE: the loop must not spin on
+/// a listener it cannot serve.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// A WebSocket close handshake we started gets this long to finish.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
+/// Size of the shared read buffer.
+const SCRATCH: usize = 64 * 1024;
+
+/// What every reactor shares, read-only after start (plus the drain flag
+/// and the counters, which are atomics).
+pub struct Shared {
+    pub config: Config,
+    pub auth: Auth,
+    pub metrics: Vec<metrics::Shared>,
+    pub mailboxes: Vec<Mailbox>,
+    pub draining: AtomicBool,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+impl Shared {
+    pub fn reactors(&self) -> usize {
+        self.mailboxes.len()
+    }
+
+    /// Asks every reactor to drain, waking them.
+    pub fn start_drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        for m in &self.mailboxes {
+            let _ = m.waker.wake();
+        }
+    }
+}
+
+/// Everything a reactor thread needs to start; made on the main thread so
+/// that startup errors (bind, poll) surface before any thread runs.
+pub struct ReactorParts {
+    pub id: usize,
+    pub poll: Poll,
+    pub inbox: Inbox,
+    pub listeners: Vec<(TcpListener, bool)>,
+}
+
+/// How far one input-processing step got.
+enum Step {
+    /// This many bytes were used; go on with the rest.
+    Consumed(usize),
+    /// The front of the buffer is incomplete; keep it for later.
+    NeedMore,
+    /// Stop reading this connection for now (closing, or waiting on an owner).
+    Stop,
+}
+
+pub struct Reactor {
+    id: usize,
+    poll: Poll,
+    shared: Arc<Shared>,
+    inbox: Inbox,
+    listeners: Vec<(Option<TcpListener>, bool)>,
+    conns: Slab<Conn>,
+    next_gen: u32,
+    /// Mail that did not fit a peer's channel, per peer, kept in order.
+    overflow: Vec<VecDeque<Mail>>,
+    to_wake: Vec<bool>,
+    wheel: Wheel,
+    rooms: OwnedRooms,
+    local: LocalMembers,
+    pending_flush: Vec<u32>,
+    rerun: Vec<u32>,
+    slow: Vec<u32>,
+    fan_targets: Vec<usize>,
+    counters: Counters,
+    scratch: Vec<u8>,
+    now: Instant,
+    accept_paused_until: Option<Instant>,
+    accept_again: bool,
+    mail_backlog: bool,
+    drain_deadline: Option<Instant>,
+    max_conns: usize,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Reactor {
+    pub fn new(parts: ReactorParts, shared: Arc<Shared>) -> io::Result<Reactor> {
+        let n = shared.reactors();
+        let mut listeners = Vec::new();
+        for (i, (mut l, tls)) in parts.listeners.into_iter().enumerate() {
+            parts
+                .poll
+                .registry()
+                .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            listeners.push((Some(l), tls));
+        }
+        let c = &shared.config;
+        let settings = RoomSettings {
+            tail: c.history_tail,
+            max_replay: c.max_replay,
+            dedup_window: c.dedup_window,
+        };
+        let max_conns = c.max_connections.div_ceil(n).max(1);
+        let now = Instant::now();
+        Ok(Reactor {
+            id: parts.id,
+            poll: parts.poll,
+            inbox: parts.inbox,
+            listeners,
+            conns: Slab::new(),
+            next_gen: 0,
+            overflow: (0..n).map(|_| VecDeque::new()).collect(),
+            to_wake: vec![false; n],
+            wheel: Wheel::new(now),
+            rooms: OwnedRooms::new(settings, n),
+            local: LocalMembers::default(),
+            pending_flush: Vec::new(),
+            rerun: Vec::new(),
+            slow: Vec::new(),
+            fan_targets: Vec::new(),
+            counters: Counters::default(),
+            scratch: vec![0; SCRATCH],
+            now,
+            accept_paused_until: None,
+            accept_again: false,
+            mail_backlog: false,
+            drain_deadline: None,
+            max_conns,
+            shared,
+        })
+    }
+
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut expired = Vec::new();
+        loop {
+            let mut timeout = self.wheel.timeout(self.now);
+            let busy = !self.rerun.is_empty() || self.accept_again || self.mail_backlog;
+            if busy {
+                timeout = Some(Duration::ZERO);
+            }
+            for at in [self.accept_paused_until, self.drain_deadline]
+                .into_iter()
+                .flatten()
+            {
+                let d = at.saturating_duration_since(self.now);
+                timeout = Some(timeout.map_or(d, |t| t.min(d)));
+            }
+            if self.inbox.going_to_sleep() {
+                timeout = Some(Duration::ZERO);
+            }
+            let polled = self.poll.poll(&mut events, timeout);
+            self.inbox.awake();
+            self.now = Instant::now();
+            if let Err(e) = polled {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    eprintln!("roomcast: reactor {}: poll failed: {e}", self.id);
+                    return;
+                }
+            }
+
+            for ev in events.iter() {
+                match ev.token() {
+                    WAKER => {}
+                    Token(t) if t < CONN_BASE => self.accept(t - LISTENER_BASE),
+                    Token(t) => {
+                        let key = (t - CONN_BASE) as u32;
+                        if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
+                            self.on_readable(key);
+                        }
+                        if ev.is_writable() {
+                            self.queue_flush(key);
+                        }
+                    }
+                }
+            }
+            self.revisit();
+            self.drain_inbox();
+            self.fire_timers(&mut expired);
+            if self.drain_deadline.is_none() && self.shared.draining.load(Ordering::Relaxed) {
+                self.begin_drain();
+            }
+            self.flush_pending();
+            self.pass_mail_on();
+            self.shared.metrics[self.id].publish(&self.counters);
+            if let Some(deadline) = self.drain_deadline {
+                if self.conns.is_empty() || self.now >= deadline {
+                    break;
+                }
+            }
+        }
+        // Drain deadline passed: whatever is left is cut.
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for k in keys {
+            self.close_now(k, CloseReason::Shutdown);
+        }
+        self.shared.metrics[self.id].publish(&self.counters);
+    }
+
+    // ------------------------------------------------------------ accept
+
+    fn accept(&mut self, li: usize) {
+        if self.accept_paused_until.is_some() || self.drain_deadline.is_some() {
+            return;
+        }
+        for _ in 0..ACCEPT_BUDGET {
+            let Some((Some(listener), tls)) = self.listeners.get(li) else {
+                return;
+            };
+            let tls = *tls;
+            match listener.accept() {
+                Ok((sock, _)) => self.admit(sock, tls),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // The peer gave up before we got to it, or a signal: next.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection
+                    // stays in the backlog; retry after a pause instead of
+                    // spinning on a readiness we cannot clear.
+                    if e.raw_os_error() != Some(libc_emfile()) {
+                        eprintln!("roomcast: reactor {}: accept: {e}", self.id);
+                    }
+                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
+                    return;
+                }
+            }
+        }
+        // Budget spent with more perhaps waiting: no new edge will say so.
+        self.accept_again = true;
+    }
+
+    fn admit(&mut self, mut sock: mio::net::TcpStream, tls: bool) {
+        if self.conns.len() >= self.max_conns {
+            self.counters.closed(CloseReason::Limit);
+            return; // dropping the socket closes it
+        }
+        let _ = sock.set_nodelay(true);
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
+        if self
+            .poll
+            .registry()
+            .register(
+                &mut sock,
+                Token(key + CONN_BASE),
+                Interest::READABLE | Interest::WRITABLE,
+            )
+            .is_err()
+        {
+            self.counters.closed(CloseReason::Io);
+            return;
+        }
+        let transport = match (tls, &self.shared.tls) {
+            (true, Some(cfg)) => match rustls::ServerConnection::new(cfg.clone()) {
+                Ok(c) => Transport::Tls(sock, Box::new(c)),
+                Err(_) => {
+                    self.counters.closed(CloseReason::Io);
+                    return;
+                }
+            },
+            _ => Transport::Plain(sock),
+        };
+        self.next_gen = self.next_gen.wrapping_add(1);
+        entry.insert(Conn {
+            transport,
+            gen: self.next_gen,
+            rbuf: Vec::new(),
+            out: Default::default(),
+            state: State::Http(HttpState {
+                started: None,
+                idle_since: self.now,
+                awaiting: None,
+            }),
+            flush_queued: false,
+            timer_tick: None,
+        });
+        self.counters.accepted += 1;
+        self.counters.open += 1;
+        let at = self.now + self.shared.config.request_timeout;
+        self.schedule(key as u32, at);
+    }
+
+    /// Work left over from the last iteration that no readiness edge will
+    /// bring back: budget-limited readers, accepts, paused accepts.
+    fn revisit(&mut self) {
+        if !self.rerun.is_empty() {
+            for key in mem::take(&mut self.rerun) {
+                self.on_readable(key);
+            }
+        }
+        let resume = self.accept_paused_until.is_some_and(|t| self.now >= t);
+        if resume {
+            self.accept_paused_until = None;
+        }
+        if mem::take(&mut self.accept_again) || resume {
+            for li in 0..self.listeners.len() {
+                self.accept(li);
+            }
+        }
+    }
+
+    // -------------------------------------------------------------- read
+
+    fn on_readable(&mut self, key: u32) {
+        let mut scratch = mem::take(&mut self.scratch);
+        let mut budget = READ_BUDGET;
+        while let Some(conn) = self.conns.get_mut(key as usize) {
+            if matches!(&conn.state, State::Http(h) if h.awaiting.is_some()) {
+                // A request waits on a room owner: leave further bytes in
+                // the socket (TCP pushes back) until it is answered.
+                break;
+            }
+            let r = conn.transport.read(&mut scratch);
+            if conn.transport.wants_write() {
+                // TLS handshake or alert bytes to send.
+                self.queue_flush(key);
+            }
+            match r {
+                Ok(ReadOutcome::Data(n)) => {
+                    self.counters.bytes_in += n as u64;
+                    if !self.input(key, &mut scratch[..n]) {
+                        break;
+                    }
+                    budget = budget.saturating_sub(n);
+                    if budget == 0 {
+                        self.rerun.push(key);
+                        break;
+                    }
+                }
+                Ok(ReadOutcome::WouldBlock) => break,
+                Ok(ReadOutcome::Eof) => {
+                    self.peer_closed(key);
+                    break;
+                }
+                Err(e) => {
+                    let reason = match e {
+                        transport::TransportError::Tls(_) => CloseReason::Protocol,
+                        transport::TransportError::Io(_) => CloseReason::Io,
+                    };
+                    // One last write carries a TLS alert, if any.
+                    if let Some(conn) = self.conns.get_mut(key as usize) {
+                        let _ = conn.transport.flush(&mut conn.out);
+                    }
+                    self.close_now(key, reason);
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Feeds fresh bytes to the connection. Returns false when reading this
+    /// connection should stop (closed, or paused).
+    fn input(&mut self, key: u32, fresh: &mut [u8]) -> bool {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return false;
+        };
+        if conn.rbuf.is_empty() {
+            // The common case: process in place from the scratch buffer and
+            // keep only a leftover.
+            let used = self.process(key, fresh);
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                return false;
+            };
+            if used < fresh.len() {
+                conn.rbuf.extend_from_slice(&fresh[used..]);
+            }
+        } else {
+            conn.rbuf.extend_from_slice(fresh);
+            self.process_buffered(key);
+        }
+        self.conns
+            .get(key as usize)
+            .is_some_and(|c| !matches!(c.state, State::Closing(_)))
+    }
+
+    /// Processes what the connection kept in its own buffer (after fresh
+    /// bytes were appended, or when a paused request may go on).
+    fn process_buffered(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let mut buf = mem::take(&mut conn.rbuf);
+        let used = self.process(key, &mut buf);
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            buf.drain(..used);
+            if buf.is_empty() {
+                // An idle connection keeps no input buffer.
+                buf = Vec::new();
+            }
+            conn.rbuf = buf;
+        }
+    }
+
+    /// Runs protocol steps over `buf` until it is used up or a step stops;
+    /// returns how much was used.
+    fn process(&mut self, key: u32, buf: &mut [u8]) -> usize {
+        let mut pos = 0;
+        while pos < buf.len() {
+            let Some(conn) = self.conns.get_mut(key as usize) else {
+                return buf.len();
+            };
+            let step = match conn.state {
+                State::Http(_) => self.http_step(key, &mut buf[pos..]),
+                State::Ws(_) => self.ws_step(key, &mut buf[pos..]),
+                State::Closing(_) => self.closing_step(key, &mut buf[pos..]),
+            };
+            match step {
+                Step::Consumed(n) => pos += n,
+                Step::NeedMore | Step::Stop => break,
+            }
+        }
+        pos
+    }
+
+    fn peer_closed(&mut self, key: u32) {
+        let Some(conn) = self.conns.get(key as usize) else {
+            return;
+        };
+        let reason = match &conn.state {
+            State::Closing(c) => c.reason,
+            State::Http(h) if h.awaiting.is_none() && conn.rbuf.is_empty() => CloseReason::Normal,
+            _ => CloseReason::Io,
+        };
+        // An HTTP client that half-closed after its request still gets the
+        // answer if one is queued; anything else ends here.
+        if let State::Http(h) = &conn.state {
+            if h.awaiting.is_some() || !conn.out.is_empty() {
+                self.set_closing(key, false, reason);
+                self.queue_flush(key);
+                return;
+            }
+        }
+        self.close_now(key, reason);
+    }
+
+    // ------------------------------------------------------------- write
+
+    fn queue_flush(&mut self, key: u32) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            if !conn.flush_queued {
+                conn.flush_queued = true;
+                self.pending_flush.push(key);
+            }
+        }
+    }
+
+    /// Queues bytes for a connection and makes sure they are written before
+    /// the reactor sleeps.
+    fn send(&mut self, key: u32, b: Bytes) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            conn.out.push(b);
+            if !conn.flush_queued {
+                conn.flush_queued = true;
+                self.pending_flush.push(key);
+            }
+        }
+    }
+
+    fn flush_pending(&mut self) {
+        // Flushing never queues more flushes, but closing may; loop until quiet.
+        while !self.pending_flush.is_empty() {
+            for key in mem::take(&mut self.pending_flush) {
+                self.flush(key);
+            }
+        }
+    }
+
+    fn flush(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        conn.flush_queued = false;
+        if conn.out.is_empty() && !conn.transport.wants_write() {
+            self.after_flush(key);
+            return;
+        }
+        match conn.transport.flush(&mut conn.out) {
+            Ok((outcome, n)) => {
+                self.counters.bytes_out += n as u64;
+                if outcome == WriteOutcome::Done {
+                    self.after_flush(key);
+                }
+            }
+            Err(_) => self.close_now(key, CloseReason::Io),
+        }
+    }
+
+    /// The queue is empty: a closing connection may now go.
+    fn after_flush(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if let State::Closing(c) = &conn.state {
+            if !c.await_peer_close {
+                let reason = c.reason;
+                self.close_now(key, reason);
+            }
+        }
+    }
+
+    // ------------------------------------------------------------- close
+
+    /// Moves a connection to `Closing`, leaving its rooms first so that no
+    /// more frames are queued behind the close.
+    fn set_closing(&mut self, key: u32, await_peer_close: bool, reason: CloseReason) {
+        self.leave_all(key);
+        let grace = if self.drain_deadline.is_some() {
+            self.shared.config.drain_timeout
+        } else {
+            CLOSE_GRACE
+        };
+        let until = self
+            .drain_deadline
+            .unwrap_or(self.now + grace)
+            .min(self.now + grace);
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            conn.state = State::Closing(Closing {
+                until,
+                await_peer_close,
+                reason,
+            });
+            self.schedule(key, until);
+        }
+    }
+
+    /// Starts the WebSocket close handshake with `code`.
+    fn ws_close(&mut self, key: u32, code: u16, why: &str, reason: CloseReason) {
+        self.send(key, Bytes::from(wsproto::encode_close(code, why)));
+        self.counters.frames_out += 1;
+        self.set_closing(key, true, reason);
+    }
+
+    /// Drops the connection now.
+    fn close_now(&mut self, key: u32, reason: CloseReason) {
+        self.leave_all(key);
+        if let Some(mut conn) = self.conns.try_remove(key as usize) {
+            if let Transport::Tls(sock, tls) = &mut conn.transport {
+                tls.send_close_notify();
+                let _ = tls.write_tls(sock);
+            }
+            let _ = self.poll.registry().deregister(conn.transport.socket());
+            self.counters.open = self.counters.open.saturating_sub(1);
+            self.counters.closed(reason);
+        }
+    }
+
+    // ------------------------------------------------------------ timers
+
+    /// Makes sure the connection's timer fires no later than `at`.
+    fn schedule(&mut self, key: u32, at: Instant) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let tick = self.wheel.tick_for(at);
+        if conn.timer_tick.is_some_and(|t| t <= tick) {
+            return; // an earlier entry will fire and reschedule
+        }
+        conn.timer_tick = Some(self.wheel.insert(key, conn.gen, at));
+    }
+
+    fn fire_timers(&mut self, expired: &mut Vec<timer::Entry>) {
+        self.wheel.expire(self.now, expired);
+        for e in expired.drain(..) {
+            let Some(conn) = self.conns.get_mut(e.key as usize) else {
+                continue;
+            };
+            if conn.gen != e.gen || conn.timer_tick != Some(e.tick) {
+                continue; // stale entry
+            }
+            conn.timer_tick = None;
+            self.on_timer(e.key);
+        }
+    }
+
+    /// A connection's timer fired: act on whatever is due, then file the
+    /// next deadline. Deadlines are computed, not remembered, so activity
+    /// never has to touch the wheel.
+    fn on_timer(&mut self, key: u32) {
+        let now = self.now;
+        let cfg = &self.shared.config;
+        let (request_timeout, idle_timeout, ping_interval) =
+            (cfg.request_timeout, cfg.idle_timeout, cfg.ping_interval);
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        let next = match &mut conn.state {
+            State::Http(h) => {
+                let since = h.started.unwrap_or(h.idle_since);
+                if h.awaiting.is_some() {
+                    now + request_timeout
+                } else if now >= since + request_timeout {
+                    if h.started.is_some() {
+                        // Slowloris: the head did not complete in time.
+                        let mut out = Vec::new();
+                        crate::proto::http::write_error(
+                            &mut out,
+                            408,
+                            "bad_request",
+                            "request head not complete in time",
+                            false,
+                            &[],
+                        );
+                        self.send(key, Bytes::from(out));
+                        self.set_closing(key, false, CloseReason::Timeout);
+                    } else {
+                        self.close_now(key, CloseReason::Timeout);
+                    }
+                    return;
+                } else {
+                    since + request_timeout
+                }
+            }
+            State::Ws(ws) => {
+                if ws.exp.is_some_and(|exp| crate::auth::now_unix() >= exp) {
+                    self.ws_close(key, 4001, "token expired", CloseReason::TokenExpired);
+                    return;
+                }
+                let idle = now.saturating_duration_since(ws.last_rx);
+                if idle >= idle_timeout {
+                    self.ws_close(key, 1001, "idle timeout", CloseReason::Timeout);
+                    return;
+                }
+                let mut next = ws.last_rx + idle_timeout;
+                if idle >= ping_interval && !ws.ping_sent {
+                    ws.ping_sent = true;
+                    self.send(key, Bytes::from_static(&[0x89, 0x00]));
+                    self.counters.frames_out += 1;
+                } else if !ws.ping_sent {
+                    next = next.min(ws.last_rx + ping_interval);
+                }
+                let Some(conn) = self.conns.get_mut(key as usize) else {
+                    return;
+                };
+                if let State::Ws(ws) = &conn.state {
+                    if let Some(exp) = ws.exp {
+                        let left = exp.saturating_sub(crate::auth::now_unix());
+                        next = next.min(now + Duration::from_secs(left));
+                    }
+                }
+                next
+            }
+            State::Closing(c) => {
+                if now >= c.until {
+                    let reason = c.reason;
+                    self.close_now(key, reason);
+                    return;
+                }
+                c.until
+            }
+        };
+        self.schedule(key, next);
+    }
+
+    // -------------------------------------------------------------- mail
+
+    /// Posts mail to reactor `to`. To ourselves it is handled at once, which
+    /// keeps the same order a channel would (see `mail`).
+    fn post(&mut self, to: usize, m: Mail) {
+        if to == self.id {
+            self.handle_mail(m);
+            return;
+        }
+        let m = if self.overflow[to].is_empty() {
+            self.shared.mailboxes[to].try_send(m)
+        } else {
+            Err(m)
+        };
+        if let Err(m) = m {
+            self.overflow[to].push_back(m);
+        }
+        self.to_wake[to] = true;
+    }
+
+    /// True when mail to `to` is backed up: new publishes are refused with
+    /// `overloaded` until it clears, which bounds the overflow queues.
+    fn backed_up(&self, to: usize) -> bool {
+        to != self.id && !self.overflow[to].is_empty()
+    }
+
+    fn drain_inbox(&mut self) {
+        self.mail_backlog = false;
+        for _ in 0..MAIL_BUDGET {
+            match self.inbox.rx.try_recv() {
+                Ok(m) => self.handle_mail(m),
+                Err(_) => return,
+            }
+        }
+        self.mail_backlog = true;
+    }
+
+    fn pass_mail_on(&mut self) {
+        for to in 0..self.overflow.len() {
+            while let Some(m) = self.overflow[to].pop_front() {
+                if let Err(m) = self.shared.mailboxes[to].try_send(m) {
+                    self.overflow[to].push_front(m);
+                    self.mail_backlog = true; // try again soon
+                    break;
+                }
+            }
+        }
+        for to in 0..self.to_wake.len() {
+            if mem::take(&mut self.to_wake[to]) {
+                self.shared.mailboxes[to].wake();
+            }
+        }
+    }
+
+    fn conn_ref(&self, key: u32) -> ConnRef {
+        let gen = self.conns.get(key as usize).map_or(0, |c| c.gen);
+        ConnRef {
+            reactor: self.id as u16,
+            key,
+            gen,
+        }
+    }
+
+    /// The live connection a `ConnRef` names, if it is still there.
+    fn resolve(&self, c: ConnRef) -> Option<u32> {
+        self.conns
+            .get(c.key as usize)
+            .filter(|conn| conn.gen == c.gen)
+            .map(|_| c.key)
+    }
+
+    // ------------------------------------------------------------- drain
+
+    fn begin_drain(&mut self) {
+        let deadline = self.now + self.shared.config.drain_timeout;
+        self.drain_deadline = Some(deadline);
+        for (l, _) in &mut self.listeners {
+            if let Some(mut l) = l.take() {
+                let _ = self.poll.registry().deregister(&mut l);
+            }
+        }
+        let keys: Vec<u32> = self.conns.iter().map(|(k, _)| k as u32).collect();
+        for key in keys {
+            let Some(conn) = self.conns.get(key as usize) else {
+                continue;
+            };
+            match &conn.state {
+                State::Ws(_) => {
+                    self.ws_close(key, 1001, "server shutting down", CloseReason::Shutdown)
+                }
+                State::Http(h)
+                    if h.awaiting.is_none() && h.started.is_none() && conn.out.is_empty() =>
+                {
+                    self.close_now(key, CloseReason::Shutdown)
+                }
+                // An HTTP request in flight is answered, then closed (the
+                // answer carries `Connection: close` while draining).
+                State::Http(_) => self.schedule(key, deadline),
+                State::Closing(_) => {}
+            }
+        }
+    }
+
+    fn draining(&self) -> bool {
+        self.drain_deadline.is_some()
+    }
+}
+
+fn libc_emfile() -> i32 {
+    24 // EMFILE on Linux
+}

@@ -1,0 +1,277 @@
+//! The byte pipe under one connection: a non-blocking mio `TcpStream`, plain
+//! or wrapped in a rustls `ServerConnection` driven by hand, plus the
+//! connection's outbound queue.
+//!
+//! It owns reading into the connection's read buffer and writing the queue
+//! out with vectored writes; it knows nothing of HTTP or WebSocket. Shared
+//! frames (`Bytes`) sit in the queue as they are: in plain TCP the very bytes
+//! encoded once by a room's owner are handed to `writev`; over TLS they are
+//! copied into rustls, which encrypts them per connection anyway.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, Read, Write};
+
+use bytes::Bytes;
+use mio::net::TcpStream;
+
+/// How many queued chunks one `writev` call may carry. Linux accepts 1024;
+/// 64 keeps the on-stack slice array small and still batches a burst.
+const MAX_IOV: usize = 64;
+
+/// Read at most this much per connection per wake-up, so one busy peer cannot
+/// starve the others on the same reactor (the loop comes back to it).
+pub const READ_BUDGET: usize = 256 * 1024;
+
+/// Bytes waiting to go out, in order. The front chunk may be partly written.
+#[derive(Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Bytes>,
+    /// Bytes of the front chunk already written.
+    front_off: usize,
+    /// Unwritten bytes in the queue.
+    len: usize,
+}
+
+impl OutQueue {
+    pub fn push(&mut self, b: Bytes) {
+        if b.is_empty() {
+            return;
+        }
+        self.len += b.len();
+        self.chunks.push_back(b);
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops every chunk that has not started going out, keeping the one
+    /// partly written (cutting it would corrupt the frame stream). Returns the
+    /// number of chunks dropped. Used before a slow consumer's close frame.
+    pub fn truncate_unstarted(&mut self) -> usize {
+        let keep = usize::from(self.front_off > 0);
+        let dropped = self.chunks.len().saturating_sub(keep);
+        self.chunks.truncate(keep);
+        self.len = self.chunks.front().map_or(0, |c| c.len() - self.front_off);
+        dropped
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front() else {
+                break;
+            };
+            let left = front.len() - self.front_off;
+            if n >= left {
+                n -= left;
+                self.chunks.pop_front();
+                self.front_off = 0;
+            } else {
+                self.front_off += n;
+                n = 0;
+            }
+        }
+    }
+}
+
+/// Outcome of one read call.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReadOutcome {
+    /// This many bytes were put at the front of the buffer.
+    Data(usize),
+    /// Nothing more for now; the next readiness edge brings us back.
+    WouldBlock,
+    /// The peer closed its side (for TLS: close_notify or a bare TCP close).
+    Eof,
+}
+
+/// Outcome of a write pass.
+#[derive(Debug, PartialEq, Eq)]
+pub enum WriteOutcome {
+    /// Everything queued went out.
+    Done,
+    /// The socket is full; a `WRITABLE` edge will bring us back.
+    Blocked,
+}
+
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(TcpStream, Box<rustls::ServerConnection>),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    #[error("io: {0}")]
+    Io(#[from] io::Error),
+    #[error("tls: {0}")]
+    Tls(#[from] rustls::Error),
+}
+
+impl Transport {
+    pub fn socket(&mut self) -> &mut TcpStream {
+        match self {
+            Transport::Plain(s) => s,
+            Transport::Tls(s, _) => s,
+        }
+    }
+
+    pub fn is_tls(&self) -> bool {
+        matches!(self, Transport::Tls(..))
+    }
+
+    /// Reads some bytes into the front of `buf`.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<ReadOutcome, TransportError> {
+        match self {
+            Transport::Plain(sock) => read_plain(sock, buf),
+            Transport::Tls(sock, tls) => read_tls(sock, tls, buf),
+        }
+    }
+
+    /// True when rustls has handshake or alert bytes of its own to send.
+    pub fn wants_write(&self) -> bool {
+        match self {
+            Transport::Plain(_) => false,
+            Transport::Tls(_, tls) => tls.wants_write(),
+        }
+    }
+
+    /// Writes the queue out until it is empty or the socket is full.
+    pub fn flush(&mut self, q: &mut OutQueue) -> Result<(WriteOutcome, usize), TransportError> {
+        match self {
+            Transport::Plain(sock) => flush_plain(sock, q),
+            Transport::Tls(sock, tls) => flush_tls(sock, tls, q),
+        }
+    }
+}
+
+fn read_plain(sock: &mut TcpStream, buf: &mut [u8]) -> Result<ReadOutcome, TransportError> {
+    loop {
+        match sock.read(buf) {
+            Ok(0) => return Ok(ReadOutcome::Eof),
+            Ok(n) => return Ok(ReadOutcome::Data(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn read_tls(
+    sock: &mut TcpStream,
+    tls: &mut rustls::ServerConnection,
+    buf: &mut [u8],
+) -> Result<ReadOutcome, TransportError> {
+    loop {
+        // Plaintext rustls already decrypted comes first: the socket will not
+        // signal readiness for it again (redis tls.c's pending_list hazard).
+        match tls.reader().read(buf) {
+            Ok(0) => return Ok(ReadOutcome::Eof),
+            Ok(n) => return Ok(ReadOutcome::Data(n)),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(ReadOutcome::Eof),
+            Err(e) => return Err(e.into()),
+        }
+        match tls.read_tls(sock) {
+            Ok(0) => return Ok(ReadOutcome::Eof),
+            // On a TLS error rustls queues an alert; the caller flushes once
+            // more before closing so the peer learns why.
+            Ok(_) => {
+                tls.process_new_packets()?;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+fn flush_plain(
+    sock: &mut TcpStream,
+    q: &mut OutQueue,
+) -> Result<(WriteOutcome, usize), TransportError> {
+    let mut total = 0;
+    while !q.is_empty() {
+        let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+        let mut n = 0;
+        for (i, c) in q.chunks.iter().take(MAX_IOV).enumerate() {
+            let s = if i == 0 { &c[q.front_off..] } else { &c[..] };
+            iov[i] = IoSlice::new(s);
+            n += 1;
+        }
+        match sock.write_vectored(&iov[..n]) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+            Ok(w) => {
+                q.advance(w);
+                total += w;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Ok((WriteOutcome::Blocked, total))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok((WriteOutcome::Done, total))
+}
+
+fn flush_tls(
+    sock: &mut TcpStream,
+    tls: &mut rustls::ServerConnection,
+    q: &mut OutQueue,
+) -> Result<(WriteOutcome, usize), TransportError> {
+    let mut total = 0;
+    loop {
+        // Hand plaintext to rustls while it takes it (its buffer limit bounds
+        // how far ahead of the socket we encrypt).
+        while !q.is_empty() {
+            let Some(front) = q.chunks.front() else { break };
+            let took = tls.writer().write(&front[q.front_off..])?;
+            if took == 0 {
+                break;
+            }
+            q.advance(took);
+        }
+        if !tls.wants_write() {
+            return Ok((WriteOutcome::Done, total));
+        }
+        match tls.write_tls(sock) {
+            Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
+            Ok(w) => total += w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                return Ok((WriteOutcome::Blocked, total))
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_advance_across_chunks() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abc"));
+        q.push(Bytes::from_static(b""));
+        q.push(Bytes::from_static(b"defg"));
+        assert_eq!(q.len(), 7);
+        q.advance(4);
+        assert_eq!(q.len(), 3);
+        assert_eq!(q.chunks.len(), 1);
+        assert_eq!(q.front_off, 1);
+        assert_eq!(q.truncate_unstarted(), 0);
+        assert_eq!(q.len(), 3);
+        q.push(Bytes::from_static(b"hi"));
+        assert_eq!(q.truncate_unstarted(), 1);
+        assert_eq!(q.len(), 3);
+        q.advance(3);
+        assert!(q.is_empty());
+    }
+}
