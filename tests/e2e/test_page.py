@@ -274,6 +274,8 @@ def test_page_renders_bodies_as_text(page_server, browser):
 
 def test_page_reports_errors(page_server, browser):
     open_page(browser, page_server, "fay", unique_room("ok"))
+    page_send(browser, "before the refused join")
+    wait_body(browser, "before the refused join")
     # A room name the protocol refuses: the error frame reaches the status line.
     browser.evaluate("document.querySelector('#room').value = 'no spaces allowed!'")
     browser.click("#join")
@@ -282,6 +284,9 @@ def test_page_reports_errors(page_server, browser):
         " return s.className === 'err' && s.textContent; })()"
     )
     assert "bad_request" in status
+    # The refused join leaves the room in view as it was.
+    assert [r[2] for r in shown(browser)] == ["before the refused join"]
+    assert browser.evaluate("document.querySelector('#send').disabled") is False
 
     # A token signed with another secret is refused before the upgrade.
     bad = mint("fay", secret="not-the-secret")
@@ -312,3 +317,25 @@ def test_page_loads_older_history(page_server, browser):
     browser.wait_for("document.querySelectorAll('#messages .msg').length === 55")
     assert [r[2] for r in shown(browser)] == [f"m{i}" for i in range(1, 56)]
     browser.wait_for("document.querySelector('#more').hidden")
+
+
+def test_page_switches_rooms(page_server, browser):
+    first, second = unique_room("one"), unique_room("two")
+    ivy = Client(page_server, "ivy")
+    try:
+        ivy.request("send", "ack", room=second, body={"text": "in the second room"})
+        open_page(browser, page_server, "jo", first)
+        page_send(browser, "in the first room")
+        wait_body(browser, "in the first room")
+        browser.evaluate(f"document.querySelector('#room').value = {json.dumps(second)}")
+        browser.click("#join")
+        wait_body(browser, "in the second room")
+        assert [r[2] for r in shown(browser)] == ["in the second room"]
+        # The first room was left: a message there does not reach the page.
+        ivy.request("send", "ack", room=first, body={"text": "late in the first"})
+        ivy.request("send", "ack", room=second, body={"text": "later in the second"})
+        wait_body(browser, "later in the second")
+        assert [r[2] for r in shown(browser)] == ["in the second room", "later in the second"]
+        assert members(browser) == ["jo"]
+    finally:
+        ivy.close()
