@@ -13,6 +13,7 @@ import hmac
 import json
 import os
 import pathlib
+import shutil
 import socket
 import subprocess
 import sys
@@ -56,16 +57,17 @@ def free_port():
 
 
 class Server:
-    def __init__(self, proc, port, log):
+    def __init__(self, proc, port, log, data):
         self.proc = proc
         self.port = port
         self.log = log
+        self.data = data
         self.base = f"http://127.0.0.1:{port}"
         self.ws_url = f"ws://127.0.0.1:{port}/v1/ws"
 
 
-@pytest.fixture(scope="module")
-def page_server():
+def start_server(*extra):
+    """Starts `roomcast serve` on a free port with a fresh data directory."""
     binary = os.environ.get("ROOMCAST_BIN") or str(ROOT / "target" / "release" / "roomcast")
     if not os.path.exists(binary):
         pytest.fail(f"roomcast binary not found at {binary}: build it or set ROOMCAST_BIN")
@@ -74,13 +76,14 @@ def page_server():
     log = tempfile.TemporaryFile()
     env = dict(os.environ, ROOMCAST_JWT_SECRET=SECRET)
     proc = subprocess.Popen(
-        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data", data, "--threads", "2"],
+        [binary, "serve", "--listen", f"127.0.0.1:{port}", "--data", data, "--threads", "2", *extra],
         env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 20
     while True:
         if proc.poll() is not None:
             log.seek(0)
+            shutil.rmtree(data, ignore_errors=True)
             pytest.fail(f"roomcast exited with {proc.returncode}:\n{log.read().decode(errors='replace')}")
         try:
             socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
@@ -88,17 +91,36 @@ def page_server():
         except OSError:
             if time.monotonic() > deadline:
                 proc.kill()
+                proc.wait()
+                shutil.rmtree(data, ignore_errors=True)
                 pytest.fail("roomcast did not listen within 20 s")
             time.sleep(0.05)
-    yield Server(proc, port, log)
-    proc.terminate()
+    return Server(proc, port, log, data)
+
+
+def stop_server(server):
+    server.proc.terminate()
     try:
-        proc.wait(10)
+        server.proc.wait(10)
     except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-    log.close()
-    subprocess.run(["rm", "-rf", data], check=False)
+        server.proc.kill()
+        server.proc.wait()
+    server.log.close()
+    shutil.rmtree(server.data, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def page_server():
+    server = start_server()
+    yield server
+    stop_server(server)
+
+
+@pytest.fixture(scope="module")
+def anon_server():
+    server = start_server("--anonymous")
+    yield server
+    stop_server(server)
 
 
 @pytest.fixture(scope="module")
@@ -339,3 +361,17 @@ def test_page_switches_rooms(page_server, browser):
         assert members(browser) == ["jo"]
     finally:
         ivy.close()
+
+
+def test_page_anonymous_user(anon_server, browser):
+    room = unique_room("anon")
+    browser.navigate(f"{anon_server.base}/?user=kim&room={room}")
+    assert browser.evaluate("document.querySelector('#token').value") == ""
+    browser.click("#connect")
+    browser.wait_for("!document.querySelector('#join').disabled")
+    browser.click("#join")
+    browser.wait_for("!document.querySelector('#send').disabled")
+    page_send(browser, "no token needed")
+    seq = wait_body(browser, "no token needed")
+    assert shown(browser) == [[seq, "kim", "no token needed"]]
+    browser.wait_for("document.querySelector('#presence li[data-user=\"kim\"]')")
