@@ -208,19 +208,29 @@ class Browser:
 
     def close(self):
         """Stops Chromium and removes its profile directory."""
+        # Ask Chromium itself first: it then stops and reaps its helper
+        # processes. Signalling the whole group at once would orphan them
+        # mid-shutdown.
+        if self._ws is not None:
+            try:
+                self.call("Browser.close")
+            except Exception:
+                pass
         try:
             self._stack.close()
         except Exception:
             pass
         self._ws = None
-        if self.proc.poll() is None:
-            self._signal(signal.SIGTERM)
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
             try:
                 self.proc.wait(5)
             except subprocess.TimeoutExpired:
                 self._signal(signal.SIGKILL)
                 self.proc.wait(5)
-        # Helpers forked by Chromium may outlive it for a moment.
+        # Anything of the group still alive is a leftover helper.
         self._signal(signal.SIGKILL)
         shutil.rmtree(self.profile, ignore_errors=True)
 
