@@ -11,6 +11,7 @@ import base64
 import collections
 import hashlib
 import hmac
+import inspect
 import json
 import os
 import signal as signals
@@ -23,6 +24,9 @@ from dataclasses import dataclass, field
 
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect as ws_connect
+
+# websockets >= 17 wants `legacy=True` to return the connection directly (older ones lack the flag).
+_WS_EXTRA = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
 
 SECRET = "test-secret"
 HOST = "127.0.0.1"
@@ -191,6 +195,7 @@ class Server:
             close_timeout=3,
             max_size=None,
             max_queue=None,
+            **_WS_EXTRA,
         )
         return Client(conn)
 
@@ -617,7 +622,7 @@ class RawWs:
         assert head is not None, "closed during handshake"
         status = head.split(b"\r\n", 1)[0]
         assert b" 101 " in status + b" ", f"handshake refused: {head!r}"
-        expect = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC11B65").encode()).digest())
+        expect = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest())
         assert expect in head, f"bad Sec-WebSocket-Accept in {head!r}"
 
     def send_frame(self, opcode, payload=b"", fin=True, mask=True, rsv=0):
