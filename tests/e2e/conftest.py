@@ -82,7 +82,7 @@ class ServerFactory:
             data_dir = tempfile.mkdtemp(prefix="data-", dir=self.tmp_root)
         if data_dir is not False:
             args += ["--data", str(data_dir)]
-        if threads is not None:
+        if threads is not None and "--threads" not in flags:
             args += ["--threads", str(threads)]
         args += [str(f) for f in flags]
         LOG_DIR.mkdir(parents=True, exist_ok=True)
@@ -90,7 +90,11 @@ class ServerFactory:
         srv = Server(self.binary, args, base_env(env), data_dir, port, str(log), cwd=cwd)
         self.servers.append(srv)
         if wait:
-            srv.wait_ready(15)
+            try:
+                srv.wait_ready(15)
+            except RuntimeError:
+                srv.exit_checked = True  # reported here; teardown need not repeat it
+                raise
         return srv
 
     def finish(self):

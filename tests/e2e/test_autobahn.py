@@ -21,8 +21,9 @@ REPORT = REPO / "target" / "autobahn-report"
 SUITE = pathlib.Path(os.environ.get("AUTOBAHN_PY", REPO / "target" / "autobahn-py"))
 
 CASES = ["1.*", "2.*", "3.*", "4.*", "5.*", "6.*", "7.*", "9.*", "10.*"]
-# The biggest section 9 cases: 8 and 16 MiB messages, and 4 MiB cut into 64- and 256-byte frames.
-CI_EXCLUDE = ["9.1.5", "9.1.6", "9.2.5", "9.2.6", "9.3.1", "9.3.2", "9.4.1", "9.4.2"]
+# The slowest section 9 cases: 4 MiB cut into 64-byte frames (about 2 and 5 s each of the
+# roughly 35 s that all of section 9 takes here); the suite is fast enough to keep the rest.
+CI_EXCLUDE = ["9.3.1", "9.4.1"]
 PASSING = {"OK", "NON-STRICT", "INFORMATIONAL"}
 
 # Filled in for the terminal summary (see conftest.pytest_terminal_summary).

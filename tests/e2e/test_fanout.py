@@ -99,7 +99,9 @@ def test_slow_consumer_closed_others_unaffected(start_server, room):
     fast.join(room)
     time.sleep(0.3)  # let the slow join land before the flood
     sender = srv.ws("sender")
-    n, body = 2000, "x" * 1000
+    # 8 MB in all: more than the kernel can buffer for the slow member (tcp_wmem allows the
+    # server's send buffer to grow to 4 MiB), so its queue in the server must pass the cap.
+    n, body = 2000, "x" * 4000
     got = []
     done = threading.Event()
 
@@ -119,6 +121,9 @@ def test_slow_consumer_closed_others_unaffected(start_server, room):
     t0 = time.monotonic()
     for i in range(n):
         sender.send({"op": "send", "room": room, "body": body})
+        if i % 4 == 3:
+            # Paced in 16 KB bursts: each burst fits the fast member's queue cap easily.
+            time.sleep(0.005)
     done.wait(40)
     elapsed = time.monotonic() - t0
     assert got == list(range(1, n + 1)), f"fast member got {len(got)} of {n} (first {got[:3]}, last {got[-3:]})"
@@ -167,3 +172,34 @@ def test_sender_json_is_one_frame(server, room):
     assert set(seen) == {"ack", "msg"}, seen
     assert json.loads(json.dumps(seen["msg"]))["body"] == {"a": [1, 2]}
     r.close()
+
+
+@pytest.mark.timeout(60)
+def test_fast_member_not_closed_by_burst(start_server, room):
+    """A member that reads as fast as it can is not a slow consumer, even when a burst
+    larger than the queue cap arrives at once: the cap is for bytes the socket refuses."""
+    srv = start_server("--send-rate", "0", "--max-queue-bytes", "64KiB", "--threads", "2")
+    fast = srv.ws("fast")
+    fast.join(room)
+    sender = srv.ws("sender")
+    n = 200
+    frames = [json.dumps({"op": "send", "room": room, "body": "y" * 1000}) for _ in range(n)]
+    # One write of ~200 KB: the server reads it in a few large chunks.
+    sender.conn.socket.sendall(b"".join(_masked_text(f.encode()) for f in frames))
+    seqs = []
+    try:
+        while len(seqs) < n:
+            m = fast.recv(timeout=10)
+            if m.get("op") == "msg":
+                seqs.append(m["seq"])
+    except Exception as e:  # noqa: BLE001 - reported below
+        pytest.fail(f"fast member lost after {len(seqs)} of {n} messages: {e!r}")
+    assert seqs == list(range(1, n + 1))
+    fast.close()
+    sender.close()
+
+
+def _masked_text(payload: bytes) -> bytes:
+    from helpers import encode_frame
+
+    return encode_frame(OP_TEXT, payload)

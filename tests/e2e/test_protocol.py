@@ -333,6 +333,15 @@ def test_join_since_under_load_no_gap_no_dup(start_server, room):
     t = threading.Thread(target=blast)
     t.start()
     started.wait(10)
+    # Join only once the room has passed every `since` used below.
+    probe = srv.ws("probe")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        h = probe.call("history", room=room, limit=1)
+        if h["messages"] and h["messages"][-1]["seq"] >= 60:
+            break
+        time.sleep(0.02)
+    probe.close()
     joiners = []
     for k, since in enumerate([5, 50, 0]):
         c = srv.ws(f"j{k}")

@@ -171,4 +171,5 @@ def test_token_expiry_closes_4001(server, room):
     code, reason, _ = c.closed(timeout=12)
     elapsed = time.monotonic() - t0
     assert code == 4001, (code, reason)
-    assert elapsed <= 10, f"closed {elapsed:.1f}s after a 2 s token"
+    # Expiry is a deadline of its own: not left to the next ping or idle check.
+    assert elapsed <= 5, f"closed {elapsed:.1f}s after a 2 s token"
