@@ -51,7 +51,9 @@ def test_autobahn_fuzzingclient(start_server):
         pytest.skip("no Python 2.7: Autobahn|Testsuite skipped")
     if not (SUITE / "autobahntestsuite").is_dir():
         pytest.skip(f"Autobahn|Testsuite not installed in {SUITE}")
-    srv = start_server("--echo", "--max-message-bytes", "16MiB", "--send-rate", "0", "--threads", "2")
+    # The queue must hold an echoed 16 MiB message.
+    srv = start_server("--echo", "--max-message-bytes", "16MiB", "--max-queue-bytes", "64MiB", "--send-rate", "0",
+                       "--threads", "2")
     if REPORT.exists():
         shutil.rmtree(REPORT)
     REPORT.mkdir(parents=True)

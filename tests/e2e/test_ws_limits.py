@@ -120,6 +120,11 @@ def test_invalid_close_code_1002(server, code):
     r = server.raw_ws("ann")
     r.send_close(code)
     assert close_code(r) == 1002
+    # Both sides have sent a close frame: the server closes the TCP connection (RFC 6455 7.1.1).
+    try:
+        assert r.recv_frame(3) is None, "data after the close frame"
+    except TimeoutError:
+        pytest.fail("server kept the TCP connection open after the close handshake")
     r.close()
 
 
@@ -127,6 +132,23 @@ def test_close_reason_invalid_utf8_1007(server):
     r = server.raw_ws("ann")
     r.send_frame(OP_CLOSE, struct.pack("!H", 1000) + b"\xff")
     assert close_code(r) == 1007
+    try:
+        assert r.recv_frame(3) is None, "data after the close frame"
+    except TimeoutError:
+        pytest.fail("server kept the TCP connection open after the close handshake")
+    r.close()
+
+
+def test_protocol_error_then_tcp_close(server):
+    """After failing the connection with 1002 the server closes TCP without waiting long."""
+    r = server.raw_ws("ann")
+    r.send_frame(0x3, b"")
+    assert close_code(r) == 1002
+    r.send_close(1002)
+    try:
+        assert r.recv_frame(3) is None, "data after the close frame"
+    except TimeoutError:
+        pytest.fail("server kept the TCP connection open after the close handshake")
     r.close()
 
 
