@@ -137,12 +137,15 @@ class Server:
         return f"ws://{HOST}:{self.port}"
 
     def signal(self, sig=signals.SIGTERM):
+        self.signalled = True
         self.proc.send_signal(sig)
 
     def stop(self, timeout: float = 15.0, sig=signals.SIGTERM) -> int | None:
-        """Sends `sig` and waits; returns the exit code, or None if it had to be killed."""
+        """Sends `sig` (unless a test already did: a second one may mean "stop at once") and
+        waits; returns the exit code, or None if it had to be killed."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            if not getattr(self, "signalled", False):
+                self.proc.send_signal(sig)
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
