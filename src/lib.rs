@@ -11,3 +11,4 @@ pub mod proto;
 pub mod reactor;
 pub mod rooms;
 pub mod server;
+pub mod store;
