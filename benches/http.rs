@@ -65,13 +65,8 @@ fn bench_parse(c: &mut Criterion) {
 
     let mut g = c.benchmark_group("http_parse");
 
-    g.throughput(Throughput::ElementsAndBytes {
-        elements: 1,
-        bytes: UPGRADE.len() as u64,
-    });
-    g.bench_function("upgrade", |b| {
-        b.iter(|| parse_request(black_box(UPGRADE), &limits))
-    });
+    g.throughput(Throughput::ElementsAndBytes { elements: 1, bytes: UPGRADE.len() as u64 });
+    g.bench_function("upgrade", |b| b.iter(|| parse_request(black_box(UPGRADE), &limits)));
     g.bench_function("upgrade+check", |b| {
         b.iter(|| {
             let Ok(Some((req, _))) = parse_request(black_box(UPGRADE), &limits) else {
@@ -83,21 +78,11 @@ fn bench_parse(c: &mut Criterion) {
         })
     });
 
-    g.throughput(Throughput::ElementsAndBytes {
-        elements: 1,
-        bytes: SMALL_GET.len() as u64,
-    });
-    g.bench_function("small_get", |b| {
-        b.iter(|| parse_request(black_box(SMALL_GET), &limits))
-    });
+    g.throughput(Throughput::ElementsAndBytes { elements: 1, bytes: SMALL_GET.len() as u64 });
+    g.bench_function("small_get", |b| b.iter(|| parse_request(black_box(SMALL_GET), &limits)));
 
-    g.throughput(Throughput::ElementsAndBytes {
-        elements: PIPELINED as u64,
-        bytes: pipelined.len() as u64,
-    });
-    g.bench_function("pipelined_16", |b| {
-        b.iter(|| parse_all(black_box(&pipelined), &limits))
-    });
+    g.throughput(Throughput::ElementsAndBytes { elements: PIPELINED as u64, bytes: pipelined.len() as u64 });
+    g.bench_function("pipelined_16", |b| b.iter(|| parse_all(black_box(&pipelined), &limits)));
 
     g.finish();
 }

@@ -9,8 +9,7 @@ use serde_json::value::RawValue;
 
 mod common;
 
-const SEND: &[u8] =
-    br#"{"op":"send","room":"lobby","body":{"text":"hello"},"ref":"a7","id":"m-1"}"#;
+const SEND: &[u8] = br#"{"op":"send","room":"lobby","body":{"text":"hello"},"ref":"a7","id":"m-1"}"#;
 const JOIN: &[u8] = br#"{"op":"join","room":"lobby","since":0,"ref":1}"#;
 
 const ROOM: &str = "lobby";
@@ -28,11 +27,7 @@ fn body(n: usize) -> Box<RawValue> {
 /// A `send` like `SEND` whose body is `n` bytes.
 fn send_with_body(n: usize) -> Vec<u8> {
     let b = body(n);
-    format!(
-        r#"{{"op":"send","room":"lobby","body":{},"ref":"a7","id":"m-1"}}"#,
-        b.get()
-    )
-    .into_bytes()
+    format!(r#"{{"op":"send","room":"lobby","body":{},"ref":"a7","id":"m-1"}}"#, b.get()).into_bytes()
 }
 
 fn bench_decode(c: &mut Criterion) {
@@ -48,9 +43,7 @@ fn bench_decode(c: &mut Criterion) {
             Err(e) => panic!("{label} does not decode: {e}"),
         }
         g.throughput(Throughput::Bytes(text.len() as u64));
-        g.bench_function(BenchmarkId::from_parameter(label), |b| {
-            b.iter(|| decode(black_box(text)).is_ok())
-        });
+        g.bench_function(BenchmarkId::from_parameter(label), |b| b.iter(|| decode(black_box(text)).is_ok()));
     }
     g.finish();
 }
@@ -63,43 +56,17 @@ fn bench_encode(c: &mut Criterion) {
     let sample = encode_msg(ROOM, 12_345, TS, FROM, &b100, Some("m-1"));
     g.throughput(Throughput::Bytes(sample.frame.len() as u64));
     g.bench_function("msg_100B_body", |b| {
-        b.iter(|| {
-            encode_msg(
-                black_box(ROOM),
-                black_box(12_345),
-                TS,
-                FROM,
-                &b100,
-                Some("m-1"),
-            )
-        })
+        b.iter(|| encode_msg(black_box(ROOM), black_box(12_345), TS, FROM, &b100, Some("m-1")))
     });
 
     g.throughput(Throughput::Elements(1));
-    g.bench_function("ack", |b| {
-        b.iter(|| {
-            encode_ack(
-                Some(&r),
-                black_box(ROOM),
-                black_box(12_345),
-                TS,
-                Some("m-1"),
-            )
-        })
-    });
+    g.bench_function("ack", |b| b.iter(|| encode_ack(Some(&r), black_box(ROOM), black_box(12_345), TS, Some("m-1"))));
 
     // A default-sized history page: 50 stored frames copied into one reply.
-    let items: Vec<MsgFrame> = (0..50u64)
-        .map(|i| encode_msg(ROOM, 1000 + i, TS + i, FROM, &b100, None))
-        .collect();
+    let items: Vec<MsgFrame> = (0..50u64).map(|i| encode_msg(ROOM, 1000 + i, TS + i, FROM, &b100, None)).collect();
     let page = encode_history(Some(&r), ROOM, items.iter(), true);
-    g.throughput(Throughput::ElementsAndBytes {
-        elements: items.len() as u64,
-        bytes: page.len() as u64,
-    });
-    g.bench_function("history_50", |b| {
-        b.iter(|| encode_history(Some(&r), black_box(ROOM), items.iter(), true))
-    });
+    g.throughput(Throughput::ElementsAndBytes { elements: items.len() as u64, bytes: page.len() as u64 });
+    g.bench_function("history_50", |b| b.iter(|| encode_history(Some(&r), black_box(ROOM), items.iter(), true)));
     g.finish();
 }
 

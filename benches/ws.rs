@@ -17,12 +17,7 @@ use roomcast::proto::ws::{encode_frame, unmask, write_header, Decoder, Event, OP
 
 mod common;
 
-const SIZES: [(usize, &str); 4] = [
-    (16, "16B"),
-    (128, "128B"),
-    (1024, "1KiB"),
-    (64 * 1024, "64KiB"),
-];
+const SIZES: [(usize, &str); 4] = [(16, "16B"), (128, "128B"), (1024, "1KiB"), (64 * 1024, "64KiB")];
 
 const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 

@@ -54,10 +54,7 @@ pub enum ConfigError {
 
 impl ConfigError {
     fn setting(key: impl Into<String>, problem: impl Into<String>) -> Self {
-        ConfigError::Setting {
-            key: key.into(),
-            problem: problem.into(),
-        }
+        ConfigError::Setting { key: key.into(), problem: problem.into() }
     }
 }
 
@@ -98,8 +95,7 @@ impl FromStr for Durability {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
-        <Durability as ValueEnum>::from_str(s.trim(), true)
-            .map_err(|_| format!("{s:?} is not one of immediate, none"))
+        <Durability as ValueEnum>::from_str(s.trim(), true).map_err(|_| format!("{s:?} is not one of immediate, none"))
     }
 }
 
@@ -184,9 +180,7 @@ pub struct Config {
 
 /// The number of threads `serve` uses when `--threads` is not given.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 impl Default for Config {
@@ -226,18 +220,12 @@ impl Config {
     /// Parses `roomcast serve ARGS...` (without the program name and `serve`)
     /// against the environment lookup `env`, then validates. This is the same
     /// path `main` takes, minus the process environment.
-    pub fn from_args_and_env(
-        args: &[&str],
-        env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<Config, CliError> {
+    pub fn from_args_and_env(args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, CliError> {
         let argv = ["roomcast", "serve"].iter().chain(args.iter()).copied();
         match parse_command_line(argv, env)? {
             Invocation::Serve(config) => Ok(config),
             // Unreachable: the argument list starts with `serve`.
-            _ => Err(CliError::Config(ConfigError::setting(
-                "serve",
-                "not a serve command line",
-            ))),
+            _ => Err(CliError::Config(ConfigError::setting("serve", "not a serve command line"))),
         }
     }
 
@@ -301,10 +289,7 @@ impl Config {
             return bad("request-timeout", "must be more than 0");
         }
         if !self.send_rate.is_finite() || self.send_rate < 0.0 {
-            return bad(
-                "send-rate",
-                "must be a number of sends per second, 0 or more",
-            );
+            return bad("send-rate", "must be a number of sends per second, 0 or more");
         }
         if self.send_rate > 0.0 && self.send_burst == 0 {
             return bad("send-burst", "must be at least 1 while send-rate is on");
@@ -333,6 +318,8 @@ pub enum Invocation {
     Token(TokenRequest),
     /// `roomcast dev-cert`: write a self-signed certificate.
     DevCert(DevCertRequest),
+    /// `roomcast backup`: copy a stopped server's data to one file.
+    Backup { data: PathBuf, out: PathBuf },
 }
 
 /// `roomcast token`: who the token is for and how the secret is found.
@@ -365,10 +352,7 @@ pub fn process_env(name: &str) -> Option<String> {
 
 /// Parses a full command line (program name first) and resolves its settings
 /// from the flags, `env`, the settings file and the defaults.
-pub fn parse_command_line<I, T>(
-    args: I,
-    env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Invocation, CliError>
+pub fn parse_command_line<I, T>(args: I, env: &dyn Fn(&str) -> Option<String>) -> Result<Invocation, CliError>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -405,11 +389,14 @@ where
                 jwt_issuer: config.jwt_issuer,
             }))
         }
-        CliCommand::DevCert(dev) => Ok(Invocation::DevCert(DevCertRequest {
-            out_cert: dev.out_cert,
-            out_key: dev.out_key,
-            names: dev.name,
-        })),
+        CliCommand::DevCert(dev) => {
+            Ok(Invocation::DevCert(DevCertRequest { out_cert: dev.out_cert, out_key: dev.out_key, names: dev.name }))
+        }
+        CliCommand::Backup(b) => {
+            let flags = Settings { data: b.data, ..Settings::default() };
+            let config = resolve(flags, b.config, env)?;
+            Ok(Invocation::Backup { data: config.data, out: b.out })
+        }
     }
 }
 
@@ -439,10 +426,7 @@ fn env_value(env: &dyn Fn(&str) -> Option<String>, name: &str) -> Option<String>
 
 /// `max-message-bytes` -> `ROOMCAST_MAX_MESSAGE_BYTES`.
 pub fn env_name(flag: &str) -> String {
-    format!(
-        "{ENV_PREFIX}{}",
-        flag.to_ascii_uppercase().replace('-', "_")
-    )
+    format!("{ENV_PREFIX}{}", flag.to_ascii_uppercase().replace('-', "_"))
 }
 
 // ---------------------------------------------------------------------------
@@ -470,6 +454,21 @@ enum CliCommand {
     Token(TokenArgs),
     /// Write a self-signed certificate and key for trying TLS locally
     DevCert(DevCertArgs),
+    /// Copy the data of a stopped server into one consistent backup file
+    Backup(BackupArgs),
+}
+
+#[derive(Debug, Args)]
+struct BackupArgs {
+    /// Data directory of the (stopped) server [default: ./data] [env: ROOMCAST_DATA]
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+    /// TOML settings file to read `data` from [env: ROOMCAST_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// The backup file to write (a database file a server can use as its data)
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -679,9 +678,7 @@ impl Settings {
         ) -> Result<Option<T>, ConfigError> {
             match found {
                 None => Ok(None),
-                Some((name, value)) => parse(&value)
-                    .map(Some)
-                    .map_err(|problem| ConfigError::setting(name, problem)),
+                Some((name, value)) => parse(&value).map(Some).map_err(|problem| ConfigError::setting(name, problem)),
             }
         }
         Ok(Settings {
@@ -716,10 +713,8 @@ impl Settings {
     /// The file layer.
     fn from_file(path: &std::path::Path) -> Result<Settings, ConfigError> {
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: shown.clone(),
-            problem: format!("cannot read: {e}"),
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::File { path: shown.clone(), problem: format!("cannot read: {e}") })?;
         Settings::from_toml(&text, &shown)
     }
 
@@ -778,10 +773,7 @@ fn toml_error(e: &toml::de::Error, text: &str, shown: &str) -> ConfigError {
             .to_string();
     }
     let Some(span) = e.span() else {
-        return ConfigError::File {
-            path: shown.to_string(),
-            problem,
-        };
+        return ConfigError::File { path: shown.to_string(), problem };
     };
     let start = span.start.min(text.len());
     let line_no = text.get(..start).map_or(1, |s| s.matches('\n').count() + 1);
@@ -792,10 +784,7 @@ fn toml_error(e: &toml::de::Error, text: &str, shown: &str) -> ConfigError {
         .filter(|k| !k.is_empty() && !k.starts_with('['));
     match key {
         Some(key) => ConfigError::setting(key, format!("{problem} (in {shown}, line {line_no})")),
-        None => ConfigError::File {
-            path: shown.to_string(),
-            problem: format!("line {line_no}: {problem}"),
-        },
+        None => ConfigError::File { path: shown.to_string(), problem: format!("line {line_no}: {problem}") },
     }
 }
 
@@ -807,9 +796,7 @@ where
     T: FromStr,
     T::Err: fmt::Display,
 {
-    s.trim()
-        .parse()
-        .map_err(|e: T::Err| format!("invalid value {s:?}: {e}"))
+    s.trim().parse().map_err(|e: T::Err| format!("invalid value {s:?}: {e}"))
 }
 
 /// `true`/`false`, `1`/`0`, `yes`/`no`, `on`/`off`, any case.
@@ -817,9 +804,7 @@ pub fn parse_bool(s: &str) -> Result<bool, String> {
     match s.trim().to_ascii_lowercase().as_str() {
         "true" | "1" | "yes" | "on" => Ok(true),
         "false" | "0" | "no" | "off" => Ok(false),
-        _ => Err(format!(
-            "invalid value {s:?}: expected true or false (also 1/0, yes/no, on/off)"
-        )),
+        _ => Err(format!("invalid value {s:?}: expected true or false (also 1/0, yes/no, on/off)")),
     }
 }
 
@@ -852,9 +837,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(expected()),
     };
-    n.checked_mul(seconds_per)
-        .map(Duration::from_secs)
-        .ok_or_else(too_large)
+    n.checked_mul(seconds_per).map(Duration::from_secs).ok_or_else(too_large)
 }
 
 /// A byte count: a bare number, or with `B`, `KiB`, `MiB` or `GiB` (any case).
@@ -893,9 +876,7 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::E
             Ok(Duration::from_secs(v))
         }
         fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v)
-                .map(Duration::from_secs)
-                .map_err(|_| E::custom("a duration cannot be negative"))
+            u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("a duration cannot be negative"))
         }
     }
     d.deserialize_any(V).map(Some)
@@ -934,10 +915,7 @@ mod tests {
     }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
-        let map: HashMap<String, String> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         move |k| map.get(k).cloned()
     }
 
@@ -970,14 +948,10 @@ mod tests {
         assert_eq!(parse_duration("42"), Ok(Duration::from_secs(42)));
         assert_eq!(parse_duration(" 7s "), Ok(Duration::from_secs(7)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
-        for bad in [
-            "", "s", "-1s", "1.5s", "10x", "10 sec", "ms", "1h30m", "10S", "+5",
-        ] {
+        for bad in ["", "s", "-1s", "1.5s", "10x", "10 sec", "ms", "1h30m", "10S", "+5"] {
             assert!(parse_duration(bad).is_err(), "{bad:?} should not parse");
         }
-        assert!(parse_duration("18446744073709551615d")
-            .unwrap_err()
-            .contains("too large"));
+        assert!(parse_duration("18446744073709551615d").unwrap_err().contains("too large"));
         assert!(parse_duration("99999999999999999999999s").is_err());
     }
 
@@ -1099,10 +1073,7 @@ mod tests {
         let off = Config::from_args_and_env(&["--anonymous=false"], &env).unwrap();
         assert!(!off.anonymous, "an explicit flag beats the environment");
         // Without `=`, a following word is not taken as the flag's value.
-        assert!(matches!(
-            Config::from_args_and_env(&["--anonymous", "false"], &no_env),
-            Err(CliError::Usage(_))
-        ));
+        assert!(matches!(Config::from_args_and_env(&["--anonymous", "false"], &no_env), Err(CliError::Usage(_))));
     }
 
     #[test]
@@ -1115,10 +1086,7 @@ mod tests {
              echo = true\n",
         );
         let file_arg = format!("--config={}", file.display());
-        let env = env_of(&[
-            ("ROOMCAST_LISTEN", "127.0.0.1:1002"),
-            ("ROOMCAST_THREADS", "6"),
-        ]);
+        let env = env_of(&[("ROOMCAST_LISTEN", "127.0.0.1:1002"), ("ROOMCAST_THREADS", "6")]);
 
         // File alone.
         let c = Config::from_args_and_env(&[&file_arg], &no_env).unwrap();
@@ -1136,8 +1104,7 @@ mod tests {
         assert_eq!(c.max_message_bytes, 8192);
 
         // A flag beats both.
-        let c =
-            Config::from_args_and_env(&[&file_arg, "--listen", "127.0.0.1:1003"], &env).unwrap();
+        let c = Config::from_args_and_env(&[&file_arg, "--listen", "127.0.0.1:1003"], &env).unwrap();
         assert_eq!(c.listen.port(), 1003);
         assert_eq!(c.threads, 6);
 
@@ -1159,19 +1126,11 @@ mod tests {
         let env = env_of(&[("ROOMCAST_JWT_SECRET", "s3cret")]);
         let c = Config::from_args_and_env(&[], &env).unwrap();
         assert_eq!(c.jwt_secret.as_ref().map(JwtSecret::expose), Some("s3cret"));
-        assert!(
-            !format!("{c:?}").contains("s3cret"),
-            "Debug hides the secret"
-        );
-        assert!(matches!(
-            Config::from_args_and_env(&["--jwt-secret=x"], &no_env),
-            Err(CliError::Usage(_))
-        ));
+        assert!(!format!("{c:?}").contains("s3cret"), "Debug hides the secret");
+        assert!(matches!(Config::from_args_and_env(&["--jwt-secret=x"], &no_env), Err(CliError::Usage(_))));
         let file = temp_file("jwt-secret = \"x\"\n");
-        let (key, problem) = setting_error(Config::from_args_and_env(
-            &[&format!("--config={}", file.display())],
-            &no_env,
-        ));
+        let (key, problem) =
+            setting_error(Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env));
         assert_eq!(key, "jwt-secret");
         assert!(problem.contains("unknown key"), "{problem}");
         std::fs::remove_file(file).unwrap();
@@ -1231,18 +1190,13 @@ mod tests {
             if long == "help" {
                 continue;
             }
-            assert!(
-                doc.contains(&format!("| `--{long}")),
-                "--{long} undocumented"
-            );
+            assert!(doc.contains(&format!("| `--{long}")), "--{long} undocumented");
             assert!(doc.contains(&format!("`{}`", env_name(long))));
         }
         let start = doc.find("```toml\n").unwrap() + "```toml\n".len();
         let len = doc[start..].find("```").unwrap();
         let mut config = Config::default();
-        Settings::from_toml(&doc[start..start + len], "CONFIG.md")
-            .unwrap()
-            .apply(&mut config);
+        Settings::from_toml(&doc[start..start + len], "CONFIG.md").unwrap().apply(&mut config);
         config.validate().unwrap();
         assert_eq!(config.max_message_bytes, 128 << 10);
     }
@@ -1259,43 +1213,31 @@ mod tests {
         assert_eq!(key, "ROOMCAST_DURABILITY");
 
         let file = temp_file("listen = \"127.0.0.1:1\"\nthreads = \"many\"\n");
-        let (key, problem) = setting_error(Config::from_args_and_env(
-            &[&format!("--config={}", file.display())],
-            &no_env,
-        ));
+        let (key, problem) =
+            setting_error(Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env));
         assert_eq!(key, "threads");
         assert!(problem.contains("line 2"), "{problem}");
         assert!(!problem.contains('\n'));
         std::fs::remove_file(file).unwrap();
 
         let file = temp_file("bogus-key = 1\n");
-        let (key, problem) = setting_error(Config::from_args_and_env(
-            &[&format!("--config={}", file.display())],
-            &no_env,
-        ));
+        let (key, problem) =
+            setting_error(Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env));
         assert_eq!(key, "bogus-key");
         assert!(problem.contains("unknown key"), "{problem}");
         std::fs::remove_file(file).unwrap();
 
         let file = temp_file("this is not toml\n");
-        let err = Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env)
-            .unwrap_err();
+        let err = Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env).unwrap_err();
         assert!(matches!(err, CliError::Config(ConfigError::File { .. })));
         assert!(!err.to_string().contains('\n'), "{err}");
         std::fs::remove_file(file).unwrap();
 
-        let err = Config::from_args_and_env(&["--config=/nonexistent/roomcast.toml"], &no_env)
-            .unwrap_err();
+        let err = Config::from_args_and_env(&["--config=/nonexistent/roomcast.toml"], &no_env).unwrap_err();
         assert!(err.to_string().contains("cannot read"), "{err}");
 
-        assert!(matches!(
-            Config::from_args_and_env(&["--threads=many"], &no_env),
-            Err(CliError::Usage(_))
-        ));
-        assert!(matches!(
-            Config::from_args_and_env(&["--no-such-flag"], &no_env),
-            Err(CliError::Usage(_))
-        ));
+        assert!(matches!(Config::from_args_and_env(&["--threads=many"], &no_env), Err(CliError::Usage(_))));
+        assert!(matches!(Config::from_args_and_env(&["--no-such-flag"], &no_env), Err(CliError::Usage(_))));
     }
 
     #[test]
@@ -1303,20 +1245,11 @@ mod tests {
         let cases: &[(&[&str], &str)] = &[
             (&["--threads=0"], "threads"),
             (&["--tls-listen=127.0.0.1:8443"], "tls-listen"),
-            (
-                &["--tls-listen=127.0.0.1:8443", "--tls-cert=c.pem"],
-                "tls-listen",
-            ),
+            (&["--tls-listen=127.0.0.1:8443", "--tls-cert=c.pem"], "tls-listen"),
             (&["--tls-cert=c.pem", "--tls-key=k.pem"], "tls-cert"),
-            (
-                &["--tls-listen=127.0.0.1:8080", "--tls-cert=c", "--tls-key=k"],
-                "tls-listen",
-            ),
+            (&["--tls-listen=127.0.0.1:8080", "--tls-cert=c", "--tls-key=k"], "tls-listen"),
             (&["--max-message-bytes=0"], "max-message-bytes"),
-            (
-                &["--max-message-bytes=8MiB", "--max-queue-bytes=4MiB"],
-                "max-queue-bytes",
-            ),
+            (&["--max-message-bytes=8MiB", "--max-queue-bytes=4MiB"], "max-queue-bytes"),
             (&["--ping-interval=60s"], "ping-interval"),
             (&["--idle-timeout=0"], "idle-timeout"),
             (&["--request-timeout=0"], "request-timeout"),
@@ -1333,32 +1266,21 @@ mod tests {
             assert_eq!(&key, want, "{args:?}");
         }
         // Limits that are allowed to be off.
-        let c = Config::from_args_and_env(
-            &["--send-rate=0", "--send-burst=0", "--dedup-window=0"],
-            &no_env,
-        )
-        .unwrap();
+        let c = Config::from_args_and_env(&["--send-rate=0", "--send-burst=0", "--dedup-window=0"], &no_env).unwrap();
         assert_eq!(c.send_rate, 0.0);
-        assert!(Config::from_args_and_env(
-            &["--tls-listen=127.0.0.1:8443", "--tls-cert=c", "--tls-key=k"],
-            &no_env
-        )
-        .is_ok());
+        assert!(
+            Config::from_args_and_env(&["--tls-listen=127.0.0.1:8443", "--tls-cert=c", "--tls-key=k"], &no_env).is_ok()
+        );
     }
 
     #[test]
     fn token_command() {
         let file = temp_file("data = \"/from/file\"\njwt-issuer = \"file-iss\"\n");
         let path = file.display().to_string();
-        let env = env_of(&[
-            ("ROOMCAST_JWT_SECRET", "k"),
-            ("ROOMCAST_CONFIG", &path),
-            ("ROOMCAST_JWT_AUDIENCE", "env-aud"),
-        ]);
+        let env =
+            env_of(&[("ROOMCAST_JWT_SECRET", "k"), ("ROOMCAST_CONFIG", &path), ("ROOMCAST_JWT_AUDIENCE", "env-aud")]);
         let inv = parse_command_line(["roomcast", "token", "--sub", "ann"], &env).unwrap();
-        let Invocation::Token(t) = inv else {
-            panic!("not a token request")
-        };
+        let Invocation::Token(t) = inv else { panic!("not a token request") };
         assert_eq!(t.sub, "ann");
         assert_eq!(t.ttl, Duration::from_secs(3600));
         assert_eq!(t.role, None);
@@ -1368,28 +1290,15 @@ mod tests {
         assert_eq!(t.jwt_secret.as_ref().map(JwtSecret::expose), Some("k"));
 
         let env = env_of(&[("ROOMCAST_DATA", "/from/env")]);
-        let inv = parse_command_line(
-            [
-                "roomcast", "token", "--sub", "bo", "--ttl", "60", "--role", "admin",
-            ],
-            &env,
-        )
-        .unwrap();
-        let Invocation::Token(t) = inv else {
-            panic!("not a token request")
-        };
+        let inv =
+            parse_command_line(["roomcast", "token", "--sub", "bo", "--ttl", "60", "--role", "admin"], &env).unwrap();
+        let Invocation::Token(t) = inv else { panic!("not a token request") };
         assert_eq!(t.ttl, Duration::from_secs(60));
         assert_eq!(t.role.as_deref(), Some("admin"));
         assert_eq!(t.data, PathBuf::from("/from/env"));
 
-        let inv = parse_command_line(
-            ["roomcast", "token", "--sub=bo", "--data=/flag", "--ttl=2h"],
-            &env,
-        )
-        .unwrap();
-        let Invocation::Token(t) = inv else {
-            panic!("not a token request")
-        };
+        let inv = parse_command_line(["roomcast", "token", "--sub=bo", "--data=/flag", "--ttl=2h"], &env).unwrap();
+        let Invocation::Token(t) = inv else { panic!("not a token request") };
         assert_eq!(t.data, PathBuf::from("/flag"));
         assert_eq!(t.ttl, Duration::from_secs(7200));
 
@@ -1401,32 +1310,16 @@ mod tests {
 
     #[test]
     fn dev_cert_command() {
-        let inv = parse_command_line(
-            [
-                "roomcast",
-                "dev-cert",
-                "--out-cert",
-                "c.pem",
-                "--out-key",
-                "k.pem",
-            ],
-            &no_env,
-        )
-        .unwrap();
-        let Invocation::DevCert(d) = inv else {
-            panic!("not a dev-cert request")
-        };
+        let inv =
+            parse_command_line(["roomcast", "dev-cert", "--out-cert", "c.pem", "--out-key", "k.pem"], &no_env).unwrap();
+        let Invocation::DevCert(d) = inv else { panic!("not a dev-cert request") };
         assert_eq!(d.names, vec!["localhost".to_string()]);
         assert_eq!(d.out_cert, PathBuf::from("c.pem"));
     }
 
     #[test]
     fn help_and_version_are_usage_results() {
-        for args in [
-            &["roomcast", "--help"][..],
-            &["roomcast", "serve", "--help"],
-            &["roomcast", "--version"],
-        ] {
+        for args in [&["roomcast", "--help"][..], &["roomcast", "serve", "--help"], &["roomcast", "--version"]] {
             match parse_command_line(args.iter().copied(), &no_env) {
                 Err(CliError::Usage(e)) => assert_eq!(e.exit_code(), 0, "{args:?}"),
                 other => panic!("{args:?}: {other:?}"),

@@ -25,6 +25,13 @@ fn main() -> ExitCode {
         Invocation::Serve(config) => roomcast::server::run(config).map_err(|e| e.to_string()),
         Invocation::Token(request) => token(&request),
         Invocation::DevCert(request) => dev_cert(&request),
+        Invocation::Backup { data, out } => match roomcast::store::backup_offline(&data, &out) {
+            Ok(n) => {
+                println!("wrote {} ({n} messages)", out.display());
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -45,14 +52,9 @@ fn token(request: &TokenRequest) -> Result<(), String> {
     )
     .map_err(|e| e.to_string())?;
     if from_file {
-        eprintln!(
-            "roomcast: signed with the secret in {}",
-            request.data.join(roomcast::auth::SECRET_FILE).display()
-        );
+        eprintln!("roomcast: signed with the secret in {}", request.data.join(roomcast::auth::SECRET_FILE).display());
     }
-    let token = auth
-        .mint(&request.sub, request.ttl, request.role.as_deref())
-        .map_err(|e| e.to_string())?;
+    let token = auth.mint(&request.sub, request.ttl, request.role.as_deref()).map_err(|e| e.to_string())?;
     writeln!(io::stdout(), "{token}").map_err(|e| format!("cannot write the token: {e}"))
 }
 
@@ -61,17 +63,8 @@ fn dev_cert(request: &DevCertRequest) -> Result<(), String> {
     let certified = rcgen::generate_simple_self_signed(request.names.clone())
         .map_err(|e| format!("cannot make a certificate: {e}"))?;
     write_file(&request.out_cert, certified.cert.pem().as_bytes(), false)?;
-    write_file(
-        &request.out_key,
-        certified.signing_key.serialize_pem().as_bytes(),
-        true,
-    )?;
-    println!(
-        "wrote {} and {} for {}",
-        request.out_cert.display(),
-        request.out_key.display(),
-        request.names.join(", ")
-    );
+    write_file(&request.out_key, certified.signing_key.serialize_pem().as_bytes(), true)?;
+    println!("wrote {} and {} for {}", request.out_cert.display(), request.out_key.display(), request.names.join(", "));
     Ok(())
 }
 

@@ -121,66 +121,22 @@ pub fn render(all: &[Shared]) -> String {
     let mut out = String::with_capacity(4096);
     type Get = fn(&Shared) -> &AtomicU64;
     let simple: [(&str, &str, &str, Get); 10] = [
-        (
-            "roomcast_connections_open",
-            "gauge",
-            "Connections open now.",
-            |s| &s.open,
-        ),
-        (
-            "roomcast_connections_accepted_total",
-            "counter",
-            "Connections accepted.",
-            |s| &s.accepted,
-        ),
-        (
-            "roomcast_frames_in_total",
-            "counter",
-            "WebSocket frames received.",
-            |s| &s.frames_in,
-        ),
-        (
-            "roomcast_frames_out_total",
-            "counter",
-            "WebSocket frames queued to clients.",
-            |s| &s.frames_out,
-        ),
-        (
-            "roomcast_bytes_in_total",
-            "counter",
-            "Bytes read from sockets.",
-            |s| &s.bytes_in,
-        ),
-        (
-            "roomcast_bytes_out_total",
-            "counter",
-            "Bytes written to sockets.",
-            |s| &s.bytes_out,
-        ),
-        (
-            "roomcast_messages_published_total",
-            "counter",
-            "Messages published by rooms this reactor owns.",
-            |s| &s.published,
-        ),
-        (
-            "roomcast_messages_delivered_total",
-            "counter",
-            "Messages queued to members on this reactor.",
-            |s| &s.delivered,
-        ),
-        (
-            "roomcast_queue_drops_total",
-            "counter",
-            "Frames dropped from the queues of closed slow consumers.",
-            |s| &s.queue_drops,
-        ),
-        (
-            "roomcast_http_requests_total",
-            "counter",
-            "HTTP requests answered.",
-            |s| &s.http_requests,
-        ),
+        ("roomcast_connections_open", "gauge", "Connections open now.", |s| &s.open),
+        ("roomcast_connections_accepted_total", "counter", "Connections accepted.", |s| &s.accepted),
+        ("roomcast_frames_in_total", "counter", "WebSocket frames received.", |s| &s.frames_in),
+        ("roomcast_frames_out_total", "counter", "WebSocket frames queued to clients.", |s| &s.frames_out),
+        ("roomcast_bytes_in_total", "counter", "Bytes read from sockets.", |s| &s.bytes_in),
+        ("roomcast_bytes_out_total", "counter", "Bytes written to sockets.", |s| &s.bytes_out),
+        ("roomcast_messages_published_total", "counter", "Messages published by rooms this reactor owns.", |s| {
+            &s.published
+        }),
+        ("roomcast_messages_delivered_total", "counter", "Messages queued to members on this reactor.", |s| {
+            &s.delivered
+        }),
+        ("roomcast_queue_drops_total", "counter", "Frames dropped from the queues of closed slow consumers.", |s| {
+            &s.queue_drops
+        }),
+        ("roomcast_http_requests_total", "counter", "HTTP requests answered.", |s| &s.http_requests),
     ];
     for (name, kind, help, get) in simple {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
@@ -189,18 +145,11 @@ pub fn render(all: &[Shared]) -> String {
         }
     }
     let name = "roomcast_connections_closed_total";
-    let _ = writeln!(
-        out,
-        "# HELP {name} Connections closed, by reason.\n# TYPE {name} counter"
-    );
+    let _ = writeln!(out, "# HELP {name} Connections closed, by reason.\n# TYPE {name} counter");
     for (i, s) in all.iter().enumerate() {
         for r in CloseReason::ALL {
             let v = s.closed[r.index()].load(Relaxed);
-            let _ = writeln!(
-                out,
-                "{name}{{reactor=\"{i}\",reason=\"{}\"}} {v}",
-                r.label()
-            );
+            let _ = writeln!(out, "{name}{{reactor=\"{i}\",reason=\"{}\"}} {v}", r.label());
         }
     }
     out
@@ -213,17 +162,12 @@ mod tests {
     #[test]
     fn renders_every_family_per_reactor() {
         let shared: Vec<Shared> = (0..2).map(|_| Shared::default()).collect();
-        let mut c = Counters {
-            delivered: 7,
-            ..Counters::default()
-        };
+        let mut c = Counters { delivered: 7, ..Counters::default() };
         c.closed(CloseReason::SlowConsumer);
         shared[1].publish(&c);
         let text = render(&shared);
         assert!(text.contains("roomcast_messages_delivered_total{reactor=\"1\"} 7"));
-        assert!(text.contains(
-            "roomcast_connections_closed_total{reactor=\"1\",reason=\"slow_consumer\"} 1"
-        ));
+        assert!(text.contains("roomcast_connections_closed_total{reactor=\"1\",reason=\"slow_consumer\"} 1"));
         assert!(text.contains("roomcast_connections_open{reactor=\"0\"} 0"));
     }
 }

@@ -16,16 +16,37 @@ use std::time::Duration;
 use mio::{Poll, Waker};
 
 use crate::auth::Auth;
-use crate::config::Config;
+use crate::config::{Config, Durability};
 use crate::metrics;
-use crate::reactor::mail::{Inbox, Mailbox};
+use crate::reactor::mail::{Inbox, Mail, Mailbox};
 use crate::reactor::{Reactor, ReactorParts, Shared};
+use crate::store::{spawn_writer, CommitSink, ReaderPool, Store, WriterConfig};
 
 /// Capacity of each reactor's mailbox. Past it, senders keep mail in their
 /// own overflow queue and refuse new publishes (`overloaded`).
 const MAILBOX_CAP: usize = 64 * 1024;
 /// Listen backlog; the kernel clamps it to somaxconn.
 const BACKLOG: i32 = 4096;
+/// Capacity of store-writer's queue; past it publishes get `overloaded`.
+const WRITER_CAP: usize = 64 * 1024;
+/// Threads reading history pages from storage.
+const READERS: usize = 2;
+
+/// Reports commits to the owning reactor's mailbox.
+struct Sink {
+    mailboxes: Vec<Mailbox>,
+}
+
+impl CommitSink for Sink {
+    fn committed(&self, reactor: u16, n: usize, result: Result<(), String>) {
+        if let Some(mb) = self.mailboxes.get(reactor as usize) {
+            // Blocking is fine here: reactors never wait on the writer.
+            if mb.tx.send(Mail::Committed { n, result }).is_ok() {
+                mb.wake();
+            }
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -40,8 +61,11 @@ fn startup(what: impl std::fmt::Display) -> ServerError {
 pub fn run(config: Config) -> Result<(), ServerError> {
     std::fs::create_dir_all(&config.data)
         .map_err(|e| startup(format!("data directory {}: {e}", config.data.display())))?;
-    let (auth, secret_from_file) =
-        Auth::from_config(&config).map_err(|e| startup(format!("jwt secret: {e}")))?;
+    let (auth, secret_from_file) = Auth::from_config(&config).map_err(|e| startup(format!("jwt secret: {e}")))?;
+
+    let store = Store::open(&config.data).map_err(startup)?;
+    let readers = ReaderPool::new(store.clone(), READERS).map_err(|e| startup(format!("reader threads: {e}")))?;
+    let (writer_tx, writer_rx) = crossbeam_channel::bounded(WRITER_CAP);
 
     let tls = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
         (Some(_), Some(cert), Some(key)) => Some(load_tls(cert, key)?),
@@ -66,17 +90,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
     let mut tls_iter = tls_group.map(|g| g.into_iter());
     for (id, l) in plain.into_iter().enumerate() {
         let poll = Poll::new().map_err(|e| startup(format!("poll: {e}")))?;
-        let waker = Arc::new(
-            Waker::new(poll.registry(), mio::Token(0))
-                .map_err(|e| startup(format!("waker: {e}")))?,
-        );
+        let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0)).map_err(|e| startup(format!("waker: {e}")))?);
         let (tx, rx) = crossbeam_channel::bounded(MAILBOX_CAP);
         let sleeping = Arc::new(AtomicBool::new(false));
-        mailboxes.push(Mailbox {
-            tx,
-            waker,
-            sleeping: sleeping.clone(),
-        });
+        mailboxes.push(Mailbox { tx, waker, sleeping: sleeping.clone() });
         let mut listeners = vec![(l, false)];
         if let Some(t) = tls_iter.as_mut().and_then(|i| i.next()) {
             listeners.push((t, true));
@@ -86,28 +103,35 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             poll,
             inbox: Inbox { rx, sleeping },
             listeners,
+            writer: Some(writer_tx.clone()),
         });
     }
 
-    let page_token = if secret_from_file {
-        auth.mint("dev", Duration::from_secs(24 * 3600), None).ok()
-    } else {
-        None
-    };
+    let page_token = if secret_from_file { auth.mint("dev", Duration::from_secs(24 * 3600), None).ok() } else { None };
     let shared = Arc::new(Shared {
         metrics: (0..n).map(|_| metrics::Shared::default()).collect(),
         mailboxes,
         draining: AtomicBool::new(false),
         tls,
         auth,
+        store: Some(store.clone()),
+        readers: Some(readers),
         config,
     });
+    drop(writer_tx);
+    let writer_cfg = WriterConfig {
+        durable: shared.config.durability == Durability::Immediate,
+        retain_messages: shared.config.retain_messages,
+        retain_age: shared.config.retain_age,
+        max_batch: 8192,
+    };
+    let sink = Box::new(Sink { mailboxes: shared.mailboxes.clone() });
+    let writer = spawn_writer(store, writer_rx, writer_cfg, sink).map_err(|e| startup(format!("store-writer: {e}")))?;
 
     let mut threads = Vec::with_capacity(n);
     for p in parts {
         let id = p.id;
-        let reactor =
-            Reactor::new(p, shared.clone()).map_err(|e| startup(format!("reactor {id}: {e}")))?;
+        let reactor = Reactor::new(p, shared.clone()).map_err(|e| startup(format!("reactor {id}: {e}")))?;
         let t = thread::Builder::new()
             .name(format!("reactor-{id}"))
             .spawn(move || reactor.run())
@@ -134,6 +158,10 @@ pub fn run(config: Config) -> Result<(), ServerError> {
             shared.start_drain();
         }
     }
+    // Every reactor dropped its sender: the writer commits what is left and ends.
+    if writer.join().is_err() {
+        eprintln!("roomcast: the store-writer thread panicked");
+    }
     if shared.draining.load(Ordering::SeqCst) {
         println!("roomcast: drained, bye");
     }
@@ -142,8 +170,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
 fn spawn_signal_thread(shared: Arc<Shared>) -> Result<(), ServerError> {
     use signal_hook::consts::{SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
-        .map_err(|e| startup(format!("signals: {e}")))?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| startup(format!("signals: {e}")))?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
@@ -170,9 +198,7 @@ fn bind_group(addr: SocketAddr, n: usize) -> Result<Vec<mio::net::TcpListener>, 
     for _ in 0..n {
         let l = bind_one(addr).map_err(|e| startup(format!("bind {addr}: {e}")))?;
         if addr.port() == 0 {
-            addr = l
-                .local_addr()
-                .map_err(|e| startup(format!("bind {addr}: {e}")))?;
+            addr = l.local_addr().map_err(|e| startup(format!("bind {addr}: {e}")))?;
         }
         out.push(mio::net::TcpListener::from_std(l));
     }
@@ -191,8 +217,7 @@ fn bind_one(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 }
 
 fn local_addr(l: &mio::net::TcpListener) -> Result<SocketAddr, ServerError> {
-    l.local_addr()
-        .map_err(|e| startup(format!("listener: {e}")))
+    l.local_addr().map_err(|e| startup(format!("listener: {e}")))
 }
 
 /// A rustls server config from PEM files (HTTP/1.1 over TLS).
@@ -204,13 +229,9 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Se
         .collect::<Result<_, _>>()
         .map_err(|e| startup(format!("tls-cert {}: {e}", cert.display())))?;
     if certs.is_empty() {
-        return Err(startup(format!(
-            "tls-cert {}: no certificate found",
-            cert.display()
-        )));
+        return Err(startup(format!("tls-cert {}: no certificate found", cert.display())));
     }
-    let key = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| startup(format!("tls-key {}: {e}", key.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| startup(format!("tls-key {}: {e}", key.display())))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

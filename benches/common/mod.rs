@@ -8,8 +8,5 @@ use criterion::Criterion;
 
 /// 20 samples over 2 s after a 1 s warm-up, per benchmark.
 pub fn config() -> Criterion {
-    Criterion::default()
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(2))
+    Criterion::default().sample_size(20).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(2))
 }

@@ -71,10 +71,7 @@ pub struct Auth {
 
 impl std::fmt::Debug for Auth {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Auth")
-            .field("audience", &self.audience)
-            .field("issuer", &self.issuer)
-            .finish_non_exhaustive()
+        f.debug_struct("Auth").field("audience", &self.audience).field("issuer", &self.issuer).finish_non_exhaustive()
     }
 }
 
@@ -90,10 +87,7 @@ impl Auth {
         issuer: Option<&str>,
     ) -> Result<(Auth, bool), AuthError> {
         if let Some(secret) = env_secret.filter(|s| !s.is_empty()) {
-            return Ok((
-                Auth::from_secret(secret.as_bytes(), audience, issuer)?,
-                false,
-            ));
+            return Ok((Auth::from_secret(secret.as_bytes(), audience, issuer)?, false));
         }
         let secret = load_or_create_secret_file(data)?;
         Ok((Auth::from_secret(&secret, audience, issuer)?, true))
@@ -109,15 +103,9 @@ impl Auth {
         )
     }
 
-    pub fn from_secret(
-        secret: &[u8],
-        audience: Option<&str>,
-        issuer: Option<&str>,
-    ) -> Result<Auth, AuthError> {
-        let encoding =
-            EncodingKey::from_secret(secret).map_err(|e| AuthError::Secret(e.to_string()))?;
-        let decoding =
-            DecodingKey::from_secret(secret).map_err(|e| AuthError::Secret(e.to_string()))?;
+    pub fn from_secret(secret: &[u8], audience: Option<&str>, issuer: Option<&str>) -> Result<Auth, AuthError> {
+        let encoding = EncodingKey::from_secret(secret).map_err(|e| AuthError::Secret(e.to_string()))?;
+        let decoding = DecodingKey::from_secret(secret).map_err(|e| AuthError::Secret(e.to_string()))?;
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = LEEWAY_SECS;
         validation.validate_nbf = true;
@@ -162,8 +150,8 @@ impl Auth {
     /// audience and issuer when configured. An empty `sub` is refused: it
     /// cannot name a user.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(e.to_string()),
             })?;
@@ -176,9 +164,7 @@ impl Auth {
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 fn secret_error(what: &str, path: &Path, e: io::Error) -> AuthError {
@@ -216,8 +202,7 @@ fn load_or_create_secret_file(data: &Path) -> Result<Vec<u8>, AuthError> {
             Ok(secret.to_vec())
         }
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-            let text =
-                fs::read_to_string(&path).map_err(|e| secret_error("cannot read", &path, e))?;
+            let text = fs::read_to_string(&path).map_err(|e| secret_error("cannot read", &path, e))?;
             decode_secret(&text, &path)
         }
         Err(e) => Err(secret_error("cannot write", &path, e)),
@@ -247,8 +232,8 @@ fn sync_dir(dir: &Path) {
 }
 
 fn decode_secret(text: &str, path: &Path) -> Result<Vec<u8>, AuthError> {
-    let bytes = hex_decode(text.trim())
-        .ok_or_else(|| AuthError::Secret(format!("{}: not a hex string", path.display())))?;
+    let bytes =
+        hex_decode(text.trim()).ok_or_else(|| AuthError::Secret(format!("{}: not a hex string", path.display())))?;
     if bytes.is_empty() {
         return Err(AuthError::Secret(format!("{}: empty", path.display())));
     }
@@ -305,30 +290,18 @@ mod tests {
     }
 
     fn encode(secret: &[u8], claims: &Claims) -> String {
-        jsonwebtoken::encode(
-            &Header::new(Algorithm::HS256),
-            claims,
-            &EncodingKey::from_secret(secret).unwrap(),
-        )
-        .unwrap()
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret).unwrap())
+            .unwrap()
     }
 
     fn claims(sub: &str, exp: u64) -> Claims {
-        Claims {
-            sub: sub.to_string(),
-            exp,
-            role: None,
-            aud: None,
-            iss: None,
-        }
+        Claims { sub: sub.to_string(), exp, role: None, aud: None, iss: None }
     }
 
     #[test]
     fn roundtrip() {
         let auth = Auth::from_secret(b"secret", None, None).unwrap();
-        let token = auth
-            .mint("ann", Duration::from_secs(60), Some("admin"))
-            .unwrap();
+        let token = auth.mint("ann", Duration::from_secs(60), Some("admin")).unwrap();
         let c = auth.verify(&token).unwrap();
         assert_eq!(c.sub, "ann");
         assert_eq!(c.role.as_deref(), Some("admin"));
@@ -357,10 +330,7 @@ mod tests {
         assert!(matches!(auth.verify(&token), Err(AuthError::Invalid(_))));
 
         for junk in ["", "abc", "a.b.c", "..", "eyJ0eXAiOiJKV1QifQ.e30."] {
-            assert!(
-                matches!(auth.verify(junk), Err(AuthError::Invalid(_))),
-                "{junk}"
-            );
+            assert!(matches!(auth.verify(junk), Err(AuthError::Invalid(_))), "{junk}");
         }
 
         // No `exp` at all.
@@ -387,10 +357,7 @@ mod tests {
 
     #[test]
     fn empty_secret_is_refused() {
-        assert!(matches!(
-            Auth::from_secret(b"", None, None),
-            Err(AuthError::Secret(_))
-        ));
+        assert!(matches!(Auth::from_secret(b"", None, None), Err(AuthError::Secret(_))));
     }
 
     #[test]
@@ -408,29 +375,17 @@ mod tests {
         assert!(matches!(strict.verify(&plain), Err(AuthError::Invalid(_))));
 
         let exp = now_unix() + 60;
-        let wrong_aud = Claims {
-            aud: Some(Audience::One("other".into())),
-            iss: Some("me".into()),
-            ..claims("ann", exp)
-        };
-        let wrong_iss = Claims {
-            aud: Some(Audience::One("rc".into())),
-            iss: Some("them".into()),
-            ..claims("ann", exp)
-        };
+        let wrong_aud =
+            Claims { aud: Some(Audience::One("other".into())), iss: Some("me".into()), ..claims("ann", exp) };
+        let wrong_iss =
+            Claims { aud: Some(Audience::One("rc".into())), iss: Some("them".into()), ..claims("ann", exp) };
         let array_aud = Claims {
             aud: Some(Audience::Many(vec!["x".into(), "rc".into()])),
             iss: Some("me".into()),
             ..claims("ann", exp)
         };
-        assert!(matches!(
-            strict.verify(&encode(b"s", &wrong_aud)),
-            Err(AuthError::Invalid(_))
-        ));
-        assert!(matches!(
-            strict.verify(&encode(b"s", &wrong_iss)),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(strict.verify(&encode(b"s", &wrong_aud)), Err(AuthError::Invalid(_))));
+        assert!(matches!(strict.verify(&encode(b"s", &wrong_iss)), Err(AuthError::Invalid(_))));
         assert!(strict.verify(&encode(b"s", &array_aud)).is_ok());
     }
 
@@ -458,14 +413,10 @@ mod tests {
         assert_eq!(fs::read_dir(&data).unwrap().count(), 1);
 
         // The environment's secret wins and touches no file.
-        let (env_auth, from_file) =
-            Auth::load_or_create(&dir.join("unused"), Some("k"), None, None).unwrap();
+        let (env_auth, from_file) = Auth::load_or_create(&dir.join("unused"), Some("k"), None, None).unwrap();
         assert!(!from_file);
         assert!(!dir.join("unused").exists());
-        assert!(matches!(
-            env_auth.verify(&token),
-            Err(AuthError::Invalid(_))
-        ));
+        assert!(matches!(env_auth.verify(&token), Err(AuthError::Invalid(_))));
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -474,15 +425,9 @@ mod tests {
         let dir = temp_dir();
         fs::create_dir_all(&dir).unwrap();
         fs::write(dir.join(SECRET_FILE), "not hex\n").unwrap();
-        assert!(matches!(
-            Auth::load_or_create(&dir, None, None, None),
-            Err(AuthError::Secret(_))
-        ));
+        assert!(matches!(Auth::load_or_create(&dir, None, None, None), Err(AuthError::Secret(_))));
         fs::write(dir.join(SECRET_FILE), "\n").unwrap();
-        assert!(matches!(
-            Auth::load_or_create(&dir, None, None, None),
-            Err(AuthError::Secret(_))
-        ));
+        assert!(matches!(Auth::load_or_create(&dir, None, None, None), Err(AuthError::Secret(_))));
         fs::remove_dir_all(&dir).unwrap();
     }
 

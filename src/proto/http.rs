@@ -44,12 +44,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_head: 16 * 1024,
-            max_target: 8 * 1024,
-            max_headers: 64,
-            max_body: 1024 * 1024,
-        }
+        Limits { max_head: 16 * 1024, max_target: 8 * 1024, max_headers: 64, max_body: 1024 * 1024 }
     }
 }
 
@@ -58,9 +53,7 @@ impl Limits {
     /// [`parse_request`] never answers "need more bytes" for a buffer this
     /// long, so a read buffer of this capacity never stalls.
     pub fn max_request_bytes(&self) -> usize {
-        self.max_head
-            .saturating_mul(2)
-            .saturating_add(self.max_body)
+        self.max_head.saturating_mul(2).saturating_add(self.max_body)
     }
 }
 
@@ -115,19 +108,13 @@ pub struct Request {
 impl Request {
     /// The first header of this name (give it lower-case).
     pub fn header(&self, name: &str) -> Option<&[u8]> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_slice())
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice())
     }
 
     /// Whether any header of this name lists `token` in its comma-separated
     /// value, compared case-insensitively (`Connection: keep-alive, Upgrade`).
     pub fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .any(|(_, v)| list_has_token(v, token))
+        self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).any(|(_, v)| list_has_token(v, token))
     }
 
     /// The first query parameter whose decoded name is `name`, with `%XX`
@@ -181,9 +168,7 @@ impl HttpError {
     /// The error code for the JSON error body.
     pub fn code(&self) -> &'static str {
         match self {
-            HttpError::HeadTooLarge(_) | HttpError::UriTooLong(_) | HttpError::BodyTooLarge(_) => {
-                "too_large"
-            }
+            HttpError::HeadTooLarge(_) | HttpError::UriTooLong(_) | HttpError::BodyTooLarge(_) => "too_large",
             HttpError::LengthRequired
             | HttpError::BadRequest(_)
             | HttpError::NotImplemented
@@ -206,9 +191,7 @@ enum Framing {
 /// oversized Content-Length fails before the rest of the request arrives.
 pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usize)>, HttpError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
-    let slots = slots
-        .get_mut(..limits.max_headers.min(MAX_HEADERS_CAP))
-        .unwrap_or_default();
+    let slots = slots.get_mut(..limits.max_headers.min(MAX_HEADERS_CAP)).unwrap_or_default();
     let mut head = httparse::Request::new(slots);
     // Parsing only the first max_head bytes keeps the work per call bounded
     // and makes "head not complete within max_head" a plain Partial.
@@ -228,8 +211,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
         }
         Err(e) => return Err(head_error(e, buf, limits)),
     };
-    let (Some(method), Some(target), Some(minor_version)) = (head.method, head.path, head.version)
-    else {
+    let (Some(method), Some(target), Some(minor_version)) = (head.method, head.path, head.version) else {
         return Err(HttpError::BadRequest("malformed request line"));
     };
     if target.len() > limits.max_target {
@@ -257,25 +239,12 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
     };
 
     let close = fields_have_token(fields, "connection", "close");
-    let keep_alive = if minor_version == 1 {
-        !close
-    } else {
-        !close && fields_have_token(fields, "connection", "keep-alive")
-    };
+    let keep_alive =
+        if minor_version == 1 { !close } else { !close && fields_have_token(fields, "connection", "keep-alive") };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let headers = fields
-        .iter()
-        .map(|h| (h.name.to_ascii_lowercase(), trim_ows(h.value).to_vec()))
-        .collect();
-    let req = Request {
-        method,
-        path: path.to_owned(),
-        query: query.to_owned(),
-        minor_version,
-        headers,
-        body,
-        keep_alive,
-    };
+    let headers = fields.iter().map(|h| (h.name.to_ascii_lowercase(), trim_ows(h.value).to_vec())).collect();
+    let req =
+        Request { method, path: path.to_owned(), query: query.to_owned(), minor_version, headers, body, keep_alive };
     Ok(Some((req, consumed)))
 }
 
@@ -304,9 +273,7 @@ fn framing(
             for coding in list_items(field.value) {
                 // chunked must be the final coding, and applied once.
                 if chunked {
-                    return Err(HttpError::BadRequest(
-                        "chunked is not the final transfer coding",
-                    ));
+                    return Err(HttpError::BadRequest("chunked is not the final transfer coding"));
                 }
                 if coding.eq_ignore_ascii_case(b"chunked") {
                     chunked = true;
@@ -326,9 +293,7 @@ fn framing(
     }
     if transfer_encoding {
         if content_length.is_some() {
-            return Err(HttpError::BadRequest(
-                "both Content-Length and Transfer-Encoding",
-            ));
+            return Err(HttpError::BadRequest("both Content-Length and Transfer-Encoding"));
         }
         if minor_version == 0 {
             return Err(HttpError::BadRequest("Transfer-Encoding in HTTP/1.0"));
@@ -346,9 +311,7 @@ fn framing(
             Ok(n) if n <= limits.max_body => Ok(Framing::Length(n)),
             _ => Err(HttpError::BodyTooLarge(limits.max_body)),
         },
-        None if matches!(method, Method::Post | Method::Put | Method::Patch) => {
-            Err(HttpError::LengthRequired)
-        }
+        None if matches!(method, Method::Post | Method::Put | Method::Patch) => Err(HttpError::LengthRequired),
         None => Ok(Framing::Length(0)),
     }
 }
@@ -363,9 +326,7 @@ fn parse_content_length(value: &[u8]) -> Result<u64, HttpError> {
         if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
             return Err(HttpError::BadRequest("invalid Content-Length"));
         }
-        let n = item.iter().fold(0u64, |acc, &d| {
-            acc.saturating_mul(10).saturating_add(u64::from(d - b'0'))
-        });
+        let n = item.iter().fold(0u64, |acc, &d| acc.saturating_mul(10).saturating_add(u64::from(d - b'0')));
         if length.is_some_and(|prev| prev != n) {
             return Err(HttpError::BadRequest("conflicting Content-Length"));
         }
@@ -382,24 +343,16 @@ fn head_error(e: httparse::Error, buf: &[u8], limits: &Limits) -> HttpError {
         httparse::Error::HeaderName => HttpError::BadRequest("invalid header name"),
         httparse::Error::HeaderValue => HttpError::BadRequest("invalid header value"),
         httparse::Error::NewLine => HttpError::BadRequest("invalid line ending"),
-        httparse::Error::Token | httparse::Error::Status => {
-            HttpError::BadRequest("invalid request line")
-        }
+        httparse::Error::Token | httparse::Error::Status => HttpError::BadRequest("invalid request line"),
     }
 }
 
 /// The request line, after any empty lines, up to its line ending or the end
 /// of the buffer.
 fn first_line(buf: &[u8]) -> &[u8] {
-    let start = buf
-        .iter()
-        .position(|&b| b != b'\r' && b != b'\n')
-        .unwrap_or(buf.len());
+    let start = buf.iter().position(|&b| b != b'\r' && b != b'\n').unwrap_or(buf.len());
     let line = buf.get(start..).unwrap_or_default();
-    let end = line
-        .iter()
-        .position(|&b| b == b'\r' || b == b'\n')
-        .unwrap_or(line.len());
+    let end = line.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(line.len());
     line.get(..end).unwrap_or_default()
 }
 
@@ -420,10 +373,7 @@ fn target_len_so_far(buf: &[u8]) -> usize {
     match line.iter().position(|&b| b == b' ') {
         Some(sp) => {
             let target = line.get(sp + 1..).unwrap_or_default();
-            target
-                .iter()
-                .position(|&b| b == b' ')
-                .unwrap_or(target.len())
+            target.iter().position(|&b| b == b' ').unwrap_or(target.len())
         }
         None => 0,
     }
@@ -448,11 +398,7 @@ fn framing_budget(used: usize, limits: &Limits) -> Result<(), HttpError> {
 /// decoded data. `Ok(None)`: need more bytes. Limits fail as early as the
 /// bytes show them: a chunk size that would pass max_body fails when its
 /// size line arrives, not after its data.
-fn walk_chunked(
-    buf: &[u8],
-    limits: &Limits,
-    mut out: Option<&mut Vec<u8>>,
-) -> Result<Option<ChunkedScan>, HttpError> {
+fn walk_chunked(buf: &[u8], limits: &Limits, mut out: Option<&mut Vec<u8>>) -> Result<Option<ChunkedScan>, HttpError> {
     let mut pos = 0usize;
     let mut body_len = 0usize;
     // Framing bytes so far: chunk-size lines, CRLFs after data, trailers.
@@ -536,10 +482,7 @@ fn walk_chunked(
             return Err(HttpError::BadRequest("trailer line without CRLF"));
         };
         if line.is_empty() {
-            return Ok(Some(ChunkedScan {
-                wire_len: pos,
-                body_len,
-            }));
+            return Ok(Some(ChunkedScan { wire_len: pos, body_len }));
         }
         if !is_field_line(line) {
             return Err(HttpError::BadRequest("invalid trailer field"));
@@ -577,10 +520,7 @@ fn trim_ows(mut s: &[u8]) -> &[u8] {
 
 /// The non-empty, trimmed elements of a comma-separated field value.
 fn list_items(value: &[u8]) -> impl Iterator<Item = &[u8]> {
-    value
-        .split(|&b| b == b',')
-        .map(trim_ows)
-        .filter(|item| !item.is_empty())
+    value.split(|&b| b == b',').map(trim_ows).filter(|item| !item.is_empty())
 }
 
 fn list_has_token(value: &[u8], token: &str) -> bool {
@@ -588,10 +528,7 @@ fn list_has_token(value: &[u8], token: &str) -> bool {
 }
 
 fn fields_have_token(fields: &[httparse::Header<'_>], name: &str, token: &str) -> bool {
-    fields
-        .iter()
-        .filter(|f| f.name.eq_ignore_ascii_case(name))
-        .any(|f| list_has_token(f.value, token))
+    fields.iter().filter(|f| f.name.eq_ignore_ascii_case(name)).any(|f| list_has_token(f.value, token))
 }
 
 /// Decodes `%XX` and `+` (application/x-www-form-urlencoded) byte by byte,
@@ -708,13 +645,7 @@ fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
 /// Writes text into a head, turning CR, LF and NUL into spaces so that no
 /// value can end the line early and inject header fields.
 fn push_head_text(out: &mut Vec<u8>, s: &str) {
-    out.extend(s.bytes().map(|b| {
-        if matches!(b, b'\r' | b'\n' | 0) {
-            b' '
-        } else {
-            b
-        }
-    }));
+    out.extend(s.bytes().map(|b| if matches!(b, b'\r' | b'\n' | 0) { b' ' } else { b }));
 }
 
 fn push_header(out: &mut Vec<u8>, name: &str, value: &str) {
@@ -755,11 +686,7 @@ fn write_head(
         push_decimal(out, content_length);
         out.extend_from_slice(b"\r\n");
     }
-    out.extend_from_slice(if keep_alive {
-        b"Connection: keep-alive\r\n"
-    } else {
-        b"Connection: close\r\n"
-    });
+    out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n" } else { b"Connection: close\r\n" });
     for (name, value) in extra {
         push_header(out, name, value);
     }
@@ -801,11 +728,8 @@ pub fn write_error(
     keep_alive: bool,
     extra: &[(&str, &str)],
 ) {
-    let len = ERROR_OPEN.len()
-        + json_escaped_len(code)
-        + ERROR_MIDDLE.len()
-        + json_escaped_len(message)
-        + ERROR_CLOSE.len();
+    let len =
+        ERROR_OPEN.len() + json_escaped_len(code) + ERROR_MIDDLE.len() + json_escaped_len(message) + ERROR_CLOSE.len();
     write_head(out, status, "application/json", len, keep_alive, extra);
     if status_has_body(status) {
         out.extend_from_slice(ERROR_OPEN);
@@ -820,11 +744,10 @@ pub fn write_error(
 /// multi-byte characters are all >= 0x80 and pass through.
 fn json_escape(b: u8) -> Option<&'static [u8]> {
     const CONTROL: [&[u8]; 32] = [
-        b"\\u0000", b"\\u0001", b"\\u0002", b"\\u0003", b"\\u0004", b"\\u0005", b"\\u0006",
-        b"\\u0007", b"\\b", b"\\t", b"\\n", b"\\u000b", b"\\f", b"\\r", b"\\u000e", b"\\u000f",
-        b"\\u0010", b"\\u0011", b"\\u0012", b"\\u0013", b"\\u0014", b"\\u0015", b"\\u0016",
-        b"\\u0017", b"\\u0018", b"\\u0019", b"\\u001a", b"\\u001b", b"\\u001c", b"\\u001d",
-        b"\\u001e", b"\\u001f",
+        b"\\u0000", b"\\u0001", b"\\u0002", b"\\u0003", b"\\u0004", b"\\u0005", b"\\u0006", b"\\u0007", b"\\b", b"\\t",
+        b"\\n", b"\\u000b", b"\\f", b"\\r", b"\\u000e", b"\\u000f", b"\\u0010", b"\\u0011", b"\\u0012", b"\\u0013",
+        b"\\u0014", b"\\u0015", b"\\u0016", b"\\u0017", b"\\u0018", b"\\u0019", b"\\u001a", b"\\u001b", b"\\u001c",
+        b"\\u001d", b"\\u001e", b"\\u001f",
     ];
     match b {
         b'"' => Some(b"\\\""),
@@ -834,9 +757,7 @@ fn json_escape(b: u8) -> Option<&'static [u8]> {
 }
 
 fn json_escaped_len(s: &str) -> usize {
-    s.bytes()
-        .map(|b| json_escape(b).map_or(1, <[u8]>::len))
-        .sum()
+    s.bytes().map(|b| json_escape(b).map_or(1, <[u8]>::len)).sum()
 }
 
 fn push_json_escaped(out: &mut Vec<u8>, s: &str) {
@@ -888,27 +809,17 @@ pub fn websocket_upgrade(req: &Request) -> Result<Option<Upgrade>, UpgradeError>
         Some(b"13") => {}
         Some(_) => return Err(UpgradeError::Version),
     }
-    let mut keys = req
-        .headers
-        .iter()
-        .filter(|(n, _)| n == "sec-websocket-key")
-        .map(|(_, v)| trim_ows(v));
+    let mut keys = req.headers.iter().filter(|(n, _)| n == "sec-websocket-key").map(|(_, v)| trim_ows(v));
     let key = match (keys.next(), keys.next()) {
         (Some(key), None) => key,
         (None, _) => return Err(UpgradeError::Bad("missing Sec-WebSocket-Key")),
         (Some(_), Some(_)) => return Err(UpgradeError::Bad("more than one Sec-WebSocket-Key")),
     };
     if !is_base64_of_16_bytes(key) {
-        return Err(UpgradeError::Bad(
-            "Sec-WebSocket-Key is not 16 bytes in base64",
-        ));
+        return Err(UpgradeError::Bad("Sec-WebSocket-Key is not 16 bytes in base64"));
     }
     let mut protocols = Vec::new();
-    for (_, value) in req
-        .headers
-        .iter()
-        .filter(|(n, _)| n == "sec-websocket-protocol")
-    {
+    for (_, value) in req.headers.iter().filter(|(n, _)| n == "sec-websocket-protocol") {
         for item in list_items(value) {
             match std::str::from_utf8(item) {
                 Ok(p) if item.iter().all(|&b| is_tchar(b)) => protocols.push(p.to_owned()),
@@ -916,10 +827,7 @@ pub fn websocket_upgrade(req: &Request) -> Result<Option<Upgrade>, UpgradeError>
             }
         }
     }
-    Ok(Some(Upgrade {
-        key: key.to_vec(),
-        protocols,
-    }))
+    Ok(Some(Upgrade { key: key.to_vec(), protocols }))
 }
 
 /// 16 bytes in padded base64: 22 alphabet characters and `==`. The unused
@@ -928,10 +836,7 @@ pub fn websocket_upgrade(req: &Request) -> Result<Option<Upgrade>, UpgradeError>
 fn is_base64_of_16_bytes(key: &[u8]) -> bool {
     match key {
         [chars @ .., b'=', b'='] => {
-            chars.len() == 22
-                && chars
-                    .iter()
-                    .all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+            chars.len() == 22 && chars.iter().all(|&b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
         }
         _ => false,
     }
@@ -955,12 +860,7 @@ mod tests {
     use super::*;
 
     fn small() -> Limits {
-        Limits {
-            max_head: 256,
-            max_target: 64,
-            max_headers: 8,
-            max_body: 100,
-        }
+        Limits { max_head: 256, max_target: 64, max_headers: 8, max_body: 100 }
     }
 
     fn parse(buf: &[u8]) -> Result<Option<(Request, usize)>, HttpError> {
@@ -989,10 +889,7 @@ mod tests {
             match (parse_request(&buf[..i], limits), &whole) {
                 (Ok(None), _) => {}
                 (Err(e), Err(w)) if &e == w => {}
-                (got, _) => panic!(
-                    "prefix {i} of {:?}: {got:?}, whole: {whole:?}",
-                    String::from_utf8_lossy(buf)
-                ),
+                (got, _) => panic!("prefix {i} of {:?}: {got:?}, whole: {whole:?}", String::from_utf8_lossy(buf)),
             }
         }
         whole
@@ -1024,10 +921,7 @@ mod tests {
         assert!(req.body.is_empty());
         assert_eq!(
             req.headers,
-            vec![
-                ("host".to_owned(), b"example".to_vec()),
-                ("x-thing".to_owned(), b"v a l".to_vec())
-            ]
+            vec![("host".to_owned(), b"example".to_vec()), ("x-thing".to_owned(), b"v a l".to_vec())]
         );
         assert_eq!(req.header("x-thing"), Some(&b"v a l"[..]));
         assert_eq!(req.header("X-Thing"), Some(&b"v a l"[..]));
@@ -1060,11 +954,7 @@ mod tests {
             let buf = format!("{token} / HTTP/1.1\r\nHost: x\r\n\r\n");
             assert_eq!(parse_ok(buf.as_bytes()).0.method, method, "{token}");
         }
-        for (token, method) in [
-            ("POST", Method::Post),
-            ("PUT", Method::Put),
-            ("PATCH", Method::Patch),
-        ] {
+        for (token, method) in [("POST", Method::Post), ("PUT", Method::Put), ("PATCH", Method::Patch)] {
             let buf = format!("{token} / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
             assert_eq!(parse_ok(buf.as_bytes()).0.method, method, "{token}");
         }
@@ -1157,33 +1047,15 @@ mod tests {
     fn keep_alive_rules() {
         let cases: &[(&[u8], bool)] = &[
             (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", true),
-            (
-                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-                false,
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, CLOSE\r\n\r\n",
-                false,
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: foo\r\nConnection: close\r\n\r\n",
-                false,
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: closed\r\n\r\n",
-                true,
-            ),
-            (
-                b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n",
-                true,
-            ),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: foo, CLOSE\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: foo\r\nConnection: close\r\n\r\n", false),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: closed\r\n\r\n", true),
+            (b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive\r\n\r\n", true),
             (b"GET / HTTP/1.0\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
             (b"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true),
-            (
-                b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n",
-                false,
-            ),
+            (b"GET / HTTP/1.0\r\nConnection: keep-alive, close\r\n\r\n", false),
             (b"GET / HTTP/1.0\r\nConnection: upgrade\r\n\r\n", false),
         ];
         for (buf, want) in cases {
@@ -1195,10 +1067,7 @@ mod tests {
     #[test]
     fn host_rules() {
         let limits = Limits::default();
-        assert_eq!(
-            parse_err(b"GET / HTTP/1.1\r\n\r\n", &limits),
-            HttpError::BadRequest("missing Host header")
-        );
+        assert_eq!(parse_err(b"GET / HTTP/1.1\r\n\r\n", &limits), HttpError::BadRequest("missing Host header"));
         assert_eq!(
             parse_err(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", &limits),
             HttpError::BadRequest("more than one Host header")
@@ -1220,43 +1089,23 @@ mod tests {
         assert!(parse_request(&with_more, &limits).unwrap().is_some());
 
         let over = head_of_len(limits.max_head + 1);
-        assert_eq!(
-            parse_err(&over, &limits),
-            HttpError::HeadTooLarge(limits.max_head)
-        );
+        assert_eq!(parse_err(&over, &limits), HttpError::HeadTooLarge(limits.max_head));
         // Detected as soon as max_head bytes pass without the end of head.
-        assert!(matches!(
-            parse_request(&over[..limits.max_head], &limits),
-            Ok(None)
-        ));
-        assert_eq!(
-            parse_err(&over[..limits.max_head + 1], &limits),
-            HttpError::HeadTooLarge(limits.max_head)
-        );
+        assert!(matches!(parse_request(&over[..limits.max_head], &limits), Ok(None)));
+        assert_eq!(parse_err(&over[..limits.max_head + 1], &limits), HttpError::HeadTooLarge(limits.max_head));
         // Leading empty lines count towards the head.
         let mut led = b"\r\n".to_vec();
         led.extend_from_slice(&head_of_len(limits.max_head - 1));
-        assert_eq!(
-            parse_err(&led, &limits),
-            HttpError::HeadTooLarge(limits.max_head)
-        );
+        assert_eq!(parse_err(&led, &limits), HttpError::HeadTooLarge(limits.max_head));
         let endless = vec![b'\n'; limits.max_head + 1];
-        assert_eq!(
-            parse_err(&endless, &limits),
-            HttpError::HeadTooLarge(limits.max_head)
-        );
+        assert_eq!(parse_err(&endless, &limits), HttpError::HeadTooLarge(limits.max_head));
     }
 
     #[test]
     fn head_limit_default() {
         let limits = Limits::default();
-        assert!(parse_request(&head_of_len(16 * 1024), &limits)
-            .unwrap()
-            .is_some());
-        assert_eq!(
-            parse_err(&head_of_len(16 * 1024 + 1), &limits),
-            HttpError::HeadTooLarge(16 * 1024)
-        );
+        assert!(parse_request(&head_of_len(16 * 1024), &limits).unwrap().is_some());
+        assert_eq!(parse_err(&head_of_len(16 * 1024 + 1), &limits), HttpError::HeadTooLarge(16 * 1024));
     }
 
     #[test]
@@ -1270,31 +1119,20 @@ mod tests {
         let (req, _) = parse_request(exact.as_bytes(), &limits).unwrap().unwrap();
         assert_eq!(req.headers.len(), limits.max_headers);
         let over = format!("{head}Extra: v\r\n\r\n");
-        assert_eq!(
-            parse_err(over.as_bytes(), &limits),
-            HttpError::HeadTooLarge(limits.max_head)
-        );
+        assert_eq!(parse_err(over.as_bytes(), &limits), HttpError::HeadTooLarge(limits.max_head));
         // Too many headers fail before the head is complete.
         let partial = format!("{head}Extra: v\r\n");
-        assert_eq!(
-            parse_err(partial.as_bytes(), &limits),
-            HttpError::HeadTooLarge(limits.max_head)
-        );
+        assert_eq!(parse_err(partial.as_bytes(), &limits), HttpError::HeadTooLarge(limits.max_head));
     }
 
     #[test]
     fn header_count_is_capped() {
-        let limits = Limits {
-            max_headers: 1000,
-            ..Limits::default()
-        };
+        let limits = Limits { max_headers: 1000, ..Limits::default() };
         let mut head = String::from("GET / HTTP/1.1\r\nHost: x\r\n");
         for i in 1..MAX_HEADERS_CAP {
             head.push_str(&format!("H{i}: v\r\n"));
         }
-        assert!(parse_request(format!("{head}\r\n").as_bytes(), &limits)
-            .unwrap()
-            .is_some());
+        assert!(parse_request(format!("{head}\r\n").as_bytes(), &limits).unwrap().is_some());
         assert!(parse_request(format!("{head}X: v\r\n\r\n").as_bytes(), &limits).is_err());
     }
 
@@ -1302,33 +1140,20 @@ mod tests {
     fn target_limit_boundary() {
         let limits = small();
         let exact = format!("/{}", "a".repeat(limits.max_target - 1));
-        let (req, _) = parse_request(&get_with_target(&exact), &limits)
-            .unwrap()
-            .unwrap();
+        let (req, _) = parse_request(&get_with_target(&exact), &limits).unwrap().unwrap();
         assert_eq!(req.path, exact);
         let with_query = format!("/?{}", "a".repeat(limits.max_target - 2));
-        assert!(parse_request(&get_with_target(&with_query), &limits)
-            .unwrap()
-            .is_some());
+        assert!(parse_request(&get_with_target(&with_query), &limits).unwrap().is_some());
 
         let over = format!("{exact}a");
         let buf = get_with_target(&over);
-        assert_eq!(
-            parse_err(&buf, &limits),
-            HttpError::UriTooLong(limits.max_target)
-        );
+        assert_eq!(parse_err(&buf, &limits), HttpError::UriTooLong(limits.max_target));
         // Before the head is complete: request line visible but no headers.
         let line = format!("GET {over} HTTP/1.1\r\n");
-        assert_eq!(
-            parse_err(line.as_bytes(), &limits),
-            HttpError::UriTooLong(limits.max_target)
-        );
+        assert_eq!(parse_err(line.as_bytes(), &limits), HttpError::UriTooLong(limits.max_target));
         // And before the target itself is complete.
         let start = format!("GET {over}");
-        assert_eq!(
-            parse_err(start.as_bytes(), &limits),
-            HttpError::UriTooLong(limits.max_target)
-        );
+        assert_eq!(parse_err(start.as_bytes(), &limits), HttpError::UriTooLong(limits.max_target));
         let start = format!("GET {exact}");
         assert!(matches!(parse_request(start.as_bytes(), &limits), Ok(None)));
     }
@@ -1336,33 +1161,21 @@ mod tests {
     #[test]
     fn target_longer_than_head_is_414() {
         let limits = small();
-        let huge = format!(
-            "GET /{} HTTP/1.1\r\nHost: x\r\n\r\n",
-            "a".repeat(limits.max_head * 2)
-        );
-        assert_eq!(
-            parse_err(huge.as_bytes(), &limits),
-            HttpError::UriTooLong(limits.max_target)
-        );
+        let huge = format!("GET /{} HTTP/1.1\r\nHost: x\r\n\r\n", "a".repeat(limits.max_head * 2));
+        assert_eq!(parse_err(huge.as_bytes(), &limits), HttpError::UriTooLong(limits.max_target));
     }
 
     #[test]
     fn target_limit_default() {
         let limits = Limits::default();
         let exact = format!("/{}", "a".repeat(8 * 1024 - 1));
-        assert!(parse_request(&get_with_target(&exact), &limits)
-            .unwrap()
-            .is_some());
+        assert!(parse_request(&get_with_target(&exact), &limits).unwrap().is_some());
         let over = format!("{exact}a");
-        assert_eq!(
-            parse_err(&get_with_target(&over), &limits),
-            HttpError::UriTooLong(8 * 1024)
-        );
+        assert_eq!(parse_err(&get_with_target(&over), &limits), HttpError::UriTooLong(8 * 1024));
     }
 
     fn post_with_length(n: usize, body: &[u8]) -> Vec<u8> {
-        let mut buf =
-            format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\n").into_bytes();
+        let mut buf = format!("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: {n}\r\n\r\n").into_bytes();
         buf.extend_from_slice(body);
         buf
     }
@@ -1371,9 +1184,7 @@ mod tests {
     fn body_limit_content_length() {
         let limits = small();
         let body = vec![b'b'; limits.max_body];
-        let (req, used) = parse_request(&post_with_length(limits.max_body, &body), &limits)
-            .unwrap()
-            .unwrap();
+        let (req, used) = parse_request(&post_with_length(limits.max_body, &body), &limits).unwrap().unwrap();
         assert_eq!(req.body, body);
         assert_eq!(used, post_with_length(limits.max_body, &body).len());
         // Refused on the head alone, before any of the body arrives.
@@ -1381,25 +1192,15 @@ mod tests {
             parse_err(&post_with_length(limits.max_body + 1, b""), &limits),
             HttpError::BodyTooLarge(limits.max_body)
         );
-        let overflow =
-            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999999\r\n\r\n";
-        assert_eq!(
-            parse_err(overflow, &limits),
-            HttpError::BodyTooLarge(limits.max_body)
-        );
+        let overflow = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999999999\r\n\r\n";
+        assert_eq!(parse_err(overflow, &limits), HttpError::BodyTooLarge(limits.max_body));
     }
 
     #[test]
     fn body_limit_default() {
         let limits = Limits::default();
-        assert!(matches!(
-            parse_request(&post_with_length(1024 * 1024, b""), &limits),
-            Ok(None)
-        ));
-        assert_eq!(
-            parse_err(&post_with_length(1024 * 1024 + 1, b""), &limits),
-            HttpError::BodyTooLarge(1024 * 1024)
-        );
+        assert!(matches!(parse_request(&post_with_length(1024 * 1024, b""), &limits), Ok(None)));
+        assert_eq!(parse_err(&post_with_length(1024 * 1024 + 1, b""), &limits), HttpError::BodyTooLarge(1024 * 1024));
     }
 
     fn chunked_post(encoded: &[u8]) -> Vec<u8> {
@@ -1434,19 +1235,10 @@ mod tests {
 
         let body = vec![b'c'; limits.max_body + 1];
         let buf = chunked_post(&encode_chunks(&body, &[30]));
-        assert_eq!(
-            parse_split(&buf, &limits).unwrap_err(),
-            HttpError::BodyTooLarge(limits.max_body)
-        );
+        assert_eq!(parse_split(&buf, &limits).unwrap_err(), HttpError::BodyTooLarge(limits.max_body));
         // One chunk size over the limit fails as soon as its line arrives.
-        assert_eq!(
-            parse_err(&chunked_post(b"65\r\n"), &limits),
-            HttpError::BodyTooLarge(limits.max_body)
-        );
-        assert!(matches!(
-            parse_request(&chunked_post(b"64\r\n"), &limits),
-            Ok(None)
-        ));
+        assert_eq!(parse_err(&chunked_post(b"65\r\n"), &limits), HttpError::BodyTooLarge(limits.max_body));
+        assert!(matches!(parse_request(&chunked_post(b"64\r\n"), &limits), Ok(None)));
         assert_eq!(
             parse_err(&chunked_post(b"ffffffffffffffff\r\n"), &limits),
             HttpError::BodyTooLarge(limits.max_body)
@@ -1459,19 +1251,13 @@ mod tests {
         // One-byte chunks: 100 bytes of body but 500 bytes of framing.
         let body = vec![b'c'; limits.max_body];
         let buf = chunked_post(&encode_chunks(&body, &[1]));
-        assert_eq!(
-            parse_err(&buf, &limits),
-            HttpError::BodyTooLarge(limits.max_body)
-        );
+        assert_eq!(parse_err(&buf, &limits), HttpError::BodyTooLarge(limits.max_body));
         // An endless trailer section.
         let mut enc = b"0\r\n".to_vec();
         while enc.len() <= limits.max_head {
             enc.extend_from_slice(b"T: v\r\n");
         }
-        assert_eq!(
-            parse_err(&chunked_post(&enc), &limits),
-            HttpError::BodyTooLarge(limits.max_body)
-        );
+        assert_eq!(parse_err(&chunked_post(&enc), &limits), HttpError::BodyTooLarge(limits.max_body));
     }
 
     #[test]
@@ -1501,8 +1287,7 @@ mod tests {
         assert_eq!(req.body, b"abc");
         let (req, _) = parse_ok(&chunked_post(b"0000000003;a=\"b c\"\r\nabc\r\n0;x\r\n\r\n"));
         assert_eq!(req.body, b"abc");
-        let buf =
-            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n1\r\na\r\n0\r\n\r\n";
+        let buf = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: Chunked\r\n\r\n1\r\na\r\n0\r\n\r\n";
         assert_eq!(parse_ok(buf).0.body, b"a");
         // GET may carry a body too.
         let buf = b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\nhi";
@@ -1555,8 +1340,7 @@ mod tests {
     #[test]
     fn content_length_rules() {
         let limits = Limits::default();
-        let head =
-            |cl: &str| format!("POST / HTTP/1.1\r\nHost: x\r\n{cl}\r\n\r\nabcde").into_bytes();
+        let head = |cl: &str| format!("POST / HTTP/1.1\r\nHost: x\r\n{cl}\r\n\r\nabcde").into_bytes();
         for bad in [
             "Content-Length: abc",
             "Content-Length: -1",
@@ -1593,16 +1377,8 @@ mod tests {
         };
         let cases = [
             ("Transfer-Encoding: gzip", "1.1", HttpError::NotImplemented),
-            (
-                "Transfer-Encoding: gzip, chunked",
-                "1.1",
-                HttpError::NotImplemented,
-            ),
-            (
-                "Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked",
-                "1.1",
-                HttpError::NotImplemented,
-            ),
+            ("Transfer-Encoding: gzip, chunked", "1.1", HttpError::NotImplemented),
+            ("Transfer-Encoding: gzip\r\nTransfer-Encoding: chunked", "1.1", HttpError::NotImplemented),
             (
                 "Transfer-Encoding: chunked, gzip",
                 "1.1",
@@ -1628,25 +1404,13 @@ mod tests {
                 "1.1",
                 HttpError::BadRequest("both Content-Length and Transfer-Encoding"),
             ),
-            (
-                "Transfer-Encoding: chunked",
-                "1.0",
-                HttpError::BadRequest("Transfer-Encoding in HTTP/1.0"),
-            ),
-            (
-                "Transfer-Encoding: ,",
-                "1.1",
-                HttpError::BadRequest("empty Transfer-Encoding"),
-            ),
+            ("Transfer-Encoding: chunked", "1.0", HttpError::BadRequest("Transfer-Encoding in HTTP/1.0")),
+            ("Transfer-Encoding: ,", "1.1", HttpError::BadRequest("empty Transfer-Encoding")),
         ];
         for (fields, version, want) in cases {
             assert_eq!(parse_err(&with(fields, version), &limits), want, "{fields}");
         }
-        assert!(
-            parse_request(&with("Transfer-Encoding: , chunked", "1.1"), &limits)
-                .unwrap()
-                .is_some()
-        );
+        assert!(parse_request(&with("Transfer-Encoding: , chunked", "1.1"), &limits).unwrap().is_some());
     }
 
     #[test]
@@ -1654,15 +1418,9 @@ mod tests {
         let limits = Limits::default();
         for method in ["POST", "PUT", "PATCH"] {
             let buf = format!("{method} / HTTP/1.1\r\nHost: x\r\n\r\n");
-            assert_eq!(
-                parse_err(buf.as_bytes(), &limits),
-                HttpError::LengthRequired
-            );
+            assert_eq!(parse_err(buf.as_bytes(), &limits), HttpError::LengthRequired);
         }
-        assert_eq!(
-            parse_err(b"POST / HTTP/1.0\r\n\r\n", &limits),
-            HttpError::LengthRequired
-        );
+        assert_eq!(parse_err(b"POST / HTTP/1.0\r\n\r\n", &limits), HttpError::LengthRequired);
         for method in ["GET", "DELETE", "HEAD", "OPTIONS", "FOO"] {
             let buf = format!("{method} / HTTP/1.1\r\nHost: x\r\n\r\n");
             let (req, used) = parse_ok(buf.as_bytes());
@@ -1681,12 +1439,7 @@ mod tests {
             b"GET / HTTP/0.9\r\n\r\n",
             b"GET / HTTP/3\r\n\r\n",
         ] {
-            assert_eq!(
-                parse_err(buf, &limits),
-                HttpError::VersionNotSupported,
-                "{}",
-                String::from_utf8_lossy(buf)
-            );
+            assert_eq!(parse_err(buf, &limits), HttpError::VersionNotSupported, "{}", String::from_utf8_lossy(buf));
         }
         for buf in [
             &b"GET / HTXP/1.1\r\nHost: x\r\n\r\n"[..],
@@ -1737,14 +1490,8 @@ mod tests {
             assert_eq!(err.status(), status);
             assert_eq!(err.code(), code);
         }
-        assert_eq!(
-            HttpError::BodyTooLarge(100).to_string(),
-            "body larger than 100 bytes"
-        );
-        assert_eq!(
-            HttpError::BadRequest("nope").to_string(),
-            "bad request: nope"
-        );
+        assert_eq!(HttpError::BodyTooLarge(100).to_string(), "body larger than 100 bytes");
+        assert_eq!(HttpError::BadRequest("nope").to_string(), "bad request: nope");
     }
 
     fn req_with_query(query: &str) -> Request {
@@ -1754,9 +1501,8 @@ mod tests {
 
     #[test]
     fn query_param_decoding() {
-        let req = req_with_query(
-            "a=1&b=hello+world&c=%41%42%2b&d&e=&f=%zz%4&g=%E2%82%AC&h=%FF&%61%62=x&a=2&&i=a=b&j=%",
-        );
+        let req =
+            req_with_query("a=1&b=hello+world&c=%41%42%2b&d&e=&f=%zz%4&g=%E2%82%AC&h=%FF&%61%62=x&a=2&&i=a=b&j=%");
         assert_eq!(req.query_param("a").as_deref(), Some("1"));
         assert_eq!(req.query_param("b").as_deref(), Some("hello world"));
         assert_eq!(req.query_param("c").as_deref(), Some("AB+"));
@@ -1779,9 +1525,8 @@ mod tests {
 
     #[test]
     fn header_tokens() {
-        let (req, _) = parse_ok(
-            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive,  Upgrade \r\nConnection: ,x,\r\n\r\n",
-        );
+        let (req, _) =
+            parse_ok(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: keep-alive,  Upgrade \r\nConnection: ,x,\r\n\r\n");
         assert!(req.header_has_token("connection", "upgrade"));
         assert!(req.header_has_token("connection", "KEEP-ALIVE"));
         assert!(req.header_has_token("connection", "x"));
@@ -1849,37 +1594,19 @@ mod tests {
         bad(format!("{GOOD}Sec-WebSocket-Protocol: a;b\r\n"));
 
         let post = format!("POST /ws HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n{GOOD}\r\n");
-        assert!(matches!(
-            websocket_upgrade(&parse_ok(post.as_bytes()).0),
-            Err(UpgradeError::Bad(_))
-        ));
+        assert!(matches!(websocket_upgrade(&parse_ok(post.as_bytes()).0), Err(UpgradeError::Bad(_))));
         let old = format!("GET /ws HTTP/1.0\r\n{GOOD}\r\n");
-        assert!(matches!(
-            websocket_upgrade(&parse_ok(old.as_bytes()).0),
-            Err(UpgradeError::Bad(_))
-        ));
+        assert!(matches!(websocket_upgrade(&parse_ok(old.as_bytes()).0), Err(UpgradeError::Bad(_))));
         for version in ["8", "14", "13, 8", ""] {
             let fields = GOOD.replace("Version: 13", &format!("Version: {version}"));
-            assert_eq!(
-                websocket_upgrade(&upgrade_req(&fields)),
-                Err(UpgradeError::Version),
-                "{version}"
-            );
+            assert_eq!(websocket_upgrade(&upgrade_req(&fields)), Err(UpgradeError::Version), "{version}");
         }
     }
 
     #[test]
     fn response_format() {
         let mut out = Vec::new();
-        write_response(
-            &mut out,
-            200,
-            "application/json",
-            b"{}",
-            true,
-            &[("Cache-Control", "no-store")],
-            false,
-        );
+        write_response(&mut out, 200, "application/json", b"{}", true, &[("Cache-Control", "no-store")], false);
         assert_eq!(
             out,
             b"HTTP/1.1 200 OK\r\nServer: roomcast\r\nContent-Type: application/json\r\n\
@@ -1895,10 +1622,7 @@ mod tests {
 
         out.clear();
         write_response(&mut out, 204, "", b"ignored", true, &[], false);
-        assert_eq!(
-            out,
-            b"HTTP/1.1 204 No Content\r\nServer: roomcast\r\nConnection: keep-alive\r\n\r\n"
-        );
+        assert_eq!(out, b"HTTP/1.1 204 No Content\r\nServer: roomcast\r\nConnection: keep-alive\r\n\r\n");
 
         // Appends rather than overwrites, so responses can be pipelined.
         let mut out = b"earlier".to_vec();
@@ -1910,15 +1634,7 @@ mod tests {
     #[test]
     fn response_headers_cannot_be_injected() {
         let mut out = Vec::new();
-        write_response(
-            &mut out,
-            200,
-            "text/plain\r\nX-Evil: 1",
-            b"",
-            true,
-            &[("Location", "/a\r\n\r\nbody")],
-            false,
-        );
+        write_response(&mut out, 200, "text/plain\r\nX-Evil: 1", b"", true, &[("Location", "/a\r\n\r\nbody")], false);
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.matches("\r\n\r\n").count(), 1);
         assert!(text.ends_with("\r\n\r\n"));
@@ -1929,14 +1645,7 @@ mod tests {
     fn error_format() {
         let mut out = Vec::new();
         let message = "bad \"thing\" \\ \n\t\u{1} é €";
-        write_error(
-            &mut out,
-            429,
-            "rate_limited",
-            message,
-            true,
-            &[("Retry-After", "3")],
-        );
+        write_error(&mut out, 429, "rate_limited", message, true, &[("Retry-After", "3")]);
         let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
         let (head, body) = (&out[..split + 4], &out[split + 4..]);
         let head = std::str::from_utf8(head).unwrap();
@@ -1980,9 +1689,7 @@ mod tests {
         );
         out.clear();
         write_upgrade_response(&mut out, "abc=", Some("roomcast.v1"));
-        assert!(out.ends_with(
-            b"Sec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: roomcast.v1\r\n\r\n"
-        ));
+        assert!(out.ends_with(b"Sec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: roomcast.v1\r\n\r\n"));
     }
 
     #[test]
@@ -2002,10 +1709,7 @@ mod tests {
     #[test]
     fn limits_default() {
         let l = Limits::default();
-        assert_eq!(
-            (l.max_head, l.max_target, l.max_headers, l.max_body),
-            (16384, 8192, 64, 1 << 20)
-        );
+        assert_eq!((l.max_head, l.max_target, l.max_headers, l.max_body), (16384, 8192, 64, 1 << 20));
     }
 
     mod props {

@@ -139,11 +139,7 @@ pub struct DecodeError {
 
 impl DecodeError {
     fn bad(r#ref: Option<Ref>, message: impl Into<String>) -> Self {
-        DecodeError {
-            r#ref,
-            code: BAD_REQUEST,
-            message: message.into(),
-        }
+        DecodeError { r#ref, code: BAD_REQUEST, message: message.into() }
     }
 }
 
@@ -282,10 +278,7 @@ fn parse_ref(v: &RawValue) -> Result<Option<Ref>, DecodeError> {
     if ok {
         Ok(Some(Ref(v.get().into())))
     } else {
-        Err(DecodeError::bad(
-            None,
-            "ref must be a string of at most 64 bytes or an integer",
-        ))
+        Err(DecodeError::bad(None, "ref must be a string of at most 64 bytes or an integer"))
     }
 }
 
@@ -348,23 +341,17 @@ fn decode_op<'a>(f: &Fields<'a>) -> Result<Op<'a>, &'static str> {
             room: required_room(f.room)?,
             since: optional_seq(f.since, "since must be a non-negative integer")?,
         },
-        "leave" => Op::Leave {
-            room: required_room(f.room)?,
-        },
-        "send" => Op::Send {
-            room: required_room(f.room)?,
-            body: f.body.ok_or("missing body")?,
-            id: optional_id(f.id)?,
-        },
+        "leave" => Op::Leave { room: required_room(f.room)? },
+        "send" => {
+            Op::Send { room: required_room(f.room)?, body: f.body.ok_or("missing body")?, id: optional_id(f.id)? }
+        }
         "history" => Op::History {
             room: required_room(f.room)?,
             before: optional_seq(f.before, "before must be a non-negative integer")?,
             after: optional_seq(f.after, "after must be a non-negative integer")?,
             limit: history_limit(f.limit)?,
         },
-        "presence" => Op::Presence {
-            room: required_room(f.room)?,
-        },
+        "presence" => Op::Presence { room: required_room(f.room)? },
         "ping" => Op::Ping,
         _ => return Err("unknown op"),
     })
@@ -387,9 +374,7 @@ pub fn decode(text: &[u8]) -> Result<Incoming<'_>, DecodeError> {
 /// Whether `name` is a valid room name: 1..=128 bytes of `[A-Za-z0-9_.:-]`.
 pub fn valid_room(name: &str) -> bool {
     (1..=MAX_ROOM_BYTES).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 /// HTTP POST body {"body": any, "id"?: string<=64}
@@ -403,9 +388,7 @@ pub struct PostBody<'a> {
 /// `send`'s `body` and `id`; other members are ignored. Errors carry no ref.
 pub fn decode_post(body: &[u8]) -> Result<PostBody<'_>, DecodeError> {
     let f = parse_fields(body)?;
-    let raw = f
-        .body
-        .ok_or_else(|| DecodeError::bad(None, "missing body"))?;
+    let raw = f.body.ok_or_else(|| DecodeError::bad(None, "missing body"))?;
     let id = optional_id(f.id).map_err(|m| DecodeError::bad(None, m))?;
     Ok(PostBody { body: raw, id })
 }
@@ -456,9 +439,7 @@ impl Out {
 
     /// For bare JSON (HTTP bodies).
     fn plain(cap: usize) -> Out {
-        Out {
-            buf: Vec::with_capacity(cap),
-        }
+        Out { buf: Vec::with_capacity(cap) }
     }
 
     fn raw(&mut self, b: &[u8]) {
@@ -616,28 +597,14 @@ impl MsgFrame {
 const MSG_PREFIX: &[u8] = b"{\"op\":\"msg\",";
 
 /// `{"op":"msg","room":..,"seq":..,"ts":..,"from":..,"body":<raw>,"id":..(if Some)}` as one WS text frame.
-pub fn encode_msg(
-    room: &str,
-    seq: u64,
-    ts: u64,
-    from: &str,
-    body: &RawValue,
-    id: Option<&str>,
-) -> MsgFrame {
+pub fn encode_msg(room: &str, seq: u64, ts: u64, from: &str, body: &RawValue, id: Option<&str>) -> MsgFrame {
     encode_msg_raw(room, seq, ts, from, body.get().as_bytes(), id)
 }
 
 /// [`encode_msg`] for a body already known to be one valid JSON value, such
 /// as the bytes of a [`RawValue`] kept in storage. The body is copied as is,
 /// unchecked: bytes that are not valid JSON make an invalid message.
-pub fn encode_msg_raw(
-    room: &str,
-    seq: u64,
-    ts: u64,
-    from: &str,
-    body: &[u8],
-    id: Option<&str>,
-) -> MsgFrame {
+pub fn encode_msg_raw(room: &str, seq: u64, ts: u64, from: &str, body: &[u8], id: Option<&str>) -> MsgFrame {
     // The exact JSON length, so the frame takes one allocation with no slack:
     // it may live long in a room's tail of recent messages.
     let len = msg_json_len(room, seq, ts, from, body.len(), id);
@@ -663,14 +630,7 @@ pub fn encode_msg_raw(
 }
 
 /// The exact length of the JSON [`encode_msg_raw`] writes.
-fn msg_json_len(
-    room: &str,
-    seq: u64,
-    ts: u64,
-    from: &str,
-    body_len: usize,
-    id: Option<&str>,
-) -> usize {
+fn msg_json_len(room: &str, seq: u64, ts: u64, from: &str, body_len: usize, id: Option<&str>) -> usize {
     MSG_PREFIX.len()
         + "\"room\":".len()
         + json_str_len(room)
@@ -754,12 +714,7 @@ pub fn encode_pong(r: Option<&Ref>) -> Bytes {
 
 /// `{"op":"error","ref":..,"code":..,"message":..,"retry_after_ms":..}`;
 /// `ref` and `retry_after_ms` when given.
-pub fn encode_error(
-    r: Option<&Ref>,
-    code: &str,
-    message: &str,
-    retry_after_ms: Option<u64>,
-) -> Bytes {
+pub fn encode_error(r: Option<&Ref>, code: &str, message: &str, retry_after_ms: Option<u64>) -> Bytes {
     let mut out = Out::frame(128 + code.len() + message.len());
     out.open_op("error", r);
     out.key("code");
@@ -781,12 +736,7 @@ pub fn encode_decode_error(e: &DecodeError) -> Bytes {
 
 /// `{"op":"history","ref":..,"room":..,"messages":[..],"more":..}`, the
 /// messages copied from their encoded frames.
-pub fn encode_history<'m>(
-    r: Option<&Ref>,
-    room: &str,
-    items: impl Iterator<Item = &'m MsgFrame>,
-    more: bool,
-) -> Bytes {
+pub fn encode_history<'m>(r: Option<&Ref>, room: &str, items: impl Iterator<Item = &'m MsgFrame>, more: bool) -> Bytes {
     let mut out = Out::frame(128 + room.len());
     out.open_op("history", r);
     out.key("room");
@@ -808,11 +758,7 @@ pub struct Member<'a> {
 }
 
 /// `{"op":"presence","ref":..,"room":..,"members":[{"user":..,"since":..},..]}`.
-pub fn encode_presence<'a>(
-    r: Option<&Ref>,
-    room: &str,
-    members: impl Iterator<Item = Member<'a>>,
-) -> Bytes {
+pub fn encode_presence<'a>(r: Option<&Ref>, room: &str, members: impl Iterator<Item = Member<'a>>) -> Bytes {
     let mut out = Out::frame(128 + room.len());
     out.open_op("presence", r);
     out.key("room");
@@ -839,11 +785,7 @@ pub fn encode_presence_diff<'a>(room: &str, joins: &[&'a str], leaves: &[&'a str
 }
 
 /// `{"room":..,"messages":[..],"more":..}`: a history page for HTTP.
-pub fn history_json<'m>(
-    room: &str,
-    items: impl Iterator<Item = &'m MsgFrame>,
-    more: bool,
-) -> Vec<u8> {
+pub fn history_json<'m>(room: &str, items: impl Iterator<Item = &'m MsgFrame>, more: bool) -> Vec<u8> {
     let mut out = Out::plain(128 + room.len());
     out.raw(b"{\"room\":");
     out.str(room);
@@ -956,13 +898,7 @@ mod tests {
         assert_eq!(m.r#ref, None);
         assert!(matches!(m.op, Op::Join { since: None, .. }));
         let m = ok(r#"{"op":"join","room":"x","since":18446744073709551615}"#);
-        assert!(matches!(
-            m.op,
-            Op::Join {
-                since: Some(u64::MAX),
-                ..
-            }
-        ));
+        assert!(matches!(m.op, Op::Join { since: Some(u64::MAX), .. }));
         let m = ok(r#"{"op":"join","room":"x","since":null}"#);
         assert!(matches!(m.op, Op::Join { since: None, .. }));
     }
@@ -1019,12 +955,7 @@ mod tests {
     fn decodes_history() {
         let m = ok(r#"{"op":"history","room":"lobby"}"#);
         match m.op {
-            Op::History {
-                room,
-                before,
-                after,
-                limit,
-            } => {
+            Op::History { room, before, after, limit } => {
                 assert_eq!(room, "lobby");
                 assert_eq!((before, after, limit), (None, None, 50));
             }
@@ -1050,15 +981,7 @@ mod tests {
             assert_eq!(limit_of(&text), want, "{limit}");
         }
         let m = ok(r#"{"op":"history","room":"r","before":10,"after":3,"limit":2}"#);
-        assert!(matches!(
-            m.op,
-            Op::History {
-                before: Some(10),
-                after: Some(3),
-                limit: 2,
-                ..
-            }
-        ));
+        assert!(matches!(m.op, Op::History { before: Some(10), after: Some(3), limit: 2, .. }));
     }
 
     #[test]
@@ -1090,18 +1013,7 @@ mod tests {
 
     #[test]
     fn not_an_object() {
-        for text in [
-            "",
-            " ",
-            "nul",
-            "[]",
-            "1",
-            "\"op\"",
-            "null",
-            "{",
-            "{}x",
-            "{\"op\":\"ping\"}{}",
-        ] {
+        for text in ["", " ", "nul", "[]", "1", "\"op\"", "null", "{", "{}x", "{\"op\":\"ping\"}{}"] {
             let e = err(text);
             assert_eq!(e.r#ref, None, "{text}");
         }
@@ -1131,11 +1043,7 @@ mod tests {
         ] {
             let e = err(text);
             assert_eq!(e.r#ref, None, "{text}");
-            assert!(
-                e.message.starts_with("ref must be"),
-                "{text}: {}",
-                e.message
-            );
+            assert!(e.message.starts_with("ref must be"), "{text}: {}", e.message);
         }
         let m = ok(r#"{"op":"ping","ref":null}"#);
         assert_eq!(m.r#ref, None);
@@ -1155,90 +1063,27 @@ mod tests {
             (r#"{"op":"jump","ref":"k"}"#.into(), "unknown op"),
             (r#"{"op":"JOIN","room":"a","ref":"k"}"#.into(), "unknown op"),
             (r#"{"op":"join","ref":"k"}"#.into(), "missing room"),
-            (
-                r#"{"op":"join","room":null,"ref":"k"}"#.into(),
-                "room must be a string",
-            ),
-            (
-                r#"{"op":"leave","room":7,"ref":"k"}"#.into(),
-                "room must be a string",
-            ),
-            (
-                r#"{"op":"presence","room":"","ref":"k"}"#.into(),
-                "invalid room name",
-            ),
-            (
-                r#"{"op":"join","room":"a b","ref":"k"}"#.into(),
-                "invalid room name",
-            ),
-            (
-                r#"{"op":"join","room":"a/b","ref":"k"}"#.into(),
-                "invalid room name",
-            ),
-            (
-                r#"{"op":"join","room":"é","ref":"k"}"#.into(),
-                "invalid room name",
-            ),
-            (
-                r#"{"op":"join","room":"a\u0000","ref":"k"}"#.into(),
-                "invalid room name",
-            ),
-            (
-                format!(r#"{{"op":"join","room":"{long_room}","ref":"k"}}"#),
-                "invalid room name",
-            ),
-            (
-                r#"{"op":"join","room":"a","since":-1,"ref":"k"}"#.into(),
-                "since must be",
-            ),
-            (
-                r#"{"op":"join","room":"a","since":1.0,"ref":"k"}"#.into(),
-                "since must be",
-            ),
-            (
-                r#"{"op":"join","room":"a","since":"1","ref":"k"}"#.into(),
-                "since must be",
-            ),
-            (
-                r#"{"op":"join","room":"a","since":18446744073709551616,"ref":"k"}"#.into(),
-                "since must be",
-            ),
-            (
-                r#"{"op":"history","room":"a","before":-1,"ref":"k"}"#.into(),
-                "before must be",
-            ),
-            (
-                r#"{"op":"history","room":"a","after":2.5,"ref":"k"}"#.into(),
-                "after must be",
-            ),
-            (
-                r#"{"op":"history","room":"a","limit":2.5,"ref":"k"}"#.into(),
-                "limit must be",
-            ),
-            (
-                r#"{"op":"history","room":"a","limit":"5","ref":"k"}"#.into(),
-                "limit must be",
-            ),
-            (
-                r#"{"op":"history","room":"a","limit":1e2,"ref":"k"}"#.into(),
-                "limit must be",
-            ),
-            (
-                r#"{"op":"send","room":"a","ref":"k"}"#.into(),
-                "missing body",
-            ),
-            (
-                r#"{"op":"send","room":"a","body":1,"id":5,"ref":"k"}"#.into(),
-                "id must be a string",
-            ),
-            (
-                r#"{"op":"send","room":"a","body":1,"id":"","ref":"k"}"#.into(),
-                "id must be 1 to 64",
-            ),
-            (
-                format!(r#"{{"op":"send","room":"a","body":1,"id":"{long_id}","ref":"k"}}"#),
-                "id must be 1 to 64",
-            ),
+            (r#"{"op":"join","room":null,"ref":"k"}"#.into(), "room must be a string"),
+            (r#"{"op":"leave","room":7,"ref":"k"}"#.into(), "room must be a string"),
+            (r#"{"op":"presence","room":"","ref":"k"}"#.into(), "invalid room name"),
+            (r#"{"op":"join","room":"a b","ref":"k"}"#.into(), "invalid room name"),
+            (r#"{"op":"join","room":"a/b","ref":"k"}"#.into(), "invalid room name"),
+            (r#"{"op":"join","room":"é","ref":"k"}"#.into(), "invalid room name"),
+            (r#"{"op":"join","room":"a\u0000","ref":"k"}"#.into(), "invalid room name"),
+            (format!(r#"{{"op":"join","room":"{long_room}","ref":"k"}}"#), "invalid room name"),
+            (r#"{"op":"join","room":"a","since":-1,"ref":"k"}"#.into(), "since must be"),
+            (r#"{"op":"join","room":"a","since":1.0,"ref":"k"}"#.into(), "since must be"),
+            (r#"{"op":"join","room":"a","since":"1","ref":"k"}"#.into(), "since must be"),
+            (r#"{"op":"join","room":"a","since":18446744073709551616,"ref":"k"}"#.into(), "since must be"),
+            (r#"{"op":"history","room":"a","before":-1,"ref":"k"}"#.into(), "before must be"),
+            (r#"{"op":"history","room":"a","after":2.5,"ref":"k"}"#.into(), "after must be"),
+            (r#"{"op":"history","room":"a","limit":2.5,"ref":"k"}"#.into(), "limit must be"),
+            (r#"{"op":"history","room":"a","limit":"5","ref":"k"}"#.into(), "limit must be"),
+            (r#"{"op":"history","room":"a","limit":1e2,"ref":"k"}"#.into(), "limit must be"),
+            (r#"{"op":"send","room":"a","ref":"k"}"#.into(), "missing body"),
+            (r#"{"op":"send","room":"a","body":1,"id":5,"ref":"k"}"#.into(), "id must be a string"),
+            (r#"{"op":"send","room":"a","body":1,"id":"","ref":"k"}"#.into(), "id must be 1 to 64"),
+            (format!(r#"{{"op":"send","room":"a","body":1,"id":"{long_id}","ref":"k"}}"#), "id must be 1 to 64"),
             (r#"{"op":"send","body":1,"ref":"k"}"#.into(), "missing room"),
         ];
         for (text, want) in &cases {
@@ -1248,18 +1093,13 @@ mod tests {
             // The same error with an integer ref, and with none.
             let int = text.replace(r#""ref":"k""#, r#""ref":42"#);
             assert_eq!(err(&int).r#ref, r("42"), "{int}");
-            let none = text
-                .replace(r#","ref":"k""#, "")
-                .replace(r#""ref":"k""#, "");
+            let none = text.replace(r#","ref":"k""#, "").replace(r#""ref":"k""#, "");
             assert_eq!(err(&none).r#ref, None, "{none}");
         }
         // The error reply carries the ref.
         let e = err(r#"{"op":"jump","ref":"k"}"#);
         let v = payload(&encode_decode_error(&e));
-        assert_eq!(
-            v,
-            json!({"op":"error","ref":"k","code":"bad_request","message":"unknown op"})
-        );
+        assert_eq!(v, json!({"op":"error","ref":"k","code":"bad_request","message":"unknown op"}));
         let id64 = "i".repeat(64);
         let text = format!(r#"{{"op":"send","room":"a","body":1,"id":"{id64}"}}"#);
         assert!(matches!(ok(&text).op, Op::Send { id: Some(_), .. }));
@@ -1287,13 +1127,7 @@ mod tests {
         assert_eq!(p.id, None);
         let p = decode_post(br#"{"body":1,"id":"\u00e9"}"#).unwrap();
         assert_eq!(p.id.as_deref(), Some("é"));
-        for bad in [
-            &b"{}"[..],
-            b"[]",
-            b"",
-            b"{\"body\":1,\"id\":2}",
-            b"{\"body\":1,\"id\":\"\"}",
-        ] {
+        for bad in [&b"{}"[..], b"[]", b"", b"{\"body\":1,\"id\":2}", b"{\"body\":1,\"id\":\"\"}"] {
             let e = decode_post(bad).unwrap_err();
             assert_eq!((e.code, e.r#ref), ("bad_request", None));
         }
@@ -1318,9 +1152,7 @@ mod tests {
             assert_eq!(&frame[..n], want, "{len}");
             assert_eq!(frame.len(), n + len);
             assert!(frame[n..].iter().all(|&b| b == b'x'));
-            let (header, plen) = FrameHeader::parse(&mut Cursor::new(&frame[..]))
-                .unwrap()
-                .unwrap();
+            let (header, plen) = FrameHeader::parse(&mut Cursor::new(&frame[..])).unwrap().unwrap();
             assert_eq!(plen, len as u64);
             assert_eq!(header.len(plen), n);
         }
@@ -1340,10 +1172,7 @@ mod tests {
             json!({"op":"msg","room":"lobby","seq":3,"ts":1764441602000u64,"from":"dev","body":{"text":"hello"},"id":"m-1"})
         );
         let m = encode_msg("r", 0, u64::MAX, "u", &raw("null"), None);
-        assert_eq!(
-            payload(&m.frame),
-            json!({"op":"msg","room":"r","seq":0,"ts":u64::MAX,"from":"u","body":null})
-        );
+        assert_eq!(payload(&m.frame), json!({"op":"msg","room":"r","seq":0,"ts":u64::MAX,"from":"u","body":null}));
         // Clones share the one buffer.
         let c = m.frame.clone();
         assert_eq!(c.as_ptr(), m.frame.as_ptr());
@@ -1372,19 +1201,8 @@ mod tests {
             }
         }
         // The length estimate is exact, so the frame's buffer has no slack.
-        for s in [
-            "",
-            "a",
-            "\"\\",
-            "\u{0}\u{8}\u{c}\n\r\t\u{1f}",
-            "é€😀",
-            "a\u{7f}",
-        ] {
-            assert_eq!(
-                json_str_len(s),
-                serde_json::to_vec(s).unwrap().len(),
-                "{s:?}"
-            );
+        for s in ["", "a", "\"\\", "\u{0}\u{8}\u{c}\n\r\t\u{1f}", "é€😀", "a\u{7f}"] {
+            assert_eq!(json_str_len(s), serde_json::to_vec(s).unwrap().len(), "{s:?}");
             let mut out = Out::plain(0);
             out.str(s);
             assert_eq!(out.buf, serde_json::to_vec(s).unwrap(), "{s:?}");
@@ -1408,15 +1226,9 @@ mod tests {
         full.as_object_mut().unwrap().remove("op");
         assert_eq!(item, full);
         // A hand-made frame that is not a msg comes back whole.
-        let odd = MsgFrame {
-            frame: Bytes::from_static(b"\x81\x02{}"),
-            json_start: 2,
-        };
+        let odd = MsgFrame { frame: Bytes::from_static(b"\x81\x02{}"), json_start: 2 };
         assert_eq!(history_item(&odd), (&b""[..], &b"{}"[..]));
-        let broken = MsgFrame {
-            frame: Bytes::from_static(b"ab"),
-            json_start: 9,
-        };
+        let broken = MsgFrame { frame: Bytes::from_static(b"ab"), json_start: 9 };
         assert_eq!(history_item(&broken), (&b""[..], &b""[..]));
     }
 
@@ -1425,47 +1237,21 @@ mod tests {
         let k = Ref("\"a7\"".into());
         let n = Ref("12".into());
         assert_eq!(
-            payload(&encode_ack(
-                Some(&k),
-                "lobby",
-                3,
-                1764441602000,
-                Some("m-1")
-            )),
+            payload(&encode_ack(Some(&k), "lobby", 3, 1764441602000, Some("m-1"))),
             json!({"op":"ack","ref":"a7","room":"lobby","seq":3,"ts":1764441602000u64,"id":"m-1"})
         );
-        assert_eq!(
-            payload(&encode_ack(None, "r", 1, 2, None)),
-            json!({"op":"ack","room":"r","seq":1,"ts":2})
-        );
+        assert_eq!(payload(&encode_ack(None, "r", 1, 2, None)), json!({"op":"ack","room":"r","seq":1,"ts":2}));
         assert_eq!(
             payload(&encode_joined(Some(&n), "lobby", 2, Some(true))),
             json!({"op":"joined","ref":12,"room":"lobby","seq":2,"recovered":true})
         );
-        assert_eq!(
-            payload(&encode_joined(None, "lobby", 0, None)),
-            json!({"op":"joined","room":"lobby","seq":0})
-        );
-        assert_eq!(
-            payload(&encode_joined(None, "l", 5, Some(false)))["recovered"],
-            false
-        );
-        assert_eq!(
-            payload(&encode_left(Some(&k), "lobby")),
-            json!({"op":"left","ref":"a7","room":"lobby"})
-        );
-        assert_eq!(
-            payload(&encode_pong(Some(&n))),
-            json!({"op":"pong","ref":12})
-        );
+        assert_eq!(payload(&encode_joined(None, "lobby", 0, None)), json!({"op":"joined","room":"lobby","seq":0}));
+        assert_eq!(payload(&encode_joined(None, "l", 5, Some(false)))["recovered"], false);
+        assert_eq!(payload(&encode_left(Some(&k), "lobby")), json!({"op":"left","ref":"a7","room":"lobby"}));
+        assert_eq!(payload(&encode_pong(Some(&n))), json!({"op":"pong","ref":12}));
         assert_eq!(payload(&encode_pong(None)), json!({"op":"pong"}));
         assert_eq!(
-            payload(&encode_error(
-                Some(&k),
-                "rate_limited",
-                "slow \"down\"\n",
-                Some(250)
-            )),
+            payload(&encode_error(Some(&k), "rate_limited", "slow \"down\"\n", Some(250))),
             json!({"op":"error","ref":"a7","code":"rate_limited","message":"slow \"down\"\n","retry_after_ms":250})
         );
         assert_eq!(
@@ -1474,10 +1260,7 @@ mod tests {
         );
         // A ref taken from decode goes back out verbatim.
         let m = ok(r#"{"op":"ping","ref":"x\"\u00e9\\"}"#);
-        assert_eq!(
-            payload(&encode_pong(m.r#ref.as_ref())),
-            json!({"op":"pong","ref":"x\"é\\"})
-        );
+        assert_eq!(payload(&encode_pong(m.r#ref.as_ref())), json!({"op":"pong","ref":"x\"é\\"}));
     }
 
     #[test]
@@ -1485,14 +1268,7 @@ mod tests {
         let msgs: Vec<MsgFrame> = (1..=3)
             .map(|seq| {
                 let body = raw(&format!(r#"{{"n":{seq}}}"#));
-                encode_msg(
-                    "lobby",
-                    seq,
-                    1000 + seq,
-                    "ann",
-                    &body,
-                    (seq == 2).then_some("x"),
-                )
+                encode_msg("lobby", seq, 1000 + seq, "ann", &body, (seq == 2).then_some("x"))
             })
             .collect();
         let want_items = json!([
@@ -1509,21 +1285,13 @@ mod tests {
             payload(&encode_history(None, "lobby", [].iter(), false)),
             json!({"op":"history","room":"lobby","messages":[],"more":false})
         );
-        let http: Value =
-            serde_json::from_slice(&history_json("lobby", msgs.iter(), false)).unwrap();
-        assert_eq!(
-            http,
-            json!({"room":"lobby","messages":want_items,"more":false})
-        );
-        let http: Value =
-            serde_json::from_slice(&history_json("r", msgs[..1].iter(), true)).unwrap();
+        let http: Value = serde_json::from_slice(&history_json("lobby", msgs.iter(), false)).unwrap();
+        assert_eq!(http, json!({"room":"lobby","messages":want_items,"more":false}));
+        let http: Value = serde_json::from_slice(&history_json("r", msgs[..1].iter(), true)).unwrap();
         assert_eq!(http["messages"].as_array().unwrap().len(), 1);
         // A page past 64 KiB gets the 8-byte length header.
         let big = raw(&format!("\"{}\"", "z".repeat(40_000)));
-        let bigs = [
-            encode_msg("r", 1, 1, "u", &big, None),
-            encode_msg("r", 2, 2, "u", &big, None),
-        ];
+        let bigs = [encode_msg("r", 1, 1, "u", &big, None), encode_msg("r", 2, 2, "u", &big, None)];
         let frame = encode_history(None, "r", bigs.iter(), false);
         assert_eq!(&frame[..2], &[0x81, 127]);
         assert_eq!(payload(&frame)["messages"][1]["seq"], 2);
@@ -1531,16 +1299,7 @@ mod tests {
 
     #[test]
     fn presence_replies() {
-        let members = [
-            Member {
-                user: "ann",
-                since: 10,
-            },
-            Member {
-                user: "b\"o\u{1}é",
-                since: 20,
-            },
-        ];
+        let members = [Member { user: "ann", since: 10 }, Member { user: "b\"o\u{1}é", since: 20 }];
         let k = Ref("\"p\"".into());
         assert_eq!(
             payload(&encode_presence(Some(&k), "lobby", members.iter().copied())),
@@ -1551,8 +1310,7 @@ mod tests {
             payload(&encode_presence(None, "lobby", std::iter::empty())),
             json!({"op":"presence","room":"lobby","members":[]})
         );
-        let http: Value =
-            serde_json::from_slice(&presence_json("lobby", members.iter().copied())).unwrap();
+        let http: Value = serde_json::from_slice(&presence_json("lobby", members.iter().copied())).unwrap();
         assert_eq!(
             http,
             json!({"room":"lobby","members":[{"user":"ann","since":10},{"user":"b\"o\u{1}é","since":20}]})
@@ -1572,29 +1330,21 @@ mod tests {
         let v: Value = serde_json::from_slice(&posted_json("lobby", 9, 1234)).unwrap();
         assert_eq!(v, json!({"room":"lobby","seq":9,"ts":1234}));
         let v: Value = serde_json::from_slice(&error_json("not_found", "no \"room\"")).unwrap();
-        assert_eq!(
-            v,
-            json!({"error":{"code":"not_found","message":"no \"room\""}})
-        );
+        assert_eq!(v, json!({"error":{"code":"not_found","message":"no \"room\""}}));
     }
 
     #[test]
     fn send_round_trip_keeps_body_bytes() {
         let text = br#"{"op":"send","room":"lobby","body":{"b": [1.0, "\u00e9", 1e400000000000000000]},"id":"q"}"#;
         // serde_json refuses numbers out of f64 range, so keep to valid ones.
-        let text = std::str::from_utf8(text)
-            .unwrap()
-            .replace("1e400000000000000000", "1e300");
+        let text = std::str::from_utf8(text).unwrap().replace("1e400000000000000000", "1e300");
         let m = ok(&text);
         let Op::Send { room, body, id } = m.op else {
             panic!("not a send");
         };
         let f = encode_msg(&room, 1, 2, "u", body, id.as_deref());
         let json = std::str::from_utf8(f.json()).unwrap();
-        assert!(
-            json.contains(r#""body":{"b": [1.0, "\u00e9", 1e300]}"#),
-            "{json}"
-        );
+        assert!(json.contains(r#""body":{"b": [1.0, "\u00e9", 1e300]}"#), "{json}");
     }
 
     proptest! {

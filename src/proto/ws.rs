@@ -230,10 +230,7 @@ impl Decoder {
     /// a frame completed an event. `Ok(Some((consumed, None)))`: a non-final
     /// data fragment was absorbed. `Err`: the connection must be closed with
     /// `err.close_code()`; the decoder must not be used again.
-    pub fn decode<'a>(
-        &'a mut self,
-        buf: &'a mut [u8],
-    ) -> Result<Option<(usize, Option<Event<'a>>)>, WsError> {
+    pub fn decode<'a>(&'a mut self, buf: &'a mut [u8]) -> Result<Option<(usize, Option<Event<'a>>)>, WsError> {
         if self.release_assembly {
             self.release_assembly = false;
             if self.assembly.capacity() > KEEP_ASSEMBLY_CAPACITY {
@@ -328,9 +325,7 @@ impl Decoder {
             }
             OpCode::Data(Data::Text | Data::Binary) => {
                 if self.message_opcode.is_some() {
-                    return Err(WsError::Protocol(
-                        "new data message inside a fragmented message",
-                    ));
+                    return Err(WsError::Protocol("new data message inside a fragmented message"));
                 }
             }
             OpCode::Control(Control::Close | Control::Ping | Control::Pong) => {
@@ -366,9 +361,7 @@ impl Decoder {
                 };
                 let n = u64::from_be_bytes(b);
                 if n >> 63 != 0 {
-                    return Err(WsError::Protocol(
-                        "64-bit payload length with the top bit set",
-                    ));
+                    return Err(WsError::Protocol("64-bit payload length with the top bit set"));
                 }
                 (n, 10)
             }
@@ -377,30 +370,17 @@ impl Decoder {
         if !is_control {
             // The limit is known from the length field alone: refuse now
             // rather than buffer a payload that will be refused anyway.
-            let already = if opcode == OP_CONT {
-                self.assembly.len()
-            } else {
-                0
-            };
+            let already = if opcode == OP_CONT { self.assembly.len() } else { 0 };
             let room = self.max_message.saturating_sub(already);
             if payload_len > room as u64 {
                 return Err(WsError::TooBig);
             }
         }
         let payload_len = usize::try_from(payload_len).map_err(|_| WsError::TooBig)?;
-        let Some(mask) = buf
-            .get(mask_at..mask_at + 4)
-            .and_then(|b| <[u8; 4]>::try_from(b).ok())
-        else {
+        let Some(mask) = buf.get(mask_at..mask_at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
             return Ok(None);
         };
-        Ok(Some(Header {
-            fin,
-            opcode,
-            mask,
-            len: mask_at + 4,
-            payload_len,
-        }))
+        Ok(Some(Header { fin, opcode, mask, len: mask_at + 4, payload_len }))
     }
 }
 
@@ -418,10 +398,7 @@ fn control_event(opcode: u8, payload: &[u8]) -> Result<Event<'_>, WsError> {
 fn parse_close(payload: &[u8]) -> Result<Event<'_>, WsError> {
     let Some((code, reason)) = payload.split_first_chunk::<2>() else {
         if payload.is_empty() {
-            return Ok(Event::Close {
-                code: None,
-                reason: "",
-            });
+            return Ok(Event::Close { code: None, reason: "" });
         }
         return Err(WsError::Protocol("one-byte close payload"));
     };
@@ -435,10 +412,7 @@ fn parse_close(payload: &[u8]) -> Result<Event<'_>, WsError> {
         return Err(WsError::Protocol("close code not allowed on the wire"));
     }
     let reason = std::str::from_utf8(reason).map_err(|_| WsError::InvalidUtf8)?;
-    Ok(Event::Close {
-        code: Some(code),
-        reason,
-    })
+    Ok(Event::Close { code: Some(code), reason })
 }
 
 /// The mask to apply to a payload that starts `offset` bytes into the frame.
@@ -527,9 +501,7 @@ pub fn accept_key(sec_websocket_key: &[u8]) -> String {
 /// `mask` applies from `payload[0]`; to continue a payload part way, rotate
 /// the mask left by the offset modulo 4.
 pub fn unmask(payload: &mut [u8], mask: [u8; 4]) {
-    let word = u64::from_ne_bytes([
-        mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3],
-    ]);
+    let word = u64::from_ne_bytes([mask[0], mask[1], mask[2], mask[3], mask[0], mask[1], mask[2], mask[3]]);
     // Eight-byte chunks from the payload's start keep the mask's phase, so
     // the remainder starts again at mask[0].
     let mut chunks = payload.chunks_exact_mut(8);
@@ -621,11 +593,7 @@ mod tests {
 
     /// Feeds `bytes` in chunks of the given sizes (cycled), as a socket
     /// would, compacting the buffer after each consumed frame.
-    fn decode_chunked(
-        dec: &mut Decoder,
-        bytes: &[u8],
-        sizes: &[usize],
-    ) -> (Vec<Owned>, Option<WsError>) {
+    fn decode_chunked(dec: &mut Decoder, bytes: &[u8], sizes: &[usize]) -> (Vec<Owned>, Option<WsError>) {
         let mut buf: Vec<u8> = Vec::new();
         let mut fed = 0;
         let mut out = Vec::new();
@@ -674,11 +642,7 @@ mod tests {
             let orig: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
             let mut fast = orig.clone();
             unmask(&mut fast, MASK);
-            let slow: Vec<u8> = orig
-                .iter()
-                .enumerate()
-                .map(|(i, b)| b ^ MASK[i % 4])
-                .collect();
+            let slow: Vec<u8> = orig.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]).collect();
             assert_eq!(fast, slow, "len {len}");
             for split in 0..=len {
                 let mut parts = orig.clone();
@@ -692,38 +656,16 @@ mod tests {
 
     #[test]
     fn single_frames_of_every_kind() {
+        assert_eq!(one(&frame(true, OP_TEXT, b"hello")), Ok(Some(Owned::Text(b"hello".to_vec()))));
+        assert_eq!(one(&frame(true, OP_BINARY, &[0, 255, 1])), Ok(Some(Owned::Binary(vec![0, 255, 1]))));
+        assert_eq!(one(&frame(true, OP_PING, b"p")), Ok(Some(Owned::Ping(b"p".to_vec()))));
+        assert_eq!(one(&frame(true, OP_PONG, b"")), Ok(Some(Owned::Pong(vec![]))));
+        assert_eq!(one(&frame(true, OP_CLOSE, b"")), Ok(Some(Owned::Close(None, String::new()))));
         assert_eq!(
-            one(&frame(true, OP_TEXT, b"hello")),
-            Ok(Some(Owned::Text(b"hello".to_vec())))
-        );
-        assert_eq!(
-            one(&frame(true, OP_BINARY, &[0, 255, 1])),
-            Ok(Some(Owned::Binary(vec![0, 255, 1])))
-        );
-        assert_eq!(
-            one(&frame(true, OP_PING, b"p")),
-            Ok(Some(Owned::Ping(b"p".to_vec())))
-        );
-        assert_eq!(
-            one(&frame(true, OP_PONG, b"")),
-            Ok(Some(Owned::Pong(vec![])))
-        );
-        assert_eq!(
-            one(&frame(true, OP_CLOSE, b"")),
-            Ok(Some(Owned::Close(None, String::new())))
-        );
-        assert_eq!(
-            one(&frame(
-                true,
-                OP_CLOSE,
-                &close_payload(1000, "bye ✓".as_bytes())
-            )),
+            one(&frame(true, OP_CLOSE, &close_payload(1000, "bye ✓".as_bytes()))),
             Ok(Some(Owned::Close(Some(1000), "bye ✓".to_string())))
         );
-        assert_eq!(
-            one(&frame(true, OP_TEXT, b"")),
-            Ok(Some(Owned::Text(vec![])))
-        );
+        assert_eq!(one(&frame(true, OP_TEXT, b"")), Ok(Some(Owned::Text(vec![]))));
     }
 
     #[test]
@@ -766,17 +708,11 @@ mod tests {
     fn control_frame_rules() {
         for op in [OP_PING, OP_PONG, OP_CLOSE] {
             let bytes = frame(false, op, b"");
-            assert!(
-                matches!(one(&bytes), Err(WsError::Protocol(_))),
-                "non-FIN {op}"
-            );
+            assert!(matches!(one(&bytes), Err(WsError::Protocol(_))), "non-FIN {op}");
             let bytes = frame(true, op, &[b'a'; 126]);
             assert!(matches!(one(&bytes), Err(WsError::Protocol(_))), "126 {op}");
         }
-        assert_eq!(
-            one(&frame(true, OP_PING, &[7; 125])),
-            Ok(Some(Owned::Ping(vec![7; 125])))
-        );
+        assert_eq!(one(&frame(true, OP_PING, &[7; 125])), Ok(Some(Owned::Ping(vec![7; 125]))));
         // Control frames are not messages: the message limit does not apply.
         let mut dec = Decoder::new(4);
         let (evs, err) = decode_all(&mut dec, &frame(true, OP_PING, &[1; 100]));
@@ -793,14 +729,8 @@ mod tests {
 
     #[test]
     fn continuation_without_message_is_a_protocol_error() {
-        assert!(matches!(
-            one(&frame(true, OP_CONT, b"x")),
-            Err(WsError::Protocol(_))
-        ));
-        assert!(matches!(
-            one(&frame(false, OP_CONT, b"x")),
-            Err(WsError::Protocol(_))
-        ));
+        assert!(matches!(one(&frame(true, OP_CONT, b"x")), Err(WsError::Protocol(_))));
+        assert!(matches!(one(&frame(false, OP_CONT, b"x")), Err(WsError::Protocol(_))));
     }
 
     #[test]
@@ -860,10 +790,7 @@ mod tests {
         let mut bytes = frame(false, OP_TEXT, b"12345");
         bytes.extend(frame(true, OP_CONT, b"67890"));
         let (evs, err) = decode_all(&mut dec, &bytes);
-        assert_eq!(
-            (evs, err),
-            (vec![Owned::Text(b"1234567890".to_vec())], None)
-        );
+        assert_eq!((evs, err), (vec![Owned::Text(b"1234567890".to_vec())], None));
     }
 
     #[test]
@@ -896,11 +823,7 @@ mod tests {
         assert_eq!(dec.buffered(), 0);
         for step in 1..8 {
             let mut dec = Decoder::new(100);
-            assert_eq!(
-                decode_chunked(&mut dec, &bytes, &[step]),
-                (expect.clone(), None),
-                "step {step}"
-            );
+            assert_eq!(decode_chunked(&mut dec, &bytes, &[step]), (expect.clone(), None), "step {step}");
         }
     }
 
@@ -913,25 +836,16 @@ mod tests {
         assert_eq!(dec.buffered(), 2);
         let mut ping = frame(true, OP_PING, b"x");
         let ping_len = ping.len();
-        assert_eq!(
-            dec.decode(&mut ping),
-            Ok(Some((ping_len, Some(Event::Ping(b"x")))))
-        );
+        assert_eq!(dec.decode(&mut ping), Ok(Some((ping_len, Some(Event::Ping(b"x"))))));
         assert_eq!(dec.buffered(), 2);
         let mut f2 = frame(true, OP_CONT, b"cd");
         let f2_len = f2.len();
-        assert_eq!(
-            dec.decode(&mut f2),
-            Ok(Some((f2_len, Some(Event::Binary(b"abcd")))))
-        );
+        assert_eq!(dec.decode(&mut f2), Ok(Some((f2_len, Some(Event::Binary(b"abcd"))))));
         assert_eq!(dec.buffered(), 0);
         // The next message starts clean.
         let mut f3 = frame(true, OP_TEXT, b"z");
         let f3_len = f3.len();
-        assert_eq!(
-            dec.decode(&mut f3),
-            Ok(Some((f3_len, Some(Event::Text(b"z")))))
-        );
+        assert_eq!(dec.decode(&mut f3), Ok(Some((f3_len, Some(Event::Text(b"z"))))));
     }
 
     #[test]
@@ -956,11 +870,7 @@ mod tests {
                 bytes.extend(frame(false, OP_CONT, &text[i..j]));
                 bytes.extend(frame(true, OP_CONT, &text[j..]));
                 let mut dec = Decoder::new(100);
-                assert_eq!(
-                    decode_all(&mut dec, &bytes),
-                    (vec![Owned::Text(text.to_vec())], None),
-                    "{i} {j}"
-                );
+                assert_eq!(decode_all(&mut dec, &bytes), (vec![Owned::Text(text.to_vec())], None), "{i} {j}");
             }
         }
     }
@@ -1013,33 +923,18 @@ mod tests {
 
     #[test]
     fn invalid_utf8_in_single_frames() {
-        for bad in [
-            &b"\xff"[..],
-            b"\xc0\xaf",
-            b"\xed\xa0\x80",
-            b"abc\xe2\x82",
-            b"\xf4\x90\x80\x80",
-        ] {
+        for bad in [&b"\xff"[..], b"\xc0\xaf", b"\xed\xa0\x80", b"abc\xe2\x82", b"\xf4\x90\x80\x80"] {
             assert_eq!(one(&frame(true, OP_TEXT, bad)), Err(WsError::InvalidUtf8));
         }
         // Binary is not checked.
-        assert_eq!(
-            one(&frame(true, OP_BINARY, b"\xff")),
-            Ok(Some(Owned::Binary(vec![0xff])))
-        );
+        assert_eq!(one(&frame(true, OP_BINARY, b"\xff")), Ok(Some(Owned::Binary(vec![0xff]))));
     }
 
     #[test]
     fn close_payload_rules() {
-        assert!(matches!(
-            one(&frame(true, OP_CLOSE, b"\x03")),
-            Err(WsError::Protocol(_))
-        ));
+        assert!(matches!(one(&frame(true, OP_CLOSE, b"\x03")), Err(WsError::Protocol(_))));
         // Autobahn 7.7.x.
-        for code in [
-            1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 3000, 3999, 4000,
-            4999,
-        ] {
+        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 3000, 3999, 4000, 4999] {
             assert_eq!(
                 one(&frame(true, OP_CLOSE, &close_payload(code, b"ok"))),
                 Ok(Some(Owned::Close(Some(code), "ok".to_string()))),
@@ -1047,25 +942,13 @@ mod tests {
             );
         }
         // Autobahn 7.9.x, and more.
-        for code in [
-            0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
-        ] {
+        for code in [0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 1100, 2000, 2999, 5000, 65535] {
             assert!(
-                matches!(
-                    one(&frame(true, OP_CLOSE, &close_payload(code, b""))),
-                    Err(WsError::Protocol(_))
-                ),
+                matches!(one(&frame(true, OP_CLOSE, &close_payload(code, b""))), Err(WsError::Protocol(_))),
                 "{code}"
             );
         }
-        assert_eq!(
-            one(&frame(
-                true,
-                OP_CLOSE,
-                &close_payload(1000, b"\xce\xba\xff")
-            )),
-            Err(WsError::InvalidUtf8)
-        );
+        assert_eq!(one(&frame(true, OP_CLOSE, &close_payload(1000, b"\xce\xba\xff"))), Err(WsError::InvalidUtf8));
     }
 
     #[test]
@@ -1077,13 +960,7 @@ mod tests {
         let mut dec = Decoder::new(100);
         assert_eq!(
             decode_all(&mut dec, &bytes),
-            (
-                vec![
-                    Owned::Ping(vec![0xe2]),
-                    Owned::Text("€".as_bytes().to_vec())
-                ],
-                None
-            )
+            (vec![Owned::Ping(vec![0xe2]), Owned::Text("€".as_bytes().to_vec())], None)
         );
     }
 
@@ -1101,9 +978,7 @@ mod tests {
         for full in &frames {
             let mut reference_buf = full.clone();
             let mut reference_dec = Decoder::new(1 << 20);
-            let expected = reference_dec
-                .decode(&mut reference_buf)
-                .map(|r| r.map(|(n, ev)| (n, ev.as_ref().map(own))));
+            let expected = reference_dec.decode(&mut reference_buf).map(|r| r.map(|(n, ev)| (n, ev.as_ref().map(own))));
             let splits: Vec<usize> = if full.len() > 400 {
                 (0..20).chain(full.len() - 20..full.len()).collect()
             } else {
@@ -1120,9 +995,7 @@ mod tests {
                     continue;
                 }
                 assert_eq!(partial, Ok(None), "split {split}");
-                let got = dec
-                    .decode(&mut buf)
-                    .map(|r| r.map(|(n, ev)| (n, ev.as_ref().map(own))));
+                let got = dec.decode(&mut buf).map(|r| r.map(|(n, ev)| (n, ev.as_ref().map(own))));
                 assert_eq!(got, expected, "split {split}");
             }
         }
@@ -1137,10 +1010,7 @@ mod tests {
         for end in 0..bytes.len() {
             assert_eq!(dec.decode(&mut buf[..end]), Ok(None), "end {end}");
         }
-        assert_eq!(
-            dec.decode(&mut buf),
-            Ok(Some((bytes.len(), Some(Event::Text(payload.as_bytes())))))
-        );
+        assert_eq!(dec.decode(&mut buf), Ok(Some((bytes.len(), Some(Event::Text(payload.as_bytes()))))));
     }
 
     #[test]
@@ -1202,10 +1072,7 @@ mod tests {
 
     #[test]
     fn accept_key_matches_rfc_example() {
-        assert_eq!(
-            accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="),
-            "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="
-        );
+        assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
     #[test]

@@ -92,10 +92,7 @@ pub struct TokenBucket {
 
 impl TokenBucket {
     pub fn new(burst: u32, now: Instant) -> Self {
-        TokenBucket {
-            tokens: f64::from(burst),
-            last: now,
-        }
+        TokenBucket { tokens: f64::from(burst), last: now }
     }
 
     /// Takes one token, or says how many milliseconds until one is there.

@@ -30,12 +30,7 @@ struct Answer {
 
 impl Answer {
     fn json(status: u16, body: Vec<u8>) -> Answer {
-        Answer {
-            status,
-            content_type: "application/json",
-            body,
-            extra: Vec::new(),
-        }
+        Answer { status, content_type: "application/json", body, extra: Vec::new() }
     }
 
     fn error(status: u16, code: &str, message: &str) -> Answer {
@@ -61,10 +56,7 @@ enum Outcome {
 
 impl Reactor {
     pub(super) fn http_step(&mut self, key: u32, buf: &mut [u8]) -> Step {
-        let limits = http::Limits {
-            max_body: 1 << 20,
-            ..http::Limits::default()
-        };
+        let limits = http::Limits { max_body: 1 << 20, ..http::Limits::default() };
         let now = self.now;
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return Step::Stop;
@@ -103,10 +95,7 @@ impl Reactor {
     fn request(&mut self, key: u32, req: Request) {
         let keep_alive = req.keep_alive && !self.draining();
         let head_only = req.method == Method::Head;
-        let p = Pending {
-            keep_alive,
-            head_only,
-        };
+        let p = Pending { keep_alive, head_only };
         match self.route(key, &req, p) {
             Outcome::Answer(a) => self.write_answer(key, a, p),
             Outcome::Done => {}
@@ -116,15 +105,7 @@ impl Reactor {
     fn write_answer(&mut self, key: u32, a: Answer, p: Pending) {
         let extra: Vec<(&str, &str)> = a.extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut out = Vec::with_capacity(160 + a.body.len());
-        http::write_response(
-            &mut out,
-            a.status,
-            a.content_type,
-            &a.body,
-            p.keep_alive,
-            &extra,
-            p.head_only,
-        );
+        http::write_response(&mut out, a.status, a.content_type, &a.body, p.keep_alive, &extra, p.head_only);
         self.send(key, Bytes::from(out));
         if !p.keep_alive {
             self.set_closing(key, false, CloseReason::Normal);
@@ -136,13 +117,7 @@ impl Reactor {
     }
 
     /// The answer to a request that waited on a room owner.
-    pub(super) fn http_answer(
-        &mut self,
-        key: u32,
-        status: u16,
-        body: Vec<u8>,
-        retry_after: Option<u64>,
-    ) {
+    pub(super) fn http_answer(&mut self, key: u32, status: u16, body: Vec<u8>, retry_after: Option<u64>) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -154,10 +129,7 @@ impl Reactor {
         if let Some(s) = retry_after {
             a.extra.push(("Retry-After", s.to_string()));
         }
-        let p = Pending {
-            keep_alive: p.keep_alive && !self.draining(),
-            ..p
-        };
+        let p = Pending { keep_alive: p.keep_alive && !self.draining(), ..p };
         self.write_answer(key, a, p);
         // Pipelined requests behind this one may go on now, and the socket
         // is read again (reading paused while the request waited).
@@ -202,6 +174,7 @@ impl Reactor {
             }),
             "/healthz" | "/metrics" | "/" | "/index.html" => allow("GET, HEAD"),
             "/v1/ws" => self.upgrade(key, req, WsKind::App),
+            "/v1/admin/backup" => self.admin_backup(key, req, p),
             "/v1/echo" if self.shared.config.echo => self.upgrade(key, req, WsKind::Echo),
             _ => match path.strip_prefix("/v1/rooms/") {
                 Some(rest) => self.room_route(key, req, rest, p),
@@ -245,11 +218,7 @@ impl Reactor {
         let asker = Asker::Http(self.conn_ref(key));
         let owner = owner_of(&room, self.shared.reactors());
         let mail = match (what, req.method) {
-            ("presence", _) => Mail::Presence {
-                room,
-                r#ref: None,
-                asker,
-            },
+            ("presence", _) => Mail::Presence { room, r#ref: None, asker },
             ("messages", Method::Post) => {
                 let post = match msg::decode_post(&req.body) {
                     Ok(p) => p,
@@ -275,11 +244,7 @@ impl Reactor {
                         None => Ok(None),
                         Some(v) if v.is_empty() => Ok(None),
                         Some(v) => v.parse::<u64>().map(Some).map_err(|_| {
-                            Answer::error(
-                                400,
-                                "bad_request",
-                                &format!("`{name}` must be a non-negative integer"),
-                            )
+                            Answer::error(400, "bad_request", &format!("`{name}` must be a non-negative integer"))
                         }),
                     }
                 };
@@ -288,14 +253,7 @@ impl Reactor {
                     (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Outcome::Answer(e),
                 };
                 let limit = limit.unwrap_or(50).clamp(1, 1000) as usize;
-                Mail::History {
-                    room,
-                    before,
-                    after,
-                    limit,
-                    r#ref: None,
-                    asker,
-                }
+                Mail::History { room, before, after, limit, r#ref: None, asker }
             }
         };
         // Waiting is marked before posting: when this reactor owns the room
@@ -309,6 +267,76 @@ impl Reactor {
         Outcome::Done
     }
 
+    /// `POST /v1/admin/backup`: a consistent copy of the database, taken
+    /// from one read transaction on a thread of its own while the server
+    /// keeps serving. Body (optional): `{"out": "/path/file.redb"}`.
+    fn admin_backup(&mut self, key: u32, req: &Request, p: Pending) -> Outcome {
+        if req.method != Method::Post {
+            let mut a = Answer::error(405, "method_not_allowed", "use POST");
+            a.extra.push(("Allow", "POST".to_string()));
+            return Outcome::Answer(a);
+        }
+        let claims = match self.token_of(req).map(|t| self.shared.auth.verify(&t)) {
+            Some(Ok(c)) => c,
+            Some(Err(e)) => return Outcome::Answer(Answer::error(401, "unauthorized", &e.to_string())),
+            None => return Outcome::Answer(Answer::error(401, "unauthorized", "an admin token is required")),
+        };
+        if claims.role.as_deref() != Some("admin") {
+            return Outcome::Answer(Answer::error(403, "forbidden", "backups need a token with role admin"));
+        }
+        #[derive(serde::Deserialize)]
+        struct Body {
+            out: Option<std::path::PathBuf>,
+        }
+        let body: Body = if req.body.iter().all(u8::is_ascii_whitespace) {
+            Body { out: None }
+        } else {
+            match serde_json::from_slice(&req.body) {
+                Ok(b) => b,
+                Err(e) => return Outcome::Answer(Answer::error(400, "bad_request", &format!("bad JSON: {e}"))),
+            }
+        };
+        let Some(store) = self.shared.store.clone() else {
+            return Outcome::Answer(Answer::error(500, "internal", "no storage"));
+        };
+        let out = body.out.unwrap_or_else(|| {
+            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            self.shared.config.data.join("backups").join(format!("roomcast-{ms}.redb"))
+        });
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            if let State::Http(h) = &mut conn.state {
+                h.awaiting = Some(p);
+            }
+        }
+        let shared = self.shared.clone();
+        let me = self.conn_ref(key);
+        let spawned = std::thread::Builder::new().name("backup".into()).spawn(move || {
+            let result = out.parent().map_or(Ok(()), std::fs::create_dir_all).map_err(crate::store::StoreError::from);
+            let mail = match result.and_then(|()| store.backup_to(&out)) {
+                Ok(n) => {
+                    let body = serde_json::json!({ "path": out.display().to_string(), "messages": n });
+                    Mail::HttpAnswer { conn: me, status: 200, body: body.to_string().into_bytes(), retry_after: None }
+                }
+                Err(e) => Mail::HttpAnswer {
+                    conn: me,
+                    status: 500,
+                    body: msg::error_json("internal", &format!("backup failed: {e}")),
+                    retry_after: None,
+                },
+            };
+            shared.post_from_thread(me.reactor as usize, mail);
+        });
+        if spawned.is_err() {
+            if let Some(conn) = self.conns.get_mut(key as usize) {
+                if let State::Http(h) = &mut conn.state {
+                    h.awaiting = None;
+                }
+            }
+            return Outcome::Answer(Answer::error(503, "overloaded", "cannot start a backup now"));
+        }
+        Outcome::Done
+    }
+
     /// The user an HTTP request acts as: the token's subject, or in
     /// anonymous mode the `user` query parameter (else `anonymous`).
     fn http_user(&self, req: &Request) -> Result<UserId, Answer> {
@@ -318,17 +346,13 @@ impl Reactor {
                 Err(e) => Err(Answer::error(401, "unauthorized", &e.to_string())),
             },
             None if self.shared.config.anonymous => {
-                let u = req
-                    .query_param("user")
-                    .unwrap_or_else(|| "anonymous".to_string());
+                let u = req.query_param("user").unwrap_or_else(|| "anonymous".to_string());
                 valid_user(&u).map_err(|m| Answer::error(400, "bad_request", m))?;
                 Ok(UserId::from(u.as_str()))
             }
-            None => Err(Answer::error(
-                401,
-                "unauthorized",
-                "a token is required (Authorization: Bearer, or access_token)",
-            )),
+            None => {
+                Err(Answer::error(401, "unauthorized", "a token is required (Authorization: Bearer, or access_token)"))
+            }
         }
     }
 
@@ -351,8 +375,7 @@ impl Reactor {
         let up = match http::websocket_upgrade(req) {
             Ok(Some(up)) => up,
             Ok(None) => {
-                let mut a =
-                    Answer::error(426, "bad_request", "this endpoint speaks WebSocket only");
+                let mut a = Answer::error(426, "bad_request", "this endpoint speaks WebSocket only");
                 a.extra.push(("Upgrade", "websocket".to_string()));
                 return Outcome::Answer(a);
             }
@@ -361,9 +384,7 @@ impl Reactor {
                 a.extra.push(("Sec-WebSocket-Version", "13".to_string()));
                 return Outcome::Answer(a);
             }
-            Err(e @ UpgradeError::Bad(_)) => {
-                return Outcome::Answer(Answer::error(400, "bad_request", &e.to_string()))
-            }
+            Err(e @ UpgradeError::Bad(_)) => return Outcome::Answer(Answer::error(400, "bad_request", &e.to_string())),
         };
         if self.draining() {
             return Outcome::Answer(Answer::error(503, "overloaded", "draining"));
@@ -387,9 +408,7 @@ impl Reactor {
             match self.token_of(req) {
                 Some(t) => match self.shared.auth.verify(&t) {
                     Ok(c) => (UserId::from(c.sub.as_str()), Some(c.exp)),
-                    Err(e) => {
-                        return Outcome::Answer(Answer::error(401, "unauthorized", &e.to_string()))
-                    }
+                    Err(e) => return Outcome::Answer(Answer::error(401, "unauthorized", &e.to_string())),
                 },
                 None if self.shared.config.anonymous => {
                     let u = req.query_param("user").unwrap_or_else(anonymous_name);
@@ -421,7 +440,12 @@ impl Reactor {
             last_rx: self.now,
             ping_sent: false,
         };
-        let first = self.now + cfg.ping_interval.min(cfg.idle_timeout);
+        let mut first = self.now + cfg.ping_interval.min(cfg.idle_timeout);
+        if let Some(exp) = exp {
+            // The token's expiry has a deadline of its own (close 4001).
+            let left = exp.saturating_sub(crate::auth::now_unix());
+            first = first.min(self.now + std::time::Duration::from_secs(left));
+        }
         if let Some(conn) = self.conns.get_mut(key as usize) {
             conn.state = State::Ws(Box::new(ws));
         }

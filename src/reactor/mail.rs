@@ -83,7 +83,10 @@ pub enum Mail {
 
     // ---- from an owner to member reactors ----
     /// One frame for every local member of the room.
-    Deliver { room: RoomName, frame: Bytes },
+    Deliver {
+        room: RoomName,
+        frame: Bytes,
+    },
     /// The answer to `Join`: the `joined` frame and any replay. The
     /// connection becomes a local member when this is handled, which is
     /// what keeps the replay and the live stream free of gaps and dups.
@@ -93,7 +96,15 @@ pub enum Mail {
         frames: Vec<Bytes>,
     },
     /// Frames for one WebSocket connection.
-    Frames { conn: ConnRef, frames: Vec<Bytes> },
+    Frames {
+        conn: ConnRef,
+        frames: Vec<Bytes>,
+    },
+    /// store-writer committed (or failed) this reactor's next `n` appends.
+    Committed {
+        n: usize,
+        result: Result<(), String>,
+    },
     /// An HTTP answer for a request that waited on an owner.
     HttpAnswer {
         conn: ConnRef,

@@ -18,6 +18,7 @@
 mod conn;
 mod http;
 pub mod mail;
+mod owner;
 pub mod timer;
 pub mod transport;
 mod ws;
@@ -39,6 +40,7 @@ use crate::config::Config;
 use crate::metrics::{self, CloseReason, Counters};
 use crate::proto::ws as wsproto;
 use crate::rooms::{LocalMembers, OwnedRooms, RoomSettings};
+use crate::store::{ReaderPool, Store, WriterCmd};
 
 use conn::{Closing, Conn, HttpState, State};
 use mail::{ConnRef, Inbox, Mail, Mailbox};
@@ -71,9 +73,22 @@ pub struct Shared {
     pub mailboxes: Vec<Mailbox>,
     pub draining: AtomicBool,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    pub store: Option<Store>,
+    pub readers: Option<ReaderPool>,
 }
 
 impl Shared {
+    /// Posts mail from a thread that is not a reactor (store-writer, a
+    /// reader): it may block while the mailbox is full, since the reactor
+    /// never waits on these threads.
+    pub fn post_from_thread(&self, to: usize, m: Mail) {
+        if let Some(mb) = self.mailboxes.get(to) {
+            if mb.tx.send(m).is_ok() {
+                mb.wake();
+            }
+        }
+    }
+
     pub fn reactors(&self) -> usize {
         self.mailboxes.len()
     }
@@ -94,6 +109,9 @@ pub struct ReactorParts {
     pub poll: Poll,
     pub inbox: Inbox,
     pub listeners: Vec<(TcpListener, bool)>,
+    /// Appends to store-writer. Only reactors hold senders, so the writer
+    /// finishes once every reactor has.
+    pub writer: Option<crossbeam_channel::Sender<WriterCmd>>,
 }
 
 /// How far one input-processing step got.
@@ -132,12 +150,13 @@ pub struct Reactor {
     mail_backlog: bool,
     drain_deadline: Option<Instant>,
     max_conns: usize,
+    /// Publishes waiting for their commit, in append order.
+    pending: VecDeque<owner::PendingPublish>,
+    writer: Option<crossbeam_channel::Sender<WriterCmd>>,
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Reactor {
@@ -145,18 +164,11 @@ impl Reactor {
         let n = shared.reactors();
         let mut listeners = Vec::new();
         for (i, (mut l, tls)) in parts.listeners.into_iter().enumerate() {
-            parts
-                .poll
-                .registry()
-                .register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
+            parts.poll.registry().register(&mut l, Token(LISTENER_BASE + i), Interest::READABLE)?;
             listeners.push((Some(l), tls));
         }
         let c = &shared.config;
-        let settings = RoomSettings {
-            tail: c.history_tail,
-            max_replay: c.max_replay,
-            dedup_window: c.dedup_window,
-        };
+        let settings = RoomSettings { tail: c.history_tail, max_replay: c.max_replay, dedup_window: c.dedup_window };
         let max_conns = c.max_connections.div_ceil(n).max(1);
         let now = Instant::now();
         Ok(Reactor {
@@ -169,7 +181,7 @@ impl Reactor {
             overflow: (0..n).map(|_| VecDeque::new()).collect(),
             to_wake: vec![false; n],
             wheel: Wheel::new(now),
-            rooms: OwnedRooms::new(settings, n),
+            rooms: OwnedRooms::new(settings, n, shared.store.clone()),
             local: LocalMembers::default(),
             pending_flush: Vec::new(),
             rerun: Vec::new(),
@@ -183,6 +195,8 @@ impl Reactor {
             mail_backlog: false,
             drain_deadline: None,
             max_conns,
+            pending: VecDeque::new(),
+            writer: parts.writer,
             shared,
         })
     }
@@ -196,10 +210,7 @@ impl Reactor {
             if busy {
                 timeout = Some(Duration::ZERO);
             }
-            for at in [self.accept_paused_until, self.drain_deadline]
-                .into_iter()
-                .flatten()
-            {
+            for at in [self.accept_paused_until, self.drain_deadline].into_iter().flatten() {
                 let d = at.saturating_duration_since(self.now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
@@ -223,7 +234,7 @@ impl Reactor {
                     Token(t) => {
                         let key = (t - CONN_BASE) as u32;
                         if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                            self.on_readable(key);
+                            self.on_readable(key, ev.is_read_closed() || ev.is_error());
                         }
                         if ev.is_writable() {
                             self.queue_flush(key);
@@ -241,7 +252,8 @@ impl Reactor {
             self.pass_mail_on();
             self.shared.metrics[self.id].publish(&self.counters);
             if let Some(deadline) = self.drain_deadline {
-                if self.conns.is_empty() || self.now >= deadline {
+                // Publishes waiting on a commit get their answer first.
+                if (self.conns.is_empty() && self.pending.is_empty()) || self.now >= deadline {
                     break;
                 }
             }
@@ -269,11 +281,7 @@ impl Reactor {
                 Ok((sock, _)) => self.admit(sock, tls),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // The peer gave up before we got to it, or a signal: next.
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted
-                    ) => {}
+                Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted) => {}
                 Err(e) => {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection
                     // stays in the backlog; retry after a pause instead of
@@ -301,11 +309,7 @@ impl Reactor {
         if self
             .poll
             .registry()
-            .register(
-                &mut sock,
-                Token(key + CONN_BASE),
-                Interest::READABLE | Interest::WRITABLE,
-            )
+            .register(&mut sock, Token(key + CONN_BASE), Interest::READABLE | Interest::WRITABLE)
             .is_err()
         {
             self.counters.closed(CloseReason::Io);
@@ -327,11 +331,7 @@ impl Reactor {
             gen: self.next_gen,
             rbuf: Vec::new(),
             out: Default::default(),
-            state: State::Http(HttpState {
-                started: None,
-                idle_since: self.now,
-                awaiting: None,
-            }),
+            state: State::Http(HttpState { started: None, idle_since: self.now, awaiting: None }),
             flush_queued: false,
             timer_tick: None,
         });
@@ -346,7 +346,7 @@ impl Reactor {
     fn revisit(&mut self) {
         if !self.rerun.is_empty() {
             for key in mem::take(&mut self.rerun) {
-                self.on_readable(key);
+                self.on_readable(key, true);
             }
         }
         let resume = self.accept_paused_until.is_some_and(|t| self.now >= t);
@@ -362,7 +362,9 @@ impl Reactor {
 
     // -------------------------------------------------------------- read
 
-    fn on_readable(&mut self, key: u32) {
+    /// `hup`: the peer's FIN may be among what is waiting, so read on to
+    /// the end rather than trusting a short read.
+    fn on_readable(&mut self, key: u32, hup: bool) {
         let mut scratch = mem::take(&mut self.scratch);
         let mut budget = READ_BUDGET;
         while let Some(conn) = self.conns.get_mut(key as usize) {
@@ -371,6 +373,7 @@ impl Reactor {
                 // the socket (TCP pushes back) until it is answered.
                 break;
             }
+            let tls = conn.transport.is_tls();
             let r = conn.transport.read(&mut scratch);
             if conn.transport.wants_write() {
                 // TLS handshake or alert bytes to send.
@@ -379,7 +382,12 @@ impl Reactor {
             match r {
                 Ok(ReadOutcome::Data(n)) => {
                     self.counters.bytes_in += n as u64;
-                    if !self.input(key, &mut scratch[..n]) {
+                    // A short read from a plain socket took all it had: the
+                    // next arrival raises a new edge, so the read that would
+                    // only say WouldBlock is skipped (one syscall less per
+                    // wake-up). rustls may hold more plaintext: keep going.
+                    let drained = n < scratch.len() && !tls && !hup;
+                    if !self.input(key, &mut scratch[..n]) || drained {
                         break;
                     }
                     budget = budget.saturating_sub(n);
@@ -430,9 +438,7 @@ impl Reactor {
             conn.rbuf.extend_from_slice(fresh);
             self.process_buffered(key);
         }
-        self.conns
-            .get(key as usize)
-            .is_some_and(|c| !matches!(c.state, State::Closing(_)))
+        self.conns.get(key as usize).is_some_and(|c| !matches!(c.state, State::Closing(_)))
     }
 
     /// Processes what the connection kept in its own buffer (after fresh
@@ -566,21 +572,10 @@ impl Reactor {
     /// more frames are queued behind the close.
     fn set_closing(&mut self, key: u32, await_peer_close: bool, reason: CloseReason) {
         self.leave_all(key);
-        let grace = if self.drain_deadline.is_some() {
-            self.shared.config.drain_timeout
-        } else {
-            CLOSE_GRACE
-        };
-        let until = self
-            .drain_deadline
-            .unwrap_or(self.now + grace)
-            .min(self.now + grace);
+        let grace = if self.drain_deadline.is_some() { self.shared.config.drain_timeout } else { CLOSE_GRACE };
+        let until = self.drain_deadline.unwrap_or(self.now + grace).min(self.now + grace);
         if let Some(conn) = self.conns.get_mut(key as usize) {
-            conn.state = State::Closing(Closing {
-                until,
-                await_peer_close,
-                reason,
-            });
+            conn.state = State::Closing(Closing { until, await_peer_close, reason });
             self.schedule(key, until);
         }
     }
@@ -640,8 +635,7 @@ impl Reactor {
     fn on_timer(&mut self, key: u32) {
         let now = self.now;
         let cfg = &self.shared.config;
-        let (request_timeout, idle_timeout, ping_interval) =
-            (cfg.request_timeout, cfg.idle_timeout, cfg.ping_interval);
+        let (request_timeout, idle_timeout, ping_interval) = (cfg.request_timeout, cfg.idle_timeout, cfg.ping_interval);
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -722,11 +716,7 @@ impl Reactor {
             self.handle_mail(m);
             return;
         }
-        let m = if self.overflow[to].is_empty() {
-            self.shared.mailboxes[to].try_send(m)
-        } else {
-            Err(m)
-        };
+        let m = if self.overflow[to].is_empty() { self.shared.mailboxes[to].try_send(m) } else { Err(m) };
         if let Err(m) = m {
             self.overflow[to].push_back(m);
         }
@@ -769,19 +759,12 @@ impl Reactor {
 
     fn conn_ref(&self, key: u32) -> ConnRef {
         let gen = self.conns.get(key as usize).map_or(0, |c| c.gen);
-        ConnRef {
-            reactor: self.id as u16,
-            key,
-            gen,
-        }
+        ConnRef { reactor: self.id as u16, key, gen }
     }
 
     /// The live connection a `ConnRef` names, if it is still there.
     fn resolve(&self, c: ConnRef) -> Option<u32> {
-        self.conns
-            .get(c.key as usize)
-            .filter(|conn| conn.gen == c.gen)
-            .map(|_| c.key)
+        self.conns.get(c.key as usize).filter(|conn| conn.gen == c.gen).map(|_| c.key)
     }
 
     // ------------------------------------------------------------- drain
@@ -800,12 +783,8 @@ impl Reactor {
                 continue;
             };
             match &conn.state {
-                State::Ws(_) => {
-                    self.ws_close(key, 1001, "server shutting down", CloseReason::Shutdown)
-                }
-                State::Http(h)
-                    if h.awaiting.is_none() && h.started.is_none() && conn.out.is_empty() =>
-                {
+                State::Ws(_) => self.ws_close(key, 1001, "server shutting down", CloseReason::Shutdown),
+                State::Http(h) if h.awaiting.is_none() && h.started.is_none() && conn.out.is_empty() => {
                     self.close_now(key, CloseReason::Shutdown)
                 }
                 // An HTTP request in flight is answered, then closed (the

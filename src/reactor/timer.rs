@@ -30,12 +30,7 @@ pub struct Wheel {
 
 impl Wheel {
     pub fn new(now: Instant) -> Self {
-        Wheel {
-            start: now,
-            slots: (0..SLOTS).map(|_| Vec::new()).collect(),
-            next: 0,
-            len: 0,
-        }
+        Wheel { start: now, slots: (0..SLOTS).map(|_| Vec::new()).collect(), next: 0, len: 0 }
     }
 
     /// The tick at which a deadline fires (rounded up, never in the past).
@@ -76,8 +71,7 @@ impl Wheel {
 
     /// Moves every entry that has come due by `now` into `out`.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Entry>) {
-        let now_tick =
-            (now.saturating_duration_since(self.start).as_nanos() / TICK.as_nanos()) as u64;
+        let now_tick = (now.saturating_duration_since(self.start).as_nanos() / TICK.as_nanos()) as u64;
         if self.len == 0 {
             // Nothing filed: jump rather than walk every idle tick.
             self.next = self.next.max(now_tick + 1);

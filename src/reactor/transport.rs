@@ -190,10 +190,7 @@ fn read_tls(
     }
 }
 
-fn flush_plain(
-    sock: &mut TcpStream,
-    q: &mut OutQueue,
-) -> Result<(WriteOutcome, usize), TransportError> {
+fn flush_plain(sock: &mut TcpStream, q: &mut OutQueue) -> Result<(WriteOutcome, usize), TransportError> {
     let mut total = 0;
     while !q.is_empty() {
         let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
@@ -209,9 +206,7 @@ fn flush_plain(
                 q.advance(w);
                 total += w;
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Ok((WriteOutcome::Blocked, total))
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((WriteOutcome::Blocked, total)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }
@@ -242,9 +237,7 @@ fn flush_tls(
         match tls.write_tls(sock) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
             Ok(w) => total += w,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Ok((WriteOutcome::Blocked, total))
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok((WriteOutcome::Blocked, total)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e.into()),
         }

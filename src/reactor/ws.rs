@@ -14,11 +14,11 @@ use serde_json::value::RawValue;
 use crate::metrics::CloseReason;
 use crate::proto::msg::{self, Op, Ref};
 use crate::proto::ws::{self as wsproto, Event};
-use crate::rooms::{owner_of, Published, RoomName, UserId};
+use crate::rooms::{owner_of, RoomName};
 
 use super::conn::{State, WsKind};
 use super::mail::{Asker, Mail};
-use super::{now_ms, Reactor, Step};
+use super::{Reactor, Step};
 
 /// Rooms one connection may be in at once.
 const MAX_ROOMS_PER_CONN: usize = 256;
@@ -33,58 +33,27 @@ enum Action {
 }
 
 enum OwnedOp {
-    Join {
-        room: RoomName,
-        since: Option<u64>,
-    },
-    Leave {
-        room: RoomName,
-    },
-    Send {
-        room: RoomName,
-        body: Box<RawValue>,
-        id: Option<Box<str>>,
-    },
-    History {
-        room: RoomName,
-        before: Option<u64>,
-        after: Option<u64>,
-        limit: usize,
-    },
-    Presence {
-        room: RoomName,
-    },
+    Join { room: RoomName, since: Option<u64> },
+    Leave { room: RoomName },
+    Send { room: RoomName, body: Box<RawValue>, id: Option<Box<str>> },
+    History { room: RoomName, before: Option<u64>, after: Option<u64>, limit: usize },
+    Presence { room: RoomName },
     Ping,
 }
 
 fn own(op: Op<'_>) -> OwnedOp {
     match op {
-        Op::Join { room, since } => OwnedOp::Join {
-            room: RoomName::from(room.as_ref()),
-            since,
-        },
-        Op::Leave { room } => OwnedOp::Leave {
-            room: RoomName::from(room.as_ref()),
-        },
+        Op::Join { room, since } => OwnedOp::Join { room: RoomName::from(room.as_ref()), since },
+        Op::Leave { room } => OwnedOp::Leave { room: RoomName::from(room.as_ref()) },
         Op::Send { room, body, id } => OwnedOp::Send {
             room: RoomName::from(room.as_ref()),
             body: body.to_owned(),
             id: id.map(|i| Box::from(i.as_ref())),
         },
-        Op::History {
-            room,
-            before,
-            after,
-            limit,
-        } => OwnedOp::History {
-            room: RoomName::from(room.as_ref()),
-            before,
-            after,
-            limit,
-        },
-        Op::Presence { room } => OwnedOp::Presence {
-            room: RoomName::from(room.as_ref()),
-        },
+        Op::History { room, before, after, limit } => {
+            OwnedOp::History { room: RoomName::from(room.as_ref()), before, after, limit }
+        }
+        Op::Presence { room } => OwnedOp::Presence { room: RoomName::from(room.as_ref()) },
         Op::Ping => OwnedOp::Ping,
     }
 }
@@ -109,8 +78,12 @@ impl Reactor {
                 (used, act(kind, ev))
             }
             Err(e) => {
-                let code = e.close_code();
-                self.ws_close(key, code, &e.to_string(), CloseReason::Protocol);
+                // Failing the connection (RFC 6455 7.1.7): say why in a close
+                // frame, then drop TCP once it is written; the peer broke the
+                // protocol, so its close frame is not awaited.
+                self.send(key, Bytes::from(wsproto::encode_close(e.close_code(), &e.to_string())));
+                self.counters.frames_out += 1;
+                self.set_closing(key, false, CloseReason::Protocol);
                 return Step::Stop;
             }
         };
@@ -157,11 +130,7 @@ impl Reactor {
                         c.await_peer_close = false;
                     }
                 }
-                if self
-                    .conns
-                    .get(key as usize)
-                    .is_some_and(|c| c.out.is_empty())
-                {
+                if self.conns.get(key as usize).is_some_and(|c| c.out.is_empty()) {
                     self.close_now(key, reason);
                 }
                 Step::Stop
@@ -189,36 +158,18 @@ impl Reactor {
                 if !again {
                     if ws.rooms.len() >= MAX_ROOMS_PER_CONN {
                         let m = format!("at most {MAX_ROOMS_PER_CONN} rooms per connection");
-                        return self.reply(
-                            key,
-                            msg::encode_error(r#ref.as_ref(), "forbidden", &m, None),
-                        );
+                        return self.reply(key, msg::encode_error(r#ref.as_ref(), "forbidden", &m, None));
                     }
                     ws.rooms.push((room.clone(), false));
                 }
                 let owner = owner_of(&room, reactors);
-                self.post(
-                    owner,
-                    Mail::Join {
-                        room,
-                        user,
-                        conn: me,
-                        since,
-                        r#ref,
-                        again,
-                    },
-                );
+                self.post(owner, Mail::Join { room, user, conn: me, since, r#ref, again });
             }
             OwnedOp::Leave { room } => {
                 let Some(i) = ws.rooms.iter().position(|(r, _)| *r == room) else {
                     return self.reply(
                         key,
-                        msg::encode_error(
-                            r#ref.as_ref(),
-                            "not_joined",
-                            "not a member of this room",
-                            None,
-                        ),
+                        msg::encode_error(r#ref.as_ref(), "not_joined", "not a member of this room", None),
                     );
                 };
                 let (room, confirmed) = ws.rooms.swap_remove(i);
@@ -227,81 +178,33 @@ impl Reactor {
                 }
                 self.reply(key, msg::encode_left(r#ref.as_ref(), &room));
                 let owner = owner_of(&room, reactors);
-                self.post(
-                    owner,
-                    Mail::Leave {
-                        room,
-                        user,
-                        reactor: self.id as u16,
-                    },
-                );
+                self.post(owner, Mail::Leave { room, user, reactor: self.id as u16 });
             }
             OwnedOp::Send { room, body, id } => {
                 if let Err(wait) = ws.bucket.take(rate, burst, now) {
-                    let e = msg::encode_error(
-                        r#ref.as_ref(),
-                        "rate_limited",
-                        "too many sends; slow down",
-                        Some(wait),
-                    );
+                    let e = msg::encode_error(r#ref.as_ref(), "rate_limited", "too many sends; slow down", Some(wait));
                     return self.reply(key, e);
                 }
                 let owner = owner_of(&room, reactors);
                 if self.backed_up(owner) {
-                    let e = msg::encode_error(
-                        r#ref.as_ref(),
-                        "overloaded",
-                        "the room's owner is busy; retry",
-                        Some(100),
-                    );
+                    let e =
+                        msg::encode_error(r#ref.as_ref(), "overloaded", "the room's owner is busy; retry", Some(100));
                     return self.reply(key, e);
                 }
-                self.post(
-                    owner,
-                    Mail::Publish {
-                        room,
-                        user,
-                        body,
-                        id,
-                        r#ref,
-                        asker: Asker::Ws(me),
-                    },
-                );
+                self.post(owner, Mail::Publish { room, user, body, id, r#ref, asker: Asker::Ws(me) });
             }
-            OwnedOp::History {
-                room,
-                before,
-                after,
-                limit,
-            } => {
+            OwnedOp::History { room, before, after, limit } => {
                 let owner = owner_of(&room, reactors);
-                self.post(
-                    owner,
-                    Mail::History {
-                        room,
-                        before,
-                        after,
-                        limit,
-                        r#ref,
-                        asker: Asker::Ws(me),
-                    },
-                );
+                self.post(owner, Mail::History { room, before, after, limit, r#ref, asker: Asker::Ws(me) });
             }
             OwnedOp::Presence { room } => {
                 let owner = owner_of(&room, reactors);
-                self.post(
-                    owner,
-                    Mail::Presence {
-                        room,
-                        r#ref,
-                        asker: Asker::Ws(me),
-                    },
-                );
+                self.post(owner, Mail::Presence { room, r#ref, asker: Asker::Ws(me) });
             }
         }
     }
 
-    fn reply(&mut self, key: u32, frame: Bytes) {
+    pub(super) fn reply(&mut self, key: u32, frame: Bytes) {
         self.counters.frames_out += 1;
         self.send(key, frame);
     }
@@ -325,135 +228,20 @@ impl Reactor {
                 self.local.remove(&room, key);
             }
             let owner = owner_of(&room, reactors);
-            self.post(
-                owner,
-                Mail::Leave {
-                    room,
-                    user: user.clone(),
-                    reactor: self.id as u16,
-                },
-            );
+            self.post(owner, Mail::Leave { room, user: user.clone(), reactor: self.id as u16 });
         }
     }
 
     // ------------------------------------------------------------ mail
 
-    pub(super) fn handle_mail(&mut self, m: Mail) {
+    /// Mail for this reactor as a member reactor (the room owner's part
+    /// is in `owner`).
+    pub(super) fn member_mail(&mut self, m: Mail) {
         match m {
-            Mail::Join {
-                room,
-                user,
-                conn,
-                since,
-                r#ref,
-                again,
-            } => {
-                let now = now_ms();
-                let max_replay = self.rooms.settings.max_replay;
-                let r = self.rooms.entry(&room);
-                let diff = if again {
-                    None
-                } else {
-                    r.join(conn.reactor as usize, &user, now)
-                };
-                let last = r.last_seq();
-                let (recovered, replay) = match since {
-                    Some(s) => {
-                        let rp = r.replay(s, max_replay);
-                        (Some(rp.recovered), rp.frames)
-                    }
-                    None => (None, Vec::new()),
-                };
-                // The diff goes out before `Joined`, so the joiner (not yet a
-                // local member anywhere) does not get its own arrival.
-                if let Some(d) = diff {
-                    self.fan_out(&room, d);
-                }
-                let mut frames = Vec::with_capacity(1 + replay.len());
-                frames.push(msg::encode_joined(r#ref.as_ref(), &room, last, recovered));
-                frames.extend(replay);
-                self.post(conn.reactor as usize, Mail::Joined { room, conn, frames });
-            }
-            Mail::Leave {
-                room,
-                user,
-                reactor,
-            } => {
-                let diff = self.rooms.entry(&room).leave(reactor as usize, &user);
-                if let Some(d) = diff {
-                    self.fan_out(&room, d);
-                }
-            }
-            Mail::Publish {
-                room,
-                user,
-                body,
-                id,
-                r#ref,
-                asker,
-            } => self.publish(room, user, body, id, r#ref, asker),
-            Mail::History {
-                room,
-                before,
-                after,
-                limit,
-                r#ref,
-                asker,
-            } => {
-                let (page, more) = match self.rooms.get(&room) {
-                    Some(r) => r.history(before, after, limit),
-                    None => (Vec::new(), false),
-                };
-                let reply = match asker {
-                    Asker::Ws(c) => Mail::Frames {
-                        conn: c,
-                        frames: vec![msg::encode_history(
-                            r#ref.as_ref(),
-                            &room,
-                            page.into_iter(),
-                            more,
-                        )],
-                    },
-                    Asker::Http(c) => Mail::HttpAnswer {
-                        conn: c,
-                        status: 200,
-                        body: msg::history_json(&room, page.into_iter(), more),
-                        retry_after: None,
-                    },
-                };
-                self.post(asker.conn().reactor as usize, reply);
-            }
-            Mail::Presence { room, r#ref, asker } => {
-                let reply = {
-                    let empty = Vec::new();
-                    let members: Box<dyn Iterator<Item = msg::Member<'_>>> =
-                        match self.rooms.get(&room) {
-                            Some(r) => Box::new(r.presence()),
-                            None => Box::new(empty.into_iter()),
-                        };
-                    match asker {
-                        Asker::Ws(c) => Mail::Frames {
-                            conn: c,
-                            frames: vec![msg::encode_presence(r#ref.as_ref(), &room, members)],
-                        },
-                        Asker::Http(c) => Mail::HttpAnswer {
-                            conn: c,
-                            status: 200,
-                            body: msg::presence_json(&room, members),
-                            retry_after: None,
-                        },
-                    }
-                };
-                self.post(asker.conn().reactor as usize, reply);
-            }
             Mail::Deliver { room, frame } => self.deliver_local(&room, frame),
             Mail::Joined { room, conn, frames } => {
-                let Some(key) = self.resolve(conn) else {
-                    return;
-                };
-                let Some(c) = self.conns.get_mut(key as usize) else {
-                    return;
-                };
+                let Some(key) = self.resolve(conn) else { return };
+                let Some(c) = self.conns.get_mut(key as usize) else { return };
                 if let State::Ws(ws) = &mut c.state {
                     if let Some(entry) = ws.rooms.iter_mut().find(|(r, _)| *r == room) {
                         if !entry.1 {
@@ -467,98 +255,26 @@ impl Reactor {
                 }
             }
             Mail::Frames { conn, frames } => {
-                let Some(key) = self.resolve(conn) else {
-                    return;
-                };
-                if matches!(
-                    self.conns.get(key as usize).map(|c| &c.state),
-                    Some(State::Ws(_))
-                ) {
+                let Some(key) = self.resolve(conn) else { return };
+                if matches!(self.conns.get(key as usize).map(|c| &c.state), Some(State::Ws(_))) {
                     for f in frames {
                         self.reply(key, f);
                     }
                 }
             }
-            Mail::HttpAnswer {
-                conn,
-                status,
-                body,
-                retry_after,
-            } => {
+            Mail::HttpAnswer { conn, status, body, retry_after } => {
                 if let Some(key) = self.resolve(conn) {
                     self.http_answer(key, status, body, retry_after);
                 }
             }
+            _ => {}
         }
-    }
-
-    /// The owner's part of a publish: seq, one encode, fan-out, ack.
-    fn publish(
-        &mut self,
-        room: RoomName,
-        user: UserId,
-        body: Box<RawValue>,
-        id: Option<Box<str>>,
-        r#ref: Option<Ref>,
-        asker: Asker,
-    ) {
-        let settings = self.rooms.settings.clone();
-        let now = now_ms();
-        let r = self.rooms.entry(&room);
-        let (seq, ts) = match r.publish(&settings, &user, &body, id.as_deref(), now) {
-            Published::New(m) => {
-                let (seq, ts) = (r.last_seq(), r.last_ts());
-                self.counters.published += 1;
-                self.fan_out(&room, m.frame);
-                (seq, ts)
-            }
-            Published::Duplicate { seq, ts } => (seq, ts),
-        };
-        let reply = match asker {
-            Asker::Ws(c) => Mail::Frames {
-                conn: c,
-                frames: vec![msg::encode_ack(
-                    r#ref.as_ref(),
-                    &room,
-                    seq,
-                    ts,
-                    id.as_deref(),
-                )],
-            },
-            Asker::Http(c) => Mail::HttpAnswer {
-                conn: c,
-                status: 201,
-                body: msg::posted_json(&room, seq, ts),
-                retry_after: None,
-            },
-        };
-        self.post(asker.conn().reactor as usize, reply);
-    }
-
-    /// Sends one frame to every reactor with members in `room` (this one
-    /// included, handled inline): one `Deliver` per reactor, not per member.
-    fn fan_out(&mut self, room: &RoomName, frame: Bytes) {
-        let mut targets = std::mem::take(&mut self.fan_targets);
-        targets.clear();
-        if let Some(r) = self.rooms.get(room) {
-            targets.extend(r.member_reactors());
-        }
-        for &t in &targets {
-            self.post(
-                t,
-                Mail::Deliver {
-                    room: room.clone(),
-                    frame: frame.clone(),
-                },
-            );
-        }
-        self.fan_targets = targets;
     }
 
     /// Queues the same frame on every local member: a refcount bump and a
     /// queue push each, no copy. Members past their queue cap are closed
     /// with 4000 afterwards; nobody else waits for them.
-    fn deliver_local(&mut self, room: &str, frame: Bytes) {
+    pub(super) fn deliver_local(&mut self, room: &str, frame: Bytes) {
         let cap = self.shared.config.max_queue_bytes;
         let members = self.local.members(room);
         self.counters.delivered += members.len() as u64;
@@ -573,7 +289,15 @@ impl Reactor {
                 self.pending_flush.push(key);
             }
             if conn.out.len() > cap {
-                self.slow.push(key);
+                // Over the cap: write now, and only a member that still
+                // cannot take it is a slow consumer (a burst to a fast
+                // reader drains into its socket here).
+                if let Ok((_, n)) = conn.transport.flush(&mut conn.out) {
+                    self.counters.bytes_out += n as u64;
+                }
+                if conn.out.len() > cap {
+                    self.slow.push(key);
+                }
             }
         }
         if !self.slow.is_empty() {
@@ -608,23 +332,12 @@ fn act(kind: WsKind, ev: Event<'_>) -> Action {
         Event::Binary(b) if kind == WsKind::Echo => {
             Action::Reply(Bytes::from(wsproto::encode_frame(wsproto::OP_BINARY, b)))
         }
-        Event::Binary(_) => Action::Reply(msg::encode_error(
-            None,
-            "bad_request",
-            "binary frames are not part of the protocol",
-            None,
-        )),
+        Event::Binary(_) => {
+            Action::Reply(msg::encode_error(None, "bad_request", "binary frames are not part of the protocol", None))
+        }
         Event::Text(t) => match msg::decode(t) {
-            Ok(inc) => Action::Op {
-                r#ref: inc.r#ref,
-                op: own(inc.op),
-            },
-            Err(e) => Action::Reply(msg::encode_error(
-                e.r#ref.as_ref(),
-                e.code,
-                &e.message,
-                None,
-            )),
+            Ok(inc) => Action::Op { r#ref: inc.r#ref, op: own(inc.op) },
+            Err(e) => Action::Reply(msg::encode_error(e.r#ref.as_ref(), e.code, &e.message, None)),
         },
     }
 }

@@ -14,6 +14,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::proto::msg::{self, Member, MsgFrame};
+use crate::store::{Store, StoreError};
 
 pub type RoomName = Arc<str>;
 pub type UserId = Arc<str>;
@@ -47,24 +48,37 @@ struct DedupEntry {
     ts: u64,
 }
 
-/// Answer to a `join` with `since`.
-pub struct Replay {
-    pub recovered: bool,
-    pub frames: Vec<Bytes>,
+/// Where a resuming member's missed messages come from.
+#[derive(Debug)]
+pub enum Replay {
+    /// Nothing missed.
+    Nothing,
+    /// All of them are in the tail.
+    Tail(Vec<Bytes>),
+    /// Within the cap but older than the tail: read seqs `after < seq <=
+    /// upto` from storage.
+    Storage { after: u64, upto: u64 },
+    /// More missing than the cap: `recovered: false`, nothing replayed.
+    TooMany,
 }
 
-/// Outcome of a publish at the owner.
-pub enum Published {
-    /// A new message: its frame, to be delivered to every member.
-    New(MsgFrame),
+/// Outcome of a publish at the owner, before its commit.
+pub enum Reserved {
+    /// A new message with its seq and its frame, encoded once.
+    New { seq: u64, ts: u64, frame: MsgFrame },
     /// A repeated client id inside the dedup window: the original seq and ts.
     Duplicate { seq: u64, ts: u64 },
 }
 
 pub struct OwnedRoom {
     pub name: RoomName,
-    last_seq: u64,
-    last_ts: u64,
+    /// The last seq handed out, committed or not.
+    assigned: u64,
+    assigned_ts: u64,
+    /// The last seq whose commit is reported. Members, `joined`, replay and
+    /// history see only committed messages.
+    committed: u64,
+    /// Committed messages, ascending, ending at `committed`.
     tail: VecDeque<MsgFrame>,
     /// Members per reactor; a `Deliver` goes to each reactor with any.
     members: Vec<u32>,
@@ -73,37 +87,40 @@ pub struct OwnedRoom {
     /// Dedup keys in the order they were recorded, with their expiry, so
     /// pruning is a pop from the front.
     dedup_order: VecDeque<(u64, UserId, Box<str>)>,
+    /// The in-memory dedup window is complete for ids recorded from this
+    /// instant (ms) on; older ones may be known to storage only (a restart).
+    dedup_complete_since: u64,
 }
 
 impl OwnedRoom {
     pub fn new(name: RoomName, reactors: usize) -> Self {
+        OwnedRoom::with_head(name, reactors, 0, 0, 0)
+    }
+
+    /// A room whose stored history ends at `seq` (sent at `ts`).
+    pub fn with_head(name: RoomName, reactors: usize, seq: u64, ts: u64, now_ms: u64) -> Self {
         OwnedRoom {
             name,
-            last_seq: 0,
-            last_ts: 0,
+            assigned: seq,
+            assigned_ts: ts,
+            committed: seq,
             tail: VecDeque::new(),
             members: vec![0; reactors],
             users: HashMap::new(),
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
+            dedup_complete_since: if seq == 0 { 0 } else { now_ms },
         }
     }
 
+    /// The last committed seq (what `joined` reports).
     pub fn last_seq(&self) -> u64 {
-        self.last_seq
-    }
-
-    pub fn last_ts(&self) -> u64 {
-        self.last_ts
+        self.committed
     }
 
     /// Reactors that currently have members, for fan-out.
     pub fn member_reactors(&self) -> impl Iterator<Item = usize> + '_ {
-        self.members
-            .iter()
-            .enumerate()
-            .filter(|(_, n)| **n > 0)
-            .map(|(i, _)| i)
+        self.members.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, _)| i)
     }
 
     /// Counts a connection of `user` on `reactor` as a member. Returns the
@@ -118,13 +135,7 @@ impl OwnedRoom {
                 None
             }
             None => {
-                self.users.insert(
-                    user.clone(),
-                    Presence {
-                        conns: 1,
-                        since: now_ms,
-                    },
-                );
+                self.users.insert(user.clone(), Presence { conns: 1, since: now_ms });
                 Some(msg::encode_presence_diff(&self.name, &[user], &[]))
             }
         }
@@ -146,49 +157,85 @@ impl OwnedRoom {
     }
 
     pub fn presence(&self) -> impl Iterator<Item = Member<'_>> {
-        self.users.iter().map(|(u, p)| Member {
-            user: u,
-            since: p.since,
-        })
+        self.users.iter().map(|(u, p)| Member { user: u, since: p.since })
     }
 
-    /// Assigns the next seq (or finds the original of a duplicate) and
-    /// encodes the `msg` frame once. Timestamps never go backwards in a room.
-    pub fn publish(
+    /// True when a client id missing from memory may still be a duplicate
+    /// known only to storage (recorded before this room was loaded).
+    pub fn dedup_needs_storage(&self, settings: &RoomSettings, now_ms: u64) -> bool {
+        now_ms.saturating_sub(settings.dedup_window.as_millis() as u64) < self.dedup_complete_since
+    }
+
+    /// Assigns the next seq (or finds the original of a duplicate in
+    /// memory) and encodes the `msg` frame once. Timestamps never go
+    /// backwards in a room. The message is not visible until `commit`.
+    pub fn reserve(
         &mut self,
         settings: &RoomSettings,
         from: &UserId,
         body: &RawValue,
         id: Option<&str>,
         now_ms: u64,
-    ) -> Published {
+    ) -> Reserved {
         self.prune_dedup(now_ms);
         if let Some(id) = id {
             if let Some(e) = self.dedup.get(&(from.clone(), Box::from(id))) {
-                return Published::Duplicate {
-                    seq: e.seq,
-                    ts: e.ts,
-                };
+                return Reserved::Duplicate { seq: e.seq, ts: e.ts };
             }
         }
-        self.last_seq += 1;
-        self.last_ts = self.last_ts.max(now_ms);
-        let (seq, ts) = (self.last_seq, self.last_ts);
+        self.assigned += 1;
+        self.assigned_ts = self.assigned_ts.max(now_ms);
+        let (seq, ts) = (self.assigned, self.assigned_ts);
         let frame = msg::encode_msg(&self.name, seq, ts, from, body, id);
         if let Some(id) = id {
-            let key: Box<str> = Box::from(id);
-            let expires = now_ms + settings.dedup_window.as_millis() as u64;
-            self.dedup
-                .insert((from.clone(), key.clone()), DedupEntry { seq, ts });
+            self.remember(settings, from, id, seq, ts, now_ms);
+        }
+        Reserved::New { seq, ts, frame }
+    }
+
+    /// Records a client id's original seq (also used for ids found in
+    /// storage, so the next retry is answered from memory).
+    pub fn remember(&mut self, settings: &RoomSettings, from: &UserId, id: &str, seq: u64, ts: u64, now_ms: u64) {
+        let key: Box<str> = Box::from(id);
+        let expires = now_ms + settings.dedup_window.as_millis() as u64;
+        if self.dedup.insert((from.clone(), key.clone()), DedupEntry { seq, ts }).is_none() {
             self.dedup_order.push_back((expires, from.clone(), key));
         }
+    }
+
+    /// Takes back the latest reservation (its append could not be queued).
+    /// Valid only before anything else happened in the room.
+    pub fn unreserve(&mut self, seq: u64, from: &UserId, id: Option<&str>) {
+        if seq == self.assigned {
+            self.assigned -= 1;
+            if let Some(id) = id {
+                self.dedup.remove(&(from.clone(), Box::from(id)));
+                if self.dedup_order.back().is_some_and(|(_, u, i)| u == from && &**i == id) {
+                    self.dedup_order.pop_back();
+                }
+            }
+        }
+    }
+
+    /// The message with `seq` is durable: it joins the tail and becomes
+    /// visible. Commits arrive in seq order.
+    pub fn commit(&mut self, settings: &RoomSettings, seq: u64, frame: MsgFrame) {
+        self.committed = self.committed.max(seq);
         if settings.tail > 0 {
             if self.tail.len() == settings.tail {
                 self.tail.pop_front();
             }
-            self.tail.push_back(frame.clone());
+            self.tail.push_back(frame);
         }
-        Published::New(frame)
+    }
+
+    /// A reserved message's commit failed: nothing after it can commit in
+    /// order either, so the room falls back to what storage holds.
+    pub fn reset_to(&mut self, seq: u64, ts: u64) {
+        self.assigned = seq;
+        self.assigned_ts = self.assigned_ts.max(ts);
+        self.committed = seq;
+        self.tail.retain(|m| msg_seq(m) <= seq);
     }
 
     fn prune_dedup(&mut self, now_ms: u64) {
@@ -202,63 +249,67 @@ impl OwnedRoom {
         }
     }
 
-    /// The messages after `since` for a resuming member, or `recovered:
-    /// false` when more are missing than the cap or the tail reaches back.
-    pub fn replay(&self, since: u64, max_replay: usize) -> Replay {
-        if since >= self.last_seq {
-            return Replay {
-                recovered: true,
-                frames: Vec::new(),
-            };
-        }
-        let missing = self.last_seq - since;
-        let first_in_tail = self.tail.front().map_or(self.last_seq + 1, |_| {
-            self.last_seq + 1 - self.tail.len() as u64
-        });
-        if missing > max_replay as u64 || since + 1 < first_in_tail {
-            return Replay {
-                recovered: false,
-                frames: Vec::new(),
-            };
-        }
-        let skip = (since + 1 - first_in_tail) as usize;
-        let frames = self
-            .tail
-            .iter()
-            .skip(skip)
-            .map(|m| m.frame.clone())
-            .collect();
-        Replay {
-            recovered: true,
-            frames,
-        }
+    fn first_in_tail(&self) -> u64 {
+        self.committed + 1 - self.tail.len() as u64
     }
 
-    /// A page of history, ascending, as PROTOCOL.md's `history` op says.
-    /// Until messages are stored, only the in-memory tail is searched.
-    pub fn history(
-        &self,
-        before: Option<u64>,
-        after: Option<u64>,
-        limit: usize,
-    ) -> (Vec<&MsgFrame>, bool) {
-        let first = self.last_seq + 1 - self.tail.len() as u64;
-        let lo = after.map_or(first, |a| (a + 1).max(first)); // inclusive
-        let hi = before.map_or(self.last_seq + 1, |b| b.min(self.last_seq + 1)); // exclusive
+    /// Where the messages after `since` come from for a resuming member.
+    pub fn replay(&self, since: u64, max_replay: usize) -> Replay {
+        if since >= self.committed {
+            return Replay::Nothing;
+        }
+        if self.committed - since > max_replay as u64 {
+            return Replay::TooMany;
+        }
+        let first = self.first_in_tail();
+        if since + 1 < first {
+            return Replay::Storage { after: since, upto: self.committed };
+        }
+        let skip = (since + 1 - first) as usize;
+        Replay::Tail(self.tail.iter().skip(skip).map(|m| m.frame.clone()).collect())
+    }
+
+    /// A page of history, ascending, as PROTOCOL.md's `history` op says —
+    /// or `None` when the tail does not reach far enough back and storage
+    /// must answer.
+    pub fn history(&self, before: Option<u64>, after: Option<u64>, limit: usize) -> Option<(Vec<&MsgFrame>, bool)> {
+        let first = self.first_in_tail();
+        let hi = before.map_or(self.committed + 1, |b| b.min(self.committed + 1)); // exclusive
+        let lo = after.map_or(1, |a| a + 1); // inclusive
         if lo >= hi {
-            return (Vec::new(), false);
+            return Some((Vec::new(), false));
         }
         let idx = |seq: u64| (seq - first) as usize;
         if after.is_some() {
+            if lo < first {
+                return None;
+            }
             let end = hi.min(lo.saturating_add(limit as u64));
-            let page = self.tail.range(idx(lo)..idx(end)).collect();
-            (page, end < hi)
+            Some((self.tail.range(idx(lo)..idx(end)).collect(), end < hi))
         } else {
             let start = lo.max(hi.saturating_sub(limit as u64));
-            let page = self.tail.range(idx(start)..idx(hi)).collect();
-            (page, start > lo)
+            if start < first {
+                return None;
+            }
+            Some((self.tail.range(idx(start)..idx(hi)).collect(), start > lo && start > 1))
         }
     }
+}
+
+/// The seq of an encoded message (read back from its JSON; used only on
+/// the rare failure path).
+fn msg_seq(m: &MsgFrame) -> u64 {
+    let json = m.json();
+    let key = b"\"seq\":";
+    json.windows(key.len())
+        .position(|w| w == key)
+        .map(|i| {
+            json[i + key.len()..]
+                .iter()
+                .take_while(|b| b.is_ascii_digit())
+                .fold(0u64, |n, b| n * 10 + u64::from(b - b'0'))
+        })
+        .unwrap_or(0)
 }
 
 /// Every room this reactor owns.
@@ -266,27 +317,39 @@ pub struct OwnedRooms {
     pub settings: RoomSettings,
     reactors: usize,
     map: HashMap<RoomName, OwnedRoom>,
+    store: Option<Store>,
 }
 
 impl OwnedRooms {
-    pub fn new(settings: RoomSettings, reactors: usize) -> Self {
-        OwnedRooms {
-            settings,
-            reactors,
-            map: HashMap::new(),
-        }
+    pub fn new(settings: RoomSettings, reactors: usize, store: Option<Store>) -> Self {
+        OwnedRooms { settings, reactors, map: HashMap::new(), store }
     }
 
     pub fn get(&self, name: &str) -> Option<&OwnedRoom> {
         self.map.get(name)
     }
 
-    /// The room, made on first use.
-    pub fn entry(&mut self, name: &RoomName) -> &mut OwnedRoom {
-        let reactors = self.reactors;
-        self.map
-            .entry(name.clone())
-            .or_insert_with(|| OwnedRoom::new(name.clone(), reactors))
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut OwnedRoom> {
+        self.map.get_mut(name)
+    }
+
+    /// The room, loaded from storage (its last seq) or made on first use.
+    /// A storage error is returned, never papered over with seq 0: that
+    /// would hand out seqs again.
+    pub fn entry(&mut self, name: &RoomName, now_ms: u64) -> Result<&mut OwnedRoom, StoreError> {
+        if !self.map.contains_key(name) {
+            let (seq, ts) = match &self.store {
+                Some(s) => s.room_head(name)?,
+                None => (0, 0),
+            };
+            let room = OwnedRoom::with_head(name.clone(), self.reactors, seq, ts, now_ms);
+            self.map.insert(name.clone(), room);
+        }
+        self.map.get_mut(name).ok_or_else(|| StoreError::Db("room vanished".into()))
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
     }
 
     pub fn len(&self) -> usize {
@@ -330,11 +393,7 @@ mod tests {
     use super::*;
 
     fn settings() -> RoomSettings {
-        RoomSettings {
-            tail: 4,
-            max_replay: 3,
-            dedup_window: Duration::from_secs(60),
-        }
+        RoomSettings { tail: 4, max_replay: 3, dedup_window: Duration::from_secs(60) }
     }
 
     fn body() -> Box<RawValue> {
@@ -350,6 +409,14 @@ mod tests {
         }
     }
 
+    fn publish(r: &mut OwnedRoom, s: &RoomSettings, u: &UserId, id: Option<&str>, now: u64) -> Reserved {
+        let out = r.reserve(s, u, &body(), id, now);
+        if let Reserved::New { seq, frame, .. } = &out {
+            r.commit(s, *seq, frame.clone());
+        }
+        out
+    }
+
     #[test]
     fn seqs_tail_replay_history_dedup() {
         let s = settings();
@@ -357,36 +424,52 @@ mod tests {
         let u: UserId = "ann".into();
         for i in 0..6 {
             let id = format!("m{i}");
-            match r.publish(&s, &u, &body(), Some(&id), 1000 + i) {
-                Published::New(m) => assert!(!m.frame.is_empty()),
-                Published::Duplicate { .. } => panic!("not a dup"),
-            }
+            assert!(matches!(publish(&mut r, &s, &u, Some(&id), 1000 + i), Reserved::New { .. }));
         }
         assert_eq!(r.last_seq(), 6);
-        match r.publish(&s, &u, &body(), Some("m2"), 2000) {
-            Published::Duplicate { seq, ts } => assert_eq!((seq, ts), (3, 1002)),
-            Published::New(_) => panic!("dup expected"),
+        match publish(&mut r, &s, &u, Some("m2"), 2000) {
+            Reserved::Duplicate { seq, ts } => assert_eq!((seq, ts), (3, 1002)),
+            Reserved::New { .. } => panic!("dup expected"),
         }
         // Dedup expires with its window.
-        assert!(matches!(
-            r.publish(&s, &u, &body(), Some("m2"), 1002 + 60_000),
-            Published::New(_)
-        ));
+        assert!(matches!(publish(&mut r, &s, &u, Some("m2"), 1002 + 60_000), Reserved::New { .. }));
         assert_eq!(r.last_seq(), 7);
         // Tail holds 4..=7.
-        assert!(r.replay(7, 3).recovered);
-        assert_eq!(r.replay(5, 3).frames.len(), 2);
-        assert!(!r.replay(3, 3).recovered); // 4 missing > cap 3
-        assert!(!r.replay(2, 10).recovered); // tail does not reach back
-        let (page, more) = r.history(None, None, 2);
+        assert!(matches!(r.replay(7, 3), Replay::Nothing));
+        assert!(matches!(r.replay(5, 3), Replay::Tail(f) if f.len() == 2));
+        assert!(matches!(r.replay(3, 3), Replay::TooMany)); // 4 missing > cap 3
+        assert!(matches!(r.replay(2, 10), Replay::Storage { after: 2, upto: 7 }));
+        let (page, more) = r.history(None, None, 2).unwrap();
         assert_eq!(page.len(), 2);
         assert!(more);
-        let (page, more) = r.history(None, Some(4), 10);
+        assert_eq!(msg_seq(page[0]), 6);
+        let (page, more) = r.history(None, Some(4), 10).unwrap();
         assert_eq!(page.len(), 3);
         assert!(!more);
-        let (page, more) = r.history(Some(6), Some(3), 1);
-        assert_eq!(page.len(), 1);
+        let (page, more) = r.history(Some(6), Some(3), 1).unwrap();
+        assert_eq!(msg_seq(page[0]), 4);
         assert!(more);
+        assert!(r.history(None, Some(1), 2).is_none()); // reaches below the tail
+        assert!(r.history(None, None, 10).is_none());
+    }
+
+    #[test]
+    fn unreserve_and_pending_are_invisible() {
+        let s = settings();
+        let mut r = OwnedRoom::new("r".into(), 1);
+        let u: UserId = "ann".into();
+        let Reserved::New { seq, .. } = r.reserve(&s, &u, &body(), Some("a"), 1) else { panic!() };
+        assert_eq!(r.last_seq(), 0); // not committed yet
+        r.unreserve(seq, &u, Some("a"));
+        let Reserved::New { seq: again, frame, .. } = r.reserve(&s, &u, &body(), Some("a"), 2) else { panic!() };
+        assert_eq!(again, seq);
+        r.commit(&s, again, frame);
+        assert_eq!(r.last_seq(), 1);
+        r.reset_to(0, 0);
+        assert_eq!(r.last_seq(), 0);
+        let loaded = OwnedRoom::with_head("r".into(), 1, 9, 5, 1_000_000);
+        assert!(loaded.dedup_needs_storage(&s, 1_000_000 + 1));
+        assert!(!loaded.dedup_needs_storage(&s, 1_000_000 + 61_000));
     }
 
     #[test]

@@ -11,18 +11,11 @@ const NO_ID: u32 = u32::MAX;
 
 /// Appends the encoded value to `out` (cleared first). Fails only for a user
 /// or id longer than 4 GiB, which the protocol layer never lets through.
-pub(crate) fn encode(
-    ts: u64,
-    from: &str,
-    id: Option<&str>,
-    body: &[u8],
-    out: &mut Vec<u8>,
-) -> Result<(), StoreError> {
+pub(crate) fn encode(ts: u64, from: &str, id: Option<&str>, body: &[u8], out: &mut Vec<u8>) -> Result<(), StoreError> {
     out.clear();
     out.reserve(8 + 4 + from.len() + 4 + id.map_or(0, str::len) + body.len());
     out.extend_from_slice(&ts.to_le_bytes());
-    let from_len = u32::try_from(from.len())
-        .map_err(|_| StoreError::Db("user id too long to store".into()))?;
+    let from_len = u32::try_from(from.len()).map_err(|_| StoreError::Db("user id too long to store".into()))?;
     out.extend_from_slice(&from_len.to_le_bytes());
     out.extend_from_slice(from.as_bytes());
     match id {
@@ -48,26 +41,14 @@ pub(crate) fn decode(seq: u64, value: &[u8]) -> Result<StoredMsg, StoreError> {
     let from_len = u32::from_le_bytes(take_array(&mut rest, seq)?);
     let from = take_str(&mut rest, from_len, seq)?;
     let id_len = u32::from_le_bytes(take_array(&mut rest, seq)?);
-    let id = if id_len == NO_ID {
-        None
-    } else {
-        Some(take_str(&mut rest, id_len, seq)?)
-    };
-    Ok(StoredMsg {
-        seq,
-        ts,
-        from,
-        id,
-        body: rest.to_vec(),
-    })
+    let id = if id_len == NO_ID { None } else { Some(take_str(&mut rest, id_len, seq)?) };
+    Ok(StoredMsg { seq, ts, from, id, body: rest.to_vec() })
 }
 
 /// The ts of an encoded value without decoding the rest (0 if damaged):
 /// what age retention needs.
 pub(crate) fn ts_of(value: &[u8]) -> u64 {
-    value
-        .first_chunk::<8>()
-        .map_or(0, |b| u64::from_le_bytes(*b))
+    value.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b))
 }
 
 fn corrupt(seq: u64) -> StoreError {
@@ -102,20 +83,11 @@ mod tests {
         let m = decode(3, &buf).unwrap();
         assert_eq!(
             m,
-            StoredMsg {
-                seq: 3,
-                ts: 7,
-                from: "ann".into(),
-                id: Some("m-1".into()),
-                body: br#"{"t":1}"#.to_vec()
-            }
+            StoredMsg { seq: 3, ts: 7, from: "ann".into(), id: Some("m-1".into()), body: br#"{"t":1}"#.to_vec() }
         );
         encode(9, "", None, b"", &mut buf).unwrap();
         let m = decode(1, &buf).unwrap();
-        assert_eq!(
-            (m.ts, m.from.as_str(), m.id, m.body.len()),
-            (9, "", None, 0)
-        );
+        assert_eq!((m.ts, m.from.as_str(), m.id, m.body.len()), (9, "", None, 0));
     }
 
     proptest! {

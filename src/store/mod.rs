@@ -47,10 +47,8 @@ const SCHEMA_KEY: &str = "schema_version";
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub(crate) const MESSAGES: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("messages");
 pub(crate) const ROOMS: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rooms");
-pub(crate) const DEDUP: TableDefinition<(&str, &str, &str), (u64, u64, u64)> =
-    TableDefinition::new("dedup");
-pub(crate) const DEDUP_EXPIRY: TableDefinition<(u64, &str, &str, &str), ()> =
-    TableDefinition::new("dedup_expiry");
+pub(crate) const DEDUP: TableDefinition<(&str, &str, &str), (u64, u64, u64)> = TableDefinition::new("dedup");
+pub(crate) const DEDUP_EXPIRY: TableDefinition<(u64, &str, &str, &str), ()> = TableDefinition::new("dedup_expiry");
 
 /// redb's file signature: the first bytes of every redb file.
 const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
@@ -66,11 +64,7 @@ pub enum StoreError {
     Locked(PathBuf),
     /// Written by a newer roomcast: refuse rather than misread it.
     #[error("{path}: schema version {found} is newer than this roomcast supports ({supported})")]
-    SchemaNewer {
-        path: PathBuf,
-        found: u64,
-        supported: u64,
-    },
+    SchemaNewer { path: PathBuf, found: u64, supported: u64 },
     /// Not ours: a non-redb file, or a redb file without our schema version.
     #[error("{0}: not a roomcast database")]
     Foreign(PathBuf),
@@ -147,9 +141,7 @@ impl Store {
         };
         let db = match Database::create(&path) {
             Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(StoreError::Locked(data.to_path_buf()))
-            }
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked(data.to_path_buf())),
             Err(e) => return Err(e.into()),
         };
         if existed {
@@ -235,13 +227,7 @@ impl Store {
 
     /// The original `(seq, ts)` of a client message id within its dedup
     /// window (`now_ms < expiry`), if any.
-    pub fn dedup_get(
-        &self,
-        room: &str,
-        user: &str,
-        id: &str,
-        now_ms: u64,
-    ) -> Result<Option<(u64, u64)>, StoreError> {
+    pub fn dedup_get(&self, room: &str, user: &str, id: &str, now_ms: u64) -> Result<Option<(u64, u64)>, StoreError> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(DEDUP)?;
         Ok(table
@@ -300,11 +286,7 @@ impl Store {
     /// `rooms` moves once per room per call, and only forward.
     pub fn write_batch(&self, recs: &[Record], durable: bool) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(if durable {
-            Durability::Immediate
-        } else {
-            Durability::None
-        })?;
+        txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         {
             let mut messages = txn.open_table(MESSAGES)?;
             let mut dedup = txn.open_table(DEDUP)?;
@@ -361,18 +343,16 @@ fn check_schema(db: &Database, path: &Path) -> Result<(), StoreError> {
     }
     let meta = match txn.open_table(META) {
         Ok(t) => t,
-        Err(
-            redb::TableError::TableDoesNotExist(_) | redb::TableError::TableTypeMismatch { .. },
-        ) => return Err(StoreError::Foreign(path.to_path_buf())),
+        Err(redb::TableError::TableDoesNotExist(_) | redb::TableError::TableTypeMismatch { .. }) => {
+            return Err(StoreError::Foreign(path.to_path_buf()))
+        }
         Err(e) => return Err(e.into()),
     };
     match meta.get(SCHEMA_KEY)?.map(|v| v.value()) {
         None => Err(StoreError::Foreign(path.to_path_buf())),
-        Some(v) if v > SCHEMA_VERSION => Err(StoreError::SchemaNewer {
-            path: path.to_path_buf(),
-            found: v,
-            supported: SCHEMA_VERSION,
-        }),
+        Some(v) if v > SCHEMA_VERSION => {
+            Err(StoreError::SchemaNewer { path: path.to_path_buf(), found: v, supported: SCHEMA_VERSION })
+        }
         // No older schema exists yet, so nothing to migrate from.
         Some(v) if v < SCHEMA_VERSION => Err(StoreError::Foreign(path.to_path_buf())),
         Some(_) => Ok(()),

@@ -36,28 +36,17 @@ impl ReaderPool {
     pub fn new(store: Store, threads: usize) -> std::io::Result<ReaderPool> {
         let n = threads.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<Job>(n * QUEUE_PER_THREAD);
-        let mut pool = ReaderPool {
-            tx: Some(tx),
-            threads: Vec::with_capacity(n),
-        };
+        let mut pool = ReaderPool { tx: Some(tx), threads: Vec::with_capacity(n) };
         for i in 0..n {
             let rx = rx.clone();
             let store = store.clone();
             // On a spawn error, dropping `pool` stops the threads already started.
-            let handle = std::thread::Builder::new()
-                .name(format!("store-reader-{i}"))
-                .spawn(move || {
-                    for job in rx {
-                        let page = store.page(
-                            &job.room,
-                            job.after,
-                            job.before,
-                            job.limit,
-                            job.oldest_first,
-                        );
-                        (job.reply)(page);
-                    }
-                })?;
+            let handle = std::thread::Builder::new().name(format!("store-reader-{i}")).spawn(move || {
+                for job in rx {
+                    let page = store.page(&job.room, job.after, job.before, job.limit, job.oldest_first);
+                    (job.reply)(page);
+                }
+            })?;
             pool.threads.push(handle);
         }
         Ok(pool)
@@ -76,14 +65,7 @@ impl ReaderPool {
         oldest_first: bool,
         reply: ReadReply,
     ) -> Result<(), ()> {
-        let job = Job {
-            room,
-            after,
-            before,
-            limit,
-            oldest_first,
-            reply,
-        };
+        let job = Job { room, after, before, limit, oldest_first, reply };
         match &self.tx {
             Some(tx) => tx.try_send(job).map_err(|e| match e {
                 TrySendError::Full(_) | TrySendError::Disconnected(_) => (),

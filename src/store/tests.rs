@@ -25,12 +25,7 @@ fn seqs(msgs: &[StoredMsg]) -> Vec<u64> {
 }
 
 fn cfg() -> WriterConfig {
-    WriterConfig {
-        durable: false,
-        retain_messages: None,
-        retain_age: None,
-        max_batch: 8192,
-    }
+    WriterConfig { durable: false, retain_messages: None, retain_age: None, max_batch: 8192 }
 }
 
 type Reports = Arc<Mutex<Vec<(u16, usize, Result<(), String>)>>>;
@@ -85,16 +80,13 @@ fn newer_schema_is_refused() {
     {
         let store = Store::open(dir.path()).unwrap();
         let txn = store.db().begin_write().unwrap();
-        txn.open_table(META)
-            .unwrap()
-            .insert(SCHEMA_KEY, SCHEMA_VERSION + 1)
-            .unwrap();
+        txn.open_table(META).unwrap().insert(SCHEMA_KEY, SCHEMA_VERSION + 1).unwrap();
         txn.commit().unwrap();
     }
     match Store::open(dir.path()) {
-        Err(StoreError::SchemaNewer {
-            found, supported, ..
-        }) => assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION)),
+        Err(StoreError::SchemaNewer { found, supported, .. }) => {
+            assert_eq!((found, supported), (SCHEMA_VERSION + 1, SCHEMA_VERSION))
+        }
         Err(e) => panic!("wrong error: {e}"),
         Ok(_) => panic!("opened a newer schema"),
     }
@@ -111,10 +103,7 @@ fn foreign_files_are_refused() {
         txn.open_table(other).unwrap().insert(1, 2).unwrap();
         txn.commit().unwrap();
     }
-    assert!(matches!(
-        Store::open(dir.path()),
-        Err(StoreError::Foreign(_))
-    ));
+    assert!(matches!(Store::open(dir.path()), Err(StoreError::Foreign(_))));
 
     // Not a redb file at all, long and short.
     for junk in [&b"{\"hello\": \"world\"}\n"[..], b"x"] {
@@ -138,17 +127,9 @@ fn second_open_is_locked_promptly() {
     let start = Instant::now();
     let err = Store::open(dir.path()).err().expect("opened twice");
     assert!(start.elapsed() < Duration::from_secs(2));
-    assert!(
-        matches!(err, StoreError::Locked(ref p) if p == dir.path()),
-        "{err}"
-    );
-    assert!(err
-        .to_string()
-        .contains("in use by another roomcast process"));
-    assert!(matches!(
-        backup_offline(dir.path(), &dir.path().join("b.redb")),
-        Err(StoreError::Locked(_))
-    ));
+    assert!(matches!(err, StoreError::Locked(ref p) if p == dir.path()), "{err}");
+    assert!(err.to_string().contains("in use by another roomcast process"));
+    assert!(matches!(backup_offline(dir.path(), &dir.path().join("b.redb")), Err(StoreError::Locked(_))));
     drop(first);
     Store::open(dir.path()).unwrap();
 }
@@ -161,11 +142,7 @@ fn writer_commits_waiting_appends_in_one_batch() {
     // Two fake reactors, interleaved, each owning its own room.
     for i in 1..=500u64 {
         for (reactor, room) in [(0u16, "r0"), (1, "r1")] {
-            tx.send(WriterCmd::Append {
-                reactor,
-                rec: rec(room, i, i, "u", None),
-            })
-            .unwrap();
+            tx.send(WriterCmd::Append { reactor, rec: rec(room, i, i, "u", None) }).unwrap();
         }
     }
     let (sink, reports) = sink();
@@ -202,24 +179,11 @@ fn writer_batches_are_capped_and_counts_add_up_in_order() {
     for i in 1..=500u64 {
         for reactor in [3u16, 7] {
             let room = format!("room{reactor}");
-            tx.send(WriterCmd::Append {
-                reactor,
-                rec: rec(&room, i, i, "u", None),
-            })
-            .unwrap();
+            tx.send(WriterCmd::Append { reactor, rec: rec(&room, i, i, "u", None) }).unwrap();
         }
     }
     let (sink, reports) = sink();
-    let handle = spawn_writer(
-        store.clone(),
-        rx,
-        WriterConfig {
-            max_batch: 300,
-            ..cfg()
-        },
-        sink,
-    )
-    .unwrap();
+    let handle = spawn_writer(store.clone(), rx, WriterConfig { max_batch: 300, ..cfg() }, sink).unwrap();
     drop(tx);
     handle.join().unwrap();
     let reports = reports.lock().unwrap();
@@ -237,36 +201,17 @@ fn writer_commits_at_once_when_idle_and_runs_backups() {
     let (tx, rx) = crossbeam_channel::bounded(16);
     let (sink, reports) = sink();
     let handle = spawn_writer(store.clone(), rx, cfg(), sink).unwrap();
-    tx.send(WriterCmd::Append {
-        reactor: 0,
-        rec: rec("a", 1, 1, "u", None),
-    })
-    .unwrap();
-    assert!(eventually(Duration::from_secs(5), || reports
-        .lock()
-        .unwrap()
-        .len()
-        == 1));
+    tx.send(WriterCmd::Append { reactor: 0, rec: rec("a", 1, 1, "u", None) }).unwrap();
+    assert!(eventually(Duration::from_secs(5), || reports.lock().unwrap().len() == 1));
     let out = tempfile::tempdir().unwrap();
     let (rtx, rrx) = crossbeam_channel::bounded(1);
-    tx.send(WriterCmd::Append {
-        reactor: 0,
-        rec: rec("a", 2, 2, "u", None),
-    })
-    .unwrap();
-    tx.send(WriterCmd::Backup {
-        out: out.path().join(DB_FILE),
-        reply: rtx,
-    })
-    .unwrap();
+    tx.send(WriterCmd::Append { reactor: 0, rec: rec("a", 2, 2, "u", None) }).unwrap();
+    tx.send(WriterCmd::Backup { out: out.path().join(DB_FILE), reply: rtx }).unwrap();
     // The append sent before the backup is in it.
     assert_eq!(rrx.recv().unwrap().unwrap(), 2);
     drop(tx);
     handle.join().unwrap();
-    assert_eq!(
-        Store::open(out.path()).unwrap().room_head("a").unwrap().0,
-        2
-    );
+    assert_eq!(Store::open(out.path()).unwrap().room_head("a").unwrap().0, 2);
 }
 
 #[test]
@@ -278,9 +223,7 @@ fn page_both_directions_with_more() {
     // A neighbouring room must never leak into the range.
     let other: Vec<_> = (1..=5).map(|s| rec("r2", s, s, "u", None)).collect();
     store.write_batch(&other, false).unwrap();
-    store
-        .write_batch(&[rec("q", 1, 1, "u", None)], false)
-        .unwrap();
+    store.write_batch(&[rec("q", 1, 1, "u", None)], false).unwrap();
 
     let page = |after, before, limit, oldest| {
         let (m, more) = store.page("r", after, before, limit, oldest).unwrap();
@@ -316,10 +259,7 @@ fn dedup_within_and_after_window() {
     let mut no_window = rec("r", 5, 1001, "ann", Some("m-2"));
     no_window.dedup_until_ms = 0;
     store.write_batch(&[r, no_window], true).unwrap();
-    assert_eq!(
-        store.dedup_get("r", "ann", "m-1", 4999).unwrap(),
-        Some((4, 1000))
-    );
+    assert_eq!(store.dedup_get("r", "ann", "m-1", 4999).unwrap(), Some((4, 1000)));
     assert_eq!(store.dedup_get("r", "ann", "m-1", 5000).unwrap(), None);
     assert_eq!(store.dedup_get("r", "bob", "m-1", 10).unwrap(), None);
     assert_eq!(store.dedup_get("r2", "ann", "m-1", 10).unwrap(), None);
@@ -349,10 +289,7 @@ fn dedup_entries_expire_from_disk() {
         (a, b)
     };
     assert!(eventually(Duration::from_secs(5), || dedup_len() == (1, 1)));
-    assert_eq!(
-        store.dedup_get("r", "ann", "m2", now).unwrap(),
-        Some((2, now))
-    );
+    assert_eq!(store.dedup_get("r", "ann", "m2", now).unwrap(), Some((2, now)));
     drop(tx);
     handle.join().unwrap();
 }
@@ -364,24 +301,13 @@ fn retention_by_count() {
     let (tx, rx) = crossbeam_channel::bounded(4096);
     // More than one slice's worth of deletions in room a.
     for seq in 1..=2500 {
-        tx.send(WriterCmd::Append {
-            reactor: 0,
-            rec: rec("a", seq, seq, "u", None),
-        })
-        .unwrap();
+        tx.send(WriterCmd::Append { reactor: 0, rec: rec("a", seq, seq, "u", None) }).unwrap();
     }
     for seq in 1..=5 {
-        tx.send(WriterCmd::Append {
-            reactor: 1,
-            rec: rec("b", seq, seq, "u", None),
-        })
-        .unwrap();
+        tx.send(WriterCmd::Append { reactor: 1, rec: rec("b", seq, seq, "u", None) }).unwrap();
     }
     let (sink, _) = sink();
-    let cfg = WriterConfig {
-        retain_messages: Some(10),
-        ..cfg()
-    };
+    let cfg = WriterConfig { retain_messages: Some(10), ..cfg() };
     let handle = spawn_writer(store.clone(), rx, cfg, sink).unwrap();
     assert!(eventually(Duration::from_secs(10), || {
         let (m, more) = store.page("a", None, None, 100, true).unwrap();
@@ -403,24 +329,13 @@ fn retention_by_age() {
     let (tx, rx) = crossbeam_channel::bounded(4096);
     for seq in 1..=1500 {
         let ts = if seq <= 1490 { old + seq } else { now };
-        tx.send(WriterCmd::Append {
-            reactor: 0,
-            rec: rec("a", seq, ts, "u", None),
-        })
-        .unwrap();
+        tx.send(WriterCmd::Append { reactor: 0, rec: rec("a", seq, ts, "u", None) }).unwrap();
     }
     for seq in 1..=3 {
-        tx.send(WriterCmd::Append {
-            reactor: 0,
-            rec: rec("b", seq, now, "u", None),
-        })
-        .unwrap();
+        tx.send(WriterCmd::Append { reactor: 0, rec: rec("b", seq, now, "u", None) }).unwrap();
     }
     let (sink, _) = sink();
-    let cfg = WriterConfig {
-        retain_age: Some(Duration::from_secs(60)),
-        ..cfg()
-    };
+    let cfg = WriterConfig { retain_age: Some(Duration::from_secs(60)), ..cfg() };
     let handle = spawn_writer(store.clone(), rx, cfg, sink).unwrap();
     assert!(eventually(Duration::from_secs(10), || {
         let (m, _) = store.page("a", None, None, 100, true).unwrap();
@@ -452,9 +367,7 @@ fn backup_while_writer_commits_is_a_consistent_prefix() {
         })
     };
     // Wait until some but (very likely) not all are committed.
-    assert!(eventually(Duration::from_secs(10), || {
-        store.room_head("r").unwrap().0 > 1000
-    }));
+    assert!(eventually(Duration::from_secs(10), || { store.room_head("r").unwrap().0 > 1000 }));
     let out = tempfile::tempdir().unwrap();
     let copied = store.backup_to(&out.path().join(DB_FILE)).unwrap();
     sender.join().unwrap();
@@ -467,44 +380,26 @@ fn backup_while_writer_commits_is_a_consistent_prefix() {
     let (head, _) = backup.room_head("r").unwrap();
     assert_eq!(head, copied);
     assert!(copied > 1000);
-    let (m, more) = backup
-        .page("r", None, None, usize::try_from(total).unwrap(), true)
-        .unwrap();
+    let (m, more) = backup.page("r", None, None, usize::try_from(total).unwrap(), true).unwrap();
     assert!(!more);
     assert_eq!(seqs(&m), (1..=copied).collect::<Vec<_>>());
     // Dedup entries come along, consistent with the messages.
-    assert_eq!(
-        backup
-            .dedup_get("r", "u", &format!("id{copied}"), 0)
-            .unwrap(),
-        Some((copied, copied))
-    );
-    assert_eq!(
-        backup
-            .dedup_get("r", "u", &format!("id{}", copied + 1), 0)
-            .unwrap(),
-        None
-    );
+    assert_eq!(backup.dedup_get("r", "u", &format!("id{copied}"), 0).unwrap(), Some((copied, copied)));
+    assert_eq!(backup.dedup_get("r", "u", &format!("id{}", copied + 1), 0).unwrap(), None);
     assert!(!out.path().join("roomcast.redb.tmp").exists());
 }
 
 #[test]
 fn offline_backup() {
     let dir = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        backup_offline(dir.path(), &dir.path().join("x")),
-        Err(StoreError::Io(_))
-    ));
+    assert!(matches!(backup_offline(dir.path(), &dir.path().join("x")), Err(StoreError::Io(_))));
     {
         let store = Store::open(dir.path()).unwrap();
         let recs: Vec<_> = (1..=7).map(|s| rec("r", s, s, "u", None)).collect();
         store.write_batch(&recs, true).unwrap();
     }
     let out = tempfile::tempdir().unwrap();
-    assert_eq!(
-        backup_offline(dir.path(), &out.path().join(DB_FILE)).unwrap(),
-        7
-    );
+    assert_eq!(backup_offline(dir.path(), &out.path().join(DB_FILE)).unwrap(), 7);
     let restored = Store::open(out.path()).unwrap();
     let (m, _) = restored.page("r", None, None, 50, false).unwrap();
     assert_eq!(seqs(&m), (1..=7).collect::<Vec<_>>());
@@ -519,15 +414,7 @@ fn reader_pool_answers_and_refuses_when_full() {
     let pool = ReaderPool::new(store, 1).unwrap();
 
     let (tx, rx) = crossbeam_channel::bounded(1);
-    pool.submit(
-        "r".into(),
-        None,
-        Some(11),
-        5,
-        false,
-        Box::new(move |r| tx.send(r).unwrap()),
-    )
-    .unwrap();
+    pool.submit("r".into(), None, Some(11), 5, false, Box::new(move |r| tx.send(r).unwrap())).unwrap();
     let (m, more) = rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
     assert_eq!((seqs(&m), more), ((6..=10).collect(), true));
 
@@ -548,10 +435,7 @@ fn reader_pool_answers_and_refuses_when_full() {
     .unwrap();
     entered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     let mut accepted = 0;
-    while pool
-        .submit("r".into(), None, None, 1, false, Box::new(|_| {}))
-        .is_ok()
-    {
+    while pool.submit("r".into(), None, None, 1, false, Box::new(|_| {})).is_ok() {
         accepted += 1;
         assert!(accepted <= 1000, "queue is not bounded");
     }

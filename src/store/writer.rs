@@ -37,14 +37,8 @@ pub struct Record {
 }
 
 pub enum WriterCmd {
-    Append {
-        reactor: u16,
-        rec: Record,
-    },
-    Backup {
-        out: PathBuf,
-        reply: Sender<Result<u64, StoreError>>,
-    },
+    Append { reactor: u16, rec: Record },
+    Backup { out: PathBuf, reply: Sender<Result<u64, StoreError>> },
 }
 
 /// Where the writer reports commits; implemented by the reactor side (it
@@ -88,9 +82,7 @@ pub fn spawn_writer(
     cfg: WriterConfig,
     sink: Box<dyn CommitSink>,
 ) -> std::io::Result<JoinHandle<()>> {
-    std::thread::Builder::new()
-        .name("store-writer".into())
-        .spawn(move || Writer::new(store, cfg, sink).run(&rx))
+    std::thread::Builder::new().name("store-writer".into()).spawn(move || Writer::new(store, cfg, sink).run(&rx))
 }
 
 struct Writer {
@@ -107,14 +99,7 @@ impl Writer {
     fn new(store: Store, cfg: WriterConfig, sink: Box<dyn CommitSink>) -> Writer {
         let pruner = Pruner::new(&cfg, now_ms());
         let cap = cfg.max_batch.clamp(1, 1 << 16);
-        Writer {
-            store,
-            cfg,
-            sink,
-            pruner,
-            recs: Vec::with_capacity(cap),
-            reactors: Vec::with_capacity(cap),
-        }
+        Writer { store, cfg, sink, pruner, recs: Vec::with_capacity(cap), reactors: Vec::with_capacity(cap) }
     }
 
     fn run(mut self, rx: &Receiver<WriterCmd>) {
@@ -186,10 +171,7 @@ impl Writer {
         if self.recs.is_empty() {
             return;
         }
-        let result = self
-            .store
-            .write_batch(&self.recs, self.cfg.durable)
-            .map_err(|e| e.to_string());
+        let result = self.store.write_batch(&self.recs, self.cfg.durable).map_err(|e| e.to_string());
         if result.is_ok() {
             for rec in &self.recs {
                 self.pruner.appended(&rec.room);
@@ -239,9 +221,7 @@ struct Pruner {
 
 impl Pruner {
     fn new(cfg: &WriterConfig, now: u64) -> Pruner {
-        let retain_age_ms = cfg
-            .retain_age
-            .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let retain_age_ms = cfg.retain_age.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         // Look about a hundred times per retention period, between once a
         // second and once a minute.
         let age_interval_ms = retain_age_ms.map_or(60_000, |a| (a / 100).clamp(1_000, 60_000));
@@ -336,10 +316,7 @@ impl Pruner {
                     let cutoff = now.saturating_sub(age);
                     let names: Vec<String> = {
                         let range = match &cursor {
-                            Some(after) => rooms.range::<&str>((
-                                Bound::Excluded(after.as_str()),
-                                Bound::Unbounded,
-                            ))?,
+                            Some(after) => rooms.range::<&str>((Bound::Excluded(after.as_str()), Bound::Unbounded))?,
                             None => rooms.range::<&str>(..)?,
                         };
                         let mut names = Vec::new();
@@ -358,8 +335,7 @@ impl Pruner {
                         }
                         // Messages are in seq order and ts grows with seq, so
                         // the old ones are a prefix: stop at the first young one.
-                        let seqs =
-                            collect_seqs(&messages, &room, u64::MAX, budget, |ts| ts < cutoff)?;
+                        let seqs = collect_seqs(&messages, &room, u64::MAX, budget, |ts| ts < cutoff)?;
                         budget -= seqs.len();
                         for seq in seqs {
                             messages.remove((room.as_str(), seq))?;

@@ -1,0 +1,349 @@
+//! The owner's work for the rooms this reactor owns: joins and leaves,
+//! presence, history, and publishes (seq, one encode, durable append,
+//! then fan-out and ack once the commit is reported).
+//!
+//! Ordering hazards:
+//! - A message becomes visible (tail, `Deliver`, ack) only after
+//!   store-writer reports its commit, so no client sees a message that a
+//!   crash can take back. Commits are reported per reactor in the order the
+//!   appends were sent, so `pending` is a FIFO and completes from the front.
+//! - `joined` reports the last *committed* seq and the replay stops there;
+//!   anything committed later reaches the joiner as a `Deliver`, which the
+//!   owner sends after `Joined` on the same FIFO path.
+//! - A duplicate's ack waits behind everything queued before it, so it never
+//!   overtakes its original's commit.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+
+use crate::proto::msg::{self, MsgFrame, Ref};
+use crate::rooms::{Replay, Reserved, RoomName, UserId};
+use crate::store::{Record, StoredMsg, WriterCmd};
+
+use super::mail::{Asker, ConnRef, Mail};
+use super::{now_ms, Reactor, Shared};
+
+/// A publish waiting for its commit (or a duplicate's ack waiting for the
+/// commits queued before it).
+pub(super) struct PendingPublish {
+    room: RoomName,
+    seq: u64,
+    ts: u64,
+    /// `None` for a duplicate: nothing to commit, only an ack to send.
+    frame: Option<MsgFrame>,
+    id: Option<Box<str>>,
+    r#ref: Option<Ref>,
+    asker: Asker,
+}
+
+impl Reactor {
+    pub(super) fn handle_mail(&mut self, m: Mail) {
+        match m {
+            Mail::Join { room, user, conn, since, r#ref, again } => self.join(room, user, conn, since, r#ref, again),
+            Mail::Leave { room, user, reactor } => {
+                let now = now_ms();
+                if let Ok(r) = self.rooms.entry(&room, now) {
+                    if let Some(d) = r.leave(reactor as usize, &user) {
+                        self.fan_out(&room, d);
+                    }
+                }
+            }
+            Mail::Publish { room, user, body, id, r#ref, asker } => self.publish(room, user, body, id, r#ref, asker),
+            Mail::History { room, before, after, limit, r#ref, asker } => {
+                self.history(room, before, after, limit, r#ref, asker)
+            }
+            Mail::Presence { room, r#ref, asker } => {
+                let reply = {
+                    let members: Vec<msg::Member<'_>> =
+                        self.rooms.get(&room).map(|r| r.presence().collect()).unwrap_or_default();
+                    match asker {
+                        Asker::Ws(c) => Mail::Frames {
+                            conn: c,
+                            frames: vec![msg::encode_presence(r#ref.as_ref(), &room, members.into_iter())],
+                        },
+                        Asker::Http(c) => Mail::HttpAnswer {
+                            conn: c,
+                            status: 200,
+                            body: msg::presence_json(&room, members.into_iter()),
+                            retry_after: None,
+                        },
+                    }
+                };
+                self.post(asker.conn().reactor as usize, reply);
+            }
+            Mail::Committed { n, result } => self.committed(n, result),
+            other => self.member_mail(other),
+        }
+    }
+
+    fn join(
+        &mut self,
+        room: RoomName,
+        user: UserId,
+        conn: ConnRef,
+        since: Option<u64>,
+        r#ref: Option<Ref>,
+        again: bool,
+    ) {
+        let now = now_ms();
+        let max_replay = self.rooms.settings.max_replay;
+        let r = match self.rooms.entry(&room, now) {
+            Ok(r) => r,
+            Err(e) => {
+                let f = msg::encode_error(r#ref.as_ref(), "internal", &format!("room unavailable: {e}"), None);
+                return self.post(conn.reactor as usize, Mail::Frames { conn, frames: vec![f] });
+            }
+        };
+        let diff = if again { None } else { r.join(conn.reactor as usize, &user, now) };
+        let last = r.last_seq();
+        let (recovered, replay) = match since.map(|s| r.replay(s, max_replay)) {
+            None => (None, Vec::new()),
+            Some(Replay::Nothing) => (Some(true), Vec::new()),
+            Some(Replay::Tail(frames)) => (Some(true), frames),
+            Some(Replay::TooMany) => (Some(false), Vec::new()),
+            // Bounded by the replay cap, so read here, inline: the replay
+            // must precede `Joined`'s successor `Deliver`s, which a reader
+            // thread could not promise.
+            Some(Replay::Storage { after, upto }) => match self.rooms.store() {
+                Some(store) => match store.page(&room, Some(after), Some(upto + 1), max_replay, true) {
+                    Ok((msgs, _)) => (Some(true), msgs.iter().map(|m| frame_of(&room, m).frame).collect()),
+                    Err(_) => (Some(false), Vec::new()),
+                },
+                None => (Some(false), Vec::new()),
+            },
+        };
+        // The diff goes out before `Joined`, so the joiner (not yet a local
+        // member anywhere) does not get its own arrival.
+        if let Some(d) = diff {
+            self.fan_out(&room, d);
+        }
+        let mut frames = Vec::with_capacity(1 + replay.len());
+        frames.push(msg::encode_joined(r#ref.as_ref(), &room, last, recovered));
+        frames.extend(replay);
+        self.post(conn.reactor as usize, Mail::Joined { room, conn, frames });
+    }
+
+    fn publish(
+        &mut self,
+        room: RoomName,
+        user: UserId,
+        body: Box<RawValue>,
+        id: Option<Box<str>>,
+        r#ref: Option<Ref>,
+        asker: Asker,
+    ) {
+        let now = now_ms();
+        let settings = self.rooms.settings.clone();
+        let store = self.rooms.store().cloned();
+        let r = match self.rooms.entry(&room, now) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(asker, r#ref, 500, "internal", &format!("room unavailable: {e}")),
+        };
+        // An id recorded before this room was loaded is known to storage only.
+        if let (Some(id), Some(store)) = (id.as_deref(), &store) {
+            if r.dedup_needs_storage(&settings, now) {
+                match store.dedup_get(&room, &user, id, now) {
+                    Ok(Some((seq, ts))) => {
+                        r.remember(&settings, &user, id, seq, ts, now);
+                    }
+                    Ok(None) => {}
+                    Err(e) => return self.refuse(asker, r#ref, 500, "internal", &format!("storage: {e}")),
+                }
+            }
+        }
+        let entry = match r.reserve(&settings, &user, &body, id.as_deref(), now) {
+            Reserved::Duplicate { seq, ts } => PendingPublish { room, seq, ts, frame: None, id, r#ref, asker },
+            Reserved::New { seq, ts, frame } => {
+                if let Some(w) = &self.writer {
+                    let rec = Record {
+                        room: room.clone(),
+                        seq,
+                        ts,
+                        from: user.clone(),
+                        id: id.clone(),
+                        body: Bytes::copy_from_slice(body.get().as_bytes()),
+                        dedup_until_ms: now + settings.dedup_window.as_millis() as u64,
+                    };
+                    if w.try_send(WriterCmd::Append { reactor: self.id as u16, rec }).is_err() {
+                        // The writer is behind: push back on the publisher
+                        // rather than queue without bound.
+                        r.unreserve(seq, &user, id.as_deref());
+                        return self.refuse(asker, r#ref, 503, "overloaded", "storage is busy; retry");
+                    }
+                }
+                PendingPublish { room, seq, ts, frame: Some(frame), id, r#ref, asker }
+            }
+        };
+        self.pending.push_back(entry);
+        if self.writer.is_none() {
+            // No storage configured: the message is as durable as it gets.
+            self.committed(usize::MAX, Ok(()));
+        } else if self.pending.front().is_some_and(|p| p.frame.is_none()) {
+            // A duplicate with nothing queued before it answers at once.
+            self.committed(0, Ok(()));
+        }
+    }
+
+    /// store-writer committed (or failed) the next `n` appends of this
+    /// reactor: make them visible, fan out, ack.
+    fn committed(&mut self, mut n: usize, result: Result<(), String>) {
+        let settings = self.rooms.settings.clone();
+        while let Some(front) = self.pending.front() {
+            if front.frame.is_some() {
+                if n == 0 {
+                    break;
+                }
+                n -= 1;
+            }
+            let Some(p) = self.pending.pop_front() else { break };
+            let (seq, ts) = (p.seq, p.ts);
+            match (p.frame, &result) {
+                (Some(frame), Ok(())) => {
+                    if let Some(r) = self.rooms.get_mut(&p.room) {
+                        r.commit(&settings, seq, frame.clone());
+                    }
+                    self.counters.published += 1;
+                    self.fan_out(&p.room, frame.frame);
+                }
+                (Some(_), Err(e)) => {
+                    // Not stored: later reservations in this room cannot
+                    // commit contiguously either; fall back to storage's head.
+                    let head = self.rooms.store().map(|s| s.room_head(&p.room));
+                    if let (Some(Ok((s, t))), Some(r)) = (head, self.rooms.get_mut(&p.room)) {
+                        r.reset_to(s, t);
+                    }
+                    let m = format!("storage failed: {e}");
+                    self.refuse(p.asker, p.r#ref, 500, "internal", &m);
+                    continue;
+                }
+                (None, _) => {}
+            }
+            let reply = match p.asker {
+                Asker::Ws(c) => Mail::Frames {
+                    conn: c,
+                    frames: vec![msg::encode_ack(p.r#ref.as_ref(), &p.room, seq, ts, p.id.as_deref())],
+                },
+                Asker::Http(c) => Mail::HttpAnswer {
+                    conn: c,
+                    status: 201,
+                    body: msg::posted_json(&p.room, seq, ts),
+                    retry_after: None,
+                },
+            };
+            self.post(p.asker.conn().reactor as usize, reply);
+        }
+    }
+
+    /// Answers a request with an error, over WebSocket or HTTP.
+    fn refuse(&mut self, asker: Asker, r#ref: Option<Ref>, status: u16, code: &str, message: &str) {
+        let retry = (code == "overloaded").then_some(100);
+        let reply = match asker {
+            Asker::Ws(c) => {
+                Mail::Frames { conn: c, frames: vec![msg::encode_error(r#ref.as_ref(), code, message, retry)] }
+            }
+            Asker::Http(c) => Mail::HttpAnswer {
+                conn: c,
+                status,
+                body: msg::error_json(code, message),
+                retry_after: retry.map(|_| 1),
+            },
+        };
+        self.post(asker.conn().reactor as usize, reply);
+    }
+
+    fn history(
+        &mut self,
+        room: RoomName,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: usize,
+        r#ref: Option<Ref>,
+        asker: Asker,
+    ) {
+        let now = now_ms();
+        let from_tail = match self.rooms.entry(&room, now) {
+            Ok(r) => r
+                .history(before, after, limit)
+                .map(|(page, more)| history_reply(&room, page.into_iter(), more, r#ref.as_ref(), asker)),
+            Err(e) => return self.refuse(asker, r#ref, 500, "internal", &format!("room unavailable: {e}")),
+        };
+        if let Some(reply) = from_tail {
+            return self.post(asker.conn().reactor as usize, reply);
+        }
+        // Older than the tail: a reader thread pages through storage so a
+        // big read never stalls this reactor. Its answer goes straight to
+        // the asker's reactor.
+        let shared: Arc<Shared> = self.shared.clone();
+        let (Some(readers), Some(committed)) = (&shared.readers, self.rooms.get(&room).map(|r| r.last_seq())) else {
+            return self.refuse(asker, r#ref, 500, "internal", "no storage");
+        };
+        let poster = shared.clone();
+        let before = Some(before.map_or(committed + 1, |b| b.min(committed + 1)));
+        let oldest_first = after.is_some();
+        let name = room.clone();
+        let rref = r#ref.clone();
+        let reply = Box::new(move |res: Result<(Vec<StoredMsg>, bool), crate::store::StoreError>| {
+            let mail = match res {
+                Ok((msgs, more)) => {
+                    let frames: Vec<MsgFrame> = msgs.iter().map(|m| frame_of(&name, m)).collect();
+                    history_reply(&name, frames.iter(), more, rref.as_ref(), asker)
+                }
+                Err(e) => {
+                    let m = format!("storage: {e}");
+                    match asker {
+                        Asker::Ws(c) => Mail::Frames {
+                            conn: c,
+                            frames: vec![msg::encode_error(rref.as_ref(), "internal", &m, None)],
+                        },
+                        Asker::Http(c) => Mail::HttpAnswer {
+                            conn: c,
+                            status: 500,
+                            body: msg::error_json("internal", &m),
+                            retry_after: None,
+                        },
+                    }
+                }
+            };
+            poster.post_from_thread(asker.conn().reactor as usize, mail);
+        });
+        if readers.submit(room, after, before, limit, oldest_first, reply).is_err() {
+            self.refuse(asker, r#ref, 503, "overloaded", "history readers are busy; retry");
+        }
+    }
+
+    /// Sends one frame to every reactor with members in `room` (this one
+    /// included, handled inline): one `Deliver` per reactor, not per member.
+    pub(super) fn fan_out(&mut self, room: &RoomName, frame: Bytes) {
+        let mut targets = std::mem::take(&mut self.fan_targets);
+        targets.clear();
+        if let Some(r) = self.rooms.get(room) {
+            targets.extend(r.member_reactors());
+        }
+        for &t in &targets {
+            self.post(t, Mail::Deliver { room: room.clone(), frame: frame.clone() });
+        }
+        self.fan_targets = targets;
+    }
+}
+
+/// A stored message as a `msg` frame (its body is copied verbatim).
+fn frame_of(room: &str, m: &StoredMsg) -> MsgFrame {
+    msg::encode_msg_raw(room, m.seq, m.ts, &m.from, &m.body, m.id.as_deref())
+}
+
+fn history_reply<'m>(
+    room: &str,
+    page: impl Iterator<Item = &'m MsgFrame>,
+    more: bool,
+    r#ref: Option<&Ref>,
+    asker: Asker,
+) -> Mail {
+    match asker {
+        Asker::Ws(c) => Mail::Frames { conn: c, frames: vec![msg::encode_history(r#ref, room, page, more)] },
+        Asker::Http(c) => {
+            Mail::HttpAnswer { conn: c, status: 200, body: msg::history_json(room, page, more), retry_after: None }
+        }
+    }
+}
