@@ -144,7 +144,10 @@ mod tests {
     fn latency_is_taken_from_the_schedule_not_the_send() {
         // 1000 msg/s from t=1s. The publisher stalls for 50 ms and then sends
         // messages 0..50 at once at t=1.050s; each arrives 100 µs later.
-        let sched = Schedule { start_ns: 1_000_000_000, interval_ns: 1_000_000 };
+        let sched = Schedule {
+            start_ns: 1_000_000_000,
+            interval_ns: 1_000_000,
+        };
         let actual_send = 1_050_000_000;
         let mut lat = Vec::new();
         for k in 0..50 {
@@ -155,12 +158,17 @@ mod tests {
         assert_eq!(lat[0], 50_100_000);
         assert_eq!(lat[49], 1_100_000);
         // Measured from the actual send, every one would read 100 µs.
-        assert!(lat.iter().all(|&l| l >= latency_ns(actual_send, actual_send + 100_000)));
+        assert!(lat
+            .iter()
+            .all(|&l| l >= latency_ns(actual_send, actual_send + 100_000)));
     }
 
     #[test]
     fn schedule_counts_due_messages() {
-        let s = Schedule { start_ns: 100, interval_ns: 10 };
+        let s = Schedule {
+            start_ns: 100,
+            interval_ns: 10,
+        };
         assert_eq!(s.due_by(99), 0);
         assert_eq!(s.due_by(100), 1);
         assert_eq!(s.due_by(129), 3);

@@ -607,7 +607,10 @@ impl Worker<'_> {
         }
         let mut err = None;
         while conn.out_pos < conn.out.len() {
-            match conn.t.write(conn.out.get(conn.out_pos..).unwrap_or_default()) {
+            match conn
+                .t
+                .write(conn.out.get(conn.out_pos..).unwrap_or_default())
+            {
                 Ok(0) => {
                     err = Some("write returned 0".to_string());
                     break;
@@ -698,11 +701,13 @@ impl Worker<'_> {
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.left.extend_from_slice(self.rbuf.get(..left).unwrap_or_default());
+                    conn.left
+                        .extend_from_slice(self.rbuf.get(..left).unwrap_or_default());
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    conn.left.extend_from_slice(self.rbuf.get(..left).unwrap_or_default());
+                    conn.left
+                        .extend_from_slice(self.rbuf.get(..left).unwrap_or_default());
                     continue;
                 }
                 Err(e) => {
@@ -797,7 +802,9 @@ impl Worker<'_> {
             Role::Member { room } | Role::Idle { room: Some(room) } => Some(room),
             Role::Connect => {
                 if conn.t0 >= self.mstart && conn.t0 < self.mend {
-                    self.tally.upgrade_hist.saturating_record(latency_ns(conn.t0, now));
+                    self.tally
+                        .upgrade_hist
+                        .saturating_record(latency_ns(conn.t0, now));
                 }
                 Some(0)
             }
@@ -807,7 +814,11 @@ impl Worker<'_> {
             }
         };
         if let Some(room) = room {
-            let name = self.plan.rooms.get(room as usize).map_or("lt", String::as_str);
+            let name = self
+                .plan
+                .rooms
+                .get(room as usize)
+                .map_or("lt", String::as_str);
             let msg = format!(r#"{{"op":"join","room":"{name}","ref":1}}"#);
             self.queue_frame(key, msg.as_bytes());
         }
@@ -861,7 +872,9 @@ impl Worker<'_> {
                 let conn = self.conns.get_mut(key)?;
                 conn.inflight = conn.inflight.saturating_sub(1);
                 if in_window {
-                    self.tally.ack_hist.saturating_record(latency_ns(intended, now));
+                    self.tally
+                        .ack_hist
+                        .saturating_record(latency_ns(intended, now));
                     self.tally.acks_in_window += 1;
                     if !self.has_members {
                         // No members: acks are the unit (durable).

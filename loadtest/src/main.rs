@@ -11,7 +11,11 @@ use roomcast_loadtest::scenario::{
 use roomcast_loadtest::stats::RunResult;
 
 #[derive(Parser)]
-#[command(name = "roomcast-loadtest", version, about = "Load generator for roomcast-protocol servers (loopback only).")]
+#[command(
+    name = "roomcast-loadtest",
+    version,
+    about = "Load generator for roomcast-protocol servers (loopback only)."
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,

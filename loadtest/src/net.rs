@@ -63,7 +63,8 @@ pub fn parse_url(url: &str) -> Result<Target, NetError> {
     let ip: IpAddr = if host == "localhost" {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        host.parse().map_err(|_| bad("host must be an IP address or localhost"))?
+        host.parse()
+            .map_err(|_| bad("host must be an IP address or localhost"))?
     };
     if !ip.is_loopback() {
         return Err(NetError::NotLoopback(url.to_string()));
@@ -114,8 +115,8 @@ pub fn connect(target: &Target, index: usize, sources: u32) -> io::Result<TcpStr
     Ok(TcpStream::from_std(std::net::TcpStream::from(sock)))
 }
 
-/// The fixed `Sec-WebSocket-Key` the load generator offers.
-pub const WS_KEY: &str = "cm9vbWNhc3QtbG9hZHRlc3Q=";
+/// The fixed `Sec-WebSocket-Key` the load generator offers (16 bytes in base64).
+pub const WS_KEY: &str = "cm9vbWNhc3QtbGR0ZXN0IQ==";
 
 /// The upgrade request for `target`, with `query` appended to the path and
 /// a bearer token when given.
@@ -366,17 +367,34 @@ mod tests {
         assert_eq!(t.path, "/v1/ws?x=1");
         assert!(parse_url("ws://[::1]:80/").unwrap().addr.is_ipv6());
         assert!(parse_url("ws://127.9.9.9:1").is_ok());
-        assert!(matches!(parse_url("ws://10.0.0.1:80/"), Err(NetError::NotLoopback(_))));
-        assert!(matches!(parse_url("ws://example.com/"), Err(NetError::Url(..))));
-        assert!(matches!(parse_url("http://127.0.0.1/"), Err(NetError::Url(..))));
+        assert!(matches!(
+            parse_url("ws://10.0.0.1:80/"),
+            Err(NetError::NotLoopback(_))
+        ));
+        assert!(matches!(
+            parse_url("ws://example.com/"),
+            Err(NetError::Url(..))
+        ));
+        assert!(matches!(
+            parse_url("http://127.0.0.1/"),
+            Err(NetError::Url(..))
+        ));
     }
 
     #[test]
     fn checks_the_upgrade_answer() {
         let accept = roomcast::proto::ws::accept_key(WS_KEY.as_bytes());
-        let ok = format!("HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: {accept}\r\n\r\n\x01\x00");
-        assert_eq!(parse_upgrade(ok.as_bytes(), &accept), Upgrade::Done(ok.len() - 2));
-        assert_eq!(parse_upgrade(&ok.as_bytes()[..20], &accept), Upgrade::Partial);
+        let ok = format!(
+            "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: {accept}\r\n\r\n\x01\x00"
+        );
+        assert_eq!(
+            parse_upgrade(ok.as_bytes(), &accept),
+            Upgrade::Done(ok.len() - 2)
+        );
+        assert_eq!(
+            parse_upgrade(&ok.as_bytes()[..20], &accept),
+            Upgrade::Partial
+        );
         assert!(matches!(
             parse_upgrade(b"HTTP/1.1 401 Unauthorized\r\n\r\n", &accept),
             Upgrade::Refused(s) if s.contains("401")

@@ -105,7 +105,9 @@ pub fn render(results: &[RunResult], out: &Path) -> Result<(), ReportError> {
         lat.draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(draw_err)?
             .label(name(r))
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
+            });
     }
     lat.configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -182,7 +184,17 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lt-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("c.svg");
-        render(&[r.clone(), RunResult { label: "b".into(), ..r }], &out).unwrap();
+        render(
+            &[
+                r.clone(),
+                RunResult {
+                    label: "b".into(),
+                    ..r
+                },
+            ],
+            &out,
+        )
+        .unwrap();
         let svg = std::fs::read_to_string(&out).unwrap();
         assert!(svg.contains("<svg"));
         assert!(svg.contains("latency by percentile"));

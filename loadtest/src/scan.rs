@@ -122,6 +122,9 @@ mod tests {
         assert_eq!(kind(br#"{"op":"presence_diff"}"#), Kind::Other);
         assert_eq!(kind(b"garbage"), Kind::Other);
         assert_eq!(int_ref(br#"{"op":"pong","ref":"a"}"#), None);
-        assert_eq!(u64_field(b"\"seq\":99999999999999999999999", b"\"seq\":"), None);
+        assert_eq!(
+            u64_field(b"\"seq\":99999999999999999999999", b"\"seq\":"),
+            None
+        );
     }
 }

@@ -59,12 +59,12 @@ pub struct Common {
     /// Target WebSocket URL (loopback only).
     #[arg(long, default_value = "ws://127.0.0.1:8080/v1/ws")]
     pub url: String,
-    /// One token for every connection.
-    #[arg(long, conflicts_with_all = ["secret", "anonymous"])]
+    /// One token for every connection (wins over --secret).
+    #[arg(long, conflicts_with = "anonymous")]
     #[serde(skip)]
     pub token: Option<String>,
-    /// HS256 secret: mint a token per user.
-    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true, conflicts_with = "anonymous")]
+    /// HS256 secret: mint a token per user (ignored with --token or --anonymous).
+    #[arg(long, env = "ROOMCAST_JWT_SECRET", hide_env_values = true)]
     #[serde(skip)]
     pub secret: Option<String>,
     /// No token; the user id goes in the `user` query parameter.
@@ -329,7 +329,8 @@ fn coordinate(
                 .spawn(move || engine::run_worker(&plan, &sh))?,
         );
     }
-    let finish = |shared: &Arc<Shared>, handles: Vec<std::thread::JoinHandle<std::io::Result<Tally>>>| {
+    let finish = |shared: &Arc<Shared>,
+                  handles: Vec<std::thread::JoinHandle<std::io::Result<Tally>>>| {
         shared.stop.store(true, Ordering::Release);
         let mut tally = Tally::empty();
         let mut err = None;
@@ -403,8 +404,8 @@ fn coordinate(
             break;
         }
         if let Some(total) = connect_total {
-            let done = shared.completed.load(Ordering::Acquire)
-                + shared.failed.load(Ordering::Acquire);
+            let done =
+                shared.completed.load(Ordering::Acquire) + shared.failed.load(Ordering::Acquire);
             if done >= total {
                 end_ns = now;
                 break;
@@ -562,17 +563,20 @@ pub fn fanout(common: &Common, a: &FanoutArgs) -> Result<RunResult, RunError> {
         }
     }
     let plans = plans(common, &env, rooms, a.body_bytes, specs);
-    let m = coordinate(common, plans, common.warmup.unwrap_or(Duration::from_secs(2)), None)?;
+    let m = coordinate(
+        common,
+        plans,
+        common.warmup.unwrap_or(Duration::from_secs(2)),
+        None,
+    )?;
     let expected = m.tally.sent_in_window * u64::from(a.members);
     let units = m.tally.units;
     let ack = percentiles(&m.tally.ack_hist);
     let mut r = finish_result("fanout", "delivery", common, params(common, a), m, units);
     r.counts
         .insert("deliveries_expected".into(), expected.into());
-    r.counts.insert(
-        "undelivered".into(),
-        expected.saturating_sub(units).into(),
-    );
+    r.counts
+        .insert("undelivered".into(), expected.saturating_sub(units).into());
     r.ack_latency = Some(ack);
     Ok(r)
 }
@@ -597,7 +601,12 @@ pub fn durable(common: &Common, a: &DurableArgs) -> Result<RunResult, RunError> 
         }
     }
     let plans = plans(common, &env, rooms, a.body_bytes, specs);
-    let m = coordinate(common, plans, common.warmup.unwrap_or(Duration::from_secs(2)), None)?;
+    let m = coordinate(
+        common,
+        plans,
+        common.warmup.unwrap_or(Duration::from_secs(2)),
+        None,
+    )?;
     let units = m.tally.acks_in_window;
     let ack = percentiles(&m.tally.ack_hist);
     let mut r = finish_result("durable", "publish", common, params(common, a), m, units);
@@ -619,9 +628,21 @@ pub fn echo(common: &Common, a: &EchoArgs) -> Result<RunResult, RunError> {
         })
         .collect();
     let plans = plans(common, &env, Vec::new(), 0, specs);
-    let m = coordinate(common, plans, common.warmup.unwrap_or(Duration::from_secs(2)), None)?;
+    let m = coordinate(
+        common,
+        plans,
+        common.warmup.unwrap_or(Duration::from_secs(2)),
+        None,
+    )?;
     let units = m.tally.units;
-    Ok(finish_result("echo", "round_trip", common, params(common, a), m, units))
+    Ok(finish_result(
+        "echo",
+        "round_trip",
+        common,
+        params(common, a),
+        m,
+        units,
+    ))
 }
 
 /// `connect`: N upgrades + joins at concurrency C.
@@ -709,7 +730,9 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
     let exe = std::env::current_exe()?;
     let room = a.join.then(|| format!("{}-idle", run_tag()));
     let before_rss = common.server_pid.and_then(procfs::rss_bytes);
-    let before_cpu = common.server_pid.and_then(|p| procfs::cpu_us(Some(p), false));
+    let before_cpu = common
+        .server_pid
+        .and_then(|p| procfs::cpu_us(Some(p), false));
     let t0 = Instant::now();
     let per = a.per_worker.clamp(1, 18_000);
     let mut children = Vec::new();
@@ -718,7 +741,12 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
         let count = per.min(a.connections - offset);
         let mut cmd = Command::new(&exe);
         cmd.arg("idle-worker")
-            .args(["--count", &count.to_string(), "--offset", &offset.to_string()])
+            .args([
+                "--count",
+                &count.to_string(),
+                "--offset",
+                &offset.to_string(),
+            ])
             .args(["--url", &common.url])
             .args(["--sources", &common.sources.to_string()])
             .args(["--threads", &common.threads.to_string()])
@@ -772,7 +800,9 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
     eprintln!("idle: {ready} connections held, {failed} failed, in {setup_s:.2} s");
     std::thread::sleep(a.settle);
     let after_rss = common.server_pid.and_then(procfs::rss_bytes);
-    let after_cpu = common.server_pid.and_then(|p| procfs::cpu_us(Some(p), false));
+    let after_cpu = common
+        .server_pid
+        .and_then(|p| procfs::cpu_us(Some(p), false));
     for child in &mut children {
         // Closing stdin tells the worker to let go.
         drop(child.stdin.take());
@@ -804,8 +834,10 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
         (Some(b), Some(a)) if ready > 0 => Some((a as f64 - b as f64) / ready as f64),
         _ => None,
     };
-    let mut v = crate::stats::Violations::default();
-    v.errors = failed;
+    let v = crate::stats::Violations {
+        errors: failed,
+        ..Default::default()
+    };
     Ok(RunResult {
         scenario: "idle".into(),
         label: common.label.clone(),
@@ -814,7 +846,11 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
         unit: "connection".into(),
         units: ready,
         measured_s: setup_s,
-        units_per_s: if setup_s > 0.0 { ready as f64 / setup_s } else { 0.0 },
+        units_per_s: if setup_s > 0.0 {
+            ready as f64 / setup_s
+        } else {
+            0.0
+        },
         counts,
         latency: Default::default(),
         ack_latency: None,

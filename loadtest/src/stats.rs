@@ -130,7 +130,7 @@ impl RunResult {
         let _ = writeln!(s, "params: {}", self.params);
         let _ = writeln!(
             s,
-            "{} {}s in {:.2} s: {:.0} /s",
+            "{} units ({}) in {:.2} s: {:.0} per second",
             self.units, self.unit, self.measured_s, self.units_per_s
         );
         for (k, v) in &self.counts {
