@@ -20,7 +20,7 @@ URL="ws://127.0.0.1:$PORT/v1/ws"
 work="$(mktemp -d)"
 export ROOMCAST_JWT_SECRET="smoke-secret"
 
-"$ROOMCAST_BIN" serve --listen "127.0.0.1:$PORT" --data "$work/data" --threads 1 --anonymous \
+"$ROOMCAST_BIN" serve --listen "127.0.0.1:$PORT" --data "$work/data" --threads 1 --anonymous --send-rate 0 \
   >"$work/server.log" 2>&1 &
 server=$!
 cleanup() {

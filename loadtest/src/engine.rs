@@ -305,6 +305,10 @@ impl Worker<'_> {
                 sleep = sleep.min(self.drive(now));
                 self.flush_dirty();
             }
+            // epoll sleeps in whole milliseconds, rounded up: sleep the whole
+            // milliseconds and poll without blocking for the rest, so a
+            // scheduled send is not up to a millisecond late.
+            let sleep = Duration::from_millis(sleep.as_millis() as u64);
             self.poll.poll(&mut events, Some(sleep))?;
             for ev in events.iter() {
                 let key = ev.token().0;
