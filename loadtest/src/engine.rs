@@ -20,6 +20,7 @@
 //! event on plain TCP.
 
 use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -40,6 +41,62 @@ const MAX_FRAME: usize = 1 << 20;
 const MIN_READ: usize = 64 * 1024;
 /// Longest poll sleep, so stop and phase changes are noticed promptly.
 const MAX_SLEEP: Duration = Duration::from_millis(5);
+
+/// The poll token of the worker's timer; slab keys never get this high.
+const TIMER: usize = usize::MAX;
+
+/// A one-shot timerfd with nanosecond resolution, for publisher schedules.
+struct Timer {
+    fd: OwnedFd,
+}
+
+impl Timer {
+    fn new() -> io::Result<Timer> {
+        // SAFETY: plain syscall; the result is checked before use.
+        let fd = unsafe {
+            libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just created and is owned by nobody else.
+        Ok(Timer {
+            fd: unsafe { OwnedFd::from_raw_fd(fd) },
+        })
+    }
+
+    /// Fires once, `after` from now.
+    fn arm(&self, after: Duration) {
+        let after = after.max(Duration::from_nanos(1));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: libc::c_long::from(after.subsec_nanos() as i32),
+            },
+        };
+        // SAFETY: a valid timerfd and a fully initialised itimerspec. A
+        // failure only costs precision: the poll timeout still bounds the sleep.
+        unsafe {
+            libc::timerfd_settime(self.fd.as_raw_fd(), 0, &spec, std::ptr::null_mut());
+        }
+    }
+
+    /// Clears the expiry count so the next expiry is a new edge.
+    fn drain(&self) {
+        let mut n = [0u8; 8];
+        // SAFETY: reads at most 8 bytes into an 8-byte buffer.
+        unsafe {
+            libc::read(self.fd.as_raw_fd(), n.as_mut_ptr().cast(), n.len());
+        }
+    }
+}
 
 /// How connections prove who they are.
 pub enum Credentials {
@@ -247,6 +304,7 @@ struct Worker<'a> {
     setting_up: usize,
     publishers: Vec<usize>,
     mask_state: u32,
+    timer: Timer,
     has_echo: bool,
     has_members: bool,
     accept: String,
@@ -258,10 +316,18 @@ struct Worker<'a> {
 
 /// Runs one worker until `shared.stop`; returns what it measured.
 pub fn run_worker(plan: &Plan, shared: &Shared) -> io::Result<Tally> {
+    let poll = Poll::new()?;
+    let timer = Timer::new()?;
+    poll.registry().register(
+        &mut mio::unix::SourceFd(&timer.fd.as_raw_fd()),
+        Token(TIMER),
+        Interest::READABLE,
+    )?;
     let mut w = Worker {
         plan,
         shared,
-        poll: Poll::new()?,
+        poll,
+        timer,
         conns: Slab::with_capacity(plan.specs.len().max(plan.connect_slots)),
         rbuf: vec![0; 4 * MIN_READ],
         scratch: Vec::with_capacity(256 + plan.body_bytes),
@@ -305,13 +371,22 @@ impl Worker<'_> {
                 sleep = sleep.min(self.drive(now));
                 self.flush_dirty();
             }
-            // epoll sleeps in whole milliseconds, rounded up: sleep the whole
-            // milliseconds and poll without blocking for the rest, so a
-            // scheduled send is not up to a millisecond late.
-            let sleep = Duration::from_millis(sleep.as_millis() as u64);
-            self.poll.poll(&mut events, Some(sleep))?;
+            // epoll sleeps in whole milliseconds, rounded up, which would make
+            // a scheduled send up to a millisecond late: a timerfd armed for
+            // the exact time wakes the loop instead (without spinning).
+            let timeout = if sleep.is_zero() || sleep >= MAX_SLEEP {
+                sleep
+            } else {
+                self.timer.arm(sleep);
+                MAX_SLEEP
+            };
+            self.poll.poll(&mut events, Some(timeout))?;
             for ev in events.iter() {
                 let key = ev.token().0;
+                if key == TIMER {
+                    self.timer.drain();
+                    continue;
+                }
                 if ev.is_writable() {
                     self.on_writable(key);
                 }
