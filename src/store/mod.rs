@@ -56,6 +56,8 @@ const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0
 /// Records copied per write transaction of a backup: bounds the memory the
 /// backup's uncommitted pages take, whatever the size of the database.
 const BACKUP_CHUNK: usize = 8192;
+/// Page cache of the backup's destination file.
+const BACKUP_CACHE: usize = 16 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -253,7 +255,10 @@ impl Store {
         }
         let snapshot = self.db.begin_read()?;
         let copied = {
-            let dst = Database::create(&tmp)?;
+            // A small cache: the copy is written once and never read back.
+            let dst = redb::Builder::new()
+                .set_cache_size(BACKUP_CACHE)
+                .create(&tmp)?;
             let copied = copy_table(&snapshot, &dst, MESSAGES)?;
             copy_table(&snapshot, &dst, ROOMS)?;
             copy_table(&snapshot, &dst, DEDUP)?;
