@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command. Installs what is missing (once; later runs skip it), then:
-#   1. cargo build --release
-#   2. cargo test --release          (unit and integration tests of the crate)
+#   1. cargo build --release --workspace   (the gateway and the load generator)
+#   2. cargo test --release --workspace    (unit tests, property tests, doc tests)
 #   3. pytest tests/e2e              (the real binary driven by Python, Node,
 #                                     Chromium and Autobahn|Testsuite clients)
 # Every step runs even when an earlier one failed; the exit status is non-zero if
@@ -108,16 +108,16 @@ step "python venv" setup_python
 step "node modules" setup_node
 step "autobahn install" setup_autobahn
 
-say "cargo build --release"
-if cargo build --release --quiet; then
+say "cargo build --release --workspace"
+if cargo build --release --workspace --quiet; then
     export ROOMCAST_BIN="$TARGET_DIR/release/roomcast"
 else
     FAILED+=("cargo build")
     export ROOMCAST_BUILD_FAILED=1
 fi
 
-say "cargo test --release"
-step "cargo test" cargo test --release --quiet
+say "cargo test --release --workspace"
+step "cargo test" cargo test --release --workspace --quiet
 
 if [ "${#FAILED[@]}" -gt 0 ]; then
     printf '==> failed so far: %s\n' "$(IFS=,; echo "${FAILED[*]}")"
