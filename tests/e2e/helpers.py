@@ -702,3 +702,143 @@ class RawWs:
             self.sock.close()
         except OSError:
             pass
+
+
+# --------------------------------------------------------------------------- durability
+
+
+def kill_server(srv: Server, timeout: float = 10.0) -> int:
+    """SIGKILLs `srv` and waits for it; teardown then does not expect exit 0 from it."""
+    srv.signalled = True
+    srv.proc.send_signal(signals.SIGKILL)
+    srv.proc.wait(timeout)
+    srv.exit_checked = True
+    srv._close_log()
+    return srv.proc.returncode
+
+
+def stop_server(srv: Server, timeout: float = 15.0) -> int | None:
+    """SIGTERMs `srv`, waits, and returns its exit code (None if it had to be killed)."""
+    srv.signal(signals.SIGTERM)
+    return srv.stop(timeout)
+
+
+def full_history(client: "Client", room: str, after: int = 0, page: int = 1000, timeout: float = 10.0) -> list:
+    """Every stored message of `room` with seq > `after`, paged forwards with `history` `after`."""
+    out = []
+    while True:
+        r = client.call("history", room=room, after=after, limit=page, timeout=timeout)
+        assert r.get("op") == "history", r
+        msgs = r["messages"]
+        out.extend(msgs)
+        if not r["more"]:
+            return out
+        assert msgs, f"history after={after} is empty but says more: {r}"
+        after = msgs[-1]["seq"]
+
+
+class Publisher(threading.Thread):
+    """Sends to `room` with ids `<prefix>-<n>`, keeping up to `window` sends unanswered, until
+    `finish()` (then it waits up to `settle` s for the last replies) or until the connection
+    drops. Records `sent` (ids in send order), `acks` (id -> (seq, ts)) and `refused`
+    (id -> error code); `problems` lists anything unexpected."""
+
+    def __init__(self, server: Server, room: str, prefix: str, user: str = "pub", window: int = 16,
+                 limit: int | None = None, settle: float = 5.0):
+        super().__init__(daemon=True)
+        self.client = server.ws(user)
+        self.room, self.prefix, self.window, self.limit, self.settle = room, prefix, window, limit, settle
+        self.sent: list[str] = []
+        self.acks: dict[str, tuple[int, int]] = {}
+        self.refused: dict[str, str] = {}
+        self.problems: list = []
+        self.dropped = False
+        self._halt = threading.Event()
+
+    def finish(self, timeout: float = 10.0):
+        self._halt.set()
+        self.join(timeout)
+        assert not self.is_alive(), f"publisher {self.prefix} did not stop"
+
+    def last_seq(self) -> int:
+        """The highest acked seq so far (safe while the thread runs)."""
+        return max((s for s, _ in list(self.acks.values())), default=0)
+
+    def run(self):
+        conn = self.client.conn
+        outstanding: dict[int, str] = {}
+        n = 0
+        settle_deadline = None
+        try:
+            while True:
+                stopping = self._halt.is_set() or (self.limit is not None and n >= self.limit)
+                while not stopping and len(outstanding) < self.window:
+                    mid = f"{self.prefix}-{n}"
+                    conn.send(json.dumps({"op": "send", "room": self.room, "id": mid, "ref": n,
+                                          "body": {"p": self.prefix, "n": n}}))
+                    self.sent.append(mid)
+                    outstanding[n] = mid
+                    n += 1
+                    stopping = self.limit is not None and n >= self.limit
+                if stopping:
+                    if not outstanding:
+                        return
+                    if settle_deadline is None:
+                        settle_deadline = time.monotonic() + self.settle
+                    elif time.monotonic() > settle_deadline:
+                        self.problems.append(f"no reply to {sorted(outstanding.values())[:5]}")
+                        return
+                try:
+                    m = json.loads(conn.recv(timeout=0.5))
+                except TimeoutError:
+                    continue
+                if m.get("op") == "msg":
+                    continue
+                mid = outstanding.pop(m.get("ref"), None)
+                if mid is None:
+                    self.problems.append(f"unexpected {m}")
+                elif m.get("op") == "ack":
+                    if m.get("id") != mid or m.get("room") != self.room:
+                        self.problems.append(f"ack for {mid} is {m}")
+                    self.acks[mid] = (m["seq"], m["ts"])
+                elif m.get("op") == "error":
+                    self.refused[mid] = m.get("code")
+                else:
+                    self.problems.append(f"reply to {mid} is {m}")
+        except (ConnectionClosed, OSError):
+            self.dropped = True
+        except Exception as e:  # reported by the test
+            self.problems.append(repr(e))
+
+
+class Watcher(threading.Thread):
+    """A member of `room` that records every `msg` it sees until `finish()` or the connection drops."""
+
+    def __init__(self, server: Server, room: str, user: str = "watch", since: int | None = None):
+        super().__init__(daemon=True)
+        self.client = server.ws(user)
+        self.room = room
+        fields = {} if since is None else {"since": since}
+        self.joined = self.client.join(room, **fields)
+        self.msgs: list = [m for m in self.client.pending if m.get("op") == "msg" and m.get("room") == room]
+        self.client.pending.clear()
+        self.problems: list = []
+        self._halt = threading.Event()
+
+    def finish(self, timeout: float = 10.0):
+        self._halt.set()
+        self.join(timeout)
+
+    def run(self):
+        try:
+            while not self._halt.is_set():
+                try:
+                    m = json.loads(self.client.conn.recv(timeout=0.2))
+                except TimeoutError:
+                    continue
+                if m.get("op") == "msg" and m.get("room") == self.room:
+                    self.msgs.append(m)
+        except (ConnectionClosed, OSError):
+            pass
+        except Exception as e:
+            self.problems.append(repr(e))
