@@ -149,7 +149,13 @@ fn bench_publish(c: &mut Criterion) {
     // Server defaults, except a dedup window short enough that the dedup
     // map reaches a steady size (about 60k ids at one message per
     // simulated millisecond) within the warm-up.
-    let settings = RoomSettings { tail: 1024, max_replay: 1000, dedup_window: Duration::from_secs(60) };
+    let settings = RoomSettings {
+        tail: 1024,
+        max_replay: 1000,
+        dedup_window: Duration::from_secs(60),
+        retain_messages: None,
+        retain_age: None,
+    };
     // More distinct ids than the window holds, so a reused id has always
     // expired and every publish is a new message.
     let ids: Vec<String> = (0..100_000).map(|i| format!("m-{i}")).collect();
@@ -165,8 +171,8 @@ fn bench_publish(c: &mut Criterion) {
             match r.reserve(&settings, &from, &body, None, black_box(now)) {
                 // Reserve (seq, ts, one encode) then commit (tail): the
                 // owner's whole work for a message, storage aside.
-                Reserved::New { seq, frame, .. } => {
-                    r.commit(&settings, seq, frame);
+                Reserved::New { seq, ts, frame } => {
+                    r.commit(&settings, seq, ts, frame);
                     true
                 }
                 Reserved::Duplicate { .. } => false,
@@ -184,8 +190,8 @@ fn bench_publish(c: &mut Criterion) {
             match r.reserve(&settings, &from, &body, id, black_box(now)) {
                 // Reserve (seq, ts, one encode) then commit (tail): the
                 // owner's whole work for a message, storage aside.
-                Reserved::New { seq, frame, .. } => {
-                    r.commit(&settings, seq, frame);
+                Reserved::New { seq, ts, frame } => {
+                    r.commit(&settings, seq, ts, frame);
                     true
                 }
                 Reserved::Duplicate { .. } => false,

@@ -44,9 +44,7 @@ fn commits(c: &mut Criterion) {
                 b.iter(|| {
                     for _ in 0..n {
                         seq += 1;
-                        store
-                            .write_batch(&[record(&room, &from, seq)], true)
-                            .expect("commit");
+                        store.write_batch(&[record(&room, &from, seq)], true).expect("commit");
                     }
                 });
             });

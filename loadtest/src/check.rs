@@ -81,8 +81,7 @@ pub struct Schedule {
 impl Schedule {
     /// When message `k` was meant to be sent.
     pub fn intended(&self, k: u64) -> u64 {
-        self.start_ns
-            .saturating_add(k.saturating_mul(self.interval_ns))
+        self.start_ns.saturating_add(k.saturating_mul(self.interval_ns))
     }
 
     /// How many messages are due by `now` (indices `0..n`).
@@ -144,10 +143,7 @@ mod tests {
     fn latency_is_taken_from_the_schedule_not_the_send() {
         // 1000 msg/s from t=1s. The publisher stalls for 50 ms and then sends
         // messages 0..50 at once at t=1.050s; each arrives 100 µs later.
-        let sched = Schedule {
-            start_ns: 1_000_000_000,
-            interval_ns: 1_000_000,
-        };
+        let sched = Schedule { start_ns: 1_000_000_000, interval_ns: 1_000_000 };
         let actual_send = 1_050_000_000;
         let mut lat = Vec::new();
         for k in 0..50 {
@@ -158,17 +154,12 @@ mod tests {
         assert_eq!(lat[0], 50_100_000);
         assert_eq!(lat[49], 1_100_000);
         // Measured from the actual send, every one would read 100 µs.
-        assert!(lat
-            .iter()
-            .all(|&l| l >= latency_ns(actual_send, actual_send + 100_000)));
+        assert!(lat.iter().all(|&l| l >= latency_ns(actual_send, actual_send + 100_000)));
     }
 
     #[test]
     fn schedule_counts_due_messages() {
-        let s = Schedule {
-            start_ns: 100,
-            interval_ns: 10,
-        };
+        let s = Schedule { start_ns: 100, interval_ns: 10 };
         assert_eq!(s.due_by(99), 0);
         assert_eq!(s.due_by(100), 1);
         assert_eq!(s.due_by(129), 3);

@@ -53,29 +53,19 @@ struct Timer {
 impl Timer {
     fn new() -> io::Result<Timer> {
         // SAFETY: plain syscall; the result is checked before use.
-        let fd = unsafe {
-            libc::timerfd_create(
-                libc::CLOCK_MONOTONIC,
-                libc::TFD_NONBLOCK | libc::TFD_CLOEXEC,
-            )
-        };
+        let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
         if fd < 0 {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: `fd` was just created and is owned by nobody else.
-        Ok(Timer {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
+        Ok(Timer { fd: unsafe { OwnedFd::from_raw_fd(fd) } })
     }
 
     /// Fires once, `after` from now.
     fn arm(&self, after: Duration) {
         let after = after.max(Duration::from_nanos(1));
         let spec = libc::itimerspec {
-            it_interval: libc::timespec {
-                tv_sec: 0,
-                tv_nsec: 0,
-            },
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
             it_value: libc::timespec {
                 tv_sec: after.as_secs() as libc::time_t,
                 tv_nsec: libc::c_long::from(after.subsec_nanos() as i32),
@@ -114,11 +104,7 @@ pub enum Role {
     /// Joins `room` and checks and times every message.
     Member { room: u32 },
     /// Sends to `room`: on `schedule`, or flat out with `window` unacked.
-    Publisher {
-        room: u32,
-        schedule: Option<Schedule>,
-        window: u32,
-    },
+    Publisher { room: u32, schedule: Option<Schedule>, window: u32 },
     /// Keeps `inflight` pings outstanding.
     Echo { inflight: u32 },
     /// Upgrades, joins room 0, records the time, and is replaced.
@@ -318,11 +304,7 @@ struct Worker<'a> {
 pub fn run_worker(plan: &Plan, shared: &Shared) -> io::Result<Tally> {
     let poll = Poll::new()?;
     let timer = Timer::new()?;
-    poll.registry().register(
-        &mut mio::unix::SourceFd(&timer.fd.as_raw_fd()),
-        Token(TIMER),
-        Interest::READABLE,
-    )?;
+    poll.registry().register(&mut mio::unix::SourceFd(&timer.fd.as_raw_fd()), Token(TIMER), Interest::READABLE)?;
     let mut w = Worker {
         plan,
         shared,
@@ -337,14 +319,8 @@ pub fn run_worker(plan: &Plan, shared: &Shared) -> io::Result<Tally> {
         setting_up: 0,
         publishers: Vec::new(),
         mask_state: 0x9E37_79B9,
-        has_echo: plan
-            .specs
-            .iter()
-            .any(|s| matches!(s.role, Role::Echo { .. })),
-        has_members: plan
-            .specs
-            .iter()
-            .any(|s| matches!(s.role, Role::Member { .. })),
+        has_echo: plan.specs.iter().any(|s| matches!(s.role, Role::Echo { .. })),
+        has_members: plan.specs.iter().any(|s| matches!(s.role, Role::Member { .. })),
         accept: roomcast::proto::ws::accept_key(net::WS_KEY.as_bytes()),
         unreported_units: 0,
         mstart: u64::MAX,
@@ -396,9 +372,7 @@ impl Worker<'_> {
             }
             self.flush_dirty();
             if self.unreported_units > 0 {
-                self.shared
-                    .units
-                    .fetch_add(self.unreported_units, Ordering::Relaxed);
+                self.shared.units.fetch_add(self.unreported_units, Ordering::Relaxed);
                 self.unreported_units = 0;
             }
         }
@@ -443,11 +417,7 @@ impl Worker<'_> {
             if n >= self.plan.connect_total {
                 return;
             }
-            let spec = ConnSpec {
-                role: Role::Connect,
-                user: "lt-connect".to_string(),
-                index: n as usize,
-            };
+            let spec = ConnSpec { role: Role::Connect, user: "lt-connect".to_string(), index: n as usize };
             if let Err(e) = self.open(&spec) {
                 self.shared.note_error(format!("connect: {e}"));
                 self.shared.failed.fetch_add(1, Ordering::AcqRel);
@@ -461,11 +431,7 @@ impl Worker<'_> {
         let mut sock = net::connect(&plan.target, spec.index, plan.sources)?;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
-        self.poll.registry().register(
-            &mut sock,
-            Token(key),
-            Interest::READABLE | Interest::WRITABLE,
-        )?;
+        self.poll.registry().register(&mut sock, Token(key), Interest::READABLE | Interest::WRITABLE)?;
         let (query, bearer) = match &*plan.creds {
             Credentials::Token(t) => (String::new(), Some(t.clone())),
             Credentials::Secret(auth) => (
@@ -529,20 +495,12 @@ impl Worker<'_> {
         if conn.phase != Phase::Open {
             return None;
         }
-        let Role::Publisher {
-            room,
-            schedule,
-            window,
-        } = conn.role
-        else {
+        let Role::Publisher { room, schedule, window } = conn.role else {
             return None;
         };
         // Schedules are planned relative to `go`, which is known only now.
         let go = self.shared.go_ns.load(Ordering::Acquire);
-        let schedule = schedule.map(|s| Schedule {
-            start_ns: go + s.start_ns,
-            interval_ns: s.interval_ns,
-        });
+        let schedule = schedule.map(|s| Schedule { start_ns: go + s.start_ns, interval_ns: s.interval_ns });
         let mut k = conn.next_k;
         let mut inflight = conn.inflight;
         let mut sent = 0u32;
@@ -587,18 +545,12 @@ impl Worker<'_> {
 
     fn queue_send(&mut self, key: usize, room: u32, k: u64, intended: u64) {
         use std::io::Write;
-        let room_name = self
-            .plan
-            .rooms
-            .get(room as usize)
-            .map_or("lt", String::as_str);
+        let room_name = self.plan.rooms.get(room as usize).map_or("lt", String::as_str);
         let s = &mut self.scratch;
         s.clear();
         // `ref` carries the intended time back in the ack.
-        let _ = write!(
-            s,
-            r#"{{"op":"send","room":"{room_name}","ref":{intended},"body":{{"t":{intended},"k":{k},"p":""#
-        );
+        let _ =
+            write!(s, r#"{{"op":"send","room":"{room_name}","ref":{intended},"body":{{"t":{intended},"k":{k},"p":""#);
         let body_start = s.iter().rposition(|&b| b == b'{').unwrap_or(0);
         let body_so_far = s.len() - body_start + 2; // closing `"}`
         let pad = self.plan.body_bytes.saturating_sub(body_so_far);
@@ -686,10 +638,7 @@ impl Worker<'_> {
         }
         let mut err = None;
         while conn.out_pos < conn.out.len() {
-            match conn
-                .t
-                .write(conn.out.get(conn.out_pos..).unwrap_or_default())
-            {
+            match conn.t.write(conn.out.get(conn.out_pos..).unwrap_or_default()) {
                 Ok(0) => {
                     err = Some("write returned 0".to_string());
                     break;
@@ -780,13 +729,11 @@ impl Worker<'_> {
                 }
                 Ok(n) => n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.left
-                        .extend_from_slice(self.rbuf.get(..left).unwrap_or_default());
+                    conn.left.extend_from_slice(self.rbuf.get(..left).unwrap_or_default());
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    conn.left
-                        .extend_from_slice(self.rbuf.get(..left).unwrap_or_default());
+                    conn.left.extend_from_slice(self.rbuf.get(..left).unwrap_or_default());
                     continue;
                 }
                 Err(e) => {
@@ -809,8 +756,7 @@ impl Worker<'_> {
                 }
             }
             if let Some(conn) = self.conns.get_mut(key) {
-                conn.left
-                    .extend_from_slice(self.rbuf.get(consumed..end).unwrap_or_default());
+                conn.left.extend_from_slice(self.rbuf.get(consumed..end).unwrap_or_default());
             }
             if n < space && !is_tls {
                 // A short read emptied the socket; the next arrival is a new edge.
@@ -828,9 +774,7 @@ impl Worker<'_> {
         if conn.phase != Phase::Open {
             match net::parse_upgrade(self.rbuf.get(..end).unwrap_or_default(), &self.accept) {
                 Upgrade::Partial => return (0, Verdict::Keep),
-                Upgrade::Refused(status) => {
-                    return (end, Verdict::Close(format!("upgrade refused: {status}")))
-                }
+                Upgrade::Refused(status) => return (end, Verdict::Close(format!("upgrade refused: {status}"))),
                 Upgrade::Done(off) => {
                     pos = off;
                     conn.phase = Phase::Open;
@@ -881,9 +825,7 @@ impl Worker<'_> {
             Role::Member { room } | Role::Idle { room: Some(room) } => Some(room),
             Role::Connect => {
                 if conn.t0 >= self.mstart && conn.t0 < self.mend {
-                    self.tally
-                        .upgrade_hist
-                        .saturating_record(latency_ns(conn.t0, now));
+                    self.tally.upgrade_hist.saturating_record(latency_ns(conn.t0, now));
                 }
                 Some(0)
             }
@@ -893,11 +835,7 @@ impl Worker<'_> {
             }
         };
         if let Some(room) = room {
-            let name = self
-                .plan
-                .rooms
-                .get(room as usize)
-                .map_or("lt", String::as_str);
+            let name = self.plan.rooms.get(room as usize).map_or("lt", String::as_str);
             let msg = format!(r#"{{"op":"join","room":"{name}","ref":1}}"#);
             self.queue_frame(key, msg.as_bytes());
         }
@@ -951,9 +889,7 @@ impl Worker<'_> {
                 let conn = self.conns.get_mut(key)?;
                 conn.inflight = conn.inflight.saturating_sub(1);
                 if in_window {
-                    self.tally
-                        .ack_hist
-                        .saturating_record(latency_ns(intended, now));
+                    self.tally.ack_hist.saturating_record(latency_ns(intended, now));
                     self.tally.acks_in_window += 1;
                     if !self.has_members {
                         // No members: acks are the unit (durable).
@@ -997,8 +933,7 @@ impl Worker<'_> {
             }
             Kind::Error => {
                 self.tally.violations.errors += 1;
-                self.shared
-                    .note_error(format!("server error: {}", String::from_utf8_lossy(json)));
+                self.shared.note_error(format!("server error: {}", String::from_utf8_lossy(json)));
                 let conn = self.conns.get_mut(key)?;
                 conn.inflight = conn.inflight.saturating_sub(1);
             }

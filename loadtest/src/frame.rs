@@ -76,12 +76,7 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
     if buf.len() < header_len + payload_len {
         return Ok(None);
     }
-    Ok(Some(Frame {
-        fin: b0 & 0x80 != 0,
-        opcode: b0 & 0x0F,
-        header_len,
-        payload_len,
-    }))
+    Ok(Some(Frame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0F, header_len, payload_len }))
 }
 
 /// Appends a FIN, masked client frame carrying `payload` to `out`.
@@ -125,11 +120,7 @@ mod tests {
             // Every strict prefix is incomplete, never an error.
             for cut in [0, 1, frame.len() / 2, frame.len() - 1] {
                 if cut < frame.len() {
-                    assert_eq!(
-                        parse(&frame[..cut], 1 << 20),
-                        Ok(None),
-                        "len {len} cut {cut}"
-                    );
+                    assert_eq!(parse(&frame[..cut], 1 << 20), Ok(None), "len {len} cut {cut}");
                 }
             }
         }
@@ -137,15 +128,9 @@ mod tests {
 
     #[test]
     fn refuses_masked_oversized_and_reserved() {
-        assert_eq!(
-            parse(&[0x81, 0x85, 0, 0, 0, 0], 100),
-            Err(FrameError::Masked)
-        );
+        assert_eq!(parse(&[0x81, 0x85, 0, 0, 0, 0], 100), Err(FrameError::Masked));
         assert_eq!(parse(&[0xC1, 0x00], 100), Err(FrameError::Reserved));
-        assert_eq!(
-            parse(&[0x81, 126, 0x01, 0x00], 100),
-            Err(FrameError::TooLarge(256))
-        );
+        assert_eq!(parse(&[0x81, 126, 0x01, 0x00], 100), Err(FrameError::TooLarge(256)));
     }
 
     #[test]

@@ -11,11 +11,7 @@ use roomcast_loadtest::scenario::{
 use roomcast_loadtest::stats::RunResult;
 
 #[derive(Parser)]
-#[command(
-    name = "roomcast-loadtest",
-    version,
-    about = "Load generator for roomcast-protocol servers (loopback only)."
-)]
+#[command(name = "roomcast-loadtest", version, about = "Load generator for roomcast-protocol servers (loopback only).")]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -105,13 +101,9 @@ fn main() -> ExitCode {
         Cmd::Connect { common, args } => scenario::connect(common, args).map(|r| emit(common, &r)),
         Cmd::Idle { common, args } => scenario::idle(common, args).map(|r| emit(common, &r)),
         Cmd::Durable { common, args } => scenario::durable(common, args).map(|r| emit(common, &r)),
-        Cmd::IdleWorker { common, args } => {
-            scenario::idle_worker(common, args).map(|()| ExitCode::SUCCESS)
-        }
+        Cmd::IdleWorker { common, args } => scenario::idle_worker(common, args).map(|()| ExitCode::SUCCESS),
         Cmd::Report { results, out } => {
-            return match report::load(results)
-                .and_then(|r| report::render(&r, std::path::Path::new(out)))
-            {
+            return match report::load(results).and_then(|r| report::render(&r, std::path::Path::new(out))) {
                 Ok(()) => {
                     println!("wrote {out}");
                     ExitCode::SUCCESS

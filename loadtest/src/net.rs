@@ -63,18 +63,12 @@ pub fn parse_url(url: &str) -> Result<Target, NetError> {
     let ip: IpAddr = if host == "localhost" {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
-        host.parse()
-            .map_err(|_| bad("host must be an IP address or localhost"))?
+        host.parse().map_err(|_| bad("host must be an IP address or localhost"))?
     };
     if !ip.is_loopback() {
         return Err(NetError::NotLoopback(url.to_string()));
     }
-    Ok(Target {
-        tls,
-        addr: SocketAddr::new(ip, port),
-        host: hostport.to_string(),
-        path: path.to_string(),
-    })
+    Ok(Target { tls, addr: SocketAddr::new(ip, port), host: hostport.to_string(), path: path.to_string() })
 }
 
 /// Opens a non-blocking connection to `target`. With `sources > 1` and an
@@ -102,10 +96,7 @@ pub fn connect(target: &Target, index: usize, sources: u32) -> io::Result<TcpStr
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
-        sock.bind(&SockAddr::from(SocketAddr::new(
-            IpAddr::V4(Ipv4Addr::new(a, b, c, d)),
-            0,
-        )))?;
+        sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), 0)))?;
     }
     match sock.connect(&SockAddr::from(target.addr)) {
         Ok(()) => {}
@@ -122,11 +113,7 @@ pub const WS_KEY: &str = "cm9vbWNhc3QtbGR0ZXN0IQ==";
 /// a bearer token when given.
 pub fn upgrade_request(target: &Target, query: &str, bearer: Option<&str>) -> Vec<u8> {
     let sep = if target.path.contains('?') { '&' } else { '?' };
-    let path = if query.is_empty() {
-        target.path.clone()
-    } else {
-        format!("{}{sep}{query}", target.path)
-    };
+    let path = if query.is_empty() { target.path.clone() } else { format!("{}{sep}{query}", target.path) };
     let mut req = format!(
         "GET {path} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {WS_KEY}\r\nSec-WebSocket-Version: 13\r\n\
@@ -168,9 +155,8 @@ pub fn parse_upgrade(buf: &[u8], accept: &str) -> Upgrade {
         return Upgrade::Refused(status);
     }
     let accepted = head.lines().any(|l| {
-        l.split_once(':').is_some_and(|(k, v)| {
-            k.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == accept
-        })
+        l.split_once(':')
+            .is_some_and(|(k, v)| k.trim().eq_ignore_ascii_case("sec-websocket-accept") && v.trim() == accept)
     });
     if !accepted {
         return Upgrade::Refused("bad Sec-WebSocket-Accept".into());
@@ -201,12 +187,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn verify_tls13_signature(
@@ -215,12 +196,7 @@ impl rustls::client::danger::ServerCertVerifier for NoVerify {
         cert: &rustls::pki_types::CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
@@ -242,16 +218,13 @@ pub fn tls_config(ca: Option<&str>) -> Result<Arc<rustls::ClientConfig>, NetErro
                 .map_err(|e| NetError::Ca(path.into(), e.to_string()))?
             {
                 let cert = cert.map_err(|e| NetError::Ca(path.into(), e.to_string()))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| NetError::Ca(path.into(), e.to_string()))?;
+                roots.add(cert).map_err(|e| NetError::Ca(path.into(), e.to_string()))?;
             }
             builder.with_root_certificates(roots).with_no_client_auth()
         }
-        None => builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
-            .with_no_client_auth(),
+        None => {
+            builder.dangerous().with_custom_certificate_verifier(Arc::new(NoVerify(provider))).with_no_client_auth()
+        }
     };
     Ok(Arc::new(config))
 }
@@ -263,17 +236,12 @@ pub enum Transport {
 }
 
 impl Transport {
-    pub fn new(
-        sock: TcpStream,
-        tls: Option<&Arc<rustls::ClientConfig>>,
-        target: &Target,
-    ) -> io::Result<Transport> {
+    pub fn new(sock: TcpStream, tls: Option<&Arc<rustls::ClientConfig>>, target: &Target) -> io::Result<Transport> {
         let Some(config) = tls else {
             return Ok(Transport::Plain(sock));
         };
         let name = rustls::pki_types::ServerName::IpAddress(target.addr.ip().into());
-        let conn = rustls::ClientConnection::new(config.clone(), name)
-            .map_err(|e| io::Error::other(e.to_string()))?;
+        let conn = rustls::ClientConnection::new(config.clone(), name).map_err(|e| io::Error::other(e.to_string()))?;
         Ok(Transport::Tls(Box::new((conn, sock))))
     }
 
@@ -301,8 +269,7 @@ impl Transport {
                     match conn.read_tls(sock) {
                         Ok(0) => return Ok(0),
                         Ok(_) => {
-                            conn.process_new_packets()
-                                .map_err(|e| io::Error::other(e.to_string()))?;
+                            conn.process_new_packets().map_err(|e| io::Error::other(e.to_string()))?;
                             // Handshake messages may need answering.
                             Self::write_tls(conn, sock)?;
                         }
@@ -367,34 +334,17 @@ mod tests {
         assert_eq!(t.path, "/v1/ws?x=1");
         assert!(parse_url("ws://[::1]:80/").unwrap().addr.is_ipv6());
         assert!(parse_url("ws://127.9.9.9:1").is_ok());
-        assert!(matches!(
-            parse_url("ws://10.0.0.1:80/"),
-            Err(NetError::NotLoopback(_))
-        ));
-        assert!(matches!(
-            parse_url("ws://example.com/"),
-            Err(NetError::Url(..))
-        ));
-        assert!(matches!(
-            parse_url("http://127.0.0.1/"),
-            Err(NetError::Url(..))
-        ));
+        assert!(matches!(parse_url("ws://10.0.0.1:80/"), Err(NetError::NotLoopback(_))));
+        assert!(matches!(parse_url("ws://example.com/"), Err(NetError::Url(..))));
+        assert!(matches!(parse_url("http://127.0.0.1/"), Err(NetError::Url(..))));
     }
 
     #[test]
     fn checks_the_upgrade_answer() {
         let accept = roomcast::proto::ws::accept_key(WS_KEY.as_bytes());
-        let ok = format!(
-            "HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: {accept}\r\n\r\n\x01\x00"
-        );
-        assert_eq!(
-            parse_upgrade(ok.as_bytes(), &accept),
-            Upgrade::Done(ok.len() - 2)
-        );
-        assert_eq!(
-            parse_upgrade(&ok.as_bytes()[..20], &accept),
-            Upgrade::Partial
-        );
+        let ok = format!("HTTP/1.1 101 Switching Protocols\r\nsec-websocket-accept: {accept}\r\n\r\n\x01\x00");
+        assert_eq!(parse_upgrade(ok.as_bytes(), &accept), Upgrade::Done(ok.len() - 2));
+        assert_eq!(parse_upgrade(&ok.as_bytes()[..20], &accept), Upgrade::Partial);
         assert!(matches!(
             parse_upgrade(b"HTTP/1.1 401 Unauthorized\r\n\r\n", &accept),
             Upgrade::Refused(s) if s.contains("401")

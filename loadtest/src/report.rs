@@ -95,19 +95,12 @@ pub fn render(results: &[RunResult], out: &Path) -> Result<(), ReportError> {
         .map_err(draw_err)?;
     for (i, r) in results.iter().enumerate() {
         let color = Palette99::pick(i).to_rgba();
-        let pts: Vec<(f64, f64)> = r
-            .latency
-            .curve
-            .iter()
-            .filter(|(_, us)| *us > 0.0)
-            .map(|&(p, us)| (percentile_x(p), us))
-            .collect();
+        let pts: Vec<(f64, f64)> =
+            r.latency.curve.iter().filter(|(_, us)| *us > 0.0).map(|&(p, us)| (percentile_x(p), us)).collect();
         lat.draw_series(LineSeries::new(pts, color.stroke_width(2)))
             .map_err(draw_err)?
             .label(name(r))
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
-            });
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2)));
     }
     lat.configure_series_labels()
         .background_style(WHITE.mix(0.8))
@@ -128,10 +121,9 @@ pub fn render(results: &[RunResult], out: &Path) -> Result<(), ReportError> {
     bars.configure_mesh()
         .disable_x_mesh()
         .x_label_formatter(&|v| match v {
-            SegmentValue::CenterOf(i) => results
-                .get(*i as usize)
-                .map(|r| format!("{} ({})", r.label, r.unit))
-                .unwrap_or_default(),
+            SegmentValue::CenterOf(i) => {
+                results.get(*i as usize).map(|r| format!("{} ({})", r.label, r.unit)).unwrap_or_default()
+            }
             _ => String::new(),
         })
         .y_desc("per second")
@@ -141,10 +133,7 @@ pub fn render(results: &[RunResult], out: &Path) -> Result<(), ReportError> {
         let color = Palette99::pick(i).to_rgba();
         let i = i as u32;
         bars.draw_series(std::iter::once(Rectangle::new(
-            [
-                (SegmentValue::Exact(i), 0.0),
-                (SegmentValue::Exact(i + 1), r.units_per_s),
-            ],
+            [(SegmentValue::Exact(i), 0.0), (SegmentValue::Exact(i + 1), r.units_per_s)],
             color.filled(),
         )))
         .map_err(draw_err)?;
@@ -184,17 +173,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("lt-report-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let out = dir.join("c.svg");
-        render(
-            &[
-                r.clone(),
-                RunResult {
-                    label: "b".into(),
-                    ..r
-                },
-            ],
-            &out,
-        )
-        .unwrap();
+        render(&[r.clone(), RunResult { label: "b".into(), ..r }], &out).unwrap();
         let svg = std::fs::read_to_string(&out).unwrap();
         assert!(svg.contains("<svg"));
         assert!(svg.contains("latency by percentile"));

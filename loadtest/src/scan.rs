@@ -41,9 +41,7 @@ pub fn kind(json: &[u8]) -> Kind {
 
 /// Position just past the first occurrence of `needle` in `hay`.
 fn find_after(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len())
-        .position(|w| w == needle)
-        .map(|p| p + needle.len())
+    hay.windows(needle.len()).position(|w| w == needle).map(|p| p + needle.len())
 }
 
 /// Parses the unsigned integer at the start of `s`; `None` if there is none or it overflows.
@@ -122,9 +120,6 @@ mod tests {
         assert_eq!(kind(br#"{"op":"presence_diff"}"#), Kind::Other);
         assert_eq!(kind(b"garbage"), Kind::Other);
         assert_eq!(int_ref(br#"{"op":"pong","ref":"a"}"#), None);
-        assert_eq!(
-            u64_field(b"\"seq\":99999999999999999999999", b"\"seq\":"),
-            None
-        );
+        assert_eq!(u64_field(b"\"seq\":99999999999999999999999", b"\"seq\":"), None);
     }
 }

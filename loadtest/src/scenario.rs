@@ -43,10 +43,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (try 10s, 500ms, 2m)"))?;
+    let v: f64 = num.trim().parse().map_err(|_| format!("bad duration {s:?} (try 10s, 500ms, 2m)"))?;
     if !(0.0..=86_400.0).contains(&(v * mult)) {
         return Err(format!("duration {s:?} out of range"));
     }
@@ -223,48 +220,29 @@ fn env(common: &Common, force_tls: bool) -> Result<Env, RunError> {
     if force_tls {
         target.tls = true;
     }
-    let tls = if target.tls {
-        Some(net::tls_config(common.ca.as_deref())?)
-    } else {
-        None
-    };
+    let tls = if target.tls { Some(net::tls_config(common.ca.as_deref())?) } else { None };
     let creds = if let Some(t) = &common.token {
         Credentials::Token(t.clone())
     } else if common.anonymous {
         Credentials::Anonymous
     } else if let Some(s) = &common.secret {
         Credentials::Secret(Arc::new(
-            roomcast::auth::Auth::from_secret(s.as_bytes(), None, None)
-                .map_err(|e| RunError::Auth(e.to_string()))?,
+            roomcast::auth::Auth::from_secret(s.as_bytes(), None, None).map_err(|e| RunError::Auth(e.to_string()))?,
         ))
     } else {
-        return Err(RunError::Auth(
-            "give --token, --secret (or ROOMCAST_JWT_SECRET) or --anonymous".into(),
-        ));
+        return Err(RunError::Auth("give --token, --secret (or ROOMCAST_JWT_SECRET) or --anonymous".into()));
     };
-    Ok(Env {
-        target,
-        tls,
-        creds: Arc::new(creds),
-    })
+    Ok(Env { target, tls, creds: Arc::new(creds) })
 }
 
 /// A tag that keeps one run's rooms apart from earlier runs' history.
 fn run_tag() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     format!("lt{}-{}", secs % 1_000_000, std::process::id() % 100_000)
 }
 
 /// Splits specs round-robin over `threads` plans.
-fn plans(
-    common: &Common,
-    env: &Env,
-    rooms: Vec<String>,
-    body_bytes: usize,
-    specs: Vec<ConnSpec>,
-) -> Vec<Plan> {
+fn plans(common: &Common, env: &Env, rooms: Vec<String>, body_bytes: usize, specs: Vec<ConnSpec>) -> Vec<Plan> {
     let threads = common.threads.max(1);
     let rooms = Arc::new(rooms);
     let mut per: Vec<Vec<ConnSpec>> = (0..threads).map(|_| Vec::new()).collect();
@@ -297,11 +275,7 @@ struct Measured {
 }
 
 fn sample(pid: Option<u32>) -> (Option<f64>, Option<u64>, Option<f64>) {
-    (
-        pid.and_then(|p| procfs::cpu_us(Some(p), false)),
-        pid.and_then(procfs::rss_bytes),
-        procfs::cpu_us(None, false),
-    )
+    (pid.and_then(|p| procfs::cpu_us(Some(p), false)), pid.and_then(procfs::rss_bytes), procfs::cpu_us(None, false))
 }
 
 fn sleep_until(shared: &Shared, t_ns: u64) {
@@ -324,13 +298,10 @@ fn coordinate(
     for (i, plan) in plans.into_iter().enumerate() {
         let sh = shared.clone();
         handles.push(
-            std::thread::Builder::new()
-                .name(format!("lt-worker-{i}"))
-                .spawn(move || engine::run_worker(&plan, &sh))?,
+            std::thread::Builder::new().name(format!("lt-worker-{i}")).spawn(move || engine::run_worker(&plan, &sh))?,
         );
     }
-    let finish = |shared: &Arc<Shared>,
-                  handles: Vec<std::thread::JoinHandle<std::io::Result<Tally>>>| {
+    let finish = |shared: &Arc<Shared>, handles: Vec<std::thread::JoinHandle<std::io::Result<Tally>>>| {
         shared.stop.store(true, Ordering::Release);
         let mut tally = Tally::empty();
         let mut err = None;
@@ -366,9 +337,7 @@ fn coordinate(
         }
         if setup_start.elapsed() > common.setup_timeout {
             let _ = finish(&shared, handles);
-            return Err(RunError::Setup(format!(
-                "setup timed out: {ready} of {setup_total} ready"
-            )));
+            return Err(RunError::Setup(format!("setup timed out: {ready} of {setup_total} ready")));
         }
         if last_print.elapsed() >= Duration::from_secs(1) {
             eprintln!("setup: {ready}/{setup_total} connections ready");
@@ -377,10 +346,7 @@ fn coordinate(
         std::thread::sleep(Duration::from_millis(5));
     }
     if setup_total > 0 {
-        eprintln!(
-            "setup: {setup_total} connections ready in {:.2} s",
-            setup_start.elapsed().as_secs_f64()
-        );
+        eprintln!("setup: {setup_total} connections ready in {:.2} s", setup_start.elapsed().as_secs_f64());
     }
 
     // Window: publish the bounds before `go` so no worker sees one without the other.
@@ -404,8 +370,7 @@ fn coordinate(
             break;
         }
         if let Some(total) = connect_total {
-            let done =
-                shared.completed.load(Ordering::Acquire) + shared.failed.load(Ordering::Acquire);
+            let done = shared.completed.load(Ordering::Acquire) + shared.failed.load(Ordering::Acquire);
             if done >= total {
                 end_ns = now;
                 break;
@@ -413,12 +378,7 @@ fn coordinate(
         }
         if now >= next_tick {
             let u = shared.units.load(Ordering::Relaxed);
-            eprintln!(
-                "[{:>5.1}s] {} /s (total {})",
-                (now - t_start) as f64 / 1e9,
-                u - last_units,
-                u - units0
-            );
+            eprintln!("[{:>5.1}s] {} /s (total {})", (now - t_start) as f64 / 1e9, u - last_units, u - units0);
             last_units = u;
             next_tick += 1_000_000_000;
         }
@@ -457,11 +417,7 @@ fn coordinate(
     if let Some(e) = shared.first_error.lock().ok().and_then(|g| g.clone()) {
         eprintln!("first error: {e}");
     }
-    Ok(Measured {
-        tally,
-        measured_s,
-        resources,
-    })
+    Ok(Measured { tally, measured_s, resources })
 }
 
 fn finish_result(
@@ -492,11 +448,7 @@ fn finish_result(
         unit: unit.into(),
         units,
         measured_s: m.measured_s,
-        units_per_s: if m.measured_s > 0.0 {
-            units as f64 / m.measured_s
-        } else {
-            0.0
-        },
+        units_per_s: if m.measured_s > 0.0 { units as f64 / m.measured_s } else { 0.0 },
         counts,
         latency: percentiles(&t.hist),
         ack_latency: None,
@@ -508,9 +460,7 @@ fn finish_result(
 
 fn params<T: Serialize>(common: &Common, args: &T) -> serde_json::Value {
     let mut v = serde_json::to_value(args).unwrap_or_default();
-    if let (Some(obj), Ok(serde_json::Value::Object(c))) =
-        (v.as_object_mut(), serde_json::to_value(common))
-    {
+    if let (Some(obj), Ok(serde_json::Value::Object(c))) = (v.as_object_mut(), serde_json::to_value(common)) {
         obj.extend(c);
     }
     v
@@ -524,38 +474,21 @@ pub fn fanout(common: &Common, a: &FanoutArgs) -> Result<RunResult, RunError> {
     let mut specs = Vec::new();
     for r in 0..a.rooms {
         for m in 0..a.members {
-            let user = if a.distinct_users {
-                format!("lt-m{r}-{m}")
-            } else {
-                format!("lt-m{r}")
-            };
-            specs.push(ConnSpec {
-                role: Role::Member { room: r },
-                user,
-                index: specs.len(),
-            });
+            let user = if a.distinct_users { format!("lt-m{r}-{m}") } else { format!("lt-m{r}") };
+            specs.push(ConnSpec { role: Role::Member { room: r }, user, index: specs.len() });
         }
     }
     let total_pubs = u64::from(a.rooms) * u64::from(a.publishers);
-    let interval = if a.rate > 0.0 && total_pubs > 0 {
-        ((total_pubs as f64) * 1e9 / a.rate).max(1.0) as u64
-    } else {
-        0
-    };
+    let interval =
+        if a.rate > 0.0 && total_pubs > 0 { ((total_pubs as f64) * 1e9 / a.rate).max(1.0) as u64 } else { 0 };
     let mut j = 0u64;
     for r in 0..a.rooms {
         for p in 0..a.publishers {
             // Schedules start relative to `go`, staggered so the total rate is even.
-            let schedule = (interval > 0).then(|| Schedule {
-                start_ns: j * interval / total_pubs.max(1),
-                interval_ns: interval,
-            });
+            let schedule =
+                (interval > 0).then(|| Schedule { start_ns: j * interval / total_pubs.max(1), interval_ns: interval });
             specs.push(ConnSpec {
-                role: Role::Publisher {
-                    room: r,
-                    schedule,
-                    window: a.window.max(1),
-                },
+                role: Role::Publisher { room: r, schedule, window: a.window.max(1) },
                 user: format!("lt-p{r}-{p}"),
                 index: specs.len(),
             });
@@ -563,20 +496,13 @@ pub fn fanout(common: &Common, a: &FanoutArgs) -> Result<RunResult, RunError> {
         }
     }
     let plans = plans(common, &env, rooms, a.body_bytes, specs);
-    let m = coordinate(
-        common,
-        plans,
-        common.warmup.unwrap_or(Duration::from_secs(2)),
-        None,
-    )?;
+    let m = coordinate(common, plans, common.warmup.unwrap_or(Duration::from_secs(2)), None)?;
     let expected = m.tally.sent_in_window * u64::from(a.members);
     let units = m.tally.units;
     let ack = percentiles(&m.tally.ack_hist);
     let mut r = finish_result("fanout", "delivery", common, params(common, a), m, units);
-    r.counts
-        .insert("deliveries_expected".into(), expected.into());
-    r.counts
-        .insert("undelivered".into(), expected.saturating_sub(units).into());
+    r.counts.insert("deliveries_expected".into(), expected.into());
+    r.counts.insert("undelivered".into(), expected.saturating_sub(units).into());
     r.ack_latency = Some(ack);
     Ok(r)
 }
@@ -590,23 +516,14 @@ pub fn durable(common: &Common, a: &DurableArgs) -> Result<RunResult, RunError> 
     for r in 0..a.rooms {
         for p in 0..a.publishers {
             specs.push(ConnSpec {
-                role: Role::Publisher {
-                    room: r,
-                    schedule: None,
-                    window: a.window.max(1),
-                },
+                role: Role::Publisher { room: r, schedule: None, window: a.window.max(1) },
                 user: format!("lt-p{r}-{p}"),
                 index: specs.len(),
             });
         }
     }
     let plans = plans(common, &env, rooms, a.body_bytes, specs);
-    let m = coordinate(
-        common,
-        plans,
-        common.warmup.unwrap_or(Duration::from_secs(2)),
-        None,
-    )?;
+    let m = coordinate(common, plans, common.warmup.unwrap_or(Duration::from_secs(2)), None)?;
     let units = m.tally.acks_in_window;
     let ack = percentiles(&m.tally.ack_hist);
     let mut r = finish_result("durable", "publish", common, params(common, a), m, units);
@@ -620,29 +537,15 @@ pub fn echo(common: &Common, a: &EchoArgs) -> Result<RunResult, RunError> {
     let env = env(common, false)?;
     let specs = (0..a.connections)
         .map(|i| ConnSpec {
-            role: Role::Echo {
-                inflight: a.inflight.max(1),
-            },
+            role: Role::Echo { inflight: a.inflight.max(1) },
             user: format!("lt-e{i}"),
             index: i as usize,
         })
         .collect();
     let plans = plans(common, &env, Vec::new(), 0, specs);
-    let m = coordinate(
-        common,
-        plans,
-        common.warmup.unwrap_or(Duration::from_secs(2)),
-        None,
-    )?;
+    let m = coordinate(common, plans, common.warmup.unwrap_or(Duration::from_secs(2)), None)?;
     let units = m.tally.units;
-    Ok(finish_result(
-        "echo",
-        "round_trip",
-        common,
-        params(common, a),
-        m,
-        units,
-    ))
+    Ok(finish_result("echo", "round_trip", common, params(common, a), m, units))
 }
 
 /// `connect`: N upgrades + joins at concurrency C.
@@ -655,20 +558,13 @@ pub fn connect(common: &Common, a: &ConnectArgs) -> Result<RunResult, RunError> 
         p.connect_slots = a.concurrency / n + usize::from(i < a.concurrency % n);
         p.connect_total = a.connections;
     }
-    let m = coordinate(
-        common,
-        plans,
-        common.warmup.unwrap_or(Duration::ZERO),
-        Some(a.connections),
-    )?;
+    let m = coordinate(common, plans, common.warmup.unwrap_or(Duration::ZERO), Some(a.connections))?;
     let units = m.tally.units;
     let up = percentiles(&m.tally.upgrade_hist);
     let mut r = finish_result("connect", "connection", common, params(common, a), m, units);
     r.ack_latency = None;
-    r.counts
-        .insert("upgrade_p50_us".into(), serde_json::json!(up.p50_us));
-    r.counts
-        .insert("upgrade_p99_us".into(), serde_json::json!(up.p99_us));
+    r.counts.insert("upgrade_p50_us".into(), serde_json::json!(up.p50_us));
+    r.counts.insert("upgrade_p99_us".into(), serde_json::json!(up.p99_us));
     Ok(r)
 }
 
@@ -679,9 +575,7 @@ pub fn idle_worker(common: &Common, a: &IdleWorkerArgs) -> Result<(), RunError> 
     let joined = a.room.is_some();
     let specs = (0..a.count)
         .map(|i| ConnSpec {
-            role: Role::Idle {
-                room: joined.then_some(0),
-            },
+            role: Role::Idle { room: joined.then_some(0) },
             user: "lt-idle".into(),
             index: (a.offset + i) as usize,
         })
@@ -705,11 +599,7 @@ pub fn idle_worker(common: &Common, a: &IdleWorkerArgs) -> Result<(), RunError> 
     };
     let first = shared.first_error.lock().ok().and_then(|g| g.clone());
     let mut out = std::io::stdout().lock();
-    writeln!(
-        out,
-        "READY {ready} {failed} {}",
-        first.unwrap_or_default().replace('\n', " ")
-    )?;
+    writeln!(out, "READY {ready} {failed} {}", first.unwrap_or_default().replace('\n', " "))?;
     out.flush()?;
     drop(out);
     // Hold until the parent closes our stdin.
@@ -730,9 +620,7 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
     let exe = std::env::current_exe()?;
     let room = a.join.then(|| format!("{}-idle", run_tag()));
     let before_rss = common.server_pid.and_then(procfs::rss_bytes);
-    let before_cpu = common
-        .server_pid
-        .and_then(|p| procfs::cpu_us(Some(p), false));
+    let before_cpu = common.server_pid.and_then(|p| procfs::cpu_us(Some(p), false));
     let t0 = Instant::now();
     let per = a.per_worker.clamp(1, 18_000);
     let mut children = Vec::new();
@@ -741,20 +629,12 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
         let count = per.min(a.connections - offset);
         let mut cmd = Command::new(&exe);
         cmd.arg("idle-worker")
-            .args([
-                "--count",
-                &count.to_string(),
-                "--offset",
-                &offset.to_string(),
-            ])
+            .args(["--count", &count.to_string(), "--offset", &offset.to_string()])
             .args(["--url", &common.url])
             .args(["--sources", &common.sources.to_string()])
             .args(["--threads", &common.threads.to_string()])
             .args(["--setup-concurrency", &common.setup_concurrency.to_string()])
-            .args([
-                "--setup-timeout",
-                &format!("{}s", common.setup_timeout.as_secs_f64()),
-            ]);
+            .args(["--setup-timeout", &format!("{}s", common.setup_timeout.as_secs_f64())]);
         if let Some(r) = &room {
             cmd.args(["--room", r]);
         }
@@ -766,11 +646,7 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
             // Through the environment, not argv, so it stays out of `ps`.
             cmd.env("ROOMCAST_JWT_SECRET", s);
         }
-        let child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
+        let child = cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn()?;
         children.push(child);
         offset += count;
     }
@@ -800,9 +676,7 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
     eprintln!("idle: {ready} connections held, {failed} failed, in {setup_s:.2} s");
     std::thread::sleep(a.settle);
     let after_rss = common.server_pid.and_then(procfs::rss_bytes);
-    let after_cpu = common
-        .server_pid
-        .and_then(|p| procfs::cpu_us(Some(p), false));
+    let after_cpu = common.server_pid.and_then(|p| procfs::cpu_us(Some(p), false));
     for child in &mut children {
         // Closing stdin tells the worker to let go.
         drop(child.stdin.take());
@@ -834,10 +708,7 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
         (Some(b), Some(a)) if ready > 0 => Some((a as f64 - b as f64) / ready as f64),
         _ => None,
     };
-    let v = crate::stats::Violations {
-        errors: failed,
-        ..Default::default()
-    };
+    let v = crate::stats::Violations { errors: failed, ..Default::default() };
     Ok(RunResult {
         scenario: "idle".into(),
         label: common.label.clone(),
@@ -846,11 +717,7 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
         unit: "connection".into(),
         units: ready,
         measured_s: setup_s,
-        units_per_s: if setup_s > 0.0 {
-            ready as f64 / setup_s
-        } else {
-            0.0
-        },
+        units_per_s: if setup_s > 0.0 { ready as f64 / setup_s } else { 0.0 },
         counts,
         latency: Default::default(),
         ack_latency: None,

@@ -13,9 +13,7 @@ const MAX_NS: u64 = 100_000_000_000;
 pub fn new_hist() -> Histogram<u64> {
     // The bounds are constants that the crate accepts; fall back to an
     // auto-resizing histogram rather than panic if that ever changes.
-    Histogram::new_with_bounds(1, MAX_NS, 3)
-        .or_else(|_| Histogram::new(3))
-        .unwrap_or_else(|_| unreachable_hist())
+    Histogram::new_with_bounds(1, MAX_NS, 3).or_else(|_| Histogram::new(3)).unwrap_or_else(|_| unreachable_hist())
 }
 
 #[cold]
@@ -61,9 +59,7 @@ pub fn percentiles(h: &Histogram<u64>) -> Percentiles {
         p99_us: us(h.value_at_quantile(0.99)),
         p999_us: us(h.value_at_quantile(0.999)),
         max_us: us(h.max()),
-        curve: curve_points()
-            .map(|q| (q * 100.0, us(h.value_at_quantile(q))))
-            .collect(),
+        curve: curve_points().map(|q| (q * 100.0, us(h.value_at_quantile(q)))).collect(),
     }
 }
 
@@ -223,12 +219,7 @@ mod tests {
 
     #[test]
     fn result_round_trips_through_json() {
-        let r = RunResult {
-            scenario: "fanout".into(),
-            label: "x".into(),
-            units: 5,
-            ..RunResult::default()
-        };
+        let r = RunResult { scenario: "fanout".into(), label: "x".into(), units: 5, ..RunResult::default() };
         let back: RunResult = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
         assert_eq!(back, r);
         assert!(r.summary().contains("fanout"));

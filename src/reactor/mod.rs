@@ -168,7 +168,13 @@ impl Reactor {
             listeners.push((Some(l), tls));
         }
         let c = &shared.config;
-        let settings = RoomSettings { tail: c.history_tail, max_replay: c.max_replay, dedup_window: c.dedup_window };
+        let settings = RoomSettings {
+            tail: c.history_tail,
+            max_replay: c.max_replay,
+            dedup_window: c.dedup_window,
+            retain_messages: c.retain_messages,
+            retain_age: c.retain_age,
+        };
         let max_conns = c.max_connections.div_ceil(n).max(1);
         let now = Instant::now();
         Ok(Reactor {

@@ -88,7 +88,8 @@ impl Reactor {
         again: bool,
     ) {
         let now = now_ms();
-        let max_replay = self.rooms.settings.max_replay;
+        let settings = self.rooms.settings.clone();
+        let max_replay = settings.max_replay;
         let r = match self.rooms.entry(&room, now) {
             Ok(r) => r,
             Err(e) => {
@@ -96,6 +97,7 @@ impl Reactor {
                 return self.post(conn.reactor as usize, Mail::Frames { conn, frames: vec![f] });
             }
         };
+        r.expire(&settings, now);
         let diff = if again { None } else { r.join(conn.reactor as usize, &user, now) };
         let last = r.last_seq();
         let (recovered, replay) = match since.map(|s| r.replay(s, max_replay)) {
@@ -108,7 +110,12 @@ impl Reactor {
             // thread could not promise.
             Some(Replay::Storage { after, upto }) => match self.rooms.store() {
                 Some(store) => match store.page(&room, Some(after), Some(upto + 1), max_replay, true) {
-                    Ok((msgs, _)) => (Some(true), msgs.iter().map(|m| frame_of(&room, m).frame).collect()),
+                    // Retention may have pruned some: a replay with a hole
+                    // is no replay; the client pages history instead.
+                    Ok((msgs, _)) if msgs.len() as u64 == upto - after => {
+                        (Some(true), msgs.iter().map(|m| frame_of(&room, m).frame).collect())
+                    }
+                    Ok(_) => (Some(false), Vec::new()),
                     Err(_) => (Some(false), Vec::new()),
                 },
                 None => (Some(false), Vec::new()),
@@ -202,7 +209,7 @@ impl Reactor {
             match (p.frame, &result) {
                 (Some(frame), Ok(())) => {
                     if let Some(r) = self.rooms.get_mut(&p.room) {
-                        r.commit(&settings, seq, frame.clone());
+                        r.commit(&settings, seq, ts, frame.clone());
                     }
                     self.counters.published += 1;
                     self.fan_out(&p.room, frame.frame);
@@ -263,10 +270,13 @@ impl Reactor {
         asker: Asker,
     ) {
         let now = now_ms();
+        let settings = self.rooms.settings.clone();
         let from_tail = match self.rooms.entry(&room, now) {
-            Ok(r) => r
-                .history(before, after, limit)
-                .map(|(page, more)| history_reply(&room, page.into_iter(), more, r#ref.as_ref(), asker)),
+            Ok(r) => {
+                r.expire(&settings, now);
+                r.history(before, after, limit)
+                    .map(|(page, more)| history_reply(&room, page.into_iter(), more, r#ref.as_ref(), asker))
+            }
             Err(e) => return self.refuse(asker, r#ref, 500, "internal", &format!("room unavailable: {e}")),
         };
         if let Some(reply) = from_tail {

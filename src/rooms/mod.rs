@@ -36,6 +36,10 @@ pub struct RoomSettings {
     pub tail: usize,
     pub max_replay: usize,
     pub dedup_window: Duration,
+    /// Retention (`--retain-messages`, `--retain-age`): the tail never
+    /// holds what storage has pruned or is about to prune.
+    pub retain_messages: Option<u64>,
+    pub retain_age: Option<Duration>,
 }
 
 struct Presence {
@@ -78,8 +82,8 @@ pub struct OwnedRoom {
     /// The last seq whose commit is reported. Members, `joined`, replay and
     /// history see only committed messages.
     committed: u64,
-    /// Committed messages, ascending, ending at `committed`.
-    tail: VecDeque<MsgFrame>,
+    /// Committed messages with their ts, ascending, ending at `committed`.
+    tail: VecDeque<(u64, MsgFrame)>,
     /// Members per reactor; a `Deliver` goes to each reactor with any.
     members: Vec<u32>,
     users: HashMap<UserId, Presence>,
@@ -219,13 +223,25 @@ impl OwnedRoom {
 
     /// The message with `seq` is durable: it joins the tail and becomes
     /// visible. Commits arrive in seq order.
-    pub fn commit(&mut self, settings: &RoomSettings, seq: u64, frame: MsgFrame) {
+    pub fn commit(&mut self, settings: &RoomSettings, seq: u64, ts: u64, frame: MsgFrame) {
         self.committed = self.committed.max(seq);
-        if settings.tail > 0 {
-            if self.tail.len() == settings.tail {
+        let cap = settings.retain_messages.map_or(settings.tail, |n| settings.tail.min(n as usize));
+        if cap > 0 {
+            if self.tail.len() >= cap {
                 self.tail.pop_front();
             }
-            self.tail.push_back(frame);
+            self.tail.push_back((ts, frame));
+        }
+    }
+
+    /// Drops tail messages older than `--retain-age` (storage prunes them
+    /// too), so nobody is served a message past its retention.
+    pub fn expire(&mut self, settings: &RoomSettings, now_ms: u64) {
+        if let Some(age) = settings.retain_age {
+            let cutoff = now_ms.saturating_sub(age.as_millis() as u64);
+            while self.tail.front().is_some_and(|(ts, _)| *ts < cutoff) {
+                self.tail.pop_front();
+            }
         }
     }
 
@@ -235,7 +251,7 @@ impl OwnedRoom {
         self.assigned = seq;
         self.assigned_ts = self.assigned_ts.max(ts);
         self.committed = seq;
-        self.tail.retain(|m| msg_seq(m) <= seq);
+        self.tail.retain(|(_, m)| msg_seq(m) <= seq);
     }
 
     fn prune_dedup(&mut self, now_ms: u64) {
@@ -266,7 +282,7 @@ impl OwnedRoom {
             return Replay::Storage { after: since, upto: self.committed };
         }
         let skip = (since + 1 - first) as usize;
-        Replay::Tail(self.tail.iter().skip(skip).map(|m| m.frame.clone()).collect())
+        Replay::Tail(self.tail.iter().skip(skip).map(|(_, m)| m.frame.clone()).collect())
     }
 
     /// A page of history, ascending, as PROTOCOL.md's `history` op says —
@@ -285,13 +301,13 @@ impl OwnedRoom {
                 return None;
             }
             let end = hi.min(lo.saturating_add(limit as u64));
-            Some((self.tail.range(idx(lo)..idx(end)).collect(), end < hi))
+            Some((self.tail.range(idx(lo)..idx(end)).map(|(_, m)| m).collect(), end < hi))
         } else {
             let start = lo.max(hi.saturating_sub(limit as u64));
             if start < first {
                 return None;
             }
-            Some((self.tail.range(idx(start)..idx(hi)).collect(), start > lo && start > 1))
+            Some((self.tail.range(idx(start)..idx(hi)).map(|(_, m)| m).collect(), start > lo && start > 1))
         }
     }
 }
@@ -393,7 +409,13 @@ mod tests {
     use super::*;
 
     fn settings() -> RoomSettings {
-        RoomSettings { tail: 4, max_replay: 3, dedup_window: Duration::from_secs(60) }
+        RoomSettings {
+            tail: 4,
+            max_replay: 3,
+            dedup_window: Duration::from_secs(60),
+            retain_messages: None,
+            retain_age: None,
+        }
     }
 
     fn body() -> Box<RawValue> {
@@ -411,8 +433,8 @@ mod tests {
 
     fn publish(r: &mut OwnedRoom, s: &RoomSettings, u: &UserId, id: Option<&str>, now: u64) -> Reserved {
         let out = r.reserve(s, u, &body(), id, now);
-        if let Reserved::New { seq, frame, .. } = &out {
-            r.commit(s, *seq, frame.clone());
+        if let Reserved::New { seq, ts, frame } = &out {
+            r.commit(s, *seq, *ts, frame.clone());
         }
         out
     }
@@ -461,9 +483,9 @@ mod tests {
         let Reserved::New { seq, .. } = r.reserve(&s, &u, &body(), Some("a"), 1) else { panic!() };
         assert_eq!(r.last_seq(), 0); // not committed yet
         r.unreserve(seq, &u, Some("a"));
-        let Reserved::New { seq: again, frame, .. } = r.reserve(&s, &u, &body(), Some("a"), 2) else { panic!() };
+        let Reserved::New { seq: again, ts, frame } = r.reserve(&s, &u, &body(), Some("a"), 2) else { panic!() };
         assert_eq!(again, seq);
-        r.commit(&s, again, frame);
+        r.commit(&s, again, ts, frame);
         assert_eq!(r.last_seq(), 1);
         r.reset_to(0, 0);
         assert_eq!(r.last_seq(), 0);

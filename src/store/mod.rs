@@ -256,9 +256,7 @@ impl Store {
         let snapshot = self.db.begin_read()?;
         let copied = {
             // A small cache: the copy is written once and never read back.
-            let dst = redb::Builder::new()
-                .set_cache_size(BACKUP_CACHE)
-                .create(&tmp)?;
+            let dst = redb::Builder::new().set_cache_size(BACKUP_CACHE).create(&tmp)?;
             let copied = copy_table(&snapshot, &dst, MESSAGES)?;
             copy_table(&snapshot, &dst, ROOMS)?;
             copy_table(&snapshot, &dst, DEDUP)?;
@@ -321,6 +319,14 @@ impl Store {
                 }
             }
         }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// An empty durable commit: persists every earlier non-durable one.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
         txn.commit()?;
         Ok(())
     }

@@ -149,6 +149,12 @@ impl Writer {
         // Disconnected: recv reports it only once the channel is empty, so
         // everything sent has been committed above.
         self.flush();
+        // Commits made with `Durability::None` (appends under `--durability
+        // none`, and every pruning slice) reach the disk only with a later
+        // durable commit: make one, so a clean stop loses nothing.
+        if let Err(e) = self.store.sync() {
+            eprintln!("roomcast: store-writer: final sync: {e}");
+        }
     }
 
     fn take(&mut self, cmd: WriterCmd) {
