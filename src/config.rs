@@ -172,9 +172,9 @@ pub struct Config {
     pub max_replay: usize,
     /// How long a client message `id` is remembered for deduplication.
     pub dedup_window: Duration,
-    /// Keep at most this many messages per room (not enforced yet).
+    /// Keep at most this many messages per room.
     pub retain_messages: Option<u64>,
-    /// Keep messages at most this long (not enforced yet).
+    /// Keep messages at most this long.
     pub retain_age: Option<Duration>,
 }
 

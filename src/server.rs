@@ -112,6 +112,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         metrics: (0..n).map(|_| metrics::Shared::default()).collect(),
         mailboxes,
         draining: AtomicBool::new(false),
+        quiet: (0..n).map(|_| AtomicBool::new(false)).collect(),
         tls,
         auth,
         store: Some(store.clone()),

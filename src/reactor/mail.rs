@@ -95,6 +95,11 @@ pub enum Mail {
         conn: ConnRef,
         frames: Vec<Bytes>,
     },
+    /// One frame for one WebSocket connection (an ack, an answer).
+    Frame {
+        conn: ConnRef,
+        frame: Bytes,
+    },
     /// Frames for one WebSocket connection.
     Frames {
         conn: ConnRef,

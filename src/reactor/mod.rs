@@ -72,6 +72,11 @@ pub struct Shared {
     pub metrics: Vec<metrics::Shared>,
     pub mailboxes: Vec<Mailbox>,
     pub draining: AtomicBool,
+    /// Per reactor, while draining: nothing left to do (no connections, no
+    /// publishes waiting, no mail to pass on). A reactor ends only when all
+    /// are quiet, since another reactor's in-flight request may still need
+    /// it as a room's owner.
+    pub quiet: Vec<AtomicBool>,
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub store: Option<Store>,
     pub readers: Option<ReaderPool>,
@@ -216,7 +221,10 @@ impl Reactor {
             if busy {
                 timeout = Some(Duration::ZERO);
             }
-            for at in [self.accept_paused_until, self.drain_deadline].into_iter().flatten() {
+            // While draining, look again soon: the others' progress decides
+            // when this reactor may end.
+            let drain_check = self.drain_deadline.map(|d| d.min(self.now + Duration::from_millis(20)));
+            for at in [self.accept_paused_until, drain_check].into_iter().flatten() {
                 let d = at.saturating_duration_since(self.now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
@@ -259,7 +267,11 @@ impl Reactor {
             self.shared.metrics[self.id].publish(&self.counters);
             if let Some(deadline) = self.drain_deadline {
                 // Publishes waiting on a commit get their answer first.
-                if (self.conns.is_empty() && self.pending.is_empty()) || self.now >= deadline {
+                let quiet =
+                    self.conns.is_empty() && self.pending.is_empty() && self.overflow.iter().all(VecDeque::is_empty);
+                self.shared.quiet[self.id].store(quiet, Ordering::SeqCst);
+                let all_quiet = self.shared.quiet.iter().all(|q| q.load(Ordering::SeqCst));
+                if all_quiet || self.now >= deadline {
                     break;
                 }
             }

@@ -59,9 +59,9 @@ impl Reactor {
                     let members: Vec<msg::Member<'_>> =
                         self.rooms.get(&room).map(|r| r.presence().collect()).unwrap_or_default();
                     match asker {
-                        Asker::Ws(c) => Mail::Frames {
+                        Asker::Ws(c) => Mail::Frame {
                             conn: c,
-                            frames: vec![msg::encode_presence(r#ref.as_ref(), &room, members.into_iter())],
+                            frame: msg::encode_presence(r#ref.as_ref(), &room, members.into_iter()),
                         },
                         Asker::Http(c) => Mail::HttpAnswer {
                             conn: c,
@@ -94,7 +94,7 @@ impl Reactor {
             Ok(r) => r,
             Err(e) => {
                 let f = msg::encode_error(r#ref.as_ref(), "internal", &format!("room unavailable: {e}"), None);
-                return self.post(conn.reactor as usize, Mail::Frames { conn, frames: vec![f] });
+                return self.post(conn.reactor as usize, Mail::Frame { conn, frame: f });
             }
         };
         r.expire(&settings, now);
@@ -228,10 +228,9 @@ impl Reactor {
                 (None, _) => {}
             }
             let reply = match p.asker {
-                Asker::Ws(c) => Mail::Frames {
-                    conn: c,
-                    frames: vec![msg::encode_ack(p.r#ref.as_ref(), &p.room, seq, ts, p.id.as_deref())],
-                },
+                Asker::Ws(c) => {
+                    Mail::Frame { conn: c, frame: msg::encode_ack(p.r#ref.as_ref(), &p.room, seq, ts, p.id.as_deref()) }
+                }
                 Asker::Http(c) => Mail::HttpAnswer {
                     conn: c,
                     status: 201,
@@ -247,9 +246,7 @@ impl Reactor {
     fn refuse(&mut self, asker: Asker, r#ref: Option<Ref>, status: u16, code: &str, message: &str) {
         let retry = (code == "overloaded").then_some(100);
         let reply = match asker {
-            Asker::Ws(c) => {
-                Mail::Frames { conn: c, frames: vec![msg::encode_error(r#ref.as_ref(), code, message, retry)] }
-            }
+            Asker::Ws(c) => Mail::Frame { conn: c, frame: msg::encode_error(r#ref.as_ref(), code, message, retry) },
             Asker::Http(c) => Mail::HttpAnswer {
                 conn: c,
                 status,
@@ -303,10 +300,9 @@ impl Reactor {
                 Err(e) => {
                     let m = format!("storage: {e}");
                     match asker {
-                        Asker::Ws(c) => Mail::Frames {
-                            conn: c,
-                            frames: vec![msg::encode_error(rref.as_ref(), "internal", &m, None)],
-                        },
+                        Asker::Ws(c) => {
+                            Mail::Frame { conn: c, frame: msg::encode_error(rref.as_ref(), "internal", &m, None) }
+                        }
                         Asker::Http(c) => Mail::HttpAnswer {
                             conn: c,
                             status: 500,
@@ -351,7 +347,7 @@ fn history_reply<'m>(
     asker: Asker,
 ) -> Mail {
     match asker {
-        Asker::Ws(c) => Mail::Frames { conn: c, frames: vec![msg::encode_history(r#ref, room, page, more)] },
+        Asker::Ws(c) => Mail::Frame { conn: c, frame: msg::encode_history(r#ref, room, page, more) },
         Asker::Http(c) => {
             Mail::HttpAnswer { conn: c, status: 200, body: msg::history_json(room, page, more), retry_after: None }
         }

@@ -254,12 +254,10 @@ impl Reactor {
                     }
                 }
             }
-            Mail::Frames { conn, frames } => {
+            Mail::Frame { conn, frame } => {
                 let Some(key) = self.resolve(conn) else { return };
                 if matches!(self.conns.get(key as usize).map(|c| &c.state), Some(State::Ws(_))) {
-                    for f in frames {
-                        self.reply(key, f);
-                    }
+                    self.reply(key, frame);
                 }
             }
             Mail::HttpAnswer { conn, status, body, retry_after } => {
