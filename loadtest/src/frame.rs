@@ -9,12 +9,8 @@
 
 use thiserror::Error;
 
-pub const OP_CONT: u8 = 0x0;
-pub const OP_TEXT: u8 = 0x1;
-pub const OP_BINARY: u8 = 0x2;
-pub const OP_CLOSE: u8 = 0x8;
-pub const OP_PING: u8 = 0x9;
-pub const OP_PONG: u8 = 0xA;
+// The opcodes are the server codec's own: one definition for both sides.
+pub use roomcast::proto::ws::{OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT};
 
 /// Why a server's frame was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
