@@ -69,8 +69,13 @@ pub fn msg_seq_and_t(json: &[u8]) -> Option<(u64, u64)> {
     let seq_at = find_after(json, b"\"seq\":")?;
     let rest = json.get(seq_at..)?;
     let seq = leading_u64(rest)?;
-    let body_at = find_after(rest, b"\"body\":{\"t\":")?;
-    let t = leading_u64(rest.get(body_at..)?)?;
+    // The body's keys may come in any order: a server that re-serialises
+    // bodies through a sorted map writes `{"k":..,"p":..,"t":..}`. The other
+    // values are a number and a run of `x`, so `"t":` cannot occur in them.
+    let body_at = find_after(rest, b"\"body\":{")?;
+    let body = rest.get(body_at..)?;
+    let t_at = find_after(body, b"\"t\":")?;
+    let t = leading_u64(body.get(t_at..)?)?;
     Some((seq, t))
 }
 
@@ -105,6 +110,8 @@ mod tests {
         assert_eq!(kind(json), Kind::Msg);
         assert_eq!(msg_seq_and_t(json), Some((42, 123456789)));
         assert_eq!(room(json), Some(&b"lt-r0"[..]));
+        let sorted = br#"{"op":"msg","room":"r","seq":3,"ts":1,"from":"u","body":{"k":7,"p":"xx","t":55}}"#;
+        assert_eq!(msg_seq_and_t(sorted), Some((3, 55)));
     }
 
     #[test]
