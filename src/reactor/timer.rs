@@ -25,12 +25,15 @@ pub struct Wheel {
     slots: Vec<Vec<Entry>>,
     /// The next tick not yet fired.
     next: u64,
+    /// No entry is filed before this tick (a lower bound, kept so that
+    /// `timeout` need not walk empty slots on every loop iteration).
+    earliest: u64,
     len: usize,
 }
 
 impl Wheel {
     pub fn new(now: Instant) -> Self {
-        Wheel { start: now, slots: (0..SLOTS).map(|_| Vec::new()).collect(), next: 0, len: 0 }
+        Wheel { start: now, slots: (0..SLOTS).map(|_| Vec::new()).collect(), next: 0, earliest: 0, len: 0 }
     }
 
     /// The tick at which a deadline fires (rounded up, never in the past).
@@ -45,19 +48,21 @@ impl Wheel {
         let tick = self.tick_for(at);
         self.slots[(tick % SLOTS as u64) as usize].push(Entry { key, gen, tick });
         self.len += 1;
+        self.earliest = self.earliest.min(tick);
         tick
     }
 
     /// How long poll may sleep before the next non-empty slot comes due.
-    pub fn timeout(&self, now: Instant) -> Option<Duration> {
+    pub fn timeout(&mut self, now: Instant) -> Option<Duration> {
         if self.len == 0 {
             return None;
         }
         let now_tick = now.saturating_duration_since(self.start).as_nanos() / TICK.as_nanos();
         let now_tick = now_tick as u64;
-        let mut t = self.next;
+        let mut t = self.earliest.max(self.next);
         while t < self.next + SLOTS as u64 {
             if !self.slots[(t % SLOTS as u64) as usize].is_empty() {
+                self.earliest = t;
                 if t <= now_tick {
                     return Some(Duration::ZERO);
                 }
@@ -75,6 +80,7 @@ impl Wheel {
         if self.len == 0 {
             // Nothing filed: jump rather than walk every idle tick.
             self.next = self.next.max(now_tick + 1);
+            self.earliest = self.next;
             return;
         }
         while self.next <= now_tick {
@@ -86,6 +92,7 @@ impl Wheel {
             self.len -= out.len() - before;
             self.next += 1;
         }
+        self.earliest = self.earliest.max(self.next);
     }
 }
 
