@@ -34,15 +34,7 @@ impl Answer {
     }
 
     fn error(status: u16, code: &str, message: &str) -> Answer {
-        let mut body = Vec::new();
-        // The body alone: write_error writes a whole response, so format the
-        // same JSON here through a throwaway response and keep its body.
-        let mut full = Vec::new();
-        http::write_error(&mut full, status, code, message, true, &[]);
-        if let Some(i) = full.windows(4).position(|w| w == b"\r\n\r\n") {
-            body.extend_from_slice(&full[i + 4..]);
-        }
-        Answer::json(status, body)
+        Answer::json(status, msg::error_json(code, message))
     }
 }
 
