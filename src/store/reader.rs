@@ -42,6 +42,7 @@ impl ReaderPool {
             let store = store.clone();
             // On a spawn error, dropping `pool` stops the threads already started.
             let handle = std::thread::Builder::new().name(format!("store-reader-{i}")).spawn(move || {
+                lower_priority();
                 for job in rx {
                     let page = store.page(&job.room, job.after, job.before, job.limit, job.oldest_first);
                     (job.reply)(page);
@@ -82,5 +83,17 @@ impl Drop for ReaderPool {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
+    }
+}
+
+/// Readers yield the CPU to reactors: a big history read shares a core with
+/// the event loops, and it is the loops' latency that everyone feels. On
+/// Linux the nice value of `setpriority(PRIO_PROCESS, 0, ..)` is the calling
+/// thread's own. Failure leaves the default priority, which is only slower.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority takes plain integers and touches no memory of ours.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
