@@ -135,9 +135,7 @@ async fn serve(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         listener.local_addr()?,
         if args.durable { "durable" } else { "memory" }
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
-        .await?;
+    axum::serve(listener, app).with_graceful_shutdown(shutdown()).await?;
     Ok(())
 }
 
@@ -154,12 +152,7 @@ async fn shutdown() {
 
 fn http_error(status: StatusCode, code: &str, message: &str) -> Response {
     let body = serde_json::json!({"error": {"code": code, "message": message}});
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
-    )
-        .into_response()
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }
 
 async fn ws_handler(
@@ -176,11 +169,7 @@ async fn ws_handler(
         .map(str::trim)
         .collect();
     if !offered.is_empty() && !offered.contains(&SUBPROTOCOL) {
-        return http_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "the only subprotocol spoken here is roomcast.v1",
-        );
+        return http_error(StatusCode::BAD_REQUEST, "bad_request", "the only subprotocol spoken here is roomcast.v1");
     }
     let bearer = headers
         .get(header::AUTHORIZATION)
@@ -194,21 +183,15 @@ async fn ws_handler(
                 .key
                 .as_ref()
                 .ok_or_else(|| "no secret configured".to_string())
-                .and_then(|k| {
-                    jsonwebtoken::decode::<Claims>(t, k, &st.validation).map_err(|e| e.to_string())
-                });
+                .and_then(|k| jsonwebtoken::decode::<Claims>(t, k, &st.validation).map_err(|e| e.to_string()));
             match verified {
                 Ok(data) if !data.claims.sub.is_empty() => Arc::from(data.claims.sub.as_str()),
-                Ok(_) => {
-                    return http_error(StatusCode::UNAUTHORIZED, "unauthorized", "empty sub claim")
-                }
+                Ok(_) => return http_error(StatusCode::UNAUTHORIZED, "unauthorized", "empty sub claim"),
                 Err(e) => return http_error(StatusCode::UNAUTHORIZED, "unauthorized", &e),
             }
         }
         None if st.anonymous => match query.get("user") {
-            Some(u) if !u.is_empty() && u.len() <= 128 && !u.chars().any(char::is_control) => {
-                Arc::from(u.as_str())
-            }
+            Some(u) if !u.is_empty() && u.len() <= 128 && !u.chars().any(char::is_control) => Arc::from(u.as_str()),
             Some(_) => {
                 return http_error(
                     StatusCode::BAD_REQUEST,
@@ -216,10 +199,7 @@ async fn ws_handler(
                     "user ids are 1 to 128 bytes without control characters",
                 )
             }
-            None => Arc::from(format!(
-                "anon-{}",
-                st.next_conn.fetch_add(1, Ordering::Relaxed)
-            )),
+            None => Arc::from(format!("anon-{}", st.next_conn.fetch_add(1, Ordering::Relaxed))),
         },
         None => {
             return http_error(
@@ -246,11 +226,7 @@ async fn connection(mut socket: WebSocket, st: Shared, user: UserId) {
     let kick = Arc::new(Notify::new());
     let mut conn = Conn {
         id: st.next_conn.fetch_add(1, Ordering::Relaxed),
-        member: Member {
-            user,
-            tx,
-            kick: kick.clone(),
-        },
+        member: Member { user, tx, kick: kick.clone() },
         rooms: HashSet::new(),
     };
     loop {
@@ -308,11 +284,7 @@ async fn handle(st: &Shared, conn: &mut Conn, text: &str) -> Vec<Message> {
     let r = r.as_ref();
     if let Some(room) = req.room() {
         if !wire::valid_room(room) {
-            return one(wire::error(
-                r,
-                "bad_request",
-                "room names are 1 to 128 bytes of [A-Za-z0-9_.:-]",
-            ));
+            return one(wire::error(r, "bad_request", "room names are 1 to 128 bytes of [A-Za-z0-9_.:-]"));
         }
     }
     match req {
@@ -330,12 +302,7 @@ async fn handle(st: &Shared, conn: &mut Conn, text: &str) -> Vec<Message> {
                 }
                 None => (None, Vec::new()),
             };
-            let joined = Reply::Joined {
-                r,
-                room: &room,
-                seq: entry.last_seq(),
-                recovered,
-            };
+            let joined = Reply::Joined { r, room: &room, seq: entry.last_seq(), recovered };
             let mut out = one(joined.to_json());
             out.extend(replay.into_iter().map(Message::Text));
             out
@@ -364,48 +331,23 @@ async fn handle(st: &Shared, conn: &mut Conn, text: &str) -> Vec<Message> {
                 Ok(publish(st, room.clone(), user, body, id.clone()))
             };
             match published {
-                Ok((seq, ts)) => one(Reply::Ack {
-                    r,
-                    room: &room,
-                    seq,
-                    ts,
-                    id: id.as_deref(),
-                }
-                .to_json()),
+                Ok((seq, ts)) => one(Reply::Ack { r, room: &room, seq, ts, id: id.as_deref() }.to_json()),
                 Err(e) => one(wire::error(r, "internal", &e)),
             }
         }
-        Request::History {
-            room,
-            before,
-            after,
-            limit,
-        } => {
-            let limit = limit
-                .unwrap_or(wire::DEFAULT_HISTORY_LIMIT)
-                .clamp(1, wire::MAX_HISTORY_LIMIT) as u64;
+        Request::History { room, before, after, limit } => {
+            let limit = limit.unwrap_or(wire::DEFAULT_HISTORY_LIMIT).clamp(1, wire::MAX_HISTORY_LIMIT) as u64;
             let rooms = st.rooms.lock();
             let (messages, more) = match rooms.get(&room) {
                 Some(entry) => entry.history(before, after, limit),
                 None => (Vec::new(), false),
             };
-            one(Reply::History {
-                r,
-                room: &room,
-                messages,
-                more,
-            }
-            .to_json())
+            one(Reply::History { r, room: &room, messages, more }.to_json())
         }
         Request::Presence { room } => {
             let rooms = st.rooms.lock();
             let members = rooms.get(&room).map(|e| e.presence()).unwrap_or_default();
-            one(Reply::Presence {
-                r,
-                room: &room,
-                members,
-            }
-            .to_json())
+            one(Reply::Presence { r, room: &room, members }.to_json())
         }
     }
 }
@@ -415,13 +357,7 @@ fn one(json: String) -> Vec<Message> {
 }
 
 /// In-memory publish: seq, encode once, deliver, all under the lock.
-fn publish(
-    st: &AppState,
-    room: String,
-    user: UserId,
-    body: Value,
-    id: Option<String>,
-) -> (u64, u64) {
+fn publish(st: &AppState, room: String, user: UserId, body: Value, id: Option<String>) -> (u64, u64) {
     let now = now_ms();
     let mut rooms = st.rooms.lock();
     let entry = rooms.entry(room.clone()).or_default();
@@ -431,14 +367,7 @@ fn publish(
         }
     }
     let (seq, ts) = entry.next(now);
-    let item = wire::MsgItem {
-        room,
-        seq,
-        ts,
-        from: user.to_string(),
-        body,
-        id,
-    };
+    let item = wire::MsgItem { room, seq, ts, from: user.to_string(), body, id };
     entry.append(item, &user);
     (seq, ts)
 }
@@ -470,14 +399,7 @@ fn publish_durable(
         }
         entry.next(now)
     };
-    let item = wire::MsgItem {
-        room,
-        seq,
-        ts,
-        from: user.to_string(),
-        body,
-        id,
-    };
+    let item = wire::MsgItem { room, seq, ts, from: user.to_string(), body, id };
     let json = serde_json::to_string(&item).map_err(|e| e.to_string())?;
     store.commit(&item, &json).map_err(|e| e.to_string())?;
     let mut rooms = st.rooms.lock();

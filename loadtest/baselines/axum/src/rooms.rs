@@ -29,9 +29,7 @@ pub const OUTBOUND_CAP: usize = 4096;
 pub type UserId = Arc<str>;
 
 pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A connection's handle as a room sees it.
@@ -89,18 +87,8 @@ impl Room {
         match self.users.get_mut(&user) {
             Some(p) => p.conns += 1,
             None => {
-                self.users.insert(
-                    user.clone(),
-                    Presence {
-                        conns: 1,
-                        since: now,
-                    },
-                );
-                let diff = Reply::PresenceDiff {
-                    room,
-                    joins: vec![&user],
-                    leaves: vec![],
-                };
+                self.users.insert(user.clone(), Presence { conns: 1, since: now });
+                let diff = Reply::PresenceDiff { room, joins: vec![&user], leaves: vec![] };
                 self.deliver(&Utf8Bytes::from(diff.to_json()), Some(conn));
             }
         }
@@ -116,11 +104,7 @@ impl Room {
         p.conns = p.conns.saturating_sub(1);
         if p.conns == 0 {
             self.users.remove(&m.user);
-            let diff = Reply::PresenceDiff {
-                room,
-                joins: vec![],
-                leaves: vec![&m.user],
-            };
+            let diff = Reply::PresenceDiff { room, joins: vec![], leaves: vec![&m.user] };
             self.deliver(&Utf8Bytes::from(diff.to_json()), None);
         }
     }
@@ -135,23 +119,11 @@ impl Room {
             return (false, Vec::new());
         }
         let skip = (since + 1 - first) as usize;
-        (
-            true,
-            self.tail
-                .iter()
-                .skip(skip)
-                .map(|s| s.frame.clone())
-                .collect(),
-        )
+        (true, self.tail.iter().skip(skip).map(|s| s.frame.clone()).collect())
     }
 
     /// A `history` page from the tail, as PROTOCOL.md describes it.
-    pub fn history(
-        &self,
-        before: Option<u64>,
-        after: Option<u64>,
-        limit: u64,
-    ) -> (Vec<&MsgItem>, bool) {
+    pub fn history(&self, before: Option<u64>, after: Option<u64>, limit: u64) -> (Vec<&MsgItem>, bool) {
         let first = self.last_seq + 1 - self.tail.len() as u64;
         let lo = after.map_or(first, |a| a.saturating_add(1).max(first));
         let hi = before.map_or(self.last_seq + 1, |b| b.min(self.last_seq + 1));
@@ -171,13 +143,7 @@ impl Room {
     }
 
     pub fn presence(&self) -> Vec<MemberOut<'_>> {
-        self.users
-            .iter()
-            .map(|(u, p)| MemberOut {
-                user: u,
-                since: p.since,
-            })
-            .collect()
+        self.users.iter().map(|(u, p)| MemberOut { user: u, since: p.since }).collect()
     }
 
     /// The original `(seq, ts)` when `user` already sent `id` here within
@@ -223,8 +189,7 @@ impl Room {
         if let Some(id) = &item.id {
             let key = (user.clone(), id.clone());
             self.dedup.insert(key, (item.seq, item.ts));
-            self.dedup_order
-                .push_back((item.ts + DEDUP_WINDOW_MS, user.clone(), id.clone()));
+            self.dedup_order.push_back((item.ts + DEDUP_WINDOW_MS, user.clone(), id.clone()));
         }
         if self.tail.len() == TAIL {
             self.tail.pop_front();
@@ -258,8 +223,7 @@ impl Room {
     pub fn remember_dup(&mut self, user: &str, id: &str, seq: u64, ts: u64) {
         let user: UserId = Arc::from(user);
         self.dedup.insert((user.clone(), id.to_string()), (seq, ts));
-        self.dedup_order
-            .push_back((ts + DEDUP_WINDOW_MS, user, id.to_string()));
+        self.dedup_order.push_back((ts + DEDUP_WINDOW_MS, user, id.to_string()));
     }
 }
 
@@ -285,14 +249,7 @@ mod tests {
     use serde_json::Value;
 
     fn item(seq: u64) -> MsgItem {
-        MsgItem {
-            room: "r".into(),
-            seq,
-            ts: seq,
-            from: "u".into(),
-            body: Value::from(seq),
-            id: None,
-        }
+        MsgItem { room: "r".into(), seq, ts: seq, from: "u".into(), body: Value::from(seq), id: None }
     }
 
     #[test]

@@ -63,21 +63,12 @@ impl Store {
             let (room, user, id) = k.value();
             let (seq, ts) = v.value();
             if ts + DEDUP_WINDOW_MS > now {
-                rooms
-                    .entry(room.to_string())
-                    .or_default()
-                    .remember_dup(user, id, seq, ts);
+                rooms.entry(room.to_string()).or_default().remember_dup(user, id, seq, ts);
             }
         }
         drop(messages);
         drop(read);
-        Ok((
-            Store {
-                db,
-                writer: Mutex::new(()),
-            },
-            rooms,
-        ))
+        Ok((Store { db, writer: Mutex::new(()) }, rooms))
     }
 
     pub fn writer(&self) -> MutexGuard<'_, ()> {
@@ -95,10 +86,7 @@ impl Store {
             rooms.insert(item.room.as_str(), (item.seq, item.ts))?;
             if let Some(id) = &item.id {
                 let mut dedup = txn.open_table(DEDUP)?;
-                dedup.insert(
-                    (item.room.as_str(), item.from.as_str(), id.as_str()),
-                    (item.seq, item.ts),
-                )?;
+                dedup.insert((item.room.as_str(), item.from.as_str(), id.as_str()), (item.seq, item.ts))?;
             }
         }
         txn.commit()?;

@@ -18,27 +18,11 @@ pub const MAX_HISTORY_LIMIT: i64 = 1000;
 #[derive(Debug, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Join {
-        room: String,
-        since: Option<u64>,
-    },
-    Leave {
-        room: String,
-    },
-    Send {
-        room: String,
-        body: Value,
-        id: Option<String>,
-    },
-    History {
-        room: String,
-        before: Option<u64>,
-        after: Option<u64>,
-        limit: Option<i64>,
-    },
-    Presence {
-        room: String,
-    },
+    Join { room: String, since: Option<u64> },
+    Leave { room: String },
+    Send { room: String, body: Value, id: Option<String> },
+    History { room: String, before: Option<u64>, after: Option<u64>, limit: Option<i64> },
+    Presence { room: String },
     Ping,
 }
 
@@ -66,12 +50,7 @@ pub fn parse(text: &str) -> Result<(Option<Value>, Request), (Option<Value>, Str
         None | Some(Value::Null) => None,
         Some(Value::String(s)) if s.len() <= MAX_REF_BYTES => Some(Value::String(s)),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(Value::Number(n)),
-        Some(_) => {
-            return Err((
-                None,
-                "ref is a string of at most 64 bytes or an integer".to_string(),
-            ))
-        }
+        Some(_) => return Err((None, "ref is a string of at most 64 bytes or an integer".to_string())),
     };
     match serde_json::from_value::<Request>(v) {
         Ok(req) => Ok((r, req)),
@@ -83,9 +62,7 @@ pub fn parse(text: &str) -> Result<(Option<Value>, Request), (Option<Value>, Str
 pub fn valid_room(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_ROOM_BYTES
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 /// A stored message: the `msg` object without `op`, as history returns it.
@@ -174,9 +151,8 @@ impl Reply<'_> {
     /// The JSON text. Serialising these types cannot fail (string keys only),
     /// so the fallback is never taken.
     pub fn to_json(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| {
-            r#"{"op":"error","code":"internal","message":"encoding failed"}"#.to_string()
-        })
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"op":"error","code":"internal","message":"encoding failed"}"#.to_string())
     }
 }
 
@@ -195,13 +171,7 @@ mod tests {
         assert!(matches!(req, Request::Join { since: Some(3), .. }));
         let (r, req) = parse(r#"{"op":"send","room":"a","body":null,"ref":7}"#).unwrap();
         assert_eq!(r, Some(Value::from(7)));
-        assert!(matches!(
-            req,
-            Request::Send {
-                body: Value::Null,
-                ..
-            }
-        ));
+        assert!(matches!(req, Request::Send { body: Value::Null, .. }));
         let (r, _) = parse(r#"{"op":"nope","ref":1}"#).unwrap_err();
         assert_eq!(r, Some(Value::from(1)));
         assert!(parse(r#"{"op":"send","room":"a"}"#).is_err());
@@ -212,17 +182,8 @@ mod tests {
     fn replies_omit_missing_ref() {
         assert_eq!(Reply::Pong { r: None }.to_json(), r#"{"op":"pong"}"#);
         let v = Value::from("a7");
-        let ack = Reply::Ack {
-            r: Some(&v),
-            room: "lobby",
-            seq: 3,
-            ts: 9,
-            id: None,
-        };
-        assert_eq!(
-            ack.to_json(),
-            r#"{"op":"ack","ref":"a7","room":"lobby","seq":3,"ts":9}"#
-        );
+        let ack = Reply::Ack { r: Some(&v), room: "lobby", seq: 3, ts: 9, id: None };
+        assert_eq!(ack.to_json(), r#"{"op":"ack","ref":"a7","room":"lobby","seq":3,"ts":9}"#);
     }
 
     #[test]
