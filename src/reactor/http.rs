@@ -108,6 +108,16 @@ impl Reactor {
         }
     }
 
+    /// Marks the request on `key` as waiting for an answer by mail (parsing
+    /// and reading pause until `http_answer`), or clears the mark.
+    fn set_awaiting(&mut self, key: u32, p: Option<Pending>) {
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            if let State::Http(h) = &mut conn.state {
+                h.awaiting = p;
+            }
+        }
+    }
+
     /// The answer to a request that waited on a room owner.
     pub(super) fn http_answer(&mut self, key: u32, status: u16, body: Vec<u8>, retry_after: Option<u64>) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
@@ -250,11 +260,7 @@ impl Reactor {
         };
         // Waiting is marked before posting: when this reactor owns the room
         // the answer comes back inside `post`.
-        if let Some(conn) = self.conns.get_mut(key as usize) {
-            if let State::Http(h) = &mut conn.state {
-                h.awaiting = Some(p);
-            }
-        }
+        self.set_awaiting(key, Some(p));
         self.post(owner, mail);
         Outcome::Done
     }
@@ -295,11 +301,7 @@ impl Reactor {
             let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
             self.shared.config.data.join("backups").join(format!("roomcast-{ms}.redb"))
         });
-        if let Some(conn) = self.conns.get_mut(key as usize) {
-            if let State::Http(h) = &mut conn.state {
-                h.awaiting = Some(p);
-            }
-        }
+        self.set_awaiting(key, Some(p));
         let shared = self.shared.clone();
         let me = self.conn_ref(key);
         let spawned = std::thread::Builder::new().name("backup".into()).spawn(move || {
@@ -319,11 +321,7 @@ impl Reactor {
             shared.post_from_thread(me.reactor as usize, mail);
         });
         if spawned.is_err() {
-            if let Some(conn) = self.conns.get_mut(key as usize) {
-                if let State::Http(h) = &mut conn.state {
-                    h.awaiting = None;
-                }
-            }
+            self.set_awaiting(key, None);
             return Outcome::Answer(Answer::error(503, "overloaded", "cannot start a backup now"));
         }
         Outcome::Done

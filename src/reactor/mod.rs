@@ -328,7 +328,7 @@ impl Reactor {
                     // EMFILE, ENFILE, ENOBUFS, ENOMEM: the pending connection
                     // stays in the backlog; retry after a pause instead of
                     // spinning on a readiness we cannot clear.
-                    if e.raw_os_error() != Some(libc_emfile()) {
+                    if e.raw_os_error() != Some(libc::EMFILE) {
                         eprintln!("roomcast: reactor {}: accept: {e}", self.id);
                     }
                     self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
@@ -852,8 +852,4 @@ impl Reactor {
     fn draining(&self) -> bool {
         self.drain_deadline.is_some()
     }
-}
-
-fn libc_emfile() -> i32 {
-    24 // EMFILE on Linux
 }

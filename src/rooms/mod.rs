@@ -250,8 +250,10 @@ impl OwnedRoom {
     pub fn reset_to(&mut self, seq: u64, ts: u64) {
         self.assigned = seq;
         self.assigned_ts = self.assigned_ts.max(ts);
+        // The tail is contiguous and ends at `committed`: cut what lies above `seq`.
+        let above = self.committed.saturating_sub(seq) as usize;
+        self.tail.truncate(self.tail.len().saturating_sub(above));
         self.committed = seq;
-        self.tail.retain(|(_, m)| msg_seq(m) <= seq);
     }
 
     fn prune_dedup(&mut self, now_ms: u64) {
@@ -312,22 +314,6 @@ impl OwnedRoom {
     }
 }
 
-/// The seq of an encoded message (read back from its JSON; used only on
-/// the rare failure path).
-fn msg_seq(m: &MsgFrame) -> u64 {
-    let json = m.json();
-    let key = b"\"seq\":";
-    json.windows(key.len())
-        .position(|w| w == key)
-        .map(|i| {
-            json[i + key.len()..]
-                .iter()
-                .take_while(|b| b.is_ascii_digit())
-                .fold(0u64, |n, b| n * 10 + u64::from(b - b'0'))
-        })
-        .unwrap_or(0)
-}
-
 /// Every room this reactor owns.
 pub struct OwnedRooms {
     pub settings: RoomSettings,
@@ -367,14 +353,6 @@ impl OwnedRooms {
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
     }
-
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
 }
 
 /// This reactor's members of each room: connection slots in join order.
@@ -407,6 +385,21 @@ impl LocalMembers {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The seq of an encoded message, read back from its JSON.
+    fn msg_seq(m: &MsgFrame) -> u64 {
+        let json = m.json();
+        let key = b"\"seq\":";
+        json.windows(key.len())
+            .position(|w| w == key)
+            .map(|i| {
+                json[i + key.len()..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .fold(0u64, |n, b| n * 10 + u64::from(b - b'0'))
+            })
+            .unwrap_or(0)
+    }
 
     fn settings() -> RoomSettings {
         RoomSettings {
