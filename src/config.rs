@@ -176,6 +176,27 @@ pub struct Config {
     pub retain_messages: Option<u64>,
     /// Keep messages at most this long.
     pub retain_age: Option<Duration>,
+    /// Deepest nesting of arrays and objects accepted in a message body.
+    pub max_body_depth: usize,
+    /// Requests other than `send` (join, leave, history, presence, ping) per
+    /// second per connection (token bucket refill); 0 disables the limit.
+    pub request_rate: f64,
+    /// Token bucket size for those requests.
+    pub request_burst: u32,
+    /// Open connections per source IP; 0 disables the limit.
+    pub max_conns_per_ip: usize,
+    /// New connections per second per source IP (token bucket refill); 0 disables.
+    pub connect_rate_per_ip: f64,
+    /// Token bucket size for new connections per source IP.
+    pub connect_burst_per_ip: u32,
+    /// `POST .../messages` per second per source IP (the per-user limit is
+    /// `send_rate`/`send_burst`, as for WebSocket sends); 0 disables.
+    pub post_rate_per_ip: f64,
+    /// Token bucket size for posts per source IP.
+    pub post_burst_per_ip: u32,
+    /// A room with no members, nothing in flight and no traffic for this long
+    /// is forgotten (reloaded from storage on next use).
+    pub room_idle_timeout: Duration,
 }
 
 /// The number of threads `serve` uses when `--threads` is not given.
@@ -212,6 +233,15 @@ impl Default for Config {
             dedup_window: Duration::from_secs(3600),
             retain_messages: None,
             retain_age: None,
+            max_body_depth: 64,
+            request_rate: 100.0,
+            request_burst: 300,
+            max_conns_per_ip: 1024,
+            connect_rate_per_ip: 200.0,
+            connect_burst_per_ip: 1000,
+            post_rate_per_ip: 500.0,
+            post_burst_per_ip: 1000,
+            room_idle_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -661,6 +691,51 @@ struct Settings {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(alias = "retain_age", default, deserialize_with = "de_duration")]
     retain_age: Option<Duration>,
+
+    /// Deepest nesting of arrays and objects in a message body [default: 64]
+    #[arg(long, value_name = "N")]
+    #[serde(alias = "max_body_depth")]
+    max_body_depth: Option<usize>,
+
+    /// Requests other than send (join, leave, history, presence, ping) per second per connection; 0 disables [default: 100]
+    #[arg(long, value_name = "RATE")]
+    #[serde(alias = "request_rate")]
+    request_rate: Option<f64>,
+
+    /// Such requests allowed in a burst above the rate [default: 300]
+    #[arg(long, value_name = "N")]
+    #[serde(alias = "request_burst")]
+    request_burst: Option<u32>,
+
+    /// Open connections per source IP; 0 disables the limit [default: 1024]
+    #[arg(long, value_name = "N")]
+    #[serde(alias = "max_conns_per_ip")]
+    max_conns_per_ip: Option<usize>,
+
+    /// New connections per second per source IP; 0 disables the limit [default: 200]
+    #[arg(long, value_name = "RATE")]
+    #[serde(alias = "connect_rate_per_ip")]
+    connect_rate_per_ip: Option<f64>,
+
+    /// New connections per source IP allowed in a burst above the rate [default: 1000]
+    #[arg(long, value_name = "N")]
+    #[serde(alias = "connect_burst_per_ip")]
+    connect_burst_per_ip: Option<u32>,
+
+    /// HTTP message posts per second per source IP; 0 disables the limit [default: 500]
+    #[arg(long, value_name = "RATE")]
+    #[serde(alias = "post_rate_per_ip")]
+    post_rate_per_ip: Option<f64>,
+
+    /// HTTP message posts per source IP allowed in a burst above the rate [default: 1000]
+    #[arg(long, value_name = "N")]
+    #[serde(alias = "post_burst_per_ip")]
+    post_burst_per_ip: Option<u32>,
+
+    /// Forget a room after this long without members or traffic (reloaded on next use) [default: 60s]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    #[serde(alias = "room_idle_timeout", default, deserialize_with = "de_duration")]
+    room_idle_timeout: Option<Duration>,
 }
 
 impl Settings {
@@ -707,6 +782,15 @@ impl Settings {
             dedup_window: with(get("dedup-window"), parse_duration)?,
             retain_messages: with(get("retain-messages"), parse_from_str)?,
             retain_age: with(get("retain-age"), parse_duration)?,
+            max_body_depth: with(get("max-body-depth"), parse_from_str)?,
+            request_rate: with(get("request-rate"), parse_from_str)?,
+            request_burst: with(get("request-burst"), parse_from_str)?,
+            max_conns_per_ip: with(get("max-conns-per-ip"), parse_from_str)?,
+            connect_rate_per_ip: with(get("connect-rate-per-ip"), parse_from_str)?,
+            connect_burst_per_ip: with(get("connect-burst-per-ip"), parse_from_str)?,
+            post_rate_per_ip: with(get("post-rate-per-ip"), parse_from_str)?,
+            post_burst_per_ip: with(get("post-burst-per-ip"), parse_from_str)?,
+            room_idle_timeout: with(get("room-idle-timeout"), parse_duration)?,
         })
     }
 
@@ -759,6 +843,15 @@ impl Settings {
         set(&mut config.dedup_window, self.dedup_window);
         set_opt(&mut config.retain_messages, self.retain_messages);
         set_opt(&mut config.retain_age, self.retain_age);
+        set(&mut config.max_body_depth, self.max_body_depth);
+        set(&mut config.request_rate, self.request_rate);
+        set(&mut config.request_burst, self.request_burst);
+        set(&mut config.max_conns_per_ip, self.max_conns_per_ip);
+        set(&mut config.connect_rate_per_ip, self.connect_rate_per_ip);
+        set(&mut config.connect_burst_per_ip, self.connect_burst_per_ip);
+        set(&mut config.post_rate_per_ip, self.post_rate_per_ip);
+        set(&mut config.post_burst_per_ip, self.post_burst_per_ip);
+        set(&mut config.room_idle_timeout, self.room_idle_timeout);
     }
 }
 
@@ -1061,6 +1154,7 @@ mod tests {
             dedup_window: Duration::from_secs(7200),
             retain_messages: Some(1000),
             retain_age: Some(Duration::from_secs(30 * 86_400)),
+            ..Config::default()
         };
         assert_eq!(config, want);
     }
