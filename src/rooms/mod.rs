@@ -353,6 +353,15 @@ impl OwnedRooms {
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
     }
+
+    /// Rooms loaded.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 /// This reactor's members of each room: connection slots in join order.
@@ -379,6 +388,20 @@ impl LocalMembers {
 
     pub fn members(&self, room: &str) -> &[u32] {
         self.map.get(room).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Memberships held (a connection in two rooms counts twice).
+    pub fn len(&self) -> usize {
+        self.map.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every `(room, connection)` membership.
+    pub fn iter(&self) -> impl Iterator<Item = (&RoomName, u32)> + '_ {
+        self.map.iter().flat_map(|(room, keys)| keys.iter().map(move |k| (room, *k)))
     }
 }
 
