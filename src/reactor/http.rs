@@ -176,6 +176,9 @@ impl Reactor {
                 extra: vec![("Cache-Control", "no-cache".to_string())],
             }),
             "/healthz" | "/metrics" | "/" | "/index.html" => allow("GET, HEAD"),
+            // Test builds only: the way to make a reactor thread panic.
+            #[cfg(test)]
+            "/__test/panic" => panic!("test-only panic trigger"),
             "/v1/ws" => self.upgrade(key, req, WsKind::App),
             "/v1/admin/backup" => self.admin_backup(key, req, p),
             "/v1/echo" if self.shared.config.echo => self.upgrade(key, req, WsKind::Echo),

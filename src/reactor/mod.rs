@@ -60,6 +60,9 @@ const MAIL_BUDGET: usize = 8192;
 /// How long accepting pauses after EMFILE/ENFILE: the loop must not spin on
 /// a listener it cannot serve.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// After a fatal error (a thread panicked) the drain is this short at most:
+/// the process must exit promptly, so a supervisor restarts it.
+const FATAL_DRAIN: Duration = Duration::from_secs(2);
 /// A WebSocket close handshake we started gets this long to finish.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Size of the shared read buffer.
@@ -89,6 +92,10 @@ pub struct Shared {
     pub metrics: Vec<metrics::Shared>,
     pub mailboxes: Vec<Mailbox>,
     pub draining: AtomicBool,
+    /// Set when a thread panicked: why. The drain that follows is short
+    /// (`FATAL_DRAIN`) and the process exits non-zero.
+    pub fatal: std::sync::Mutex<Option<String>>,
+    pub is_fatal: AtomicBool,
     /// Per reactor, while draining: nothing left to do (no connections, no
     /// publishes waiting, no mail to pass on). A reactor ends only when all
     /// are quiet, since another reactor's in-flight request may still need
@@ -113,6 +120,23 @@ impl Shared {
 
     pub fn reactors(&self) -> usize {
         self.mailboxes.len()
+    }
+
+    /// Records a fatal error (the first one is kept) and starts the drain.
+    pub fn fatal(&self, why: &str) {
+        // A poisoned lock means another panic got here first: keep going.
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert_with(|| why.to_string());
+        }
+        self.is_fatal.store(true, Ordering::SeqCst);
+        self.start_drain();
+    }
+
+    pub fn fatal_reason(&self) -> Option<String> {
+        match self.fatal.lock() {
+            Ok(f) => f.clone(),
+            Err(_) => Some("a thread panicked".to_string()),
+        }
     }
 
     /// Asks every reactor to drain, waking them.
@@ -853,7 +877,11 @@ impl Reactor {
     // ------------------------------------------------------------- drain
 
     fn begin_drain(&mut self) {
-        let deadline = later(self.now, self.shared.config.drain_timeout);
+        let mut timeout = self.shared.config.drain_timeout;
+        if self.shared.is_fatal.load(Ordering::SeqCst) {
+            timeout = timeout.min(FATAL_DRAIN);
+        }
+        let deadline = later(self.now, timeout);
         self.drain_deadline = Some(deadline);
         for (l, _) in &mut self.listeners {
             if let Some(mut l) = l.take() {

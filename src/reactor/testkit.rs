@@ -12,18 +12,20 @@
 //! path (HTTP head, routing, tokens, upgrade, frames, ops) can be driven
 //! with arbitrary bytes split at arbitrary points.
 
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mio::{Poll, Waker};
 
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics;
+use crate::store::{spawn_writer, CommitSink, ReaderPool, Store, WriterConfig};
 
 use super::conn::State;
-use super::mail::{Inbox, Mailbox};
+use super::mail::{Inbox, Mail, Mailbox};
 use super::timer::{later, Entry};
 use super::transport::{MemPipe, Transport};
 use super::{Reactor, ReactorParts, Shared};
@@ -50,12 +52,27 @@ pub enum HarnessError {
     Poll(#[from] std::io::Error),
     #[error("auth: {0}")]
     Auth(#[from] crate::auth::AuthError),
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// Commit reports into the harness reactor's mailbox.
+struct MailSink(Mailbox);
+
+impl CommitSink for MailSink {
+    fn committed(&self, _reactor: u16, n: usize, result: Result<(), String>) {
+        let _ = self.0.tx.send(Mail::Committed { n, result });
+    }
 }
 
 impl Harness {
     /// One reactor with `config` (its listen address, data directory and
     /// thread count are ignored), no listeners and no storage.
     pub fn new(config: Config) -> Result<Harness, HarnessError> {
+        Harness::build(config, None, None)
+    }
+
+    fn build(config: Config, store: Option<Store>, readers: Option<ReaderPool>) -> Result<Harness, HarnessError> {
         let auth = Auth::from_secret(SECRET, config.jwt_audience.as_deref(), config.jwt_issuer.as_deref())?;
         let poll = Poll::new()?;
         let waker = Arc::new(Waker::new(poll.registry(), mio::Token(0))?);
@@ -67,15 +84,61 @@ impl Harness {
             metrics: vec![metrics::Shared::default()],
             mailboxes: vec![Mailbox { tx, waker, sleeping: sleeping.clone() }],
             draining: AtomicBool::new(false),
+            fatal: std::sync::Mutex::new(None),
+            is_fatal: AtomicBool::new(false),
             quiet: vec![AtomicBool::new(false)],
             tls: None,
-            store: None,
-            readers: None,
+            store,
+            readers,
         });
         let parts = ReactorParts { id: 0, poll, inbox: Inbox { rx, sleeping }, listeners: Vec::new(), writer: None };
         let mut reactor = Reactor::new(parts, shared)?;
         reactor.coalesce = false;
         Ok(Harness { reactor, expired: Vec::new() })
+    }
+
+    /// Like [`Harness::new`], with a real store in `data`: a store-writer
+    /// thread and history readers as `serve` runs them. Commits then arrive
+    /// by mail; [`Harness::settle`] waits for them.
+    pub fn with_store(config: Config, data: &Path) -> Result<Harness, HarnessError> {
+        let store = Store::open(data)?;
+        let readers = ReaderPool::new(store.clone(), 1)?;
+        let mut h = Harness::build(config, Some(store.clone()), Some(readers))?;
+        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let cfg = WriterConfig {
+            durable: false,
+            retain_messages: h.reactor.shared.config.retain_messages,
+            retain_age: h.reactor.shared.config.retain_age,
+            max_batch: 8192,
+        };
+        let sink = Box::new(MailSink(h.reactor.shared.mailboxes[0].clone()));
+        spawn_writer(store, rx, cfg, sink)?;
+        h.reactor.writer = Some(tx);
+        Ok(h)
+    }
+
+    /// Handles mail from the store-writer and the readers until publishes
+    /// are all answered and no mail came for a short while (10 s at most).
+    pub fn settle(&mut self) {
+        let give_up = Instant::now() + Duration::from_secs(10);
+        let mut quiet_since = Instant::now();
+        while Instant::now() < give_up {
+            match self.reactor.inbox.rx.recv_timeout(Duration::from_millis(5)) {
+                Ok(m) => {
+                    self.reactor.handle_mail(m);
+                    self.iterate();
+                    quiet_since = Instant::now();
+                }
+                Err(_) if self.reactor.pending.is_empty() && quiet_since.elapsed() > Duration::from_millis(50) => break,
+                Err(_) => {}
+            }
+        }
+        self.iterate();
+    }
+
+    /// The store under a harness made by [`Harness::with_store`].
+    pub fn store(&self) -> Option<&Store> {
+        self.reactor.shared.store.as_ref()
     }
 
     /// A token for `sub`, valid for an hour, signed with [`SECRET`].
@@ -330,6 +393,55 @@ mod tests {
                 assert!(out.starts_with("HTTP/1.1 401") || out.starts_with("HTTP/1.1 405"), "{path}: {out}");
             }
         }
+        h.check_invariants().unwrap();
+    }
+
+    fn frames_with(h: &mut Harness, c: ConnId, what: &str) -> Vec<String> {
+        texts(&h.take_output(c)).into_iter().filter(|f| f.contains(what)).collect()
+    }
+
+    /// A failed commit answers `internal` and leaves no trace: the id is not
+    /// remembered, seqs stay contiguous, later publishes work, and members
+    /// never see the unstored messages.
+    #[test]
+    fn failed_commit_leaves_no_trace() {
+        use std::sync::atomic::Ordering;
+        let dir = tempfile::tempdir().unwrap();
+        let mut h = Harness::with_store(Config::default(), dir.path()).unwrap();
+        let a = ws(&mut h, "ann");
+        let m = ws(&mut h, "member");
+        op(&mut h, m, r#"{"op":"join","room":"r"}"#);
+        op(&mut h, a, r#"{"op":"send","room":"r","body":1,"id":"x1","ref":1}"#);
+        h.settle();
+        assert!(frames_with(&mut h, a, r#""op":"ack""#)[0].contains(r#""seq":1"#));
+        // Two publishes and a duplicate of the first go to the writer before
+        // the failure is known: all three fail.
+        h.store().unwrap().fail_commits.store(1, Ordering::SeqCst);
+        let mut burst = client_frame(true, 1, br#"{"op":"send","room":"r","body":2,"id":"x2","ref":2}"#);
+        burst.extend(client_frame(true, 1, br#"{"op":"send","room":"r","body":3,"id":"x3","ref":3}"#));
+        burst.extend(client_frame(true, 1, br#"{"op":"send","room":"r","body":2,"id":"x2","ref":4}"#));
+        h.input(a, &burst);
+        h.settle();
+        let out = texts(&h.take_output(a));
+        let errors: Vec<&String> = out.iter().filter(|f| f.contains(r#""code":"internal""#)).collect();
+        assert_eq!(errors.len(), 3, "{out:?}");
+        assert!(!out.iter().any(|f| f.contains(r#""op":"ack""#)), "{out:?}");
+        // Retries publish anew, at the seqs that were taken back.
+        op(&mut h, a, r#"{"op":"send","room":"r","body":2,"id":"x2","ref":5}"#);
+        op(&mut h, a, r#"{"op":"send","room":"r","body":3,"id":"x3","ref":6}"#);
+        h.settle();
+        let acks = frames_with(&mut h, a, r#""op":"ack""#);
+        assert_eq!(acks.len(), 2, "{acks:?}");
+        assert!(acks[0].contains(r#""seq":2"#) && acks[1].contains(r#""seq":3"#), "{acks:?}");
+        // The member saw 1, 2, 3 once each, with the retried bodies.
+        let msgs = frames_with(&mut h, m, r#""op":"msg""#);
+        let seqs: Vec<bool> = (1..=3).map(|i| msgs[i - 1].contains(&format!(r#""seq":{i},"#))).collect();
+        assert_eq!(msgs.len(), 3, "{msgs:?}");
+        assert!(seqs.iter().all(|ok| *ok), "{msgs:?}");
+        // And storage holds exactly 1, 2, 3.
+        let (stored, _) = h.store().unwrap().page("r", None, None, 10, true).unwrap();
+        assert_eq!(stored.iter().map(|s| s.seq).collect::<Vec<_>>(), vec![1, 2, 3]);
+        assert_eq!(stored[1].body, b"2");
         h.check_invariants().unwrap();
     }
 

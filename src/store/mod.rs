@@ -117,6 +117,10 @@ pub struct StoredMsg {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// Test builds only: the next this many batch commits fail, as a full
+    /// disk or an I/O error would make them.
+    #[cfg(test)]
+    pub(crate) fail_commits: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Store {
@@ -164,7 +168,11 @@ impl Store {
             txn.open_table(DEDUP_EXPIRY)?;
         }
         txn.commit()?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            #[cfg(test)]
+            fail_commits: Arc::default(),
+        })
     }
 
     /// Last seq and its ts for a room (0, 0 if none). One read transaction.
@@ -321,6 +329,14 @@ impl Store {
     ///
     /// `rooms` moves once per room per call, and only forward.
     pub fn write_batch(&self, recs: &[Record], durable: bool) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering;
+            let fail = self.fail_commits.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if fail.is_ok() {
+                return Err(StoreError::Db("injected commit failure".into()));
+            }
+        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         {
