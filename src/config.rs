@@ -542,9 +542,8 @@ where
                 ..Settings::default()
             };
             let config = resolve(flags, token.config, env)?;
-            if token.sub.is_empty() {
-                return Err(ConfigError::setting("sub", "must not be empty").into());
-            }
+            // The same rule the server applies to every token it verifies.
+            crate::auth::check_user_id(&token.sub).map_err(|m| ConfigError::setting("sub", m))?;
             if token.ttl.as_secs() == 0 {
                 return Err(ConfigError::setting("ttl", "must be at least 1s").into());
             }
@@ -1541,6 +1540,12 @@ mod tests {
 
         assert!(parse_command_line(["roomcast", "token"], &no_env).is_err());
         assert!(parse_command_line(["roomcast", "token", "--sub="], &no_env).is_err());
+        for sub in ["a\nb".to_string(), "x".repeat(129), "\u{7f}".to_string()] {
+            match parse_command_line(["roomcast", "token", &format!("--sub={sub}")], &no_env) {
+                Err(CliError::Config(ConfigError::Setting { key, .. })) => assert_eq!(key, "sub"),
+                other => panic!("{sub:?}: {other:?}"),
+            }
+        }
         assert!(parse_command_line(["roomcast", "token", "--sub=a", "--ttl=0"], &no_env).is_err());
         std::fs::remove_file(file).unwrap();
     }
@@ -1642,7 +1647,8 @@ mod tests {
             assert_eq!(key, want, "{}={value}", env_name(flag));
 
             let file = temp_file(&format!("{flag} = {}\n", toml_value(value)));
-            let (key, _) = setting_error(Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env));
+            let (key, _) =
+                setting_error(Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env));
             assert_eq!(key, want, "{flag} = {} in a file", toml_value(value));
             std::fs::remove_file(file).unwrap();
         }
