@@ -37,6 +37,8 @@ pub const ENV_PREFIX: &str = "ROOMCAST_";
 pub const ENV_JWT_SECRET: &str = "ROOMCAST_JWT_SECRET";
 /// The environment variable naming the TOML settings file.
 pub const ENV_CONFIG: &str = "ROOMCAST_CONFIG";
+/// Largest settings file read; a real one is a few hundred bytes.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 
 /// A problem with the settings. Printed as `roomcast: config: <this>`; the
 /// process then exits with status 2.
@@ -937,10 +939,21 @@ impl Settings {
     }
 
     /// The file layer.
+    ///
+    /// At most [`MAX_CONFIG_FILE_BYTES`] are read, so that naming a device
+    /// or a huge file by mistake is an error rather than a hang.
     fn from_file(path: &std::path::Path) -> Result<Settings, ConfigError> {
+        use std::io::Read;
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::File { path: shown.clone(), problem: format!("cannot read: {e}") })?;
+        let cannot_read =
+            |e: std::io::Error| ConfigError::File { path: shown.clone(), problem: format!("cannot read: {e}") };
+        let file = std::fs::File::open(path).map_err(cannot_read)?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_FILE_BYTES + 1).read_to_string(&mut text).map_err(cannot_read)?;
+        if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
+            let problem = format!("larger than {}; not a settings file", show_size(MAX_CONFIG_FILE_BYTES as usize));
+            return Err(ConfigError::File { path: shown, problem });
+        }
         Settings::from_toml(&text, &shown)
     }
 
@@ -1050,7 +1063,8 @@ fn split_number(s: &str) -> Option<(u64, &str)> {
     if digits == 0 {
         return None;
     }
-    let (number, unit) = s.split_at(digits);
+    // The digits are ASCII, so this cut is on a character boundary.
+    let (number, unit) = s.split_at_checked(digits)?;
     Some((number.parse().ok()?, unit.trim()))
 }
 
@@ -1471,6 +1485,22 @@ mod tests {
 
         let err = Config::from_args_and_env(&["--config=/nonexistent/roomcast.toml"], &no_env).unwrap_err();
         assert!(err.to_string().contains("cannot read"), "{err}");
+
+        // A file far too large to be settings, such as a device.
+        let file = temp_file(&format!("# {}\n", "x".repeat(1 << 20)));
+        let err = Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env).unwrap_err();
+        assert!(err.to_string().contains("larger than 1MiB"), "{err}");
+        std::fs::remove_file(file).unwrap();
+        #[cfg(unix)]
+        {
+            let err = Config::from_args_and_env(&["--config=/dev/zero"], &no_env).unwrap_err();
+            assert!(matches!(err, CliError::Config(ConfigError::File { .. })), "{err}");
+        }
+        let file = temp_file("");
+        std::fs::write(&file, b"threads = \"\xff\"\n").unwrap();
+        let err = Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env).unwrap_err();
+        assert!(matches!(err, CliError::Config(ConfigError::File { .. })), "{err}");
+        std::fs::remove_file(file).unwrap();
 
         assert!(matches!(Config::from_args_and_env(&["--threads=many"], &no_env), Err(CliError::Usage(_))));
         assert!(matches!(Config::from_args_and_env(&["--no-such-flag"], &no_env), Err(CliError::Usage(_))));
