@@ -203,7 +203,7 @@ impl OwnedRoom {
     /// storage, so the next retry is answered from memory).
     pub fn remember(&mut self, settings: &RoomSettings, from: &UserId, id: &str, seq: u64, ts: u64, now_ms: u64) {
         let key: Box<str> = Box::from(id);
-        let expires = now_ms + settings.dedup_window.as_millis() as u64;
+        let expires = now_ms.saturating_add(u64::try_from(settings.dedup_window.as_millis()).unwrap_or(u64::MAX));
         if self.dedup.insert((from.clone(), key.clone()), DedupEntry { seq, ts }).is_none() {
             self.dedup_order.push_back((expires, from.clone(), key, seq));
         }
@@ -304,7 +304,7 @@ impl OwnedRoom {
     pub fn history(&self, before: Option<u64>, after: Option<u64>, limit: usize) -> Option<(Vec<&MsgFrame>, bool)> {
         let first = self.first_in_tail();
         let hi = before.map_or(self.committed + 1, |b| b.min(self.committed + 1)); // exclusive
-        let lo = after.map_or(1, |a| a + 1); // inclusive
+        let lo = after.map_or(1, |a| a.saturating_add(1)); // inclusive
         if lo >= hi {
             return Some((Vec::new(), false));
         }
