@@ -233,6 +233,15 @@ impl Reactor {
                 if let Err(e) = msg::check_body(post.body.get(), self.shared.config.max_body_depth) {
                     return Outcome::Answer(Answer::error(400, "bad_request", &e.to_string()));
                 }
+                // Posts are limited like WebSocket sends: per user (the send
+                // bucket's numbers) and per source address.
+                let ip = self.conns.get(key as usize).and_then(|c| c.ip);
+                if let Err(why) = self.shared.limits.post(ip, &user, self.now) {
+                    let m = format!("too many posts; retry in {} ms", why.retry_after_ms());
+                    let mut a = Answer::error(429, "rate_limited", &m);
+                    a.extra.push(("Retry-After", why.retry_after_secs().to_string()));
+                    return Outcome::Answer(a);
+                }
                 if self.backed_up(owner) {
                     let mut a = Answer::error(503, "overloaded", "the room's owner is busy; retry");
                     a.extra.push(("Retry-After", "1".to_string()));

@@ -360,7 +360,8 @@ impl Reactor {
             return;
         }
         let dropped = conn.out.truncate_unstarted();
-        self.counters.queue_drops += dropped as u64;
+        self.counters.queue_drops += dropped.len() as u64;
+        self.reap(dropped);
         self.ws_close(key, 4000, "slow consumer", CloseReason::SlowConsumer);
     }
 }

@@ -94,8 +94,11 @@ pub struct OwnedRoom {
     /// pruned by its older record's expiry.
     dedup_order: VecDeque<(u64, UserId, Box<str>, u64)>,
     /// The in-memory dedup window is complete for ids recorded from this
-    /// instant (ms) on; older ones may be known to storage only (a restart).
+    /// instant (ms) on; older ones may be known to storage only (a restart,
+    /// or the room was forgotten and loaded again).
     dedup_complete_since: u64,
+    /// When the room was last asked anything (ms), for forgetting idle rooms.
+    last_used: u64,
 }
 
 impl OwnedRoom {
@@ -116,7 +119,18 @@ impl OwnedRoom {
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
             dedup_complete_since: if seq == 0 { 0 } else { now_ms },
+            last_used: now_ms,
         }
+    }
+
+    /// Nothing but storage needs this room: no members, no reservation
+    /// waiting for its commit, and no use for `idle_ms`. Forgetting it then
+    /// loses nothing: its head and dedup ids are loaded again on next use.
+    pub fn is_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
+        self.users.is_empty()
+            && self.members.iter().all(|n| *n == 0)
+            && self.assigned == self.committed
+            && now_ms.saturating_sub(self.last_used) >= idle_ms
     }
 
     /// The last committed seq (what `joined` reports).
@@ -358,7 +372,27 @@ impl OwnedRooms {
             let room = OwnedRoom::with_head(name.clone(), self.reactors, seq, ts, now_ms);
             self.map.insert(name.clone(), room);
         }
-        self.map.get_mut(name).ok_or_else(|| StoreError::Db("room vanished".into()))
+        let room = self.map.get_mut(name).ok_or_else(|| StoreError::Db("room vanished".into()))?;
+        room.last_used = room.last_used.max(now_ms);
+        Ok(room)
+    }
+
+    /// Forgets up to `max` idle rooms (see [`OwnedRoom::is_idle`]); returns
+    /// how many. The map gives its memory back once mostly empty.
+    pub fn evict_idle(&mut self, now_ms: u64, idle_ms: u64, max: usize) -> usize {
+        let mut evicted = 0;
+        self.map.retain(|_, r| {
+            if evicted < max && r.is_idle(now_ms, idle_ms) {
+                evicted += 1;
+                false
+            } else {
+                true
+            }
+        });
+        if self.map.capacity() > 64 && self.map.len() < self.map.capacity() / 4 {
+            self.map.shrink_to(self.map.len() * 2);
+        }
+        evicted
     }
 
     pub fn store(&self) -> Option<&Store> {
@@ -540,6 +574,28 @@ mod tests {
         let loaded = OwnedRoom::with_head("r".into(), 1, 9, 5, 1_000_000);
         assert!(loaded.dedup_needs_storage(&s, 1_000_000 + 1));
         assert!(!loaded.dedup_needs_storage(&s, 1_000_000 + 61_000));
+    }
+
+    #[test]
+    fn idle_rooms_are_forgotten_and_busy_ones_kept() {
+        let s = settings();
+        let mut rooms = OwnedRooms::new(s.clone(), 1, None);
+        let u: UserId = "ann".into();
+        let names: Vec<RoomName> = (0..4).map(|i| RoomName::from(format!("r{i}"))).collect();
+        for n in &names {
+            rooms.entry(n, 1000).unwrap();
+        }
+        // r1 has a member, r2 a reservation waiting for its commit, r3 was used late.
+        rooms.get_mut("r1").unwrap().join(0, &u, 1000);
+        let _ = rooms.get_mut("r2").unwrap().reserve(&s, &u, &body(), None, 1000);
+        rooms.entry(&names[3], 5000).unwrap();
+        assert_eq!(rooms.evict_idle(6000, 5000, 100), 1);
+        assert!(rooms.get("r0").is_none());
+        assert_eq!(rooms.len(), 3);
+        assert_eq!(rooms.evict_idle(10_000, 5000, 100), 1, "r3 only: r1 and r2 are busy");
+        rooms.get_mut("r1").unwrap().leave(0, &u);
+        assert_eq!(rooms.evict_idle(10_000, 5000, 100), 1);
+        assert_eq!(rooms.len(), 1);
     }
 
     #[test]
