@@ -393,7 +393,14 @@ impl Reactor {
         self.next_housekeeping = later(self.now, HOUSEKEEPING);
         self.housekeeping_round = self.housekeeping_round.wrapping_add(1);
         let idle_ms = u64::try_from(self.shared.config.room_idle_timeout.as_millis()).unwrap_or(u64::MAX);
-        self.rooms.evict_idle(now_ms(), idle_ms, EVICT_PER_ROUND);
+        let gone = self.rooms.evict_idle(now_ms(), idle_ms, EVICT_PER_ROUND);
+        if gone.len() == EVICT_PER_ROUND {
+            // More may be idle: come back soon rather than in a second.
+            self.next_housekeeping = later(self.now, Duration::from_millis(10));
+        }
+        if gone.len() >= reaper::INLINE_ROOMS {
+            self.hand_over(reaper::Garbage::Rooms(gone));
+        }
         let n = self.shared.reactors();
         let shard = (self.housekeeping_round.wrapping_mul(n) + self.id) % limits::SHARDS;
         self.shared.limits.sweep(shard, self.now);
@@ -821,12 +828,15 @@ impl Reactor {
     }
 
     /// Frees a large queue off this thread (see `reaper`), a small one here.
-    fn reap(&mut self, garbage: reaper::Garbage) {
-        if garbage.len() < reaper::INLINE_CHUNKS {
-            return;
+    fn reap(&mut self, queue: std::collections::VecDeque<Bytes>) {
+        if queue.len() >= reaper::INLINE_CHUNKS {
+            self.hand_over(reaper::Garbage::Queue(queue));
         }
+    }
+
+    fn hand_over(&mut self, garbage: reaper::Garbage) {
         if let Some(tx) = &self.shared.reaper {
-            // Full: free it here after all.
+            // Full: it is freed here after all.
             let _ = tx.try_send(garbage);
         }
     }

@@ -14,12 +14,28 @@ use std::time::Duration;
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-/// Queued output of a closed (or truncated) connection.
-pub type Garbage = VecDeque<Bytes>;
+/// What a reactor hands over to be freed.
+pub enum Garbage {
+    /// Queued output of a closed (or truncated) connection.
+    Queue(VecDeque<Bytes>),
+    /// Rooms forgotten for being idle, with their tails.
+    Rooms(Vec<crate::rooms::OwnedRoom>),
+}
 
-/// Queues with fewer chunks than this are freed inline: handing them over
-/// would cost more than freeing them.
+impl Garbage {
+    /// Roughly how many bytes freeing it gives back.
+    fn bytes(&self) -> usize {
+        match self {
+            Garbage::Queue(q) => q.iter().map(Bytes::len).sum::<usize>() + q.capacity() * std::mem::size_of::<Bytes>(),
+            Garbage::Rooms(r) => r.iter().map(|r| 512 + r.tail_bytes()).sum(),
+        }
+    }
+}
+
+/// Queues with fewer chunks (or fewer rooms) than this are freed inline:
+/// handing them over would cost more than freeing them.
 pub const INLINE_CHUNKS: usize = 256;
+pub const INLINE_ROOMS: usize = 64;
 /// Queues waiting for the reaper at most; past it the reactor frees inline.
 const CAP: usize = 4096;
 /// After this much was freed, and a quiet moment, memory is trimmed.
@@ -36,8 +52,7 @@ fn run(rx: &Receiver<Garbage>) {
     loop {
         match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(g) => {
-                freed = freed.saturating_add(g.iter().map(Bytes::len).sum::<usize>());
-                freed = freed.saturating_add(g.capacity() * std::mem::size_of::<Bytes>());
+                freed = freed.saturating_add(g.bytes());
                 drop(g);
             }
             Err(RecvTimeoutError::Timeout) => {

@@ -133,6 +133,11 @@ impl OwnedRoom {
             && now_ms.saturating_sub(self.last_used) >= idle_ms
     }
 
+    /// Bytes held by the tail of encoded messages.
+    pub fn tail_bytes(&self) -> usize {
+        self.tail.iter().map(|(_, m)| m.frame.len()).sum()
+    }
+
     /// The last committed seq (what `joined` reports).
     pub fn last_seq(&self) -> u64 {
         self.committed
@@ -377,22 +382,17 @@ impl OwnedRooms {
         Ok(room)
     }
 
-    /// Forgets up to `max` idle rooms (see [`OwnedRoom::is_idle`]); returns
-    /// how many. The map gives its memory back once mostly empty.
-    pub fn evict_idle(&mut self, now_ms: u64, idle_ms: u64, max: usize) -> usize {
-        let mut evicted = 0;
-        self.map.retain(|_, r| {
-            if evicted < max && r.is_idle(now_ms, idle_ms) {
-                evicted += 1;
-                false
-            } else {
-                true
-            }
-        });
+    /// Forgets up to `max` idle rooms (see [`OwnedRoom::is_idle`]) and
+    /// returns them, for the caller to free where it suits. The map gives
+    /// its memory back once mostly empty.
+    pub fn evict_idle(&mut self, now_ms: u64, idle_ms: u64, max: usize) -> Vec<OwnedRoom> {
+        let idle: Vec<RoomName> =
+            self.map.iter().filter(|(_, r)| r.is_idle(now_ms, idle_ms)).take(max).map(|(n, _)| n.clone()).collect();
+        let gone: Vec<OwnedRoom> = idle.iter().filter_map(|n| self.map.remove(n)).collect();
         if self.map.capacity() > 64 && self.map.len() < self.map.capacity() / 4 {
             self.map.shrink_to(self.map.len() * 2);
         }
-        evicted
+        gone
     }
 
     pub fn store(&self) -> Option<&Store> {
@@ -589,12 +589,12 @@ mod tests {
         rooms.get_mut("r1").unwrap().join(0, &u, 1000);
         let _ = rooms.get_mut("r2").unwrap().reserve(&s, &u, &body(), None, 1000);
         rooms.entry(&names[3], 5000).unwrap();
-        assert_eq!(rooms.evict_idle(6000, 5000, 100), 1);
+        assert_eq!(rooms.evict_idle(6000, 5000, 100).len(), 1);
         assert!(rooms.get("r0").is_none());
         assert_eq!(rooms.len(), 3);
-        assert_eq!(rooms.evict_idle(10_000, 5000, 100), 1, "r3 only: r1 and r2 are busy");
+        assert_eq!(rooms.evict_idle(10_000, 5000, 100).len(), 1, "r3 only: r1 and r2 are busy");
         rooms.get_mut("r1").unwrap().leave(0, &u);
-        assert_eq!(rooms.evict_idle(10_000, 5000, 100), 1);
+        assert_eq!(rooms.evict_idle(10_000, 5000, 100).len(), 1);
         assert_eq!(rooms.len(), 1);
     }
 
