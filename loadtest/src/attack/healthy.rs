@@ -120,6 +120,8 @@ pub struct Shared {
     /// Events so far, for progress lines.
     pub events: AtomicU64,
     pub first_event: Mutex<Option<String>>,
+    /// The clients' thread got real-time priority (see [`run`]).
+    pub realtime: AtomicBool,
 }
 
 impl Shared {
@@ -130,6 +132,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             events: AtomicU64::new(0),
             first_event: Mutex::new(None),
+            realtime: AtomicBool::new(false),
         })
     }
 
@@ -203,9 +206,29 @@ struct Runner<'a> {
     draining_until: Option<u64>,
 }
 
+/// Gives the calling thread the lowest real-time priority (SCHED_FIFO 1)
+/// when `want` and allowed; returns whether it has it.
+///
+/// The healthy clients stand for clients on other machines: they must not
+/// wait for the CPU behind the attackers (or anything else on this core),
+/// or the figures would be the load generator's. The thread sleeps between
+/// its few sends, so it takes little CPU; the kernel's real-time throttling
+/// bounds it even if it did not. Without the privilege the thread keeps the
+/// normal policy, and the reported send lag shows what that cost.
+fn realtime(want: bool) -> bool {
+    if !want {
+        return false;
+    }
+    let param = libc::sched_param { sched_priority: 1 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) == 0 }
+}
+
 /// Runs the healthy clients until `shared.stop`, then waits briefly for
-/// outstanding replies; returns the log.
-pub fn run(cfg: &Config, shared: &Shared) -> io::Result<Log> {
+/// outstanding replies; returns the log. With `want_realtime` the thread
+/// asks for real-time priority first.
+pub fn run(cfg: &Config, shared: &Shared, want_realtime: bool) -> io::Result<Log> {
+    shared.realtime.store(realtime(want_realtime), Ordering::Release);
     let poll = Poll::new()?;
     let timer = Timer::new()?;
     poll.registry().register(&mut mio::unix::SourceFd(&timer.fd()), Token(TIMER), Interest::READABLE)?;

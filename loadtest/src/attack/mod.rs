@@ -18,6 +18,7 @@
 pub mod healthy;
 pub mod hostile;
 
+use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -93,6 +94,10 @@ pub struct AttackArgs {
     /// Size of each healthy message body in bytes.
     #[arg(long, default_value_t = 100)]
     pub body_bytes: usize,
+    /// Leave the healthy clients' thread at normal priority (by default it
+    /// asks for SCHED_FIFO 1 so it never waits for the CPU behind attackers).
+    #[arg(long)]
+    pub no_realtime: bool,
     /// Most attacker connections open at once (this process may hold 20,000 files).
     #[arg(long, default_value_t = 15_000)]
     pub max_open: usize,
@@ -171,6 +176,11 @@ pub struct ServerFigures {
     pub alive_after: Option<bool>,
     /// `GET /healthz` answered 200 after the settle window.
     pub healthz_after: bool,
+    /// Server counters (`GET /metrics`, `*_total`, summed over reactors)
+    /// that moved from before the attack to after the settle window: how
+    /// many connections it closed and why, frames dropped, ... Empty when
+    /// the server has no such page or did not answer in time.
+    pub counters_moved: BTreeMap<String, f64>,
 }
 
 /// The goal check of one attack.
@@ -213,6 +223,8 @@ pub struct Report {
     pub params: serde_json::Value,
     pub goal: &'static str,
     pub healthy_room: String,
+    /// The healthy clients ran at real-time priority.
+    pub healthy_realtime: bool,
     /// Healthy messages received in order and sends acknowledged, over the run.
     pub healthy_delivered: u64,
     pub healthy_acked: u64,
@@ -260,24 +272,71 @@ fn lower_priority() {
     }
 }
 
-/// `GET /healthz` on the target: true for a 200 answer within 2 s.
-fn healthz(addr: std::net::SocketAddr, host: &str) -> bool {
-    let probe = || -> std::io::Result<bool> {
+/// `GET path` on the target over a fresh connection from 127.0.0.1: the
+/// status and up to 1 MiB of body, or `None` without an answer within 2 s.
+fn http_get(addr: std::net::SocketAddr, host: &str, path: &str) -> Option<(u16, Vec<u8>)> {
+    let get = || -> std::io::Result<Vec<u8>> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
         s.set_write_timeout(Some(Duration::from_secs(2)))?;
-        s.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())?;
-        let mut buf = [0u8; 64];
-        let mut got = 0;
-        while got < 12 {
-            match s.read(buf.get_mut(got..).unwrap_or_default())? {
-                0 => break,
-                n => got += n,
-            }
-        }
-        Ok(buf.get(..12).is_some_and(|b| b.starts_with(b"HTTP/1.1 200") || b.starts_with(b"HTTP/1.0 200")))
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())?;
+        let mut out = Vec::new();
+        s.take(1 << 20).read_to_end(&mut out)?;
+        Ok(out)
     };
-    probe().unwrap_or(false)
+    let resp = get().ok()?;
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let status = resp.get(9..12).and_then(|c| std::str::from_utf8(c).ok()).and_then(|c| c.parse().ok())?;
+    Some((status, resp.get(end + 4..).unwrap_or_default().to_vec()))
+}
+
+/// `GET /healthz` answered 200.
+fn healthz(addr: std::net::SocketAddr, host: &str) -> bool {
+    http_get(addr, host, "/healthz").is_some_and(|(status, _)| status == 200)
+}
+
+/// Counters (`*_total`) of a Prometheus text page, summed over the
+/// `reactor` label and keyed by name and the other labels.
+pub fn counters(text: &str) -> BTreeMap<String, f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let Ok(value) = value.trim().parse::<f64>() else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if !name.ends_with("_total") {
+            continue;
+        }
+        let kept: Vec<&str> = labels.split(',').filter(|l| !l.is_empty() && !l.starts_with("reactor=")).collect();
+        let key = if kept.is_empty() { name.to_string() } else { format!("{name}{{{}}}", kept.join(",")) };
+        *out.entry(key).or_insert(0.0) += value;
+    }
+    out
+}
+
+/// The server's counters from `GET /metrics`, when it serves them.
+fn scrape(addr: std::net::SocketAddr, host: &str) -> Option<BTreeMap<String, f64>> {
+    let (status, body) = http_get(addr, host, "/metrics")?;
+    (status == 200).then(|| counters(&String::from_utf8_lossy(&body)))
+}
+
+/// Counters that moved between two scrapes.
+fn moved(before: &Option<BTreeMap<String, f64>>, after: &Option<BTreeMap<String, f64>>) -> BTreeMap<String, f64> {
+    let (Some(b), Some(a)) = (before, after) else {
+        return BTreeMap::new();
+    };
+    a.iter()
+        .filter_map(|(k, &v)| {
+            let d = v - b.get(k).copied().unwrap_or(0.0);
+            (d != 0.0).then(|| (k.clone(), d))
+        })
+        .collect()
 }
 
 /// `d` from now (durations here are bounded by `parse_duration`; an
@@ -370,7 +429,8 @@ pub fn run(a: &AttackArgs) -> Result<Report, RunError> {
     let cpu0 = procfs::cpu_us(None, false).unwrap_or(0.0);
     let hthread = {
         let sh = hshared.clone();
-        std::thread::Builder::new().name("lt-healthy".into()).spawn(move || healthy::run(&hcfg, &sh))?
+        let rt = !a.no_realtime;
+        std::thread::Builder::new().name("lt-healthy".into()).spawn(move || healthy::run(&hcfg, &sh, rt))?
     };
     let stop_healthy = |h: std::thread::JoinHandle<std::io::Result<healthy::Log>>| -> Result<healthy::Log, RunError> {
         hshared.stop.store(true, Ordering::Release);
@@ -388,7 +448,11 @@ pub fn run(a: &AttackArgs) -> Result<Report, RunError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    eprintln!("attack: healthy clients joined {room}; {} attacks", attacks.len());
+    eprintln!(
+        "attack: healthy clients joined {room} ({} priority); {} attacks",
+        if hshared.realtime.load(Ordering::Acquire) { "real-time" } else { "normal" },
+        attacks.len()
+    );
     // Let the first calm window start from a steady state.
     std::thread::sleep(Duration::from_millis(500));
 
@@ -402,6 +466,7 @@ pub fn run(a: &AttackArgs) -> Result<Report, RunError> {
         let calm_start = hshared.now_ns();
         std::thread::sleep(a.calm);
         let (rss_before, fds_before) = sample(pid);
+        let metrics_before = scrape(target.addr, &target.host);
         let first = 2 + 10 * attack.index() as u32;
         let setup = hostile::Setup {
             target: target.clone(),
@@ -465,6 +530,7 @@ pub fn run(a: &AttackArgs) -> Result<Report, RunError> {
             fds_after,
             alive_after: pid.map(procfs::alive),
             healthz_after: healthz(target.addr, &target.host),
+            counters_moved: moved(&metrics_before, &scrape(target.addr, &target.host)),
         };
         let settle_end = hshared.now_ns();
         eprintln!(
@@ -480,6 +546,7 @@ pub fn run(a: &AttackArgs) -> Result<Report, RunError> {
     let cpu = procfs::cpu_us(None, false).unwrap_or(0.0) - cpu0;
     let mut report = assemble(a, &room, runs, &log, cpu);
     report.loadavg_start = loadavg_start;
+    report.healthy_realtime = hshared.realtime.load(Ordering::Acquire);
     Ok(report)
 }
 
@@ -583,6 +650,7 @@ fn assemble(a: &AttackArgs, room: &str, runs: Vec<Run>, log: &healthy::Log, load
         params: serde_json::to_value(a).unwrap_or_default(),
         goal: GOAL,
         healthy_room: room.to_string(),
+        healthy_realtime: false,
         healthy_delivered: log.delivered,
         healthy_acked: log.acked,
         other_events,
@@ -680,6 +748,16 @@ impl Report {
             if let Some(e) = r.healthy.events.first() {
                 let _ = writeln!(s, "    first healthy event at {:.2} s ({}): {}", e.at_s, e.conn, e.detail);
             }
+            let closes: Vec<String> = r
+                .server
+                .counters_moved
+                .iter()
+                .filter(|(k, _)| k.contains("closed") || k.contains("drops"))
+                .map(|(k, v)| format!("{k} +{v}"))
+                .collect();
+            if !closes.is_empty() {
+                let _ = writeln!(s, "    server counters: {}", closes.join(", "));
+            }
             if !r.server.healthz_after {
                 let _ = writeln!(s, "    /healthz did not answer 200 after the settle window");
             }
@@ -687,7 +765,13 @@ impl Report {
         for e in &self.other_events {
             let _ = writeln!(s, "  healthy event outside the attacks at {:.2} s ({}): {}", e.at_s, e.conn, e.detail);
         }
-        let _ = writeln!(s, "load average: {} at the start, {} at the end", self.loadavg_start, self.loadavg_end);
+        let _ = writeln!(
+            s,
+            "healthy clients at {} priority; load average: {} at the start, {} at the end",
+            if self.healthy_realtime { "real-time" } else { "normal" },
+            self.loadavg_start,
+            self.loadavg_end
+        );
         let met = self.attacks.iter().filter(|r| r.goal.met).count();
         let _ = writeln!(
             s,
@@ -735,6 +819,7 @@ mod tests {
             send_rate: 100.0,
             body_bytes: 100,
             max_open: 100,
+            no_realtime: false,
             json: None,
             label: String::new(),
         }
@@ -762,6 +847,7 @@ mod tests {
             fds_after: Some(20),
             alive_after: Some(true),
             healthz_after: true,
+            counters_moved: BTreeMap::new(),
         }
     }
 
@@ -797,6 +883,19 @@ mod tests {
         let log = log_with(&[(1, 1_000_000)], &[]);
         let r = assemble(&args(), "h", vec![run_of(healthy_server())], &log, 0.0);
         assert!(!r.attacks[0].goal.latency_ok);
+    }
+
+    #[test]
+    fn counters_sum_over_reactors() {
+        let page = "# HELP x y\n# TYPE a_total counter\na_total{reactor=\"0\"} 2\na_total{reactor=\"1\"} 3\n\
+                    c_total{reactor=\"0\",reason=\"slow_consumer\"} 4\nopen{reactor=\"0\"} 9\nbad line\n";
+        let c = counters(page);
+        assert_eq!(c.get("a_total"), Some(&5.0));
+        assert_eq!(c.get("c_total{reason=\"slow_consumer\"}"), Some(&4.0));
+        assert_eq!(c.len(), 2);
+        let mut later = c.clone();
+        later.insert("a_total".into(), 7.0);
+        assert_eq!(moved(&Some(c), &Some(later)), BTreeMap::from([("a_total".to_string(), 2.0)]));
     }
 
     #[test]
