@@ -38,7 +38,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 LOG_DIR = REPO / "target" / "e2e-logs"
 
 # Short windows and a quarter of the full connection counts: the whole run
-# takes about 40 s.
+# takes about 35 s.
 ATTACK_ARGS = ["--calm", "1s", "--duration-per-attack", "1500ms", "--settle", "1500ms", "--scale", "0.25"]
 ATTACKS = [
     "slowloris",
