@@ -248,6 +248,7 @@ impl Reactor {
                 // bucket's numbers) and per source address.
                 let ip = self.conns.get(key as usize).and_then(|c| c.ip);
                 if let Err(why) = self.shared.limits.post(ip, &user, self.now) {
+                    self.counters.rate_limited += 1;
                     let m = format!("too many posts; retry in {} ms", why.retry_after_ms());
                     let mut a = Answer::error(429, "rate_limited", &m);
                     a.extra.push(("Retry-After", why.retry_after_secs().to_string()));

@@ -387,6 +387,7 @@ impl Reactor {
             self.delivered_at_flush = self.counters.delivered;
         }
         self.pass_mail_on();
+        self.counters.rooms_loaded = self.rooms.len() as u64;
         self.shared.metrics[self.id].publish(&self.counters);
     }
 
