@@ -90,10 +90,13 @@ pub enum Mail {
     /// The answer to `Join`: the `joined` frame and any replay. The
     /// connection becomes a local member when this is handled, which is
     /// what keeps the replay and the live stream free of gaps and dups.
+    /// `joined: false`: the join failed (the frame is the error) and the
+    /// connection is no member.
     Joined {
         room: RoomName,
         conn: ConnRef,
         frames: Vec<Bytes>,
+        joined: bool,
     },
     /// The answer to one request of a WebSocket connection: an ack or an
     /// error for a `send` (`heavy: false`), or the answer to a history or

@@ -347,6 +347,14 @@ impl Reactor {
             }
             self.after_events(&mut expired);
             if let Some(deadline) = self.drain_deadline {
+                // A panic during a normal drain shortens it too.
+                if self.shared.is_fatal.load(Ordering::Relaxed) {
+                    let fatal = later(self.now, FATAL_DRAIN);
+                    if deadline > fatal {
+                        self.drain_deadline = Some(fatal);
+                    }
+                }
+                let deadline = self.drain_deadline.unwrap_or(deadline);
                 // Publishes waiting on a commit get their answer first.
                 let quiet =
                     self.conns.is_empty() && self.pending.is_empty() && self.overflow.iter().all(VecDeque::is_empty);
@@ -479,6 +487,7 @@ impl Reactor {
             .register(&mut sock, Token(key + CONN_BASE), Interest::READABLE | Interest::WRITABLE)
             .is_err()
         {
+            self.shared.limits.release(ip, self.now);
             self.counters.closed(CloseReason::Io);
             return;
         }
@@ -486,6 +495,10 @@ impl Reactor {
             (true, Some(cfg)) => match rustls::ServerConnection::new(cfg.clone()) {
                 Ok(c) => Transport::Tls(sock, Box::new(c)),
                 Err(_) => {
+                    if let Some(s) = Transport::Plain(sock).socket() {
+                        let _ = self.poll.registry().deregister(s);
+                    }
+                    self.shared.limits.release(ip, self.now);
                     self.counters.closed(CloseReason::Io);
                     return;
                 }

@@ -48,8 +48,9 @@ impl Reactor {
         match m {
             Mail::Join { room, user, conn, since, r#ref, again } => self.join(room, user, conn, since, r#ref, again),
             Mail::Leave { room, user, reactor } => {
-                let now = now_ms();
-                if let Ok(r) = self.rooms.entry(&room, now) {
+                // A room not loaded has no members to take out (a room is
+                // forgotten only without members): nothing to load for it.
+                if let Some(r) = self.rooms.get_mut(&room) {
                     if let Some(d) = r.leave(reactor as usize, &user) {
                         self.fan_out(&room, d);
                     }
@@ -61,8 +62,23 @@ impl Reactor {
             }
             Mail::Presence { room, r#ref, asker } => {
                 let reply = {
-                    let members: Vec<msg::Member<'_>> =
-                        self.rooms.get(&room).map(|r| r.presence().collect()).unwrap_or_default();
+                    // Capped like a history page: a room of many users answers
+                    // the first ones that fit (the answer is bounded before
+                    // it is queued).
+                    let budget = page_budget(&self.shared.config);
+                    let mut size = 0usize;
+                    let members: Vec<msg::Member<'_>> = self
+                        .rooms
+                        .get(&room)
+                        .map(|r| {
+                            r.presence()
+                                .take_while(|m| {
+                                    size = size.saturating_add(m.user.len() + 40);
+                                    size <= budget
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default();
                     match asker {
                         Asker::Ws(c) => Mail::Frame {
                             conn: c,
@@ -100,7 +116,9 @@ impl Reactor {
             Ok(r) => r,
             Err(e) => {
                 let f = msg::encode_error(r#ref.as_ref(), "internal", &format!("room unavailable: {e}"), None);
-                return self.post(conn.reactor as usize, Mail::Frame { conn, frame: f, heavy: true });
+                // `joined: false`: the member reactor drops its pending entry.
+                let mail = Mail::Joined { room, conn, frames: vec![f], joined: false };
+                return self.post(conn.reactor as usize, mail);
             }
         };
         r.expire(&settings, now);
@@ -119,10 +137,13 @@ impl Reactor {
             // must precede `Joined`'s successor `Deliver`s, which a reader
             // thread could not promise.
             Some(Replay::Storage { after, upto }) => match self.rooms.store() {
-                Some(store) => match store.page(&room, Some(after), Some(upto + 1), max_replay, true) {
+                // Read at most the byte budget: a replay larger than that is
+                // not made, so reading further would be wasted work.
+                Some(store) => match store.page_within(&room, Some(after), Some(upto + 1), max_replay, true, budget) {
                     // Retention may have pruned some: a replay with a hole
-                    // is no replay; the client pages history instead.
-                    Ok((msgs, _)) if msgs.len() as u64 == upto - after => {
+                    // (or one cut for size) is no replay; the client pages
+                    // history instead.
+                    Ok((msgs, false)) if msgs.len() as u64 == upto - after => {
                         let frames: Vec<Bytes> = msgs.iter().map(|m| frame_of(&room, m).frame).collect();
                         if fits(&frames) {
                             (Some(true), frames)
@@ -144,7 +165,7 @@ impl Reactor {
         let mut frames = Vec::with_capacity(1 + replay.len());
         frames.push(msg::encode_joined(r#ref.as_ref(), &room, last, recovered));
         frames.extend(replay);
-        self.post(conn.reactor as usize, Mail::Joined { room, conn, frames });
+        self.post(conn.reactor as usize, Mail::Joined { room, conn, frames, joined: true });
     }
 
     fn publish(
@@ -335,6 +356,17 @@ impl Reactor {
         let now = now_ms();
         let settings = self.rooms.settings.clone();
         let budget = page_budget(&self.shared.config);
+        // A room never written to has an empty history: answered without
+        // loading it, so made-up names cost no memory.
+        match self.rooms.has_history(&room) {
+            Ok(true) => {}
+            Ok(false) => {
+                let empty: [&MsgFrame; 0] = [];
+                let reply = history_reply(&room, empty.into_iter(), false, r#ref.as_ref(), asker);
+                return self.post(asker.conn().reactor as usize, reply);
+            }
+            Err(e) => return self.refuse_heavy(asker, r#ref, 500, "internal", &format!("room unavailable: {e}")),
+        }
         let from_tail = match self.rooms.entry(&room, now) {
             Ok(r) => {
                 r.expire(&settings, now);

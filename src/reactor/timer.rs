@@ -76,7 +76,8 @@ impl Wheel {
                 if t <= now_tick {
                     return Some(Duration::ZERO);
                 }
-                let at = TICK.checked_mul(u32::try_from(t).unwrap_or(u32::MAX)).map_or(now, |d| later(self.start, d));
+                let tick_ms = u64::try_from(TICK.as_millis()).unwrap_or(u64::MAX);
+                let at = later(self.start, Duration::from_millis(t.saturating_mul(tick_ms)));
                 return Some(at.saturating_duration_since(now));
             }
             t += 1;

@@ -235,12 +235,12 @@ impl Reactor {
     /// Takes `key` out of the local member list of `room` (its slot there is
     /// `slot`), and gives the member that moved into that slot its new one.
     pub(super) fn unlist(&mut self, room: &RoomName, key: u32, slot: u32) {
-        let Some(moved) = self.local.remove_at(room, slot, key) else {
+        let Some((moved, new_slot)) = self.local.remove_at(room, slot, key) else {
             return;
         };
         if let Some(State::Ws(ws)) = self.conns.get_mut(moved as usize).map(|c| &mut c.state) {
             if let Some(entry) = ws.rooms.iter_mut().find(|(r, _)| r == room) {
-                entry.1 = Some(slot);
+                entry.1 = Some(new_slot);
             }
         }
     }
@@ -280,15 +280,22 @@ impl Reactor {
     pub(super) fn member_mail(&mut self, m: Mail) {
         match m {
             Mail::Deliver { room, frame } => self.deliver_local(&room, frame),
-            Mail::Joined { room, conn, frames } => {
+            Mail::Joined { room, conn, frames, joined } => {
                 let Some(key) = self.resolve(conn) else { return };
                 let Some(c) = self.conns.get_mut(key as usize) else { return };
                 if let State::Ws(ws) = &mut c.state {
                     ws.heavy = ws.heavy.saturating_sub(1);
-                    if let Some(entry) = ws.rooms.iter_mut().find(|(r, _)| *r == room) {
-                        if entry.1.is_none() {
-                            entry.1 = Some(self.local.add(&room, key));
+                    let at = ws.rooms.iter().position(|(r, _)| *r == room);
+                    match at {
+                        Some(i) if joined && ws.rooms[i].1.is_none() => {
+                            ws.rooms[i].1 = Some(self.local.add(&room, key));
                         }
+                        // A failed join leaves no pending membership behind
+                        // (one already confirmed stays).
+                        Some(i) if !joined && ws.rooms[i].1.is_none() => {
+                            ws.rooms.swap_remove(i);
+                        }
+                        _ => {}
                     }
                     for f in frames {
                         self.reply(key, f);

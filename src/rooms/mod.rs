@@ -382,6 +382,18 @@ impl OwnedRooms {
         Ok(room)
     }
 
+    /// Whether `room` has any message, committed or reserved: loaded rooms
+    /// answer from memory, others from storage's head, without loading.
+    pub fn has_history(&self, name: &str) -> Result<bool, StoreError> {
+        if let Some(r) = self.map.get(name) {
+            return Ok(r.assigned > 0);
+        }
+        match &self.store {
+            Some(s) => Ok(s.room_head(name)?.0 > 0),
+            None => Ok(false),
+        }
+    }
+
     /// Forgets up to `max` idle rooms (see [`OwnedRoom::is_idle`]) and
     /// returns them, for the caller to free where it suits. The map gives
     /// its memory back once mostly empty.
@@ -425,16 +437,16 @@ impl LocalMembers {
     }
 
     /// Takes `key` out of `room` in O(1): the last member moves into its
-    /// slot. Returns the member that moved (now at `slot`), whose holder
-    /// must update its slot. A stale slot falls back to a search.
-    pub fn remove_at(&mut self, room: &str, slot: u32, key: u32) -> Option<u32> {
+    /// slot. Returns the member that moved and its new slot, which its
+    /// holder must record. A stale slot falls back to a search.
+    pub fn remove_at(&mut self, room: &str, slot: u32, key: u32) -> Option<(u32, u32)> {
         let v = self.map.get_mut(room)?;
         let mut i = slot as usize;
         if v.get(i) != Some(&key) {
             i = v.iter().position(|k| *k == key)?;
         }
         v.swap_remove(i);
-        let moved = v.get(i).copied();
+        let moved = v.get(i).map(|k| (*k, u32::try_from(i).unwrap_or(u32::MAX)));
         if v.is_empty() {
             self.map.remove(room);
         } else if v.capacity() > 64 && v.len() < v.capacity() / 4 {

@@ -202,6 +202,22 @@ impl Store {
         limit: usize,
         oldest_first: bool,
     ) -> Result<(Vec<StoredMsg>, bool), StoreError> {
+        self.page_within(room, after, before, limit, oldest_first, usize::MAX)
+    }
+
+    /// [`Store::page`] that also stops once the messages read hold more
+    /// than `max_bytes` of stored values (the one that crosses it is kept,
+    /// so a page is never empty for size alone); `more` is then true. What
+    /// a peer can make one read cost is bounded by bytes, not only by count.
+    pub fn page_within(
+        &self,
+        room: &str,
+        after: Option<u64>,
+        before: Option<u64>,
+        limit: usize,
+        oldest_first: bool,
+        max_bytes: usize,
+    ) -> Result<(Vec<StoredMsg>, bool), StoreError> {
         let lo = match after {
             Some(a) => match a.checked_add(1) {
                 Some(lo) => lo,
@@ -220,13 +236,16 @@ impl Store {
         let range = table.range::<(&str, u64)>((Bound::Included((room, lo)), hi))?;
         let mut out = Vec::with_capacity(limit.min(1024));
         let mut more = false;
+        let mut bytes = 0usize;
         let mut push = |item: Result<_, redb::StorageError>| -> Result<bool, StoreError> {
             let (k, v): (redb::AccessGuard<(&str, u64)>, redb::AccessGuard<&[u8]>) = item?;
-            if out.len() == limit {
+            if out.len() == limit || bytes > max_bytes {
                 more = true;
                 return Ok(false);
             }
-            out.push(codec::decode(k.value().1, v.value())?);
+            let value = v.value();
+            bytes = bytes.saturating_add(value.len());
+            out.push(codec::decode(k.value().1, value)?);
             Ok(true)
         };
         if oldest_first {
