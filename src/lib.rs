@@ -14,3 +14,6 @@ pub mod reactor;
 pub mod rooms;
 pub mod server;
 pub mod store;
+
+#[doc(hidden)]
+pub use reactor::testkit;

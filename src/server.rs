@@ -52,13 +52,95 @@ impl CommitSink for Sink {
 pub enum ServerError {
     #[error("{0}")]
     Startup(String),
+    /// A thread of the server panicked: it stopped accepting, drained
+    /// briefly and ended. The exit status must say so (non-zero), or a
+    /// supervisor that restarts on failure would leave it down.
+    #[error("stopped after a fatal error: {0}")]
+    Fatal(String),
+}
+
+/// A started server: where it listens, and the threads to wait for.
+pub struct Running {
+    pub plain_addr: SocketAddr,
+    pub tls_addr: Option<SocketAddr>,
+    /// A token for the built-in page, when the secret is the generated one.
+    pub page_token: Option<String>,
+    shared: Arc<Shared>,
+    threads: Vec<thread::JoinHandle<()>>,
+    writer: thread::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts the drain a SIGTERM starts.
+    pub fn stop(&self) {
+        self.shared.start_drain();
+    }
+
+    /// Waits until every reactor and the store-writer have ended. `Err` when
+    /// any thread panicked (the drain then was short: `FATAL_DRAIN`).
+    pub fn wait(self) -> Result<(), ServerError> {
+        for t in self.threads {
+            if t.join().is_err() {
+                // The hook has already logged it and started the drain.
+                self.shared.fatal("a reactor thread panicked");
+            }
+        }
+        // Every reactor dropped its sender: the writer commits what is left and ends.
+        if self.writer.join().is_err() {
+            self.shared.fatal("the store-writer thread panicked");
+        }
+        match self.shared.fatal_reason() {
+            Some(why) => Err(ServerError::Fatal(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Makes every panic, on any thread, fatal to the server: it is logged (by
+/// the previous hook: message and backtrace), and the server stops
+/// accepting and drains briefly, so the process exits non-zero instead of
+/// limping on with a dead reactor or writer.
+fn install_panic_hook(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        previous(info);
+        if let Some(shared) = weak.upgrade() {
+            let thread = thread::current();
+            let name = thread.name().unwrap_or("unnamed");
+            eprintln!("roomcast: fatal: thread {name} panicked; stopping");
+            shared.fatal(&format!("thread {name} panicked: {info}"));
+        }
+    }));
 }
 
 fn startup(what: impl std::fmt::Display) -> ServerError {
     ServerError::Startup(what.to_string())
 }
 
+/// `roomcast serve`: starts, says where it listens, runs until drained.
 pub fn run(config: Config) -> Result<(), ServerError> {
+    let running = start(config)?;
+    println!("roomcast listening on http://{} ({} reactors)", running.plain_addr, running.threads.len());
+    if let Some(a) = running.tls_addr {
+        println!("roomcast listening on https://{a}");
+    }
+    if let Some(t) = &running.page_token {
+        println!("roomcast: try it: http://{}/?token={t}", running.plain_addr);
+    }
+    // Tests and tools wait for these lines; make sure they are out.
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    let draining = running.shared.clone();
+    running.wait()?;
+    if draining.draining.load(Ordering::SeqCst) {
+        println!("roomcast: drained, bye");
+    }
+    Ok(())
+}
+
+/// Starts every thread of the server and returns once it accepts.
+pub fn start(config: Config) -> Result<Running, ServerError> {
     std::fs::create_dir_all(&config.data)
         .map_err(|e| startup(format!("data directory {}: {e}", config.data.display())))?;
     let (auth, secret_from_file) = Auth::from_config(&config).map_err(|e| startup(format!("jwt secret: {e}")))?;
@@ -112,6 +194,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         metrics: (0..n).map(|_| metrics::Shared::default()).collect(),
         mailboxes,
         draining: AtomicBool::new(false),
+        fatal: std::sync::Mutex::new(None),
+        is_fatal: AtomicBool::new(false),
         quiet: (0..n).map(|_| AtomicBool::new(false)).collect(),
         tls,
         auth,
@@ -119,6 +203,8 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         readers: Some(readers),
         config,
     });
+    // Before any thread runs: a panic anywhere from here on is fatal.
+    install_panic_hook(&shared);
     drop(writer_tx);
     let writer_cfg = WriterConfig {
         durable: shared.config.durability == Durability::Immediate,
@@ -140,33 +226,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         threads.push(t);
     }
     spawn_signal_thread(shared.clone())?;
-
-    println!("roomcast listening on http://{plain_addr} ({n} reactors)");
-    if let Some(a) = tls_addr {
-        println!("roomcast listening on https://{a}");
-    }
-    if let Some(t) = page_token {
-        println!("roomcast: try it: http://{plain_addr}/?token={t}");
-    }
-    // Tests and tools wait for these lines; make sure they are out.
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
-
-    for t in threads {
-        if t.join().is_err() {
-            // A reactor panicked: the others still drain, but say so.
-            eprintln!("roomcast: a reactor thread panicked");
-            shared.start_drain();
-        }
-    }
-    // Every reactor dropped its sender: the writer commits what is left and ends.
-    if writer.join().is_err() {
-        eprintln!("roomcast: the store-writer thread panicked");
-    }
-    if shared.draining.load(Ordering::SeqCst) {
-        println!("roomcast: drained, bye");
-    }
-    Ok(())
+    Ok(Running { plain_addr, tls_addr, page_token, shared, threads, writer })
 }
 
 fn spawn_signal_thread(shared: Arc<Shared>) -> Result<(), ServerError> {
@@ -242,4 +302,41 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Se
         .map_err(|e| startup(format!("tls: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A reactor that panics takes the whole server down with an error
+    /// (exit status 1 in `main`), promptly, instead of leaving it running
+    /// without that reactor's rooms and exiting 0 later.
+    #[test]
+    fn a_panicking_reactor_stops_the_server_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config =
+            Config { threads: 2, jwt_secret: Some(crate::config::JwtSecret::new("s".repeat(32))), ..Config::default() };
+        config.listen = "127.0.0.1:0".parse().unwrap();
+        config.data = dir.path().to_path_buf();
+        let running = start(config).unwrap();
+        let addr = running.plain_addr;
+        // A healthy request first: the server works.
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        std::thread::spawn(move || {
+            let _ = tx.send(running.wait());
+        });
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.write_all(b"GET /__test/panic HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        // The drain after a panic is FATAL_DRAIN (2 s) at most.
+        let result = rx.recv_timeout(Duration::from_secs(10)).expect("the server did not stop after a panic");
+        assert!(matches!(result, Err(ServerError::Fatal(ref why)) if why.contains("panicked")), "{result:?}");
+        // It no longer accepts.
+        assert!(std::net::TcpStream::connect(addr).is_err());
+    }
 }

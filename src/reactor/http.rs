@@ -13,6 +13,7 @@ use crate::rooms::{owner_of, RoomName, UserId};
 
 use super::conn::{Pending, State, TokenBucket, WsKind, WsState};
 use super::mail::{Asker, Mail};
+use super::timer::later;
 use super::{Reactor, Step};
 
 /// The page served at `GET /`.
@@ -175,6 +176,9 @@ impl Reactor {
                 extra: vec![("Cache-Control", "no-cache".to_string())],
             }),
             "/healthz" | "/metrics" | "/" | "/index.html" => allow("GET, HEAD"),
+            // Test builds only: the way to make a reactor thread panic.
+            #[cfg(test)]
+            "/__test/panic" => panic!("test-only panic trigger"),
             "/v1/ws" => self.upgrade(key, req, WsKind::App),
             "/v1/admin/backup" => self.admin_backup(key, req, p),
             "/v1/echo" if self.shared.config.echo => self.upgrade(key, req, WsKind::Echo),
@@ -267,50 +271,73 @@ impl Reactor {
 
     /// `POST /v1/admin/backup`: a consistent copy of the database, taken
     /// from one read transaction on a thread of its own while the server
-    /// keeps serving. Body (optional): `{"out": "/path/file.redb"}`.
+    /// keeps serving. Body (optional): `{"name": "file.redb"}`, a plain file
+    /// name; the copy always lands in `<data>/backups/`, created new (0600),
+    /// never replacing a file.
     fn admin_backup(&mut self, key: u32, req: &Request, p: Pending) -> Outcome {
         if req.method != Method::Post {
             let mut a = Answer::error(405, "method_not_allowed", "use POST");
             a.extra.push(("Allow", "POST".to_string()));
             return Outcome::Answer(a);
         }
-        let claims = match self.token_of(req).map(|t| self.shared.auth.verify(&t)) {
-            Some(Ok(c)) => c,
-            Some(Err(e)) => return Outcome::Answer(Answer::error(401, "unauthorized", &e.to_string())),
-            None => return Outcome::Answer(Answer::error(401, "unauthorized", "an admin token is required")),
+        let claims = match self.credentials(req) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Outcome::Answer(Answer::error(401, "unauthorized", "an admin token is required")),
+            Err(a) => return Outcome::Answer(a),
         };
         if claims.role.as_deref() != Some("admin") {
             return Outcome::Answer(Answer::error(403, "forbidden", "backups need a token with role admin"));
         }
         #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
         struct Body {
-            out: Option<std::path::PathBuf>,
+            name: Option<String>,
         }
         let body: Body = if req.body.iter().all(u8::is_ascii_whitespace) {
-            Body { out: None }
+            Body { name: None }
         } else {
             match serde_json::from_slice(&req.body) {
                 Ok(b) => b,
-                Err(e) => return Outcome::Answer(Answer::error(400, "bad_request", &format!("bad JSON: {e}"))),
+                Err(e) => {
+                    let m = format!(
+                        "bad JSON: {e} (the body is {{\"name\": \"file.redb\"}}, a file name in <data>/backups/)"
+                    );
+                    return Outcome::Answer(Answer::error(400, "bad_request", &m));
+                }
+            }
+        };
+        let name = match body.name {
+            Some(n) => match check_backup_name(&n) {
+                Ok(()) => n,
+                Err(m) => return Outcome::Answer(Answer::error(400, "bad_request", m)),
+            },
+            None => {
+                let ms =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                format!("roomcast-{ms}.redb")
             }
         };
         let Some(store) = self.shared.store.clone() else {
             return Outcome::Answer(Answer::error(500, "internal", "no storage"));
         };
-        let out = body.out.unwrap_or_else(|| {
-            let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
-            self.shared.config.data.join("backups").join(format!("roomcast-{ms}.redb"))
-        });
+        let dir = self.shared.config.data.join("backups");
+        let out = dir.join(&name);
         self.set_awaiting(key, Some(p));
         let shared = self.shared.clone();
         let me = self.conn_ref(key);
         let spawned = std::thread::Builder::new().name("backup".into()).spawn(move || {
-            let result = out.parent().map_or(Ok(()), std::fs::create_dir_all).map_err(crate::store::StoreError::from);
+            let result = std::fs::create_dir_all(&dir).map_err(crate::store::StoreError::from);
             let mail = match result.and_then(|()| store.backup_to(&out)) {
                 Ok(n) => {
                     let body = serde_json::json!({ "path": out.display().to_string(), "messages": n });
                     Mail::HttpAnswer { conn: me, status: 200, body: body.to_string().into_bytes(), retry_after: None }
                 }
+                Err(crate::store::StoreError::Exists(_)) => Mail::HttpAnswer {
+                    conn: me,
+                    status: 409,
+                    body: msg::error_json("bad_request", &format!("backup {name} exists already; pick another name")),
+                    retry_after: None,
+                },
                 Err(e) => Mail::HttpAnswer {
                     conn: me,
                     status: 500,
@@ -330,11 +357,8 @@ impl Reactor {
     /// The user an HTTP request acts as: the token's subject, or in
     /// anonymous mode the `user` query parameter (else `anonymous`).
     fn http_user(&self, req: &Request) -> Result<UserId, Answer> {
-        match self.token_of(req) {
-            Some(t) => match self.shared.auth.verify(&t) {
-                Ok(c) => Ok(UserId::from(c.sub.as_str())),
-                Err(e) => Err(Answer::error(401, "unauthorized", &e.to_string())),
-            },
+        match self.credentials(req)? {
+            Some(c) => Ok(UserId::from(c.sub.as_str())),
             None if self.shared.config.anonymous => {
                 let u = req.query_param("user").unwrap_or_else(|| "anonymous".to_string());
                 valid_user(&u).map_err(|m| Answer::error(400, "bad_request", m))?;
@@ -346,14 +370,29 @@ impl Reactor {
         }
     }
 
-    fn token_of(&self, req: &Request) -> Option<String> {
-        if let Some(h) = req.header("authorization") {
-            let h = std::str::from_utf8(h).ok()?.trim();
-            if h.len() > 7 && h[..7].eq_ignore_ascii_case("bearer ") {
-                return Some(h[7..].trim().to_string());
-            }
+    /// The verified claims of the token a request carries, `None` when it
+    /// carries none, or the 401 to answer. The token comes from
+    /// `Authorization: Bearer <jwt>` (the scheme in any case), else the
+    /// `access_token` query parameter. An `Authorization` header that is
+    /// not a bearer token is refused, not ignored: in anonymous mode that
+    /// would silently turn a broken client into an anonymous one.
+    fn credentials(&self, req: &Request) -> Result<Option<crate::auth::Claims>, Answer> {
+        let token = match req.header("authorization") {
+            Some(h) => match bearer_token(h) {
+                Some(t) => t.to_string(),
+                None => {
+                    return Err(Answer::error(401, "unauthorized", "the Authorization header must be `Bearer <token>`"))
+                }
+            },
+            None => match req.query_param("access_token").filter(|t| !t.is_empty()) {
+                Some(t) => t,
+                None => return Ok(None),
+            },
+        };
+        match self.shared.auth.verify(&token) {
+            Ok(c) => Ok(Some(c)),
+            Err(e) => Err(Answer::error(401, "unauthorized", &e.to_string())),
         }
-        req.query_param("access_token").filter(|t| !t.is_empty())
     }
 
     fn upgrade(&mut self, key: u32, req: &Request, kind: WsKind) -> Outcome {
@@ -395,19 +434,17 @@ impl Reactor {
         let (user, exp) = if kind == WsKind::Echo {
             (UserId::from("echo"), None)
         } else {
-            match self.token_of(req) {
-                Some(t) => match self.shared.auth.verify(&t) {
-                    Ok(c) => (UserId::from(c.sub.as_str()), Some(c.exp)),
-                    Err(e) => return Outcome::Answer(Answer::error(401, "unauthorized", &e.to_string())),
-                },
-                None if self.shared.config.anonymous => {
+            match self.credentials(req) {
+                Err(a) => return Outcome::Answer(a),
+                Ok(Some(c)) => (UserId::from(c.sub.as_str()), Some(c.exp)),
+                Ok(None) if self.shared.config.anonymous => {
                     let u = req.query_param("user").unwrap_or_else(anonymous_name);
                     if let Err(m) = valid_user(&u) {
                         return Outcome::Answer(Answer::error(400, "bad_request", m));
                     }
                     (UserId::from(u.as_str()), None)
                 }
-                None => {
+                Ok(None) => {
                     return Outcome::Answer(Answer::error(
                         401,
                         "unauthorized",
@@ -430,11 +467,11 @@ impl Reactor {
             last_rx: self.now,
             ping_sent: false,
         };
-        let mut first = self.now + cfg.ping_interval.min(cfg.idle_timeout);
+        let mut first = later(self.now, cfg.ping_interval.min(cfg.idle_timeout));
         if let Some(exp) = exp {
             // The token's expiry has a deadline of its own (close 4001).
             let left = exp.saturating_sub(crate::auth::now_unix());
-            first = first.min(self.now + std::time::Duration::from_secs(left));
+            first = first.min(later(self.now, std::time::Duration::from_secs(left)));
         }
         if let Some(conn) = self.conns.get_mut(key as usize) {
             conn.state = State::Ws(Box::new(ws));
@@ -442,6 +479,38 @@ impl Reactor {
         self.schedule(key, first);
         Outcome::Done
     }
+}
+
+/// A backup's file name: one plain path component, so the copy cannot land
+/// outside `<data>/backups/`.
+fn check_backup_name(n: &str) -> Result<(), &'static str> {
+    let plain = !n.is_empty()
+        && n.len() <= 128
+        && n != "."
+        && n != ".."
+        && !n.starts_with('.')
+        && n.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if plain {
+        Ok(())
+    } else {
+        Err("`name` is a file name of 1 to 128 bytes of [A-Za-z0-9_.-], not starting with a dot")
+    }
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header value, or
+/// `None` when the scheme is another or the rest is not a plausible token
+/// (JWTs are ASCII: base64url and dots).
+pub(super) fn bearer_token(h: &[u8]) -> Option<&str> {
+    let h = h.trim_ascii();
+    let (scheme, rest) = h.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    if token.is_empty() || !token.iter().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
 }
 
 fn valid_user(u: &str) -> Result<(), &'static str> {
@@ -459,4 +528,34 @@ fn anonymous_name() -> String {
         s.push_str(&format!("{x:02x}"));
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn backup_names_are_plain() {
+        use super::check_backup_name as c;
+        assert!(c("b1.redb").is_ok());
+        assert!(c("roomcast-17.redb").is_ok());
+        for bad in ["", ".", "..", "../x", "a/b", "a\\b", ".hidden", "x\u{0}", "é", &"a".repeat(129)] {
+            assert!(c(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn bearer_token_is_read_as_bytes() {
+        assert_eq!(bearer_token(b"Bearer abc.def"), Some("abc.def"));
+        assert_eq!(bearer_token(b"  bEaReR   abc  "), Some("abc"));
+        assert_eq!(bearer_token(b"bearer\xC3\xA9"), None);
+        assert_eq!(bearer_token("bearer\u{e9}x".as_bytes()), None);
+        assert_eq!(bearer_token("bearer \u{e9}".as_bytes()), None);
+        assert_eq!(bearer_token("b\u{e9}arer x".as_bytes()), None);
+        assert_eq!(bearer_token(b"Bearer"), None);
+        assert_eq!(bearer_token(b"Bearer "), None);
+        assert_eq!(bearer_token(b"Basic abc"), None);
+        assert_eq!(bearer_token(&[0xff; 64]), None);
+        assert_eq!(bearer_token(b""), None);
+    }
 }

@@ -19,6 +19,7 @@ mod conn;
 mod http;
 pub mod mail;
 mod owner;
+pub mod testkit;
 pub mod timer;
 pub mod transport;
 mod ws;
@@ -44,7 +45,7 @@ use crate::store::{ReaderPool, Store, WriterCmd};
 
 use conn::{Closing, Conn, HttpState, State};
 use mail::{ConnRef, Inbox, Mail, Mailbox};
-use timer::Wheel;
+use timer::{later, Wheel};
 use transport::{ReadOutcome, Transport, WriteOutcome, READ_BUDGET};
 
 const WAKER: Token = Token(0);
@@ -59,10 +60,21 @@ const MAIL_BUDGET: usize = 8192;
 /// How long accepting pauses after EMFILE/ENFILE: the loop must not spin on
 /// a listener it cannot serve.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// After a fatal error (a thread panicked) the drain is this short at most:
+/// the process must exit promptly, so a supervisor restarts it.
+const FATAL_DRAIN: Duration = Duration::from_secs(2);
 /// A WebSocket close handshake we started gets this long to finish.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Size of the shared read buffer.
 const SCRATCH: usize = 64 * 1024;
+/// While a connection has more than this queued, its input is not read
+/// or parsed: the peer must take its answers before it may ask more (TCP
+/// pushes back). Fan-out is not held back by it; the cap is for that.
+const HIGH_WATER: usize = 64 * 1024;
+/// How far past the cap one connection's queue may get: the largest single
+/// answer queued while under the high-water mark (a capped history page
+/// or replay, an HTTP response).
+pub(crate) const OUT_SLACK: usize = HIGH_WATER + (4 << 20);
 /// Fan-out coalescing: once this many deliveries were queued since the last
 /// flush, and that flush was less than `COALESCE_WINDOW` ago, the reactor
 /// holds its writes until the window ends. Under heavy fan-out each member
@@ -80,6 +92,10 @@ pub struct Shared {
     pub metrics: Vec<metrics::Shared>,
     pub mailboxes: Vec<Mailbox>,
     pub draining: AtomicBool,
+    /// Set when a thread panicked: why. The drain that follows is short
+    /// (`FATAL_DRAIN`) and the process exits non-zero.
+    pub fatal: std::sync::Mutex<Option<String>>,
+    pub is_fatal: AtomicBool,
     /// Per reactor, while draining: nothing left to do (no connections, no
     /// publishes waiting, no mail to pass on). A reactor ends only when all
     /// are quiet, since another reactor's in-flight request may still need
@@ -104,6 +120,23 @@ impl Shared {
 
     pub fn reactors(&self) -> usize {
         self.mailboxes.len()
+    }
+
+    /// Records a fatal error (the first one is kept) and starts the drain.
+    pub fn fatal(&self, why: &str) {
+        // A poisoned lock means another panic got here first: keep going.
+        if let Ok(mut f) = self.fatal.lock() {
+            f.get_or_insert_with(|| why.to_string());
+        }
+        self.is_fatal.store(true, Ordering::SeqCst);
+        self.start_drain();
+    }
+
+    pub fn fatal_reason(&self) -> Option<String> {
+        match self.fatal.lock() {
+            Ok(f) => f.clone(),
+            Err(_) => Some("a thread panicked".to_string()),
+        }
     }
 
     /// Asks every reactor to drain, waking them.
@@ -168,6 +201,9 @@ pub struct Reactor {
     /// Held writes go out at this instant (see `COALESCE_WINDOW`).
     flush_at: Option<Instant>,
     delivered_at_flush: u64,
+    /// Whether heavy fan-out may hold writes (off in the harness, whose
+    /// clock only moves when told).
+    coalesce: bool,
     /// Publishes waiting for their commit, in append order.
     pending: VecDeque<owner::PendingPublish>,
     writer: Option<crossbeam_channel::Sender<WriterCmd>>,
@@ -223,6 +259,7 @@ impl Reactor {
             last_flush: now,
             flush_at: None,
             delivered_at_flush: 0,
+            coalesce: true,
             writer: parts.writer,
             shared,
         })
@@ -239,7 +276,7 @@ impl Reactor {
             }
             // While draining, look again soon: the others' progress decides
             // when this reactor may end.
-            let drain_check = self.drain_deadline.map(|d| d.min(self.now + Duration::from_millis(20)));
+            let drain_check = self.drain_deadline.map(|d| d.min(later(self.now, Duration::from_millis(20))));
             for at in [self.accept_paused_until, drain_check, self.flush_at].into_iter().flatten() {
                 let d = at.saturating_duration_since(self.now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
@@ -272,23 +309,7 @@ impl Reactor {
                     }
                 }
             }
-            self.revisit();
-            self.drain_inbox();
-            self.fire_timers(&mut expired);
-            if self.drain_deadline.is_none() && self.shared.draining.load(Ordering::Relaxed) {
-                self.begin_drain();
-            }
-            if let Some(hold_until) = self.coalescing() {
-                // Writes wait (briefly) for more frames; poll wakes in time.
-                self.flush_at = Some(hold_until);
-            } else {
-                self.flush_at = None;
-                self.flush_pending();
-                self.last_flush = self.now;
-                self.delivered_at_flush = self.counters.delivered;
-            }
-            self.pass_mail_on();
-            self.shared.metrics[self.id].publish(&self.counters);
+            self.after_events(&mut expired);
             if let Some(deadline) = self.drain_deadline {
                 // Publishes waiting on a commit get their answer first.
                 let quiet =
@@ -305,6 +326,28 @@ impl Reactor {
         for k in keys {
             self.close_now(k, CloseReason::Shutdown);
         }
+        self.shared.metrics[self.id].publish(&self.counters);
+    }
+
+    /// The rest of one loop iteration, after readiness was dispatched:
+    /// leftover work, mail, timers, drain, writes, mail to others, counters.
+    fn after_events(&mut self, expired: &mut Vec<timer::Entry>) {
+        self.revisit();
+        self.drain_inbox();
+        self.fire_timers(expired);
+        if self.drain_deadline.is_none() && self.shared.draining.load(Ordering::Relaxed) {
+            self.begin_drain();
+        }
+        if let Some(hold_until) = self.coalescing() {
+            // Writes wait (briefly) for more frames; poll wakes in time.
+            self.flush_at = Some(hold_until);
+        } else {
+            self.flush_at = None;
+            self.flush_pending();
+            self.last_flush = self.now;
+            self.delivered_at_flush = self.counters.delivered;
+        }
+        self.pass_mail_on();
         self.shared.metrics[self.id].publish(&self.counters);
     }
 
@@ -331,7 +374,7 @@ impl Reactor {
                     if e.raw_os_error() != Some(libc::EMFILE) {
                         eprintln!("roomcast: reactor {}: accept: {e}", self.id);
                     }
-                    self.accept_paused_until = Some(self.now + ACCEPT_PAUSE);
+                    self.accept_paused_until = Some(later(self.now, ACCEPT_PAUSE));
                     return;
                 }
             }
@@ -346,8 +389,7 @@ impl Reactor {
             return; // dropping the socket closes it
         }
         let _ = sock.set_nodelay(true);
-        let entry = self.conns.vacant_entry();
-        let key = entry.key();
+        let key = self.conns.vacant_key();
         if self
             .poll
             .registry()
@@ -367,6 +409,14 @@ impl Reactor {
             },
             _ => Transport::Plain(sock),
         };
+        self.insert_conn(transport);
+    }
+
+    /// Files a new connection over `transport` in the slab, as a fresh
+    /// HTTP connection with its request deadline. Returns its key.
+    fn insert_conn(&mut self, transport: Transport) -> u32 {
+        let entry = self.conns.vacant_entry();
+        let key = entry.key();
         self.next_gen = self.next_gen.wrapping_add(1);
         entry.insert(Conn {
             transport,
@@ -379,8 +429,9 @@ impl Reactor {
         });
         self.counters.accepted += 1;
         self.counters.open += 1;
-        let at = self.now + self.shared.config.request_timeout;
+        let at = later(self.now, self.shared.config.request_timeout);
         self.schedule(key as u32, at);
+        key as u32
     }
 
     /// Work left over from the last iteration that no readiness edge will
@@ -570,11 +621,11 @@ impl Reactor {
     /// heavy fan-out, only within the window after the last flush, never
     /// while draining.
     fn coalescing(&self) -> Option<Instant> {
-        if self.drain_deadline.is_some() || self.pending_flush.is_empty() {
+        if !self.coalesce || self.drain_deadline.is_some() || self.pending_flush.is_empty() {
             return None;
         }
         let heavy = self.counters.delivered - self.delivered_at_flush >= COALESCE_DELIVERIES;
-        let until = self.last_flush + COALESCE_WINDOW;
+        let until = later(self.last_flush, COALESCE_WINDOW);
         (heavy && self.now < until).then_some(until)
     }
 
@@ -627,7 +678,7 @@ impl Reactor {
     fn set_closing(&mut self, key: u32, await_peer_close: bool, reason: CloseReason) {
         self.leave_all(key);
         let grace = if self.drain_deadline.is_some() { self.shared.config.drain_timeout } else { CLOSE_GRACE };
-        let until = self.drain_deadline.unwrap_or(self.now + grace).min(self.now + grace);
+        let until = self.drain_deadline.unwrap_or(later(self.now, grace)).min(later(self.now, grace));
         if let Some(conn) = self.conns.get_mut(key as usize) {
             conn.state = State::Closing(Closing { until, await_peer_close, reason });
             self.schedule(key, until);
@@ -649,7 +700,9 @@ impl Reactor {
                 tls.send_close_notify();
                 let _ = tls.write_tls(sock);
             }
-            let _ = self.poll.registry().deregister(conn.transport.socket());
+            if let Some(sock) = conn.transport.socket() {
+                let _ = self.poll.registry().deregister(sock);
+            }
             self.counters.open = self.counters.open.saturating_sub(1);
             self.counters.closed(reason);
         }
@@ -697,8 +750,8 @@ impl Reactor {
             State::Http(h) => {
                 let since = h.started.unwrap_or(h.idle_since);
                 if h.awaiting.is_some() {
-                    now + request_timeout
-                } else if now >= since + request_timeout {
+                    later(now, request_timeout)
+                } else if now >= later(since, request_timeout) {
                     if h.started.is_some() {
                         // Slowloris: the head did not complete in time.
                         let mut out = Vec::new();
@@ -717,7 +770,7 @@ impl Reactor {
                     }
                     return;
                 } else {
-                    since + request_timeout
+                    later(since, request_timeout)
                 }
             }
             State::Ws(ws) => {
@@ -730,13 +783,13 @@ impl Reactor {
                     self.ws_close(key, 1001, "idle timeout", CloseReason::Timeout);
                     return;
                 }
-                let mut next = ws.last_rx + idle_timeout;
+                let mut next = later(ws.last_rx, idle_timeout);
                 if idle >= ping_interval && !ws.ping_sent {
                     ws.ping_sent = true;
                     self.send(key, Bytes::from_static(&[0x89, 0x00]));
                     self.counters.frames_out += 1;
                 } else if !ws.ping_sent {
-                    next = next.min(ws.last_rx + ping_interval);
+                    next = next.min(later(ws.last_rx, ping_interval));
                 }
                 let Some(conn) = self.conns.get_mut(key as usize) else {
                     return;
@@ -744,7 +797,7 @@ impl Reactor {
                 if let State::Ws(ws) = &conn.state {
                     if let Some(exp) = ws.exp {
                         let left = exp.saturating_sub(crate::auth::now_unix());
-                        next = next.min(now + Duration::from_secs(left));
+                        next = next.min(later(now, Duration::from_secs(left)));
                     }
                 }
                 next
@@ -824,7 +877,11 @@ impl Reactor {
     // ------------------------------------------------------------- drain
 
     fn begin_drain(&mut self) {
-        let deadline = self.now + self.shared.config.drain_timeout;
+        let mut timeout = self.shared.config.drain_timeout;
+        if self.shared.is_fatal.load(Ordering::SeqCst) {
+            timeout = timeout.min(FATAL_DRAIN);
+        }
+        let deadline = later(self.now, timeout);
         self.drain_deadline = Some(deadline);
         for (l, _) in &mut self.listeners {
             if let Some(mut l) = l.take() {

@@ -34,6 +34,11 @@ pub(super) struct PendingPublish {
     /// `None` for a duplicate: nothing to commit, only an ack to send.
     frame: Option<MsgFrame>,
     id: Option<Box<str>>,
+    user: UserId,
+    /// An earlier reservation in the same room failed to commit: this one
+    /// cannot be stored either (the writer refuses a seq past a hole) and
+    /// its seq was taken back already.
+    doomed: bool,
     r#ref: Option<Ref>,
     asker: Asker,
 }
@@ -161,7 +166,9 @@ impl Reactor {
             }
         }
         let entry = match r.reserve(&settings, &user, &body, id.as_deref(), now) {
-            Reserved::Duplicate { seq, ts } => PendingPublish { room, seq, ts, frame: None, id, r#ref, asker },
+            Reserved::Duplicate { seq, ts } => {
+                PendingPublish { room, seq, ts, frame: None, id, user, doomed: false, r#ref, asker }
+            }
             Reserved::New { seq, ts, frame } => {
                 if let Some(w) = &self.writer {
                     let rec = Record {
@@ -180,7 +187,7 @@ impl Reactor {
                         return self.refuse(asker, r#ref, 503, "overloaded", "storage is busy; retry");
                     }
                 }
-                PendingPublish { room, seq, ts, frame: Some(frame), id, r#ref, asker }
+                PendingPublish { room, seq, ts, frame: Some(frame), id, user, doomed: false, r#ref, asker }
             }
         };
         self.pending.push_back(entry);
@@ -207,25 +214,39 @@ impl Reactor {
             let Some(p) = self.pending.pop_front() else { break };
             let (seq, ts) = (p.seq, p.ts);
             match (p.frame, &result) {
-                (Some(frame), Ok(())) => {
+                (Some(frame), Ok(())) if !p.doomed => {
                     if let Some(r) = self.rooms.get_mut(&p.room) {
                         r.commit(&settings, seq, ts, frame.clone());
                     }
                     self.counters.published += 1;
                     self.fan_out(&p.room, frame.frame);
                 }
-                (Some(_), Err(e)) => {
-                    // Not stored: later reservations in this room cannot
-                    // commit contiguously either; fall back to storage's head.
-                    let head = self.rooms.store().map(|s| s.room_head(&p.room));
-                    if let (Some(Ok((s, t))), Some(r)) = (head, self.rooms.get_mut(&p.room)) {
-                        r.reset_to(s, t);
+                (Some(_), _) => {
+                    // Not stored. The first failure in a room takes its seq
+                    // back, and with it every reservation queued behind it in
+                    // that room (the writer refuses those: they no longer
+                    // follow on); none of their ids stays remembered, so a
+                    // retry publishes anew.
+                    if !p.doomed {
+                        self.abandon(&p.room, seq, &p.user, p.id.as_deref());
                     }
-                    let m = format!("storage failed: {e}");
+                    let m = match &result {
+                        Err(e) => format!("storage failed: {e}"),
+                        Ok(()) => "storage failed for an earlier message of this room; retry".to_string(),
+                    };
                     self.refuse(p.asker, p.r#ref, 500, "internal", &m);
                     continue;
                 }
-                (None, _) => {}
+                (None, _) => {
+                    // A duplicate whose original was never stored has
+                    // nothing to point at.
+                    let stored = self.rooms.get(&p.room).is_some_and(|r| seq <= r.last_seq());
+                    if !stored {
+                        let m = "storage failed for the original of this message; retry";
+                        self.refuse(p.asker, p.r#ref, 500, "internal", m);
+                        continue;
+                    }
+                }
             }
             let reply = match p.asker {
                 Asker::Ws(c) => {
@@ -240,6 +261,28 @@ impl Reactor {
             };
             self.post(p.asker.conn().reactor as usize, reply);
         }
+    }
+
+    /// The commit of `seq` in `room` failed: the room goes back to just
+    /// before it, and every later reservation of the room still pending is
+    /// doomed. Their ids are forgotten now, so a retry is not answered
+    /// with a seq that was never stored.
+    fn abandon(&mut self, room: &RoomName, seq: u64, user: &UserId, id: Option<&str>) {
+        let Some(r) = self.rooms.get_mut(room) else { return };
+        if let Some(id) = id {
+            r.forget(user, id, seq);
+        }
+        for q in self.pending.iter_mut() {
+            if q.frame.is_some() && !q.doomed && q.room == *room {
+                q.doomed = true;
+                if let Some(id) = q.id.as_deref() {
+                    r.forget(&q.user, id, q.seq);
+                }
+            }
+        }
+        // Everything before `seq` in this room is committed (commits come
+        // in order), so its head is `seq - 1`: no storage read needed.
+        r.take_back(seq);
     }
 
     /// Answers a request with an error, over WebSocket or HTTP.

@@ -12,6 +12,16 @@ use std::time::{Duration, Instant};
 /// token expiry, close handshake), so 50 ms is ample precision.
 pub const TICK: Duration = Duration::from_millis(50);
 const SLOTS: usize = 1024; // 51.2 s horizon
+/// The furthest any deadline is ever put: a duration from outside (a
+/// setting, a token's `exp`) past this is "far away", never an overflow.
+pub const FAR: Duration = Duration::from_secs(400 * 86_400);
+
+/// `now + d` that cannot panic, whatever `d` is: `d` is capped at [`FAR`].
+pub fn later(now: Instant, d: Duration) -> Instant {
+    // Adding 400 days to a monotonic clock reading cannot overflow on any
+    // supported platform; the fallback only keeps this total.
+    now.checked_add(d.min(FAR)).unwrap_or(now)
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Entry {
@@ -66,7 +76,7 @@ impl Wheel {
                 if t <= now_tick {
                     return Some(Duration::ZERO);
                 }
-                let at = self.start + TICK * (t as u32);
+                let at = TICK.checked_mul(u32::try_from(t).unwrap_or(u32::MAX)).map_or(now, |d| later(self.start, d));
                 return Some(at.saturating_duration_since(now));
             }
             t += 1;
@@ -119,5 +129,13 @@ mod tests {
         w.expire(t0 + Duration::from_secs(60), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(w.timeout(t0), None);
+    }
+
+    #[test]
+    fn later_never_overflows() {
+        let t0 = Instant::now();
+        assert_eq!(later(t0, Duration::from_secs(5)), t0 + Duration::from_secs(5));
+        assert_eq!(later(t0, Duration::MAX), t0 + FAR);
+        assert_eq!(later(t0, Duration::from_secs(u64::MAX)), t0 + FAR);
     }
 }

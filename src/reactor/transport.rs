@@ -102,6 +102,22 @@ pub enum WriteOutcome {
 pub enum Transport {
     Plain(TcpStream),
     Tls(TcpStream, Box<rustls::ServerConnection>),
+    /// An in-memory pipe with no socket under it: the test and fuzz harness
+    /// (`crate::testkit`) drives a whole connection through it.
+    Mem(Box<MemPipe>),
+}
+
+/// Both directions of an in-memory connection, as the harness sees them.
+#[derive(Debug, Default)]
+pub struct MemPipe {
+    /// Bytes the peer sent that the reactor has not read yet.
+    pub input: VecDeque<u8>,
+    /// The peer closed its sending side (after `input` is read: EOF).
+    pub eof: bool,
+    /// Bytes the reactor wrote, not yet taken by the harness.
+    pub output: Vec<u8>,
+    /// How many more bytes the "socket" accepts before a write would block.
+    pub write_room: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,10 +129,12 @@ pub enum TransportError {
 }
 
 impl Transport {
-    pub fn socket(&mut self) -> &mut TcpStream {
+    /// The socket under the connection (none for an in-memory pipe).
+    pub fn socket(&mut self) -> Option<&mut TcpStream> {
         match self {
-            Transport::Plain(s) => s,
-            Transport::Tls(s, _) => s,
+            Transport::Plain(s) => Some(s),
+            Transport::Tls(s, _) => Some(s),
+            Transport::Mem(_) => None,
         }
     }
 
@@ -129,13 +147,14 @@ impl Transport {
         match self {
             Transport::Plain(sock) => read_plain(sock, buf),
             Transport::Tls(sock, tls) => read_tls(sock, tls, buf),
+            Transport::Mem(pipe) => Ok(read_mem(pipe, buf)),
         }
     }
 
     /// True when rustls has handshake or alert bytes of its own to send.
     pub fn wants_write(&self) -> bool {
         match self {
-            Transport::Plain(_) => false,
+            Transport::Plain(_) | Transport::Mem(_) => false,
             Transport::Tls(_, tls) => tls.wants_write(),
         }
     }
@@ -145,6 +164,7 @@ impl Transport {
         match self {
             Transport::Plain(sock) => flush_plain(sock, q),
             Transport::Tls(sock, tls) => flush_tls(sock, tls, q),
+            Transport::Mem(pipe) => Ok(flush_mem(pipe, q)),
         }
     }
 }
@@ -188,6 +208,33 @@ fn read_tls(
             Err(e) => return Err(e.into()),
         }
     }
+}
+
+fn read_mem(pipe: &mut MemPipe, buf: &mut [u8]) -> ReadOutcome {
+    if pipe.input.is_empty() {
+        return if pipe.eof { ReadOutcome::Eof } else { ReadOutcome::WouldBlock };
+    }
+    let n = buf.len().min(pipe.input.len());
+    for (dst, src) in buf.iter_mut().zip(pipe.input.drain(..n)) {
+        *dst = src;
+    }
+    ReadOutcome::Data(n)
+}
+
+fn flush_mem(pipe: &mut MemPipe, q: &mut OutQueue) -> (WriteOutcome, usize) {
+    let mut total = 0;
+    while let Some(front) = q.chunks.front() {
+        let chunk = &front[q.front_off..];
+        let n = chunk.len().min(pipe.write_room);
+        if n == 0 {
+            return (WriteOutcome::Blocked, total);
+        }
+        pipe.output.extend_from_slice(&chunk[..n]);
+        pipe.write_room -= n;
+        q.advance(n);
+        total += n;
+    }
+    (WriteOutcome::Done, total)
 }
 
 fn flush_plain(sock: &mut TcpStream, q: &mut OutQueue) -> Result<(WriteOutcome, usize), TransportError> {

@@ -21,7 +21,7 @@ use super::mail::{Asker, Mail};
 use super::{Reactor, Step};
 
 /// Rooms one connection may be in at once.
-const MAX_ROOMS_PER_CONN: usize = 256;
+pub(super) const MAX_ROOMS_PER_CONN: usize = 256;
 
 /// A decoded frame, owned, so the input buffer can be let go before acting.
 enum Action {

@@ -90,7 +90,9 @@ pub struct OwnedRoom {
     dedup: HashMap<(UserId, Box<str>), DedupEntry>,
     /// Dedup keys in the order they were recorded, with their expiry, so
     /// pruning is a pop from the front.
-    dedup_order: VecDeque<(u64, UserId, Box<str>)>,
+    /// The seq is kept so that an entry forgotten and recorded again is not
+    /// pruned by its older record's expiry.
+    dedup_order: VecDeque<(u64, UserId, Box<str>, u64)>,
     /// The in-memory dedup window is complete for ids recorded from this
     /// instant (ms) on; older ones may be known to storage only (a restart).
     dedup_complete_since: u64,
@@ -203,7 +205,7 @@ impl OwnedRoom {
         let key: Box<str> = Box::from(id);
         let expires = now_ms + settings.dedup_window.as_millis() as u64;
         if self.dedup.insert((from.clone(), key.clone()), DedupEntry { seq, ts }).is_none() {
-            self.dedup_order.push_back((expires, from.clone(), key));
+            self.dedup_order.push_back((expires, from.clone(), key, seq));
         }
     }
 
@@ -214,7 +216,7 @@ impl OwnedRoom {
             self.assigned -= 1;
             if let Some(id) = id {
                 self.dedup.remove(&(from.clone(), Box::from(id)));
-                if self.dedup_order.back().is_some_and(|(_, u, i)| u == from && &**i == id) {
+                if self.dedup_order.back().is_some_and(|(_, u, i, _)| u == from && &**i == id) {
                     self.dedup_order.pop_back();
                 }
             }
@@ -245,24 +247,33 @@ impl OwnedRoom {
         }
     }
 
-    /// A reserved message's commit failed: nothing after it can commit in
-    /// order either, so the room falls back to what storage holds.
-    pub fn reset_to(&mut self, seq: u64, ts: u64) {
-        self.assigned = seq;
-        self.assigned_ts = self.assigned_ts.max(ts);
-        // The tail is contiguous and ends at `committed`: cut what lies above `seq`.
-        let above = self.committed.saturating_sub(seq) as usize;
-        self.tail.truncate(self.tail.len().saturating_sub(above));
-        self.committed = seq;
+    /// The commit of reservation `seq` failed: it and every reservation
+    /// after it are taken back (none can be stored in order), so the next
+    /// publish gets `seq` again. Everything below `seq` is committed, so the
+    /// tail and `committed` stay as they are.
+    pub fn take_back(&mut self, seq: u64) {
+        let head = seq.saturating_sub(1).max(self.committed);
+        self.assigned = self.assigned.min(head);
+    }
+
+    /// Forgets the client id of reservation `seq` (it was not stored).
+    pub fn forget(&mut self, from: &UserId, id: &str, seq: u64) {
+        let key = (from.clone(), Box::<str>::from(id));
+        if self.dedup.get(&key).is_some_and(|e| e.seq == seq) {
+            self.dedup.remove(&key);
+        }
     }
 
     fn prune_dedup(&mut self, now_ms: u64) {
-        while let Some((exp, _, _)) = self.dedup_order.front() {
+        while let Some((exp, _, _, _)) = self.dedup_order.front() {
             if *exp > now_ms {
                 break;
             }
-            if let Some((_, user, id)) = self.dedup_order.pop_front() {
-                self.dedup.remove(&(user, id));
+            if let Some((_, user, id, seq)) = self.dedup_order.pop_front() {
+                let key = (user, id);
+                if self.dedup.get(&key).is_some_and(|e| e.seq == seq) {
+                    self.dedup.remove(&key);
+                }
             }
         }
     }
@@ -353,6 +364,15 @@ impl OwnedRooms {
     pub fn store(&self) -> Option<&Store> {
         self.store.as_ref()
     }
+
+    /// Rooms loaded.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
 }
 
 /// This reactor's members of each room: connection slots in join order.
@@ -379,6 +399,20 @@ impl LocalMembers {
 
     pub fn members(&self, room: &str) -> &[u32] {
         self.map.get(room).map_or(&[], |v| v.as_slice())
+    }
+
+    /// Memberships held (a connection in two rooms counts twice).
+    pub fn len(&self) -> usize {
+        self.map.values().map(Vec::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Every `(room, connection)` membership.
+    pub fn iter(&self) -> impl Iterator<Item = (&RoomName, u32)> + '_ {
+        self.map.iter().flat_map(|(room, keys)| keys.iter().map(move |k| (room, *k)))
     }
 }
 
@@ -480,8 +514,16 @@ mod tests {
         assert_eq!(again, seq);
         r.commit(&s, again, ts, frame);
         assert_eq!(r.last_seq(), 1);
-        r.reset_to(0, 0);
-        assert_eq!(r.last_seq(), 0);
+        // Seq 2 and 3 reserved, 2 fails: both are taken back, 2's id forgotten.
+        let Reserved::New { seq: two, .. } = r.reserve(&s, &u, &body(), Some("b"), 3) else { panic!() };
+        let Reserved::New { seq: three, .. } = r.reserve(&s, &u, &body(), Some("c"), 3) else { panic!() };
+        assert_eq!((two, three), (2, 3));
+        r.forget(&u, "b", two);
+        r.forget(&u, "c", three);
+        r.take_back(two);
+        assert_eq!(r.last_seq(), 1);
+        assert!(matches!(r.reserve(&s, &u, &body(), Some("b"), 4), Reserved::New { seq: 2, .. }));
+        assert!(matches!(r.reserve(&s, &u, &body(), Some("a"), 4), Reserved::Duplicate { seq: 1, .. }));
         let loaded = OwnedRoom::with_head("r".into(), 1, 9, 5, 1_000_000);
         assert!(loaded.dedup_needs_storage(&s, 1_000_000 + 1));
         assert!(!loaded.dedup_needs_storage(&s, 1_000_000 + 61_000));

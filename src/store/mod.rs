@@ -73,6 +73,9 @@ pub enum StoreError {
     /// Any error redb reports (I/O below it, corruption, a failed commit).
     #[error("storage: {0}")]
     Db(String),
+    /// A backup's target exists already: backups never replace a file.
+    #[error("{0} exists already")]
+    Exists(String),
     #[error("io: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -114,6 +117,10 @@ pub struct StoredMsg {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<Database>,
+    /// Test builds only: the next this many batch commits fail, as a full
+    /// disk or an I/O error would make them.
+    #[cfg(test)]
+    pub(crate) fail_commits: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Store {
@@ -161,7 +168,11 @@ impl Store {
             txn.open_table(DEDUP_EXPIRY)?;
         }
         txn.commit()?;
-        Ok(Store { db: Arc::new(db) })
+        Ok(Store {
+            db: Arc::new(db),
+            #[cfg(test)]
+            fail_commits: Arc::default(),
+        })
     }
 
     /// Last seq and its ts for a room (0, 0 if none). One read transaction.
@@ -240,12 +251,19 @@ impl Store {
     }
 
     /// A consistent copy of the whole database, taken from ONE read
-    /// transaction, into a new redb file at `out` (written to `out.tmp`, then
-    /// renamed), while the writer keeps committing. Returns the number of
-    /// messages copied.
+    /// transaction, into a new redb file at `out`, while the writer keeps
+    /// committing. Returns the number of messages copied.
+    ///
+    /// The copy is written to a private (0600) temporary file created new
+    /// beside `out`, then hard-linked into place: the link fails if `out`
+    /// exists, so a backup never replaces a file (the live database
+    /// included) and a half-written copy never appears under `out`.
     pub fn backup_to(&self, out: &Path) -> Result<u64, StoreError> {
+        if out.exists() {
+            return Err(StoreError::Exists(out.display().to_string()));
+        }
         let mut tmp_name = out.as_os_str().to_owned();
-        tmp_name.push(".tmp");
+        tmp_name.push(format!(".{}.tmp", std::process::id()));
         let tmp = PathBuf::from(tmp_name);
         // A leftover from a backup that died half way is garbage.
         match fs::remove_file(&tmp) {
@@ -253,10 +271,35 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(e.into()),
         }
+        let result = self.copy_into(&tmp);
+        let placed = result.and_then(|n| match fs::hard_link(&tmp, out) {
+            Ok(()) => Ok(n),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                Err(StoreError::Exists(out.display().to_string()))
+            }
+            Err(e) => Err(e.into()),
+        });
+        // The temporary name goes whatever happened; the link keeps the data.
+        let _ = fs::remove_file(&tmp);
+        let n = placed?;
+        sync_parent(out)?;
+        Ok(n)
+    }
+
+    fn copy_into(&self, tmp: &Path) -> Result<u64, StoreError> {
+        let mut options = fs::OpenOptions::new();
+        options.read(true).write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            options.mode(0o600);
+        }
+        let file = options.open(tmp)?;
         let snapshot = self.db.begin_read()?;
         let copied = {
             // A small cache: the copy is written once and never read back.
-            let dst = redb::Builder::new().set_cache_size(BACKUP_CACHE).create(&tmp)?;
+            let backend = redb::backends::FileBackend::new(file)?;
+            let dst = redb::Builder::new().set_cache_size(BACKUP_CACHE).create_with_backend(backend)?;
             let copied = copy_table(&snapshot, &dst, MESSAGES)?;
             copy_table(&snapshot, &dst, ROOMS)?;
             copy_table(&snapshot, &dst, DEDUP)?;
@@ -277,8 +320,6 @@ impl Store {
             copied
         };
         drop(snapshot);
-        fs::rename(&tmp, out)?;
-        sync_parent(out)?;
         Ok(copied)
     }
 
@@ -288,6 +329,14 @@ impl Store {
     ///
     /// `rooms` moves once per room per call, and only forward.
     pub fn write_batch(&self, recs: &[Record], durable: bool) -> Result<(), StoreError> {
+        #[cfg(test)]
+        {
+            use std::sync::atomic::Ordering;
+            let fail = self.fail_commits.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+            if fail.is_ok() {
+                return Err(StoreError::Db("injected commit failure".into()));
+            }
+        }
         let mut txn = self.db.begin_write()?;
         txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
         {

@@ -9,7 +9,7 @@
 //! its own transactions, only between batches, so it never delays a commit by
 //! more than one slice.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +23,7 @@ use super::{codec, now_ms, Store, StoreError, DEDUP, DEDUP_EXPIRY, MESSAGES, ROO
 
 /// One message to store. Seq and ts are assigned by the room's owner reactor
 /// before it is sent here.
+#[derive(Clone)]
 pub struct Record {
     pub room: Arc<str>,
     pub seq: u64,
@@ -61,6 +62,9 @@ pub struct WriterConfig {
     pub max_batch: usize,
 }
 
+/// Rooms whose stored head the writer remembers; past it the cache starts
+/// over (a head is one read away).
+const HEAD_CACHE: usize = 65_536;
 /// Deletions per pruning slice: a slice is one short transaction between
 /// batches, so this bounds how long an append can wait behind pruning.
 const SLICE_DELETES: usize = 1000;
@@ -93,13 +97,23 @@ struct Writer {
     /// Appends of the batch being gathered, and the reactor of each.
     recs: Vec<Record>,
     reactors: Vec<u16>,
+    /// Last stored seq of recently written rooms (bounded: `HEAD_CACHE`).
+    heads: HashMap<Arc<str>, u64>,
 }
 
 impl Writer {
     fn new(store: Store, cfg: WriterConfig, sink: Box<dyn CommitSink>) -> Writer {
         let pruner = Pruner::new(&cfg, now_ms());
         let cap = cfg.max_batch.clamp(1, 1 << 16);
-        Writer { store, cfg, sink, pruner, recs: Vec::with_capacity(cap), reactors: Vec::with_capacity(cap) }
+        Writer {
+            store,
+            cfg,
+            sink,
+            pruner,
+            recs: Vec::with_capacity(cap),
+            reactors: Vec::with_capacity(cap),
+            heads: HashMap::new(),
+        }
     }
 
     fn run(mut self, rx: &Receiver<WriterCmd>) {
@@ -172,30 +186,85 @@ impl Writer {
         }
     }
 
+    /// The last seq stored for `room`, from the cache or the database.
+    fn stored_head(&mut self, room: &Arc<str>) -> Result<u64, StoreError> {
+        if let Some(h) = self.heads.get(room) {
+            return Ok(*h);
+        }
+        let (seq, _) = self.store.room_head(room)?;
+        if self.heads.len() >= HEAD_CACHE {
+            self.heads.clear();
+        }
+        self.heads.insert(room.clone(), seq);
+        Ok(seq)
+    }
+
     /// Commits the gathered appends in one transaction and reports them.
+    ///
+    /// A record is written only if it extends its room's stored history by
+    /// exactly one seq. After a failed commit the owner takes the failed seq
+    /// back, but appends it sent behind it are already on their way here:
+    /// those no longer follow on and are refused (reported failed), so a
+    /// hole or a reused seq never reaches the disk.
     fn flush(&mut self) {
         if self.recs.is_empty() {
             return;
         }
-        let result = self.store.write_batch(&self.recs, self.cfg.durable).map_err(|e| e.to_string());
+        let recs = std::mem::take(&mut self.recs);
+        let mut fits = Vec::with_capacity(recs.len());
+        let mut next: HashMap<Arc<str>, u64> = HashMap::new();
+        for rec in &recs {
+            let head = match next.get(&rec.room) {
+                Some(h) => Some(*h),
+                None => self.stored_head(&rec.room).ok(),
+            };
+            let ok = head.and_then(|h| h.checked_add(1)) == Some(rec.seq);
+            if ok {
+                next.insert(rec.room.clone(), rec.seq);
+            }
+            fits.push(ok);
+        }
+        let all_fit = fits.iter().all(|f| *f);
+        let result = if all_fit {
+            self.store.write_batch(&recs, self.cfg.durable)
+        } else {
+            let good: Vec<Record> = recs.iter().zip(&fits).filter(|(_, f)| **f).map(|(r, _)| r.clone()).collect();
+            self.store.write_batch(&good, self.cfg.durable)
+        }
+        .map_err(|e| e.to_string());
         if result.is_ok() {
-            for rec in &self.recs {
+            for (rec, _) in recs.iter().zip(&fits).filter(|(_, f)| **f) {
                 self.pruner.appended(&rec.room);
             }
-        }
-        // Per reactor, in order of first appearance; a reactor's appends are
-        // in the batch in the order it sent them, so a count is enough.
-        let mut counts: Vec<(u16, usize)> = Vec::new();
-        for &r in &self.reactors {
-            match counts.iter_mut().find(|(id, _)| *id == r) {
-                Some((_, n)) => *n += 1,
-                None => counts.push((r, 1)),
+            for (room, seq) in next {
+                self.heads.insert(room, seq);
             }
         }
+        // Per reactor, runs of equal outcome in the order it sent them: the
+        // reactor completes its pending publishes front to back, by count.
+        let mut runs: Vec<(u16, Vec<(usize, bool)>)> = Vec::new();
+        for (&r, &ok) in self.reactors.iter().zip(&fits) {
+            let i = match runs.iter().position(|(id, _)| *id == r) {
+                Some(i) => i,
+                None => {
+                    runs.push((r, Vec::new()));
+                    runs.len() - 1
+                }
+            };
+            match runs[i].1.last_mut() {
+                Some((n, last)) if *last == ok => *n += 1,
+                _ => runs[i].1.push((1, ok)),
+            }
+        }
+        self.recs = recs;
         self.recs.clear();
         self.reactors.clear();
-        for (reactor, n) in counts {
-            self.sink.committed(reactor, n, result.clone());
+        for (reactor, list) in runs {
+            for (n, ok) in list {
+                let r =
+                    if ok { result.clone() } else { Err("the seq does not follow the room's stored history".into()) };
+                self.sink.committed(reactor, n, r);
+            }
         }
     }
 
