@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import json
 import os
+import random
 import struct
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -289,6 +290,87 @@ def jwt_seeds():
     return seeds
 
 
+# ---------------------------------------------------------------- reactor
+
+
+ZERO = b"\0\0\0\0"  # the all-zero mask: the payload goes in the clear
+
+
+def chunked(*pieces):
+    """The conn target's framing: each piece as reads of at most 255 bytes;
+    an int is a clock move of that many tenths of a second."""
+    out = b""
+    for p in pieces:
+        if isinstance(p, int):
+            out += b"\0" + bytes([p])
+            continue
+        while p:
+            cut = min(len(p), 255)
+            i = p.find(b"$TOKEN")
+            if i != -1 and i < cut < i + 6:
+                cut = i  # never split the placeholder
+            out += bytes([cut]) + p[:cut]
+            p = p[cut:]
+    return out
+
+
+def conn_seeds():
+    ws_head = lambda target, extra="": (
+        f"GET {target} HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+    up = ws_head("/v1/ws?access_token=$TOKEN")
+    ops = [frame(j(op), mask=ZERO) for op in OPS]
+    post = j({"body": {"text": "hi"}, "id": "m-1"})
+    post_req = (
+        b"POST /v1/rooms/lobby/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer $TOKEN\r\n"
+        + f"Content-Length: {len(post)}\r\n\r\n".encode()
+        + post
+    )
+    return [
+        b"\x00" + chunked(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n"),
+        b"\x00" + chunked(b"GET /heal", b"thz HTTP/1.1\r\nHost: t\r\n\r\n"),
+        b"\x00" + chunked(b"GET /healthz HTTP/1.1\r\n\r\n"),
+        b"\x00" + chunked(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\nGET /metrics HTTP/1.1\r\nHost: t\r\n\r\nHEAD / HTTP/1.1\r\nHost: t\r\n\r\n"),
+        b"\x00" + chunked(post_req),
+        b"\x00" + chunked(b"GET /v1/rooms/lobby/messages?after=0&limit=5 HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer $TOKEN\r\n\r\n"),
+        b"\x00" + chunked(b"GET /v1/rooms/lobby/presence HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer bad.token.here\r\n\r\n"),
+        b"\x00" + chunked(b"POST /v1/admin/backup HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer $TOKEN\r\nContent-Length: 17\r\n\r\n"
+                          b'{"name":"a.redb"}'),
+        b"\x00" + chunked(up, *ops),
+        b"\x00" + chunked(up + ops[0] + ops[2], ops[2], ops[4] + ops[6], ops[7], frame(struct.pack(">H", 1000), 8, mask=ZERO)),
+        b"\x00" + chunked(ws_head("/v1/ws", "Authorization: Bearer $TOKEN\r\nSec-WebSocket-Protocol: roomcast.v1\r\n"), ops[8]),
+        b"\x00" + chunked(ws_head("/v1/ws", "Sec-WebSocket-Protocol: other\r\n")),
+        b"\x00" + chunked(ws_head("/v1/ws?access_token=nope")),
+        b"\x00" + chunked(up, frame(b'{"op":"se', fin=False, mask=ZERO), frame(b"", 9, mask=ZERO),
+                          frame(b'nd","room":"r1","body":1}', opcode=0, mask=ZERO)),
+        b"\x00" + chunked(up, frame(b"\x01\x02", 2, mask=ZERO), frame(b"p", 9, mask=ZERO), frame(b"\xc3", mask=ZERO)),
+        b"\x00" + chunked(up, ops[0], 250, 250, 250),
+        b"\x01" + chunked(ws_head("/v1/ws?user=ann"), ops[0], ops[2], ops[6]),
+        b"\x01" + chunked(b"POST /v1/rooms/r1/messages?user=bo HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\n\r\n" + b'{"body":"x"}'),
+        b"\x03" + chunked(ws_head("/v1/echo"), frame(b"echo me", mask=ZERO), frame(b"\xff\x00", 2, mask=ZERO),
+                          frame(b"hi", 9, mask=ZERO), frame(b"", 8, mask=ZERO)),
+        b"\x04" + chunked(up, frame(b'{"op":"send","room":"r1","body":"' + b"x" * 600 + b'"}', mask=ZERO)),
+        b"\x04" + chunked(b"POST /v1/rooms/r1/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer $TOKEN\r\nContent-Length: 900\r\n\r\n"
+                          + b"x" * 900),
+        b"\x08" + chunked(up, ops[0], ops[2]),
+        b"\x10" + chunked(up, *([ops[8]] * 6), *([ops[3]] * 4)),
+        b"\x20" + chunked(up, frame(b'{"op":"send","room":"r1","body":[[[[[1]]]]]}', mask=ZERO)),
+        b"\x40" + chunked(b"GET / HTTP/1.1\r\n", 5, b"Host: t\r\n\r\n"),
+        b"\x40" + chunked(up, ops[0], 15, 15, frame(b"", 10, mask=ZERO), 30),
+        b"\x00" + chunked(up + frame(j(OPS[0])) + frame(j(OPS[2]))),
+    ]
+
+
+def ops_seeds():
+    rng = random.Random(7)
+    seeds = []
+    for flags in [0, 0, 1, 3, 4, 16, 64, 0x45]:
+        for n in (64, 256, 1024):
+            seeds.append(bytes([flags]) + bytes(rng.randrange(256) for _ in range(n)))
+    return seeds
+
+
 if __name__ == "__main__":
     write("ws_decode", ws_seeds())
     write("http_parse", http_seeds())
@@ -296,3 +378,5 @@ if __name__ == "__main__":
     write("config", config_seeds())
     write("record", record_seeds())
     write("jwt", jwt_seeds())
+    write("conn", conn_seeds())
+    write("ops", ops_seeds())

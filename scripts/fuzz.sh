@@ -34,8 +34,8 @@ logs="$build_dir/logs"
 if [ "$#" -gt 0 ]; then
     targets=("$@")
 else
-    targets=()
-    for f in fuzz/fuzz_targets/*.rs; do targets+=("$(basename "$f" .rs)"); done
+    # Every [[bin]] of the fuzz crate.
+    mapfile -t targets < <(awk '/^\[\[bin\]\]/ { bin = 1; next } bin && /^name *=/ { gsub(/[" ]/, "", $0); sub(/^name=/, "", $0); print; bin = 0 }' fuzz/Cargo.toml)
 fi
 
 mkdir -p "$artifacts" "$logs"
