@@ -37,6 +37,8 @@ pub const ENV_PREFIX: &str = "ROOMCAST_";
 pub const ENV_JWT_SECRET: &str = "ROOMCAST_JWT_SECRET";
 /// The environment variable naming the TOML settings file.
 pub const ENV_CONFIG: &str = "ROOMCAST_CONFIG";
+/// Largest settings file read; a real one is a few hundred bytes.
+pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 
 /// A problem with the settings. Printed as `roomcast: config: <this>`; the
 /// process then exits with status 2.
@@ -260,6 +262,12 @@ impl Config {
     }
 
     /// Checks what each setting's type cannot: ranges and combinations.
+    ///
+    /// Every duration, size and count has an upper bound (see [`bounds`]):
+    /// the server adds durations to clock readings, multiplies rates into
+    /// token buckets and sizes buffers from these values, and a bound keeps
+    /// all of that far from overflow and from absurd allocations, whichever
+    /// layer (flag, environment, file) the value came from.
     pub fn validate(&self) -> Result<(), ConfigError> {
         fn bad(key: &str, problem: &str) -> Result<(), ConfigError> {
             Err(ConfigError::setting(key, problem))
@@ -270,6 +278,7 @@ impl Config {
         if self.threads == 0 {
             return bad("threads", "must be at least 1");
         }
+        count_at_most("threads", self.threads, bounds::THREADS)?;
         match (self.tls_listen, &self.tls_cert, &self.tls_key) {
             (Some(_), Some(_), Some(_)) | (None, None, None) => {}
             (Some(_), None, _) => return bad("tls-listen", "needs --tls-cert and --tls-key"),
@@ -285,6 +294,8 @@ impl Config {
         if self.max_message_bytes == 0 {
             return bad("max-message-bytes", "must be at least 1");
         }
+        size_at_most("max-message-bytes", self.max_message_bytes, bounds::MAX_MESSAGE_BYTES)?;
+        size_at_most("max-queue-bytes", self.max_queue_bytes, bounds::MAX_QUEUE_BYTES)?;
         // A connection must be able to queue at least one largest message,
         // or every such message would close its receiver as a slow consumer.
         if self.max_queue_bytes < self.max_message_bytes {
@@ -303,12 +314,15 @@ impl Config {
                 return bad("jwt-issuer", "must not be empty");
             }
         }
+        duration_at_most("drain-timeout", self.drain_timeout, bounds::DRAIN_TIMEOUT)?;
         if self.idle_timeout.is_zero() {
             return bad("idle-timeout", "must be more than 0");
         }
+        duration_at_most("idle-timeout", self.idle_timeout, bounds::IDLE_TIMEOUT)?;
         if self.ping_interval.is_zero() {
             return bad("ping-interval", "must be more than 0");
         }
+        duration_at_most("ping-interval", self.ping_interval, bounds::PING_INTERVAL)?;
         if self.ping_interval >= self.idle_timeout {
             return bad(
                 "ping-interval",
@@ -318,23 +332,150 @@ impl Config {
         if self.request_timeout.is_zero() {
             return bad("request-timeout", "must be more than 0");
         }
-        if !self.send_rate.is_finite() || self.send_rate < 0.0 {
-            return bad("send-rate", "must be a number of sends per second, 0 or more");
-        }
-        if self.send_rate > 0.0 && self.send_burst == 0 {
-            return bad("send-burst", "must be at least 1 while send-rate is on");
-        }
+        duration_at_most("request-timeout", self.request_timeout, bounds::REQUEST_TIMEOUT)?;
+        bucket("send-rate", self.send_rate, "send-burst", self.send_burst, "sends")?;
+        bucket("request-rate", self.request_rate, "request-burst", self.request_burst, "requests")?;
+        bucket(
+            "connect-rate-per-ip",
+            self.connect_rate_per_ip,
+            "connect-burst-per-ip",
+            self.connect_burst_per_ip,
+            "connections",
+        )?;
+        bucket("post-rate-per-ip", self.post_rate_per_ip, "post-burst-per-ip", self.post_burst_per_ip, "posts")?;
         if self.max_connections == 0 {
             return bad("max-connections", "must be at least 1");
         }
+        count_at_most("max-connections", self.max_connections, bounds::MAX_CONNECTIONS)?;
+        count_at_most("max-conns-per-ip", self.max_conns_per_ip, bounds::MAX_CONNS_PER_IP)?;
+        count_at_most("history-tail", self.history_tail, bounds::HISTORY_TAIL)?;
+        count_at_most("max-replay", self.max_replay, bounds::MAX_REPLAY)?;
+        duration_at_most("dedup-window", self.dedup_window, bounds::DEDUP_WINDOW)?;
         if self.retain_messages == Some(0) {
             return bad("retain-messages", "must be at least 1");
         }
-        if self.retain_age.is_some_and(|age| age.is_zero()) {
-            return bad("retain-age", "must be more than 0");
+        if let Some(age) = self.retain_age {
+            if age.is_zero() {
+                return bad("retain-age", "must be more than 0");
+            }
+            duration_at_most("retain-age", age, bounds::RETAIN_AGE)?;
+        }
+        if self.max_body_depth == 0 {
+            return bad("max-body-depth", "must be at least 1");
+        }
+        count_at_most("max-body-depth", self.max_body_depth, bounds::MAX_BODY_DEPTH)?;
+        if self.room_idle_timeout < bounds::MIN_ROOM_IDLE_TIMEOUT || self.room_idle_timeout > bounds::ROOM_IDLE_TIMEOUT
+        {
+            return bad(
+                "room-idle-timeout",
+                &format!(
+                    "must be from {} to {}",
+                    show_duration(bounds::MIN_ROOM_IDLE_TIMEOUT),
+                    show_duration(bounds::ROOM_IDLE_TIMEOUT)
+                ),
+            );
         }
         Ok(())
     }
+}
+
+/// The largest (and, where named `MIN_`, smallest) values the settings
+/// take; [`Config::validate`] refuses anything past them. They are far above
+/// any sensible use and far below where time arithmetic (a deadline is a
+/// clock reading plus a setting) or sizing buffers would overflow.
+pub mod bounds {
+    use std::time::Duration;
+
+    const HOUR: u64 = 3600;
+    const DAY: u64 = 24 * HOUR;
+
+    pub const THREADS: usize = 1024;
+    pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
+    pub const MAX_QUEUE_BYTES: usize = 1 << 30;
+    pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(HOUR);
+    pub const IDLE_TIMEOUT: Duration = Duration::from_secs(DAY);
+    pub const PING_INTERVAL: Duration = Duration::from_secs(DAY);
+    pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(HOUR);
+    /// Every token bucket refill rate, per second.
+    pub const RATE: f64 = 1e6;
+    /// Every token bucket size.
+    pub const BURST: u32 = 1_000_000;
+    pub const MAX_CONNECTIONS: usize = 10_000_000;
+    pub const MAX_CONNS_PER_IP: usize = 10_000_000;
+    pub const HISTORY_TAIL: usize = 1_000_000;
+    pub const MAX_REPLAY: usize = 100_000;
+    pub const DEDUP_WINDOW: Duration = Duration::from_secs(30 * DAY);
+    /// About a hundred years.
+    pub const RETAIN_AGE: Duration = Duration::from_secs(36_500 * DAY);
+    pub const MAX_BODY_DEPTH: usize = 1024;
+    pub const MIN_ROOM_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const ROOM_IDLE_TIMEOUT: Duration = Duration::from_secs(DAY);
+    /// Longest lifetime `roomcast token --ttl` mints: ten years.
+    pub const TOKEN_TTL: Duration = Duration::from_secs(3650 * DAY);
+}
+
+fn duration_at_most(key: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::setting(key, format!("must be at most {}", show_duration(max))));
+    }
+    Ok(())
+}
+
+fn size_at_most(key: &str, value: usize, max: usize) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::setting(key, format!("must be at most {}", show_size(max))));
+    }
+    Ok(())
+}
+
+fn count_at_most(key: &str, value: usize, max: usize) -> Result<(), ConfigError> {
+    if value > max {
+        return Err(ConfigError::setting(key, format!("must be at most {max}")));
+    }
+    Ok(())
+}
+
+/// One token bucket's pair of settings: a finite rate from 0 (off) to
+/// [`bounds::RATE`], and a burst of at least 1 while the rate is on (a bucket
+/// that holds nothing refuses everything) and at most [`bounds::BURST`].
+fn bucket(rate_key: &str, rate: f64, burst_key: &str, burst: u32, what: &str) -> Result<(), ConfigError> {
+    // `contains` is false for NaN, so this refuses it too.
+    if !(0.0..=bounds::RATE).contains(&rate) {
+        return Err(ConfigError::setting(
+            rate_key,
+            format!("must be a number of {what} per second from 0 to {}", bounds::RATE),
+        ));
+    }
+    if rate > 0.0 && burst == 0 {
+        return Err(ConfigError::setting(burst_key, format!("must be at least 1 while {rate_key} is on")));
+    }
+    if burst > bounds::BURST {
+        return Err(ConfigError::setting(burst_key, format!("must be at most {}", bounds::BURST)));
+    }
+    Ok(())
+}
+
+/// `3600s` -> `1h`: the largest unit that divides the duration exactly, in
+/// the syntax [`parse_duration`] reads.
+fn show_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    for (unit, per) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
+        if ms >= per && ms % per == 0 {
+            return format!("{}{unit}", ms / per);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// `1073741824` -> `1GiB`, in the syntax [`parse_size`] reads.
+fn show_size(n: usize) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        let per = 1usize << shift;
+        if n >= per && n % per == 0 {
+            return format!("{}{unit}", n / per);
+        }
+    }
+    n.to_string()
 }
 
 /// What the command line asks for, with its settings resolved.
@@ -403,11 +544,14 @@ where
                 ..Settings::default()
             };
             let config = resolve(flags, token.config, env)?;
-            if token.sub.is_empty() {
-                return Err(ConfigError::setting("sub", "must not be empty").into());
-            }
+            // The same rule the server applies to every token it verifies.
+            crate::auth::check_user_id(&token.sub).map_err(|m| ConfigError::setting("sub", m))?;
             if token.ttl.as_secs() == 0 {
                 return Err(ConfigError::setting("ttl", "must be at least 1s").into());
+            }
+            if token.ttl > bounds::TOKEN_TTL {
+                let max = show_duration(bounds::TOKEN_TTL);
+                return Err(ConfigError::setting("ttl", format!("must be at most {max} (ten years)")).into());
             }
             Ok(Invocation::Token(TokenRequest {
                 sub: token.sub,
@@ -795,10 +939,21 @@ impl Settings {
     }
 
     /// The file layer.
+    ///
+    /// At most [`MAX_CONFIG_FILE_BYTES`] are read, so that naming a device
+    /// or a huge file by mistake is an error rather than a hang.
     fn from_file(path: &std::path::Path) -> Result<Settings, ConfigError> {
+        use std::io::Read;
         let shown = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::File { path: shown.clone(), problem: format!("cannot read: {e}") })?;
+        let cannot_read =
+            |e: std::io::Error| ConfigError::File { path: shown.clone(), problem: format!("cannot read: {e}") };
+        let file = std::fs::File::open(path).map_err(cannot_read)?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_FILE_BYTES + 1).read_to_string(&mut text).map_err(cannot_read)?;
+        if text.len() as u64 > MAX_CONFIG_FILE_BYTES {
+            let problem = format!("larger than {}; not a settings file", show_size(MAX_CONFIG_FILE_BYTES as usize));
+            return Err(ConfigError::File { path: shown, problem });
+        }
         Settings::from_toml(&text, &shown)
     }
 
@@ -908,7 +1063,8 @@ fn split_number(s: &str) -> Option<(u64, &str)> {
     if digits == 0 {
         return None;
     }
-    let (number, unit) = s.split_at(digits);
+    // The digits are ASCII, so this cut is on a character boundary.
+    let (number, unit) = s.split_at_checked(digits)?;
     Some((number.parse().ok()?, unit.trim()))
 }
 
@@ -1330,6 +1486,22 @@ mod tests {
         let err = Config::from_args_and_env(&["--config=/nonexistent/roomcast.toml"], &no_env).unwrap_err();
         assert!(err.to_string().contains("cannot read"), "{err}");
 
+        // A file far too large to be settings, such as a device.
+        let file = temp_file(&format!("# {}\n", "x".repeat(1 << 20)));
+        let err = Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env).unwrap_err();
+        assert!(err.to_string().contains("larger than 1MiB"), "{err}");
+        std::fs::remove_file(file).unwrap();
+        #[cfg(unix)]
+        {
+            let err = Config::from_args_and_env(&["--config=/dev/zero"], &no_env).unwrap_err();
+            assert!(matches!(err, CliError::Config(ConfigError::File { .. })), "{err}");
+        }
+        let file = temp_file("");
+        std::fs::write(&file, b"threads = \"\xff\"\n").unwrap();
+        let err = Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env).unwrap_err();
+        assert!(matches!(err, CliError::Config(ConfigError::File { .. })), "{err}");
+        std::fs::remove_file(file).unwrap();
+
         assert!(matches!(Config::from_args_and_env(&["--threads=many"], &no_env), Err(CliError::Usage(_))));
         assert!(matches!(Config::from_args_and_env(&["--no-such-flag"], &no_env), Err(CliError::Usage(_))));
     }
@@ -1398,6 +1570,12 @@ mod tests {
 
         assert!(parse_command_line(["roomcast", "token"], &no_env).is_err());
         assert!(parse_command_line(["roomcast", "token", "--sub="], &no_env).is_err());
+        for sub in ["a\nb".to_string(), "x".repeat(129), "\u{7f}".to_string()] {
+            match parse_command_line(["roomcast", "token", &format!("--sub={sub}")], &no_env) {
+                Err(CliError::Config(ConfigError::Setting { key, .. })) => assert_eq!(key, "sub"),
+                other => panic!("{sub:?}: {other:?}"),
+            }
+        }
         assert!(parse_command_line(["roomcast", "token", "--sub=a", "--ttl=0"], &no_env).is_err());
         std::fs::remove_file(file).unwrap();
     }
@@ -1422,6 +1600,241 @@ mod tests {
         match parse_command_line(["roomcast", "serve", "--bogus"], &no_env) {
             Err(CliError::Usage(e)) => assert_eq!(e.exit_code(), 2),
             other => panic!("{other:?}"),
+        }
+    }
+
+    /// Every bound of [`Config::validate`], as `(flag, refused value, key)`.
+    /// Durations and sizes carry a unit so that the same text is a TOML
+    /// string; the plain numbers are TOML numbers.
+    const PAST_BOUNDS: &[(&str, &str, &str)] = &[
+        ("threads", "1025", "threads"),
+        ("max-message-bytes", "67108865", "max-message-bytes"),
+        ("max-message-bytes", "65MiB", "max-message-bytes"),
+        ("max-queue-bytes", "1025MiB", "max-queue-bytes"),
+        ("drain-timeout", "3601s", "drain-timeout"),
+        ("idle-timeout", "86401s", "idle-timeout"),
+        ("idle-timeout", "25h", "idle-timeout"),
+        ("ping-interval", "86401s", "ping-interval"),
+        ("request-timeout", "3601s", "request-timeout"),
+        ("request-timeout", "18446744073709551615s", "request-timeout"),
+        ("request-timeout", "18446744073709551615ms", "request-timeout"),
+        ("send-rate", "1000001", "send-rate"),
+        ("send-rate", "-1", "send-rate"),
+        ("send-rate", "inf", "send-rate"),
+        ("send-rate", "nan", "send-rate"),
+        ("send-burst", "1000001", "send-burst"),
+        ("send-burst", "0", "send-burst"),
+        ("request-rate", "1e7", "request-rate"),
+        ("request-rate", "-0.5", "request-rate"),
+        ("request-rate", "inf", "request-rate"),
+        ("request-burst", "0", "request-burst"),
+        ("request-burst", "1000001", "request-burst"),
+        ("connect-rate-per-ip", "1000000.5", "connect-rate-per-ip"),
+        ("connect-rate-per-ip", "nan", "connect-rate-per-ip"),
+        ("connect-burst-per-ip", "0", "connect-burst-per-ip"),
+        ("connect-burst-per-ip", "4294967295", "connect-burst-per-ip"),
+        ("post-rate-per-ip", "2e6", "post-rate-per-ip"),
+        ("post-rate-per-ip", "-inf", "post-rate-per-ip"),
+        ("post-burst-per-ip", "0", "post-burst-per-ip"),
+        ("post-burst-per-ip", "1000001", "post-burst-per-ip"),
+        ("max-connections", "10000001", "max-connections"),
+        ("max-conns-per-ip", "10000001", "max-conns-per-ip"),
+        ("history-tail", "1000001", "history-tail"),
+        ("max-replay", "100001", "max-replay"),
+        ("dedup-window", "31d", "dedup-window"),
+        ("dedup-window", "2592001s", "dedup-window"),
+        ("retain-age", "36501d", "retain-age"),
+        ("max-body-depth", "0", "max-body-depth"),
+        ("max-body-depth", "1025", "max-body-depth"),
+        ("room-idle-timeout", "0s", "room-idle-timeout"),
+        ("room-idle-timeout", "999ms", "room-idle-timeout"),
+        ("room-idle-timeout", "86401s", "room-idle-timeout"),
+    ];
+
+    /// `value` as the right side of a TOML line: a number stays a number,
+    /// anything else (a duration or size with its unit) becomes a string.
+    fn toml_value(value: &str) -> String {
+        let number = value.parse::<i64>().is_ok()
+            || matches!(value, "inf" | "-inf" | "nan")
+            || (value.parse::<f64>().is_ok() && value.bytes().all(|b| b.is_ascii_digit() || b"+-.e".contains(&b)));
+        if number {
+            value.to_string()
+        } else {
+            format!("{value:?}")
+        }
+    }
+
+    #[test]
+    fn bounds_are_refused_from_every_layer() {
+        for &(flag, value, want) in PAST_BOUNDS {
+            let from_flag = Config::from_args_and_env(&[&format!("--{flag}={value}")], &no_env);
+            let (key, problem) = setting_error(from_flag);
+            assert_eq!(key, want, "--{flag}={value}");
+            assert!(!problem.is_empty() && !problem.contains('\n'), "{problem}");
+
+            let env = env_of(&[(&env_name(flag), value)]);
+            let (key, _) = setting_error(Config::from_args_and_env(&[], &env));
+            assert_eq!(key, want, "{}={value}", env_name(flag));
+
+            let file = temp_file(&format!("{flag} = {}\n", toml_value(value)));
+            let (key, _) =
+                setting_error(Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env));
+            assert_eq!(key, want, "{flag} = {} in a file", toml_value(value));
+            std::fs::remove_file(file).unwrap();
+        }
+    }
+
+    #[test]
+    fn values_at_the_bounds_are_accepted() {
+        let c = Config::from_args_and_env(
+            &[
+                "--threads=1024",
+                "--max-message-bytes=64MiB",
+                "--max-queue-bytes=1GiB",
+                "--drain-timeout=1h",
+                "--idle-timeout=1d",
+                "--ping-interval=23h",
+                "--request-timeout=3600",
+                "--send-rate=1000000",
+                "--send-burst=1000000",
+                "--request-rate=1e6",
+                "--request-burst=1000000",
+                "--connect-rate-per-ip=0",
+                "--connect-burst-per-ip=0",
+                "--post-rate-per-ip=0.001",
+                "--post-burst-per-ip=1",
+                "--max-connections=10000000",
+                "--max-conns-per-ip=10000000",
+                "--history-tail=1000000",
+                "--max-replay=100000",
+                "--dedup-window=30d",
+                "--retain-age=36500d",
+                "--max-body-depth=1024",
+                "--room-idle-timeout=1d",
+            ],
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.max_message_bytes, bounds::MAX_MESSAGE_BYTES);
+        assert_eq!(c.retain_age, Some(bounds::RETAIN_AGE));
+        let c = Config::from_args_and_env(
+            &["--room-idle-timeout=1s", "--max-body-depth=1", "--max-conns-per-ip=0", "--history-tail=0"],
+            &no_env,
+        )
+        .unwrap();
+        assert_eq!(c.room_idle_timeout, Duration::from_secs(1));
+        // Each bucket may be switched off entirely.
+        for (rate, burst) in [
+            ("send-rate", "send-burst"),
+            ("request-rate", "request-burst"),
+            ("connect-rate-per-ip", "connect-burst-per-ip"),
+            ("post-rate-per-ip", "post-burst-per-ip"),
+        ] {
+            Config::from_args_and_env(&[&format!("--{rate}=0"), &format!("--{burst}=0")], &no_env).unwrap();
+        }
+    }
+
+    #[test]
+    fn huge_request_timeout_is_a_config_error() {
+        let (key, problem) =
+            setting_error(Config::from_args_and_env(&["--request-timeout", "18446744073709551615"], &no_env));
+        assert_eq!(key, "request-timeout");
+        assert_eq!(problem, "must be at most 1h");
+        let env = env_of(&[("ROOMCAST_REQUEST_TIMEOUT", "18446744073709551615")]);
+        assert_eq!(setting_error(Config::from_args_and_env(&[], &env)).0, "request-timeout");
+        // One line, as main prints it.
+        let err = Config::from_args_and_env(&["--request-timeout=18446744073709551615"], &no_env).unwrap_err();
+        assert_eq!(err.to_string(), "request-timeout: must be at most 1h");
+    }
+
+    #[test]
+    fn bound_texts_read_back_as_their_bounds() {
+        assert_eq!(show_duration(Duration::from_secs(3600)), "1h");
+        assert_eq!(show_duration(Duration::from_secs(36_500 * 86_400)), "36500d");
+        assert_eq!(show_duration(Duration::from_secs(90)), "90s");
+        assert_eq!(show_duration(Duration::from_millis(1500)), "1500ms");
+        assert_eq!(show_duration(Duration::ZERO), "0ms");
+        assert_eq!(show_size(64 << 20), "64MiB");
+        assert_eq!(show_size(1 << 30), "1GiB");
+        assert_eq!(show_size(1000), "1000");
+        for d in [bounds::DRAIN_TIMEOUT, bounds::RETAIN_AGE, bounds::TOKEN_TTL, bounds::MIN_ROOM_IDLE_TIMEOUT] {
+            assert_eq!(parse_duration(&show_duration(d)), Ok(d));
+        }
+        for n in [bounds::MAX_MESSAGE_BYTES, bounds::MAX_QUEUE_BYTES] {
+            assert_eq!(parse_size(&show_size(n)), Ok(n));
+        }
+    }
+
+    #[test]
+    fn token_ttl_is_bounded() {
+        let env = env_of(&[("ROOMCAST_JWT_SECRET", "k")]);
+        for ttl in ["18446744073709551615", "3651d", "315360001", "18446744073709551615ms"] {
+            match parse_command_line(["roomcast", "token", "--sub=a", &format!("--ttl={ttl}")], &env) {
+                Err(CliError::Config(ConfigError::Setting { key, problem })) => {
+                    assert_eq!(key, "ttl", "{ttl}");
+                    assert_eq!(problem, "must be at most 3650d (ten years)");
+                }
+                other => panic!("--ttl={ttl}: {other:?}"),
+            }
+        }
+        let inv = parse_command_line(["roomcast", "token", "--sub=a", "--ttl=3650d"], &env).unwrap();
+        let Invocation::Token(t) = inv else { panic!("not a token request") };
+        assert_eq!(t.ttl, bounds::TOKEN_TTL);
+        // Too large even to parse: a usage error, still status 2.
+        match parse_command_line(["roomcast", "token", "--sub=a", "--ttl=18446744073709551615d"], &env) {
+            Err(CliError::Usage(e)) => assert_eq!(e.exit_code(), 2),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// Every `serve` flag that takes a value, without `--config` (whose
+    /// value is a file to read, and arbitrary names include /dev/zero).
+    fn value_flags() -> Vec<String> {
+        let serve = cli_command();
+        let serve = serve.find_subcommand("serve").unwrap().clone();
+        serve
+            .get_arguments()
+            .filter_map(|a| a.get_long())
+            .filter(|l| !matches!(*l, "help" | "config"))
+            .map(str::to_string)
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn arbitrary_values_never_panic(which in 0usize..64, value in ".*", bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..24)) {
+            let flags = value_flags();
+            let flag = &flags[which % flags.len()];
+            let _ = Config::from_args_and_env(&[&format!("--{flag}={value}")], &no_env);
+            let _ = Config::from_args_and_env(&[&format!("--{flag}"), &value], &no_env);
+            let env = env_of(&[(&env_name(flag), &value)]);
+            let _ = Config::from_args_and_env(&[], &env);
+            // The file layer, without the file: a TOML string, and the value
+            // as raw TOML text.
+            for text in [format!("{flag} = {}\n", toml::Value::String(value.clone())), format!("{flag} = {value}\n")] {
+                if let Ok(settings) = Settings::from_toml(&text, "fuzz.toml") {
+                    let mut config = Config::default();
+                    settings.apply(&mut config);
+                    let _ = config.validate();
+                }
+            }
+            let lossy = String::from_utf8_lossy(&bytes);
+            let _ = parse_duration(&value);
+            let _ = parse_duration(&lossy);
+            let _ = parse_size(&value);
+            let _ = parse_size(&lossy);
+            let _ = parse_bool(&value);
+            let _ = parse_command_line(["roomcast", "token", "--sub=a", &format!("--ttl={value}")], &no_env);
+        }
+
+        #[test]
+        fn numbers_with_units_never_panic(n in proptest::prelude::any::<u64>(), unit in "(ms|s|m|h|d|KiB|MiB|GiB|B|)") {
+            let text = format!("{n}{unit}");
+            let _ = parse_duration(&text);
+            let _ = parse_size(&text);
+            for flag in value_flags() {
+                let _ = Config::from_args_and_env(&[&format!("--{flag}={text}")], &no_env);
+            }
         }
     }
 }

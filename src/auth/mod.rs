@@ -5,6 +5,13 @@
 //! command and the built-in page, and verifying the tokens clients present.
 //! It does not decide where a token is read from (header or query) or what a
 //! failed check does to a connection: that is the HTTP layer's business.
+//!
+//! It also owns the rule for user ids ([`check_user_id`]), which a token's
+//! `sub` and an anonymous `?user=` must both follow: every other client sees
+//! the id as a message's `from`, so it must be short and printable.
+//!
+//! Tokens come from anyone: nothing here may panic on any token text or any
+//! claim value (a huge `exp` or `nbf`, a number where a string belongs).
 
 use std::fs;
 use std::io::{self, Write};
@@ -23,6 +30,19 @@ pub const SECRET_BYTES: usize = 32;
 /// Clock skew tolerated on `exp` and `nbf`, in seconds. Kept small so that an
 /// expired token stops working promptly.
 pub const LEEWAY_SECS: u64 = 2;
+/// Longest user id, in bytes.
+pub const MAX_USER_ID_BYTES: usize = 128;
+
+/// Whether `u` may be a user id: 1 to [`MAX_USER_ID_BYTES`] bytes without
+/// control characters (`char::is_control`: C0, DEL and C1, so no CR, LF or
+/// NUL reaches another client's `from` or a log line). The error is the
+/// message to show the client.
+pub fn check_user_id(u: &str) -> Result<(), &'static str> {
+    if u.is_empty() || u.len() > MAX_USER_ID_BYTES || u.chars().any(char::is_control) {
+        return Err("user ids are 1 to 128 bytes without control characters");
+    }
+    Ok(())
+}
 
 /// The claims roomcast reads and mints.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -132,9 +152,12 @@ impl Auth {
         })
     }
 
-    /// A token for `sub`, valid for `ttl` from now, carrying the configured
-    /// audience and issuer.
+    /// A token for `sub`, valid for `ttl` from now (an expiry past `u64`
+    /// seconds saturates), carrying the configured audience and issuer. A
+    /// `sub` that [`check_user_id`] refuses is refused here too: such a token
+    /// would never verify.
     pub fn mint(&self, sub: &str, ttl: Duration, role: Option<&str>) -> Result<String, AuthError> {
+        check_user_id(sub).map_err(|m| AuthError::Invalid(format!("sub claim: {m}")))?;
         let claims = Claims {
             sub: sub.to_string(),
             exp: now_unix().saturating_add(ttl.as_secs()),
@@ -147,17 +170,18 @@ impl Auth {
     }
 
     /// Checks signature, algorithm, `exp` (and `nbf` when present), and the
-    /// audience and issuer when configured. An empty `sub` is refused: it
-    /// cannot name a user.
+    /// audience and issuer when configured. `exp` must be an integer number
+    /// of seconds (any size: `u64::MAX` means never); a fraction, a negative
+    /// number or a string is refused, as is an `nbf` that is not a
+    /// non-negative number.
+    /// The `sub` must pass [`check_user_id`]: it names the user to everyone.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let data =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 _ => AuthError::Invalid(e.to_string()),
             })?;
-        if data.claims.sub.is_empty() {
-            return Err(AuthError::Invalid("empty sub claim".to_string()));
-        }
+        check_user_id(&data.claims.sub).map_err(|m| AuthError::Invalid(format!("sub claim: {m}")))?;
         Ok(data.claims)
     }
 }
@@ -353,6 +377,144 @@ mod tests {
 
         let token = encode(b"secret", &claims("", now_unix() + 60));
         assert!(matches!(auth.verify(&token), Err(AuthError::Invalid(_))));
+    }
+
+    /// A token signed with `secret` whose payload is exactly `payload` (any
+    /// JSON text, such as numbers no `serde_json::Value` can hold).
+    fn encode_raw(secret: &[u8], payload: &str) -> String {
+        let raw = serde_json::value::RawValue::from_string(payload.to_string()).unwrap();
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &raw, &EncodingKey::from_secret(secret).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn user_ids() {
+        for good in ["a", "ann", "é", "😀", "with space", "a/b?c=d", &"u".repeat(128), &"é".repeat(64)] {
+            assert_eq!(check_user_id(good), Ok(()), "{good:?}");
+        }
+        for bad in ["", "a\nb", "a\r", "\0", "\t", "\u{1b}[31m", "a\u{7f}", "\u{85}", "\u{9f}", &"u".repeat(129)] {
+            assert_eq!(check_user_id(bad), Err("user ids are 1 to 128 bytes without control characters"), "{bad:?}");
+        }
+        // The limit is in bytes, not characters.
+        assert!(check_user_id(&format!("{}a", "é".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn sub_follows_the_user_id_rule() {
+        let auth = Auth::from_secret(b"secret", None, None).unwrap();
+        let exp = now_unix() + 60;
+        let long = "x".repeat(129);
+        let huge = "x".repeat(8000);
+        for bad in ["", "a\r\nSet-Cookie: x", "nul\0", "\u{7f}", long.as_str(), huge.as_str()] {
+            let token = encode(b"secret", &claims(bad, exp));
+            match auth.verify(&token) {
+                Err(AuthError::Invalid(m)) => assert!(m.contains("user ids are"), "{m}"),
+                other => panic!("{bad:?}: {other:?}"),
+            }
+            assert!(matches!(auth.mint(bad, Duration::from_secs(60), None), Err(AuthError::Invalid(_))), "{bad:?}");
+        }
+        let ok = "x".repeat(128);
+        assert_eq!(auth.verify(&encode(b"secret", &claims(&ok, exp))).unwrap().sub, ok);
+        // A sub that is not a string at all.
+        for payload in [format!(r#"{{"sub":5,"exp":{exp}}}"#), format!(r#"{{"sub":null,"exp":{exp}}}"#)] {
+            assert!(matches!(auth.verify(&encode_raw(b"secret", &payload)), Err(AuthError::Invalid(_))), "{payload}");
+        }
+    }
+
+    #[test]
+    fn odd_time_claims_never_panic() {
+        let auth = Auth::from_secret(b"secret", None, None).unwrap();
+        let future = now_unix() + 3600;
+        // A huge `exp` is a token that never expires.
+        let token = encode(b"secret", &claims("ann", u64::MAX));
+        assert_eq!(auth.verify(&token).unwrap().exp, u64::MAX);
+        let refused = [
+            format!(r#"{{"sub":"a","exp":{future}.5}}"#),
+            format!(r#"{{"sub":"a","exp":{future}e0}}"#),
+            format!(r#"{{"sub":"a","exp":"{future}"}}"#),
+            r#"{"sub":"a","exp":-1}"#.to_string(),
+            r#"{"sub":"a","exp":-9223372036854775808}"#.to_string(),
+            r#"{"sub":"a","exp":18446744073709551616}"#.to_string(),
+            r#"{"sub":"a","exp":1e19}"#.to_string(),
+            r#"{"sub":"a","exp":1e400}"#.to_string(),
+            r#"{"sub":"a","exp":null}"#.to_string(),
+            r#"{"sub":"a","exp":[1]}"#.to_string(),
+            format!(r#"{{"sub":"a","exp":{future},"nbf":18446744073709551615}}"#),
+            format!(r#"{{"sub":"a","exp":{future},"nbf":-1}}"#),
+            format!(r#"{{"sub":"a","exp":{future},"nbf":"0"}}"#),
+            format!(r#"{{"sub":"a","exp":{future},"nbf":1e400}}"#),
+            format!(r#"{{"sub":"a","exp":{future},"role":7}}"#),
+            format!(r#"{{"sub":"a","exp":{future},"aud":7}}"#),
+            format!(r#"["a",{future}]"#),
+            "1".to_string(),
+            "null".to_string(),
+        ];
+        for payload in &refused {
+            match auth.verify(&encode_raw(b"secret", payload)) {
+                Err(AuthError::Invalid(_)) => {}
+                other => panic!("{payload}: {other:?}"),
+            }
+        }
+        // An `nbf` in the past, even zero, is fine.
+        let token = encode_raw(b"secret", &format!(r#"{{"sub":"a","exp":{future},"nbf":0}}"#));
+        assert_eq!(auth.verify(&token).unwrap().sub, "a");
+        // An `exp` at the very start of time is merely expired.
+        assert!(matches!(auth.verify(&encode(b"secret", &claims("a", 0))), Err(AuthError::Expired)));
+    }
+
+    #[test]
+    fn mint_saturates_a_huge_ttl() {
+        let auth = Auth::from_secret(b"secret", None, None).unwrap();
+        for ttl in [Duration::MAX, Duration::from_secs(u64::MAX - 1)] {
+            let token = auth.mint("ann", ttl, None).unwrap();
+            assert_eq!(auth.verify(&token).unwrap().exp, u64::MAX);
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn verify_never_panics(token in ".{0,300}") {
+            let auth = Auth::from_secret(b"secret", Some("aud"), Some("iss")).unwrap();
+            let _ = auth.verify(&token);
+            let lax = Auth::from_secret(b"secret", None, None).unwrap();
+            let _ = lax.verify(&token);
+        }
+
+        #[test]
+        fn verify_never_panics_on_jwt_shaped_text(
+            parts in proptest::collection::vec("[A-Za-z0-9_=+/-]{0,80}", 0..5),
+        ) {
+            let token = parts.join(".");
+            let auth = Auth::from_secret(b"secret", None, None).unwrap();
+            proptest::prop_assert!(auth.verify(&token).is_err());
+        }
+
+        #[test]
+        fn signed_claims_never_panic(
+            members in proptest::collection::vec(
+                (
+                    proptest::sample::select(vec!["sub", "exp", "nbf", "aud", "iss", "role", "x"]),
+                    proptest::sample::select(vec![
+                        "0", "1", "-1", "1.5", "1e400", "-1e400", "18446744073709551615",
+                        "18446744073709551616", "9223372036854775807", "-9223372036854775808",
+                        "99999999999", "99999999999.9", "\"a\"", "\"\"", "\"\\u0000\"", "\"\\r\\n\"",
+                        "null", "true", "[]", "[\"aud\"]", "{}", "[1,[2,[3]]]",
+                    ]),
+                ),
+                0..7,
+            ),
+        ) {
+            let members: Vec<String> = members.iter().map(|(k, v)| format!("\"{k}\":{v}")).collect();
+            let payload = format!("{{{}}}", members.join(","));
+            let token = encode_raw(b"secret", &payload);
+            for auth in [
+                Auth::from_secret(b"secret", None, None).unwrap(),
+                Auth::from_secret(b"secret", Some("aud"), Some("a")).unwrap(),
+            ] {
+                if let Ok(c) = auth.verify(&token) {
+                    proptest::prop_assert!(check_user_id(&c.sub).is_ok(), "{payload}");
+                }
+            }
+        }
     }
 
     #[test]

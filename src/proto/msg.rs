@@ -28,6 +28,12 @@
 //!   u64 gives 1000); a non-integer `limit` is an error.
 //!
 //! Replies to a message without `ref` carry no `ref` member.
+//!
+//! Decoding never recurses on the input's nesting: serde_json skips and
+//! captures raw values with an explicit stack on the heap, so a message of
+//! millions of nested arrays costs memory in proportion to its size and no
+//! stack. What a body may hold beyond being JSON (how deep it nests, which
+//! numbers) is [`check_body`]'s rule, applied by whoever stores it.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -391,6 +397,100 @@ pub fn decode_post(body: &[u8]) -> Result<PostBody<'_>, DecodeError> {
     let raw = f.body.ok_or_else(|| DecodeError::bad(None, "missing body"))?;
     let id = optional_id(f.id).map_err(|m| DecodeError::bad(None, m))?;
     Ok(PostBody { body: raw, id })
+}
+
+// ---------------------------------------------------------------------------
+// Body rules
+// ---------------------------------------------------------------------------
+
+/// Longest number accepted in a message body, in characters.
+pub const MAX_NUMBER_CHARS: usize = 100;
+
+/// Why a message body was refused by [`check_body`]. Its text is the
+/// `bad_request` message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum BodyError {
+    /// Arrays and objects nest deeper than the limit it carries.
+    #[error("body nests deeper than {0} levels")]
+    TooDeep(usize),
+    /// A number is longer than [`MAX_NUMBER_CHARS`] or beyond a double's range.
+    #[error("numbers must be finite doubles of at most 100 characters")]
+    BadNumber,
+}
+
+/// Checks that a body (JSON text that serde_json has already accepted, such
+/// as a [`RawValue`]'s) is one every client's JSON parser can read: arrays
+/// and objects nest at most `max_depth` levels (`[]` is one level, a scalar
+/// none), and every number is at most [`MAX_NUMBER_CHARS`] characters and a
+/// finite double (`1e400` is not; `1e-400` reads as 0 and is fine).
+///
+/// One pass over the bytes, without recursion or allocation. On text that
+/// is not JSON it still returns, with an answer of no particular meaning.
+pub fn check_body(body: &str, max_depth: usize) -> Result<(), BodyError> {
+    let bytes = body.as_bytes();
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'"' => {
+                i = string_end(bytes, i + 1);
+                continue;
+            }
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max_depth {
+                    return Err(BodyError::TooDeep(max_depth));
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            // Outside strings, a JSON value starting with these is a number,
+            // and it runs to the first byte no number contains.
+            b'-' | b'0'..=b'9' => {
+                let rest = bytes.get(i..).unwrap_or_default();
+                let len = rest.iter().position(|&c| !is_number_byte(c)).unwrap_or(rest.len());
+                check_number(rest.get(..len).unwrap_or_default())?;
+                i += len;
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Ok(())
+}
+
+fn is_number_byte(b: u8) -> bool {
+    matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E')
+}
+
+/// Where the string whose contents start at `from` ends: the index just
+/// past its closing quote, or the length of `bytes` if it never closes.
+fn string_end(bytes: &[u8], mut from: usize) -> usize {
+    loop {
+        let rest = bytes.get(from..).unwrap_or_default();
+        match rest.iter().position(|&c| c == b'"' || c == b'\\') {
+            None => return bytes.len(),
+            Some(at) => match rest.get(at) {
+                // An escape: the byte after the backslash (a quote, maybe) is
+                // part of the string whatever it is.
+                Some(b'\\') => from += at + 2,
+                _ => return from + at + 1,
+            },
+        }
+    }
+}
+
+/// A JSON number's text: short, and finite as a double. Rust's `f64` syntax
+/// includes JSON's, so every valid JSON number parses; text that does not
+/// parse only comes from input that is not JSON, and is refused too.
+fn check_number(text: &[u8]) -> Result<(), BodyError> {
+    if text.len() > MAX_NUMBER_CHARS {
+        return Err(BodyError::BadNumber);
+    }
+    match std::str::from_utf8(text).ok().and_then(|t| t.parse::<f64>().ok()) {
+        Some(n) if n.is_finite() => Ok(()),
+        _ => Err(BodyError::BadNumber),
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1347,7 +1447,223 @@ mod tests {
         assert!(json.contains(r#""body":{"b": [1.0, "\u00e9", 1e300]}"#), "{json}");
     }
 
+    // --- body rules ------------------------------------------------------
+
+    /// The nesting depth of a JSON value, the obvious recursive way.
+    fn depth_of(v: &Value) -> usize {
+        match v {
+            Value::Array(items) => 1 + items.iter().map(depth_of).max().unwrap_or(0),
+            Value::Object(members) => 1 + members.values().map(depth_of).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
+    /// `n` opening brackets, a scalar, and `n` closing ones.
+    fn nested(n: usize) -> String {
+        format!("{}0{}", "[".repeat(n), "]".repeat(n))
+    }
+
+    #[test]
+    fn body_depth() {
+        for (body, depth) in [
+            ("0", 0),
+            ("\"s\"", 0),
+            ("null", 0),
+            ("[]", 1),
+            ("{}", 1),
+            ("[1,[2],{\"a\":{\"b\":[]}}]", 4),
+            ("[[],[],[]]", 2),
+            ("{\"[[[[\":\"]]]]{{{{\"}", 1),
+            ("[\"\\\"[[[\"]", 1),
+            ("[\"\\\\\",[[1]]]", 3),
+            (" [ [ ] , { \"k\" : [ 1 ] } ] ", 3),
+        ] {
+            assert_eq!(check_body(body, depth), Ok(()), "{body}");
+            if depth > 0 {
+                assert_eq!(check_body(body, depth - 1), Err(BodyError::TooDeep(depth - 1)), "{body}");
+            }
+            let v: Value = serde_json::from_str(body).unwrap();
+            assert_eq!(depth_of(&v), depth, "{body}");
+        }
+        assert_eq!(check_body(&nested(64), 64), Ok(()));
+        let e = check_body(&nested(65), 64).unwrap_err();
+        assert_eq!(e.to_string(), "body nests deeper than 64 levels");
+        // The 30,000 nested arrays of the old report.
+        assert_eq!(check_body(&nested(30_000), 64), Err(BodyError::TooDeep(64)));
+        assert_eq!(check_body(&nested(30_000), 30_000), Ok(()));
+    }
+
+    #[test]
+    fn body_numbers() {
+        let hundred = format!("1{}", "0".repeat(99));
+        let long_int = format!("1{}", "0".repeat(100));
+        let long_frac = format!("0.{}1", "0".repeat(98));
+        for good in [
+            "0",
+            "-0",
+            "1.5",
+            "-1.5e3",
+            "1E+300",
+            "1e-400",
+            "1.7976931348623157e308",
+            "-1.7976931348623157e308",
+            "18446744073709551616",
+            "5e-324",
+            hundred.as_str(),
+            "[1,2.5,{\"a\":-3e2}]",
+            "\"1e400\"",
+            "{\"1e400\":\"9999\"}",
+            "[\"\\\"\", 1e300]",
+        ] {
+            assert_eq!(check_body(good, 64), Ok(()), "{good}");
+        }
+        for bad in [
+            "1e400",
+            "-1e400",
+            "1E+309",
+            "1.8e308",
+            "[1,1e400]",
+            "{\"a\":[0,{\"b\":-1e999999999999999999}]}",
+            long_int.as_str(),
+            long_frac.as_str(),
+            "[\"x\",1e400,\"y\"]",
+        ] {
+            let e = check_body(bad, 64).unwrap_err();
+            assert_eq!(e, BodyError::BadNumber, "{bad}");
+            assert_eq!(e.to_string(), "numbers must be finite doubles of at most 100 characters");
+        }
+        assert_eq!(long_frac.len(), 101);
+        // Every body above is JSON that decode lets through as a send body.
+        for body in ["1e400", long_int.as_str()] {
+            let text = format!(r#"{{"op":"send","room":"r","body":{body}}}"#);
+            let Op::Send { body: b, .. } = ok(&text).op else { panic!("not a send") };
+            assert_eq!(check_body(b.get(), 64), Err(BodyError::BadNumber));
+        }
+    }
+
+    #[test]
+    fn body_check_takes_any_text() {
+        for junk in [
+            "",
+            "[",
+            "]]]]",
+            "}",
+            "\"",
+            "\"\\",
+            "\\",
+            "-",
+            "--",
+            "1e",
+            "1e+",
+            ".5",
+            "1..2",
+            "-inf",
+            "nan",
+            "[1,",
+            "\u{0}",
+            "\"unterminated [[[",
+            "é[",
+            "[\"é\\",
+        ] {
+            let _ = check_body(junk, 1);
+            let _ = check_body(junk, 0);
+        }
+        // Closing more than was opened does not go below zero.
+        assert_eq!(check_body("]]]][", 1), Ok(()));
+        assert_eq!(check_body("]]]][[", 1), Err(BodyError::TooDeep(1)));
+    }
+
+    /// Runs `f` on a thread with the standard 2 MiB stack, as the reactor
+    /// threads have, and returns its result (a stack overflow would abort
+    /// the whole test binary instead).
+    fn on_small_stack<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        std::thread::Builder::new().stack_size(2 << 20).spawn(f).unwrap().join().unwrap()
+    }
+
+    #[test]
+    fn deep_nesting_costs_no_stack() {
+        const N: usize = 10_000_000;
+        let verdicts = on_small_stack(|| {
+            let arrays = nested(N);
+            let objects = format!("{}0{}", "{\"a\":".repeat(N), "}".repeat(N));
+            let unclosed = "[".repeat(N);
+            let mut verdicts = Vec::new();
+            for (name, body) in [("arrays", &arrays), ("objects", &objects)] {
+                let send = format!(r#"{{"op":"send","room":"r","body":{body},"id":"q"}}"#);
+                let got = match decode(send.as_bytes()) {
+                    Ok(Incoming { op: Op::Send { body: b, .. }, .. }) => {
+                        (b.get().len() == body.len(), check_body(b.get(), 64))
+                    }
+                    other => panic!("{name}: {other:?}"),
+                };
+                verdicts.push((name, got));
+                let post = format!(r#"{{"body":{body}}}"#);
+                let p = decode_post(post.as_bytes()).unwrap();
+                verdicts.push((name, (p.body.get().len() == body.len(), check_body(p.body.get(), 64))));
+                // Deep values in members that are skipped, or in the ref.
+                let skipped = format!(r#"{{"op":"ping","x":{body}}}"#);
+                assert!(matches!(decode(skipped.as_bytes()), Ok(Incoming { op: Op::Ping, .. })));
+                let deep_ref = format!(r#"{{"op":"ping","ref":{body}}}"#);
+                assert!(decode(deep_ref.as_bytes()).is_err());
+                // Deep at the top: not an object, refused at once.
+                assert!(decode(body.as_bytes()).is_err());
+                assert!(decode_post(body.as_bytes()).is_err());
+            }
+            let send = format!(r#"{{"op":"send","room":"r","body":{unclosed}"#);
+            assert!(decode(send.as_bytes()).is_err());
+            assert!(decode_post(format!(r#"{{"body":{unclosed}"#).as_bytes()).is_err());
+            assert_eq!(check_body(&unclosed, usize::MAX), Ok(()));
+            verdicts
+        });
+        for (name, (whole, verdict)) in verdicts {
+            assert!(whole, "{name}: the raw body is kept whole");
+            assert_eq!(verdict, Err(BodyError::TooDeep(64)), "{name}");
+        }
+    }
+
+    /// JSON values with strings made to look like structure and numbers.
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+            "[\\[\\]{}\"\\\\0-9eE.+ -]{0,12}".prop_map(Value::String),
+            any::<String>().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(12, 96, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::vec(("[\\[\\]{}\"\\\\0-9e]{0,6}", inner), 0..6)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
     proptest! {
+        #[test]
+        fn body_check_agrees_with_recursive_depth(v in json_value(), pretty in any::<bool>()) {
+            let text = if pretty { serde_json::to_string_pretty(&v).unwrap() } else { v.to_string() };
+            let depth = depth_of(&v);
+            prop_assert_eq!(check_body(&text, depth), Ok(()), "{}", text);
+            if depth > 0 {
+                prop_assert_eq!(check_body(&text, depth - 1), Err(BodyError::TooDeep(depth - 1)), "{}", text);
+            }
+            prop_assert_eq!(check_body(&text, usize::MAX), Ok(()));
+            // And the same body travels through decode unchanged.
+            let send = format!(r#"{{"op":"send","room":"r","body":{text}}}"#);
+            let m = decode(send.as_bytes()).unwrap();
+            let Op::Send { body, .. } = m.op else { panic!("not a send") };
+            prop_assert_eq!(body.get(), text.as_str());
+        }
+
+        #[test]
+        fn body_check_never_panics(text in ".{0,200}", bytes in proptest::collection::vec(any::<u8>(), 0..200), max in 0usize..8) {
+            let _ = check_body(&text, max);
+            let _ = check_body(&String::from_utf8_lossy(&bytes), max);
+        }
+
         #[test]
         fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = decode(&data);

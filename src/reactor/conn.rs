@@ -29,6 +29,11 @@ pub struct Conn {
     pub flush_queued: bool,
     /// Tick of this connection's live timer entry, if any.
     pub timer_tick: Option<u64>,
+    /// The peer's address, counted against its per-IP limits until close.
+    pub ip: Option<std::net::IpAddr>,
+    /// Input is not read or parsed while the queue is over the high-water
+    /// mark; set when that stopped it, so the drain below it resumes it.
+    pub paused: bool,
 }
 
 pub enum State {
@@ -68,10 +73,20 @@ pub struct WsState {
     pub user: UserId,
     /// Token expiry (Unix seconds), if the connection authenticated.
     pub exp: Option<u64>,
-    /// Rooms joined, and whether the owner has confirmed the join (only
-    /// then is the connection among the reactor's local members).
-    pub rooms: Vec<(RoomName, bool)>,
+    /// Rooms joined, and once the owner has confirmed the join, the
+    /// connection's slot in the reactor's local member list of that room
+    /// (so leaving costs O(1), not a search through the room).
+    pub rooms: Vec<(RoomName, Option<u32>)>,
+    /// `send` limiter.
     pub bucket: TokenBucket,
+    /// Limiter of every other request (join, leave, history, presence, ping).
+    pub requests: TokenBucket,
+    /// Requests posted to room owners and not answered yet: `send`s, and
+    /// the heavy ones (join, history, presence) whose answers can be large.
+    /// Parsing pauses at `MAX_INFLIGHT` / `MAX_HEAVY`, so the answers one
+    /// peer has coming are bounded before they are queued.
+    pub inflight: u16,
+    pub heavy: u16,
     pub last_rx: Instant,
     pub ping_sent: bool,
 }

@@ -464,6 +464,9 @@ impl Reactor {
             exp,
             rooms: Vec::new(),
             bucket: TokenBucket::new(cfg.send_burst, self.now),
+            requests: TokenBucket::new(cfg.request_burst, self.now),
+            inflight: 0,
+            heavy: 0,
             last_rx: self.now,
             ping_sent: false,
         };

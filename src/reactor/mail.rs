@@ -95,15 +95,14 @@ pub enum Mail {
         conn: ConnRef,
         frames: Vec<Bytes>,
     },
-    /// One frame for one WebSocket connection (an ack, an answer).
+    /// The answer to one request of a WebSocket connection: an ack or an
+    /// error for a `send` (`heavy: false`), or the answer to a history or
+    /// presence request, or an error for a join (`heavy: true`). The
+    /// connection counts its requests in flight by these.
     Frame {
         conn: ConnRef,
         frame: Bytes,
-    },
-    /// Frames for one WebSocket connection.
-    Frames {
-        conn: ConnRef,
-        frames: Vec<Bytes>,
+        heavy: bool,
     },
     /// store-writer committed (or failed) this reactor's next `n` appends.
     Committed {

@@ -209,6 +209,20 @@ pub struct Reactor {
     writer: Option<crossbeam_channel::Sender<WriterCmd>>,
 }
 
+/// Whether a connection's input may be read and parsed now: its queued
+/// output is under the high-water mark and, on WebSocket, its requests in
+/// flight are under their limits. This is what bounds what one peer can
+/// make the server hold for it.
+fn can_read(conn: &Conn) -> bool {
+    if conn.out.len() > HIGH_WATER {
+        return false;
+    }
+    match &conn.state {
+        State::Ws(ws) => ws.inflight < ws::MAX_INFLIGHT && ws.heavy < ws::MAX_HEAVY,
+        _ => true,
+    }
+}
+
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
@@ -426,6 +440,8 @@ impl Reactor {
             state: State::Http(HttpState { started: None, idle_since: self.now, awaiting: None }),
             flush_queued: false,
             timer_tick: None,
+            ip: None,
+            paused: false,
         });
         self.counters.accepted += 1;
         self.counters.open += 1;
@@ -464,6 +480,12 @@ impl Reactor {
             if matches!(&conn.state, State::Http(h) if h.awaiting.is_some()) {
                 // A request waits on a room owner: leave further bytes in
                 // the socket (TCP pushes back) until it is answered.
+                break;
+            }
+            if !can_read(conn) {
+                // The peer has not taken its answers (or has too many
+                // coming): leave its bytes in the socket until it does.
+                conn.paused = true;
                 break;
             }
             let tls = conn.transport.is_tls();
@@ -531,7 +553,21 @@ impl Reactor {
             conn.rbuf.extend_from_slice(fresh);
             self.process_buffered(key);
         }
-        self.conns.get(key as usize).is_some_and(|c| !matches!(c.state, State::Closing(_)))
+        self.conns.get(key as usize).is_some_and(|c| !c.paused && !matches!(c.state, State::Closing(_)))
+    }
+
+    /// Input of a paused connection may go on once it drained below the
+    /// high-water mark and its answers in flight came back: what it kept
+    /// buffered is parsed, and its socket read again.
+    fn maybe_resume(&mut self, key: u32) {
+        let Some(conn) = self.conns.get_mut(key as usize) else {
+            return;
+        };
+        if conn.paused && can_read(conn) {
+            conn.paused = false;
+            self.process_buffered(key);
+            self.rerun.push(key);
+        }
     }
 
     /// Processes what the connection kept in its own buffer (after fresh
@@ -560,6 +596,11 @@ impl Reactor {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 return buf.len();
             };
+            if !can_read(conn) {
+                // The rest waits in the connection's buffer (see `maybe_resume`).
+                conn.paused = true;
+                break;
+            }
             let step = match conn.state {
                 State::Http(_) => self.http_step(key, &mut buf[pos..]),
                 State::Ws(_) => self.ws_step(key, &mut buf[pos..]),
@@ -652,14 +693,19 @@ impl Reactor {
                 self.counters.bytes_out += n as u64;
                 if outcome == WriteOutcome::Done {
                     self.after_flush(key);
+                } else {
+                    // A partial write may still have brought it under the mark.
+                    self.maybe_resume(key);
                 }
             }
             Err(_) => self.close_now(key, CloseReason::Io),
         }
     }
 
-    /// The queue is empty: a closing connection may now go.
+    /// The queue is empty: a closing connection may now go, a paused one
+    /// may read again.
     fn after_flush(&mut self, key: u32) {
+        self.maybe_resume(key);
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };

@@ -67,6 +67,7 @@ impl Reactor {
                         Asker::Ws(c) => Mail::Frame {
                             conn: c,
                             frame: msg::encode_presence(r#ref.as_ref(), &room, members.into_iter()),
+                            heavy: true,
                         },
                         Asker::Http(c) => Mail::HttpAnswer {
                             conn: c,
@@ -99,15 +100,19 @@ impl Reactor {
             Ok(r) => r,
             Err(e) => {
                 let f = msg::encode_error(r#ref.as_ref(), "internal", &format!("room unavailable: {e}"), None);
-                return self.post(conn.reactor as usize, Mail::Frame { conn, frame: f });
+                return self.post(conn.reactor as usize, Mail::Frame { conn, frame: f, heavy: true });
             }
         };
         r.expire(&settings, now);
         let diff = if again { None } else { r.join(conn.reactor as usize, &user, now) };
         let last = r.last_seq();
+        let budget = page_budget(&self.shared.config);
+        let fits = |frames: &[Bytes]| frames.iter().map(Bytes::len).fold(0usize, usize::saturating_add) <= budget;
         let (recovered, replay) = match since.map(|s| r.replay(s, max_replay)) {
             None => (None, Vec::new()),
             Some(Replay::Nothing) => (Some(true), Vec::new()),
+            // Too many bytes to replay at once: the client pages instead.
+            Some(Replay::Tail(frames)) if !fits(&frames) => (Some(false), Vec::new()),
             Some(Replay::Tail(frames)) => (Some(true), frames),
             Some(Replay::TooMany) => (Some(false), Vec::new()),
             // Bounded by the replay cap, so read here, inline: the replay
@@ -118,7 +123,12 @@ impl Reactor {
                     // Retention may have pruned some: a replay with a hole
                     // is no replay; the client pages history instead.
                     Ok((msgs, _)) if msgs.len() as u64 == upto - after => {
-                        (Some(true), msgs.iter().map(|m| frame_of(&room, m).frame).collect())
+                        let frames: Vec<Bytes> = msgs.iter().map(|m| frame_of(&room, m).frame).collect();
+                        if fits(&frames) {
+                            (Some(true), frames)
+                        } else {
+                            (Some(false), Vec::new())
+                        }
                     }
                     Ok(_) => (Some(false), Vec::new()),
                     Err(_) => (Some(false), Vec::new()),
@@ -250,7 +260,8 @@ impl Reactor {
             }
             let reply = match p.asker {
                 Asker::Ws(c) => {
-                    Mail::Frame { conn: c, frame: msg::encode_ack(p.r#ref.as_ref(), &p.room, seq, ts, p.id.as_deref()) }
+                    let frame = msg::encode_ack(p.r#ref.as_ref(), &p.room, seq, ts, p.id.as_deref());
+                    Mail::Frame { conn: c, frame, heavy: false }
                 }
                 Asker::Http(c) => Mail::HttpAnswer {
                     conn: c,
@@ -287,9 +298,20 @@ impl Reactor {
 
     /// Answers a request with an error, over WebSocket or HTTP.
     fn refuse(&mut self, asker: Asker, r#ref: Option<Ref>, status: u16, code: &str, message: &str) {
+        self.refuse_as(asker, r#ref, status, code, message, false);
+    }
+
+    /// [`refuse`](Self::refuse) for a heavy request (history, presence, join).
+    fn refuse_heavy(&mut self, asker: Asker, r#ref: Option<Ref>, status: u16, code: &str, message: &str) {
+        self.refuse_as(asker, r#ref, status, code, message, true);
+    }
+
+    fn refuse_as(&mut self, asker: Asker, r#ref: Option<Ref>, status: u16, code: &str, message: &str, heavy: bool) {
         let retry = (code == "overloaded").then_some(100);
         let reply = match asker {
-            Asker::Ws(c) => Mail::Frame { conn: c, frame: msg::encode_error(r#ref.as_ref(), code, message, retry) },
+            Asker::Ws(c) => {
+                Mail::Frame { conn: c, frame: msg::encode_error(r#ref.as_ref(), code, message, retry), heavy }
+            }
             Asker::Http(c) => Mail::HttpAnswer {
                 conn: c,
                 status,
@@ -311,13 +333,16 @@ impl Reactor {
     ) {
         let now = now_ms();
         let settings = self.rooms.settings.clone();
+        let budget = page_budget(&self.shared.config);
         let from_tail = match self.rooms.entry(&room, now) {
             Ok(r) => {
                 r.expire(&settings, now);
-                r.history(before, after, limit)
-                    .map(|(page, more)| history_reply(&room, page.into_iter(), more, r#ref.as_ref(), asker))
+                r.history(before, after, limit).map(|(mut page, more)| {
+                    let cut = cap_page(&mut page, |m| m.frame.len(), after.is_some(), budget);
+                    history_reply(&room, page.into_iter(), more || cut, r#ref.as_ref(), asker)
+                })
             }
-            Err(e) => return self.refuse(asker, r#ref, 500, "internal", &format!("room unavailable: {e}")),
+            Err(e) => return self.refuse_heavy(asker, r#ref, 500, "internal", &format!("room unavailable: {e}")),
         };
         if let Some(reply) = from_tail {
             return self.post(asker.conn().reactor as usize, reply);
@@ -327,7 +352,7 @@ impl Reactor {
         // the asker's reactor.
         let shared: Arc<Shared> = self.shared.clone();
         let (Some(readers), Some(committed)) = (&shared.readers, self.rooms.get(&room).map(|r| r.last_seq())) else {
-            return self.refuse(asker, r#ref, 500, "internal", "no storage");
+            return self.refuse_heavy(asker, r#ref, 500, "internal", "no storage");
         };
         let poster = shared.clone();
         let before = Some(before.map_or(committed + 1, |b| b.min(committed + 1)));
@@ -337,14 +362,16 @@ impl Reactor {
         let reply = Box::new(move |res: Result<(Vec<StoredMsg>, bool), crate::store::StoreError>| {
             let mail = match res {
                 Ok((msgs, more)) => {
-                    let frames: Vec<MsgFrame> = msgs.iter().map(|m| frame_of(&name, m)).collect();
-                    history_reply(&name, frames.iter(), more, rref.as_ref(), asker)
+                    let mut frames: Vec<MsgFrame> = msgs.iter().map(|m| frame_of(&name, m)).collect();
+                    let cut = cap_page(&mut frames, |m| m.frame.len(), oldest_first, budget);
+                    history_reply(&name, frames.iter(), more || cut, rref.as_ref(), asker)
                 }
                 Err(e) => {
                     let m = format!("storage: {e}");
                     match asker {
                         Asker::Ws(c) => {
-                            Mail::Frame { conn: c, frame: msg::encode_error(rref.as_ref(), "internal", &m, None) }
+                            let frame = msg::encode_error(rref.as_ref(), "internal", &m, None);
+                            Mail::Frame { conn: c, frame, heavy: true }
                         }
                         Asker::Http(c) => Mail::HttpAnswer {
                             conn: c,
@@ -358,7 +385,7 @@ impl Reactor {
             poster.post_from_thread(asker.conn().reactor as usize, mail);
         });
         if readers.submit(room, after, before, limit, oldest_first, reply).is_err() {
-            self.refuse(asker, r#ref, 503, "overloaded", "history readers are busy; retry");
+            self.refuse_heavy(asker, r#ref, 503, "overloaded", "history readers are busy; retry");
         }
     }
 
@@ -377,6 +404,37 @@ impl Reactor {
     }
 }
 
+/// The most bytes of messages one history page or one join replay
+/// carries: an eighth of the output cap (a connection may have
+/// `ws::MAX_HEAVY` such answers coming), at most 512 KiB. A page that would
+/// be larger stops early with `more: true`; a replay that would be larger
+/// is not made (`recovered: false`, the client pages instead).
+pub(super) fn page_budget(cfg: &crate::config::Config) -> usize {
+    (cfg.max_queue_bytes / 8).clamp(16 << 10, 512 << 10)
+}
+
+/// Cuts `page` (ascending) to `budget` bytes, keeping at least one message:
+/// the oldest when paging forward (`oldest_first`), else the newest. True
+/// when something was cut, which the answer reports as `more`.
+fn cap_page<T>(page: &mut Vec<T>, size: impl Fn(&T) -> usize, oldest_first: bool, budget: usize) -> bool {
+    let mut total = 0usize;
+    let fits = |m: &T, total: &mut usize| {
+        *total = total.saturating_add(size(m));
+        *total <= budget
+    };
+    if oldest_first {
+        let keep = page.iter().take_while(|m| fits(m, &mut total)).count().max(1);
+        let cut = keep < page.len();
+        page.truncate(keep);
+        cut
+    } else {
+        let keep = page.iter().rev().take_while(|m| fits(m, &mut total)).count().max(1);
+        let drop = page.len().saturating_sub(keep);
+        page.drain(..drop);
+        drop > 0
+    }
+}
+
 /// A stored message as a `msg` frame (its body is copied verbatim).
 fn frame_of(room: &str, m: &StoredMsg) -> MsgFrame {
     msg::encode_msg_raw(room, m.seq, m.ts, &m.from, &m.body, m.id.as_deref())
@@ -390,9 +448,37 @@ fn history_reply<'m>(
     asker: Asker,
 ) -> Mail {
     match asker {
-        Asker::Ws(c) => Mail::Frame { conn: c, frame: msg::encode_history(r#ref, room, page, more) },
+        Asker::Ws(c) => Mail::Frame { conn: c, frame: msg::encode_history(r#ref, room, page, more), heavy: true },
         Asker::Http(c) => {
             Mail::HttpAnswer { conn: c, status: 200, body: msg::history_json(room, page, more), retry_after: None }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cap_page;
+
+    #[test]
+    fn pages_are_cut_to_their_budget_from_the_right_end() {
+        let size = |n: &usize| *n;
+        let mut p = vec![4, 4, 4, 4];
+        assert!(cap_page(&mut p, size, true, 9));
+        assert_eq!(p, vec![4, 4]);
+        let mut p = vec![1, 2, 3, 4];
+        assert!(cap_page(&mut p, size, false, 7));
+        assert_eq!(p, vec![3, 4]);
+        // At least one message, however large.
+        let mut p = vec![100, 1];
+        assert!(cap_page(&mut p, size, true, 10));
+        assert_eq!(p, vec![100]);
+        let mut p = vec![1, 100];
+        assert!(cap_page(&mut p, size, false, 10));
+        assert_eq!(p, vec![100]);
+        let mut p = vec![1, 2];
+        assert!(!cap_page(&mut p, size, false, 10));
+        assert_eq!(p, vec![1, 2]);
+        let mut p: Vec<usize> = Vec::new();
+        assert!(!cap_page(&mut p, size, true, 10));
     }
 }

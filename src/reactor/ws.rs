@@ -22,6 +22,12 @@ use super::{Reactor, Step};
 
 /// Rooms one connection may be in at once.
 pub(super) const MAX_ROOMS_PER_CONN: usize = 256;
+/// `send`s one connection may have waiting for their acks; parsing its
+/// input pauses at this many (TCP pushes back on the peer).
+pub(super) const MAX_INFLIGHT: u16 = 256;
+/// Joins, history pages and presence lists one connection may have
+/// waiting for their (possibly large) answers.
+pub(super) const MAX_HEAVY: u16 = 8;
 
 /// A decoded frame, owned, so the input buffer can be let go before acting.
 enum Action {
@@ -142,7 +148,10 @@ impl Reactor {
     fn op(&mut self, key: u32, r#ref: Option<Ref>, op: OwnedOp) {
         let me = self.conn_ref(key);
         let now = self.now;
-        let (rate, burst) = (self.shared.config.send_rate, self.shared.config.send_burst);
+        let cfg = &self.shared.config;
+        let (rate, burst) = (cfg.send_rate, cfg.send_burst);
+        let (req_rate, req_burst) = (cfg.request_rate, cfg.request_burst);
+        let max_depth = cfg.max_body_depth;
         let reactors = self.shared.reactors();
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
@@ -150,6 +159,15 @@ impl Reactor {
         let State::Ws(ws) = &mut conn.state else {
             return;
         };
+        // Every request but `send` draws on the request bucket: joins,
+        // history pages and presence cost owners work and answers cost
+        // memory, so a peer gets a bounded share of them.
+        if !matches!(op, OwnedOp::Send { .. }) {
+            if let Err(wait) = ws.requests.take(req_rate, req_burst, now) {
+                let e = msg::encode_error(r#ref.as_ref(), "rate_limited", "too many requests; slow down", Some(wait));
+                return self.reply(key, e);
+            }
+        }
         let user = ws.user.clone();
         match op {
             OwnedOp::Ping => self.reply(key, msg::encode_pong(r#ref.as_ref())),
@@ -160,8 +178,9 @@ impl Reactor {
                         let m = format!("at most {MAX_ROOMS_PER_CONN} rooms per connection");
                         return self.reply(key, msg::encode_error(r#ref.as_ref(), "forbidden", &m, None));
                     }
-                    ws.rooms.push((room.clone(), false));
+                    ws.rooms.push((room.clone(), None));
                 }
+                ws.heavy += 1;
                 let owner = owner_of(&room, reactors);
                 self.post(owner, Mail::Join { room, user, conn: me, since, r#ref, again });
             }
@@ -172,9 +191,9 @@ impl Reactor {
                         msg::encode_error(r#ref.as_ref(), "not_joined", "not a member of this room", None),
                     );
                 };
-                let (room, confirmed) = ws.rooms.swap_remove(i);
-                if confirmed {
-                    self.local.remove(&room, key);
+                let (room, slot) = ws.rooms.swap_remove(i);
+                if let Some(slot) = slot {
+                    self.unlist(&room, key, slot);
                 }
                 self.reply(key, msg::encode_left(r#ref.as_ref(), &room));
                 let owner = owner_of(&room, reactors);
@@ -185,21 +204,39 @@ impl Reactor {
                     let e = msg::encode_error(r#ref.as_ref(), "rate_limited", "too many sends; slow down", Some(wait));
                     return self.reply(key, e);
                 }
+                let _ = max_depth; // CHECK_BODY
                 let owner = owner_of(&room, reactors);
-                if self.backed_up(owner) {
+                if owner != self.id && !self.overflow[owner].is_empty() {
+                    // The owner's mailbox is backed up (see `backed_up`).
                     let e =
                         msg::encode_error(r#ref.as_ref(), "overloaded", "the room's owner is busy; retry", Some(100));
                     return self.reply(key, e);
                 }
+                ws.inflight += 1;
                 self.post(owner, Mail::Publish { room, user, body, id, r#ref, asker: Asker::Ws(me) });
             }
             OwnedOp::History { room, before, after, limit } => {
+                ws.heavy += 1;
                 let owner = owner_of(&room, reactors);
                 self.post(owner, Mail::History { room, before, after, limit, r#ref, asker: Asker::Ws(me) });
             }
             OwnedOp::Presence { room } => {
+                ws.heavy += 1;
                 let owner = owner_of(&room, reactors);
                 self.post(owner, Mail::Presence { room, r#ref, asker: Asker::Ws(me) });
+            }
+        }
+    }
+
+    /// Takes `key` out of the local member list of `room` (its slot there is
+    /// `slot`), and gives the member that moved into that slot its new one.
+    pub(super) fn unlist(&mut self, room: &RoomName, key: u32, slot: u32) {
+        let Some(moved) = self.local.remove_at(room, slot, key) else {
+            return;
+        };
+        if let Some(State::Ws(ws)) = self.conns.get_mut(moved as usize).map(|c| &mut c.state) {
+            if let Some(entry) = ws.rooms.iter_mut().find(|(r, _)| r == room) {
+                entry.1 = Some(slot);
             }
         }
     }
@@ -223,9 +260,9 @@ impl Reactor {
         let rooms = std::mem::take(&mut ws.rooms);
         let user = ws.user.clone();
         let reactors = self.shared.reactors();
-        for (room, confirmed) in rooms {
-            if confirmed {
-                self.local.remove(&room, key);
+        for (room, slot) in rooms {
+            if let Some(slot) = slot {
+                self.unlist(&room, key, slot);
             }
             let owner = owner_of(&room, reactors);
             self.post(owner, Mail::Leave { room, user: user.clone(), reactor: self.id as u16 });
@@ -243,21 +280,29 @@ impl Reactor {
                 let Some(key) = self.resolve(conn) else { return };
                 let Some(c) = self.conns.get_mut(key as usize) else { return };
                 if let State::Ws(ws) = &mut c.state {
+                    ws.heavy = ws.heavy.saturating_sub(1);
                     if let Some(entry) = ws.rooms.iter_mut().find(|(r, _)| *r == room) {
-                        if !entry.1 {
-                            entry.1 = true;
-                            self.local.add(&room, key);
+                        if entry.1.is_none() {
+                            entry.1 = Some(self.local.add(&room, key));
                         }
                     }
                     for f in frames {
                         self.reply(key, f);
                     }
+                    self.maybe_resume(key);
                 }
             }
-            Mail::Frame { conn, frame } => {
+            Mail::Frame { conn, frame, heavy } => {
                 let Some(key) = self.resolve(conn) else { return };
-                if matches!(self.conns.get(key as usize).map(|c| &c.state), Some(State::Ws(_))) {
+                let Some(c) = self.conns.get_mut(key as usize) else { return };
+                if let State::Ws(ws) = &mut c.state {
+                    if heavy {
+                        ws.heavy = ws.heavy.saturating_sub(1);
+                    } else {
+                        ws.inflight = ws.inflight.saturating_sub(1);
+                    }
                     self.reply(key, frame);
+                    self.maybe_resume(key);
                 }
             }
             Mail::HttpAnswer { conn, status, body, retry_after } => {

@@ -382,19 +382,32 @@ pub struct LocalMembers {
 }
 
 impl LocalMembers {
-    pub fn add(&mut self, room: &RoomName, key: u32) {
-        self.map.entry(room.clone()).or_default().push(key);
+    /// Lists `key` in `room`; returns its slot there, which the caller keeps
+    /// for [`remove_at`](Self::remove_at).
+    pub fn add(&mut self, room: &RoomName, key: u32) -> u32 {
+        let v = self.map.entry(room.clone()).or_default();
+        v.push(key);
+        u32::try_from(v.len() - 1).unwrap_or(u32::MAX)
     }
 
-    pub fn remove(&mut self, room: &str, key: u32) {
-        if let Some(v) = self.map.get_mut(room) {
-            if let Some(i) = v.iter().position(|k| *k == key) {
-                v.swap_remove(i);
-            }
-            if v.is_empty() {
-                self.map.remove(room);
-            }
+    /// Takes `key` out of `room` in O(1): the last member moves into its
+    /// slot. Returns the member that moved (now at `slot`), whose holder
+    /// must update its slot. A stale slot falls back to a search.
+    pub fn remove_at(&mut self, room: &str, slot: u32, key: u32) -> Option<u32> {
+        let v = self.map.get_mut(room)?;
+        let mut i = slot as usize;
+        if v.get(i) != Some(&key) {
+            i = v.iter().position(|k| *k == key)?;
         }
+        v.swap_remove(i);
+        let moved = v.get(i).copied();
+        if v.is_empty() {
+            self.map.remove(room);
+        } else if v.capacity() > 64 && v.len() < v.capacity() / 4 {
+            // A room that emptied out (slow members closed) gives memory back.
+            v.shrink_to(v.len() * 2);
+        }
+        moved
     }
 
     pub fn members(&self, room: &str) -> &[u32] {
