@@ -2,7 +2,8 @@
 //! (`config::parse_command_line`): arbitrary arguments, an arbitrary
 //! environment and an arbitrary TOML settings file. Every input must give an
 //! invocation or an error, never a panic; a `serve` configuration that comes
-//! back must pass `Config::validate`, and the error text must be printable.
+//! back must pass `Config::validate` and lie within `config::bounds`, and the
+//! error text must be printable.
 //!
 //! Input, split at the first two `\0\0`: the arguments after the program name
 //! (separated by `\0`, as in a real argv; bytes need not be UTF-8), the
@@ -23,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use roomcast::config::{parse_command_line, Config, Invocation, ENV_PREFIX};
+use roomcast::config::{bounds, parse_command_line, Config, Invocation, ENV_PREFIX};
 
 const FILE: &str = "c.toml";
 
@@ -74,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
         Ok(Invocation::Token(t)) => {
             assert!(!t.sub.is_empty(), "token request without a sub");
             assert!(t.ttl.as_secs() >= 1, "token request with a ttl under 1s");
+            assert!(t.ttl <= bounds::TOKEN_TTL, "token request with a ttl of {:?}", t.ttl);
         }
         Ok(Invocation::DevCert(_) | Invocation::Backup { .. }) => {}
         Err(e) => {
@@ -93,9 +95,41 @@ fuzz_target!(|data: &[u8]| {
     }
 });
 
-fn check_serve(config: &Config) {
-    if let Err(e) = config.validate() {
+fn check_serve(c: &Config) {
+    if let Err(e) = c.validate() {
         panic!("a configuration that fails validate() came back: {e}");
     }
-    let _ = format!("{config:?}");
+    // What the bounds promise the reactors: deadlines (a clock reading plus
+    // a setting) and buffer sizes that cannot overflow.
+    let durations = [
+        ("drain-timeout", c.drain_timeout, bounds::DRAIN_TIMEOUT),
+        ("idle-timeout", c.idle_timeout, bounds::IDLE_TIMEOUT),
+        ("ping-interval", c.ping_interval, bounds::PING_INTERVAL),
+        ("request-timeout", c.request_timeout, bounds::REQUEST_TIMEOUT),
+        ("dedup-window", c.dedup_window, bounds::DEDUP_WINDOW),
+        ("retain-age", c.retain_age.unwrap_or_default(), bounds::RETAIN_AGE),
+        ("room-idle-timeout", c.room_idle_timeout, bounds::ROOM_IDLE_TIMEOUT),
+    ];
+    for (key, value, max) in durations {
+        assert!(value <= max, "{key} {value:?} passed validate(), bound {max:?}");
+    }
+    assert!(!c.idle_timeout.is_zero() && c.ping_interval < c.idle_timeout && !c.request_timeout.is_zero());
+    assert!(c.room_idle_timeout >= bounds::MIN_ROOM_IDLE_TIMEOUT);
+    assert!(c.max_message_bytes >= 1 && c.max_message_bytes <= bounds::MAX_MESSAGE_BYTES);
+    assert!(c.max_queue_bytes >= c.max_message_bytes && c.max_queue_bytes <= bounds::MAX_QUEUE_BYTES);
+    assert!(c.threads >= 1 && c.threads <= bounds::THREADS);
+    assert!(c.max_connections >= 1 && c.max_connections <= bounds::MAX_CONNECTIONS);
+    assert!(c.max_body_depth >= 1 && c.max_body_depth <= bounds::MAX_BODY_DEPTH);
+    let rates = [
+        ("send-rate", c.send_rate, c.send_burst),
+        ("request-rate", c.request_rate, c.request_burst),
+        ("connect-rate-per-ip", c.connect_rate_per_ip, c.connect_burst_per_ip),
+        ("post-rate-per-ip", c.post_rate_per_ip, c.post_burst_per_ip),
+    ];
+    for (key, rate, burst) in rates {
+        assert!(rate.is_finite() && (0.0..=bounds::RATE).contains(&rate), "{key} {rate} passed validate()");
+        assert!(burst <= bounds::BURST && (rate == 0.0 || burst >= 1), "{key}'s burst {burst} passed validate()");
+    }
+    assert_ne!(c.retain_messages, Some(0));
+    let _ = format!("{c:?}");
 }

@@ -3,8 +3,9 @@
 //! upgrades, WebSocket ops as masked frames, HTTP requests, peers that stop
 //! reading (no write room) or close, and the clock moving. The harness
 //! invariants (queue and buffer bounds, room membership on both sides) must
-//! hold after every operation; at the end every peer closes, time passes
-//! every timeout, and no connection may be left.
+//! hold after every operation, and what each peer receives must be well
+//! formed (`common::Peer`); at the end every peer closes, time passes every
+//! timeout, and no connection may be left.
 //!
 //! Input: one settings byte (`common::config`), then
 //! `arbitrary`-decoded operations until the data runs out.
@@ -18,7 +19,7 @@ use libfuzzer_sys::fuzz_target;
 use roomcast::testkit::{client_frame, upgrade_request, ConnId, Harness};
 
 mod common;
-use common::config;
+use common::{config, Peer};
 
 const MAX_CONNS: usize = 8;
 const MAX_OPS: usize = 400;
@@ -85,7 +86,8 @@ fn body(b: &Body) -> String {
         Body::Float(f) => serde_json::to_string(f).unwrap_or_else(|_| "0".into()),
         Body::Text(s) => serde_json::Value::String(s.clone()).to_string(),
         Body::Nested(d) => format!("{}{}", "[".repeat(usize::from(*d % 80)), "]".repeat(usize::from(*d % 80))),
-        Body::Big(n) => serde_json::Value::String("x".repeat(usize::from(*n) * 4)).to_string(),
+        // Up to 80 KiB: past the default message limit, at little cost.
+        Body::Big(n) => format!("\"{}\"", "x".repeat(usize::from(*n % 4096) * 20)),
     }
 }
 
@@ -177,7 +179,9 @@ fn http_bytes(h: &Harness, req: &HttpReq) -> Vec<u8> {
 
 struct World {
     h: Harness,
-    conns: Vec<ConnId>,
+    conns: Vec<(ConnId, Peer)>,
+    /// Text frames must be protocol messages (not on the echo endpoint).
+    json: bool,
 }
 
 impl World {
@@ -186,19 +190,30 @@ impl World {
     fn pick(&mut self, n: u8) -> ConnId {
         if self.conns.is_empty() {
             let c = self.h.connect();
-            self.conns.push(c);
+            self.conns.push((c, Peer::default()));
         }
-        self.conns[usize::from(n) % self.conns.len()]
+        self.conns[usize::from(n) % self.conns.len()].0
+    }
+
+    /// Hands what the server sent to each peer's checks.
+    fn take_output(&mut self, only: Option<ConnId>) -> Result<(), String> {
+        for (c, peer) in &mut self.conns {
+            if only.is_none_or(|o| o == *c) {
+                let out = self.h.take_output(*c);
+                peer.absorb(&out, self.json)?;
+            }
+        }
+        Ok(())
     }
 
     fn apply(&mut self, op: &Op) {
         match op {
             Op::Connect => {
                 let h = &self.h;
-                self.conns.retain(|&c| h.is_open(c));
+                self.conns.retain(|(c, _)| h.is_open(*c));
                 if self.conns.len() < MAX_CONNS {
                     let c = self.h.connect();
-                    self.conns.push(c);
+                    self.conns.push((c, Peer::default()));
                 }
             }
             Op::Input { conn, bytes } => {
@@ -234,7 +249,9 @@ impl World {
             }
             Op::TakeOutput { conn } => {
                 let c = self.pick(*conn);
-                let _ = self.h.take_output(c);
+                if let Err(e) = self.take_output(Some(c)) {
+                    panic!("bad output: {e}");
+                }
             }
             Op::Advance { ms } => self.h.advance(Duration::from_millis(u64::from(*ms))),
         }
@@ -252,11 +269,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let config = config(flags);
+    let json = !config.echo;
     let longest = config.request_timeout.max(config.idle_timeout).max(config.drain_timeout);
-    let Ok(h) = Harness::new(config) else {
-        panic!("no harness");
-    };
-    let mut w = World { h, conns: Vec::new() };
+    let h = Harness::new(config).expect("a harness");
+    let mut w = World { h, conns: Vec::new(), json };
     let mut u = Unstructured::new(rest);
     let mut step = 0;
     while !u.is_empty() && step < MAX_OPS {
@@ -267,22 +283,31 @@ fuzz_target!(|data: &[u8]| {
         w.apply(&op);
         check(&w.h, step, &op);
         // Output nobody takes piles up in the harness's pipe, not in the
-        // reactor; drop it now and then so long runs stay small.
+        // reactor: check and drop it now and then so long runs stay small.
         if step % 16 == 0 {
-            for &c in &w.conns {
-                let _ = w.h.take_output(c);
+            if let Err(e) = w.take_output(None) {
+                panic!("bad output after step {step} ({op:?}): {e}");
             }
         }
     }
     // Every peer reads again and closes; then time passes every deadline.
-    for &c in &w.conns.clone() {
+    let conns: Vec<ConnId> = w.conns.iter().map(|(c, _)| *c).collect();
+    for c in conns {
         w.h.set_write_room(c, usize::MAX);
-        let _ = w.h.take_output(c);
+        if let Err(e) = w.take_output(Some(c)) {
+            panic!("bad output at the end: {e}");
+        }
         w.h.peer_close(c);
         check(&w.h, step + 1, &"peer close");
     }
-    for _ in 0..3 {
-        w.h.advance(longest + Duration::from_secs(10));
+    // The close handshake's grace first; the long moves (a walk over every
+    // tick of the timer wheel) only while something is still open.
+    let ten = Duration::from_secs(10);
+    for d in [ten, ten, longest + ten, longest + ten] {
+        if w.h.open_conns() == 0 {
+            break;
+        }
+        w.h.advance(d);
         check(&w.h, step + 2, &"final advance");
     }
     assert_eq!(w.h.open_conns(), 0, "connections left open after every peer closed and every timeout passed");
