@@ -159,7 +159,7 @@ fn check_frame(op: u8, payload: &[u8], json: bool) -> Result<(), String> {
             }
         }
         2 => {}
-        8 | 9 | 10 if payload.len() > 125 => return Err(format!("control frame {op} of {} bytes", payload.len())),
+        8..=10 if payload.len() > 125 => return Err(format!("control frame {op} of {} bytes", payload.len())),
         8 => {
             if payload.len() == 1 {
                 return Err("close frame with a 1-byte payload".into());
