@@ -201,6 +201,8 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         auth,
         store: Some(store.clone()),
         readers: Some(readers),
+        limits: crate::reactor::limits::Limits::new(&config),
+        reaper: Some(crate::reactor::reaper::spawn().map_err(|e| startup(format!("reaper thread: {e}")))?),
         config,
     });
     // Before any thread runs: a panic anywhere from here on is fatal.

@@ -46,12 +46,16 @@ const MAX_SLEEP: Duration = Duration::from_millis(5);
 const TIMER: usize = usize::MAX;
 
 /// A one-shot timerfd with nanosecond resolution, for publisher schedules.
-struct Timer {
+pub(crate) struct Timer {
     fd: OwnedFd,
 }
 
 impl Timer {
-    fn new() -> io::Result<Timer> {
+    pub(crate) fn fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    pub(crate) fn new() -> io::Result<Timer> {
         // SAFETY: plain syscall; the result is checked before use.
         let fd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
         if fd < 0 {
@@ -62,7 +66,7 @@ impl Timer {
     }
 
     /// Fires once, `after` from now.
-    fn arm(&self, after: Duration) {
+    pub(crate) fn arm(&self, after: Duration) {
         let after = after.max(Duration::from_nanos(1));
         let spec = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
@@ -79,7 +83,7 @@ impl Timer {
     }
 
     /// Clears the expiry count so the next expiry is a new edge.
-    fn drain(&self) {
+    pub(crate) fn drain(&self) {
         let mut n = [0u8; 8];
         // SAFETY: reads at most 8 bytes into an 8-byte buffer.
         unsafe {

@@ -2,12 +2,13 @@
 //! protocol (PROTOCOL.md). Built like the server: mio event loops, no async
 //! runtime, the gateway's sans-IO pieces where they fit.
 //!
-//! Modules: `frame` (client-side WebSocket framing), `scan` (reading fields
+//! Modules: `attack` (hostile traffic beside healthy clients), `frame` (client-side WebSocket framing), `scan` (reading fields
 //! out of server JSON without parsing), `check` (seq order checks and latency
 //! arithmetic), `stats` (histograms and the result format), `procfs` (CPU and
 //! memory from /proc), `net` (targets, sockets, TLS), `engine` (the event
 //! loop), `scenario` (the subcommands), `report` (charts).
 
+pub mod attack;
 pub mod check;
 pub mod engine;
 pub mod frame;

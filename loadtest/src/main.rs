@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use roomcast_loadtest::attack::{self, AttackArgs};
 use roomcast_loadtest::report;
 use roomcast_loadtest::scenario::{
     self, Common, ConnectArgs, DurableArgs, EchoArgs, FanoutArgs, IdleArgs, IdleWorkerArgs,
@@ -54,6 +55,11 @@ enum Cmd {
         #[command(flatten)]
         args: DurableArgs,
     },
+    /// Hostile traffic, one attack after another, while healthy clients ping and send; goal check per attack.
+    Attack {
+        #[command(flatten)]
+        args: AttackArgs,
+    },
     /// Render JSON results into an SVG chart.
     Report {
         /// Result files written with --json.
@@ -93,6 +99,30 @@ fn emit(common: &Common, r: &RunResult) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// Prints the attack table and writes its JSON; 1 when any attack missed its goal.
+fn emit_attack(args: &AttackArgs, r: &attack::Report) -> ExitCode {
+    print!("{}", r.table());
+    if let Some(path) = &args.json {
+        let text = match serde_json::to_string_pretty(r) {
+            Ok(t) => t,
+            Err(e) => {
+                eprintln!("error: cannot encode result: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            eprintln!("error: cannot write {path}: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    if r.all_met {
+        ExitCode::SUCCESS
+    } else {
+        eprintln!("FAILED: not every attack met its goal");
+        ExitCode::from(1)
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.cmd {
@@ -101,6 +131,7 @@ fn main() -> ExitCode {
         Cmd::Connect { common, args } => scenario::connect(common, args).map(|r| emit(common, &r)),
         Cmd::Idle { common, args } => scenario::idle(common, args).map(|r| emit(common, &r)),
         Cmd::Durable { common, args } => scenario::durable(common, args).map(|r| emit(common, &r)),
+        Cmd::Attack { args } => attack::run(args).map(|r| emit_attack(args, &r)),
         Cmd::IdleWorker { common, args } => scenario::idle_worker(common, args).map(|()| ExitCode::SUCCESS),
         Cmd::Report { results, out } => {
             return match report::load(results).and_then(|r| report::render(&r, std::path::Path::new(out))) {

@@ -75,14 +75,26 @@ pub fn parse_url(url: &str) -> Result<Target, NetError> {
 /// IPv4 loopback target, binds to 127.0.0.(1 + index % sources) first so
 /// that more connections fit than one address's ephemeral ports allow.
 pub fn connect(target: &Target, index: usize, sources: u32) -> io::Result<TcpStream> {
+    let source = (sources > 1 && target.addr.is_ipv4()).then(|| {
+        let last = 1 + (index as u32 % sources);
+        Ipv4Addr::from(0x7F00_0000u32 + last)
+    });
+    connect_from(target, source, None)
+}
+
+/// Opens a non-blocking connection to `target` from `source` (any address
+/// when `None`), with the receive buffer capped at `rcvbuf` bytes when given
+/// (set before connecting, so the window the peer sees is small from the start).
+pub fn connect_from(target: &Target, source: Option<Ipv4Addr>, rcvbuf: Option<usize>) -> io::Result<TcpStream> {
     use socket2::{Domain, Protocol, SockAddr, Socket, Type};
     let domain = Domain::for_address(target.addr);
     let sock = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
     sock.set_nonblocking(true)?;
     sock.set_tcp_nodelay(true)?;
-    if sources > 1 && target.addr.is_ipv4() {
-        let last = 1 + (index as u32 % sources);
-        let [a, b, c, d] = (0x7F00_0000u32 + last).to_be_bytes();
+    if let Some(size) = rcvbuf {
+        sock.set_recv_buffer_size(size)?;
+    }
+    if let (Some(src), true) = (source, target.addr.is_ipv4()) {
         // Let connect() choose the port per destination rather than bind(),
         // or every source address would run out at ~28k ports regardless.
         let one: libc::c_int = 1;
@@ -96,7 +108,7 @@ pub fn connect(target: &Target, index: usize, sources: u32) -> io::Result<TcpStr
                 std::mem::size_of::<libc::c_int>() as libc::socklen_t,
             );
         }
-        sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(Ipv4Addr::new(a, b, c, d)), 0)))?;
+        sock.bind(&SockAddr::from(SocketAddr::new(IpAddr::V4(src), 0)))?;
     }
     match sock.connect(&SockAddr::from(target.addr)) {
         Ok(()) => {}

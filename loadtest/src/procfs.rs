@@ -1,4 +1,4 @@
-//! Reads CPU time and resident memory of a process from /proc.
+//! Reads CPU time, resident memory and open descriptors of a process from /proc.
 //!
 //! CPU figures are user + system time in clock ticks (usually 100 per
 //! second), so a window should be seconds long for the per-unit figures to
@@ -55,6 +55,23 @@ pub fn rss_bytes(pid: u32) -> Option<u64> {
     parse_status_rss(&fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
 }
 
+/// Open file descriptors of `pid` (entries of /proc/PID/fd); `None` when
+/// the process is gone or not ours to read.
+pub fn fd_count(pid: u32) -> Option<u64> {
+    let dir = fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    Some(dir.filter(|e| e.is_ok()).count() as u64)
+}
+
+/// Whether `pid` is still a live process (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            stat.rfind(')').and_then(|i| stat.get(i + 1..)).and_then(|r| r.split_whitespace().next()) != Some("Z")
+        }
+        Err(_) => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -73,5 +90,8 @@ mod tests {
         assert_eq!(parse_status_rss(s), Some(2 * 1024 * 1024));
         assert!(cpu_us(None, false).is_some());
         assert!(rss_bytes(std::process::id()).is_some());
+        assert!(fd_count(std::process::id()).is_some_and(|n| n >= 3));
+        assert!(alive(std::process::id()));
+        assert!(!alive(u32::MAX));
     }
 }

@@ -102,7 +102,7 @@ pub struct Common {
     pub setup_timeout: Duration,
 }
 
-fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+pub(crate) fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_f64(d.as_secs_f64())
 }
 
@@ -236,7 +236,7 @@ fn env(common: &Common, force_tls: bool) -> Result<Env, RunError> {
 }
 
 /// A tag that keeps one run's rooms apart from earlier runs' history.
-fn run_tag() -> String {
+pub(crate) fn run_tag() -> String {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     format!("lt{}-{}", secs % 1_000_000, std::process::id() % 100_000)
 }

@@ -110,6 +110,16 @@ impl TokenBucket {
         TokenBucket { tokens: f64::from(burst), last: now }
     }
 
+    /// Whether the bucket has refilled to `burst` by `now` (an idle limiter
+    /// that can be forgotten); always true for a disabled limit.
+    pub fn is_full(&self, rate: f64, burst: u32, now: Instant) -> bool {
+        if rate <= 0.0 {
+            return true;
+        }
+        let dt = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens + dt * rate >= f64::from(burst.max(1))
+    }
+
     /// Takes one token, or says how many milliseconds until one is there.
     pub fn take(&mut self, rate: f64, burst: u32, now: Instant) -> Result<(), u64> {
         if rate <= 0.0 {

@@ -49,7 +49,7 @@ enum Outcome {
 
 impl Reactor {
     pub(super) fn http_step(&mut self, key: u32, buf: &mut [u8]) -> Step {
-        let limits = http::Limits { max_body: 1 << 20, ..http::Limits::default() };
+        let limits = http::Limits { max_body: self.shared.config.max_message_bytes, ..http::Limits::default() };
         let now = self.now;
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return Step::Stop;
@@ -230,6 +230,18 @@ impl Reactor {
                     Ok(p) => p,
                     Err(e) => return Outcome::Answer(Answer::error(400, e.code, &e.message)),
                 };
+                if let Err(e) = msg::check_body(post.body.get(), self.shared.config.max_body_depth) {
+                    return Outcome::Answer(Answer::error(400, "bad_request", &e.to_string()));
+                }
+                // Posts are limited like WebSocket sends: per user (the send
+                // bucket's numbers) and per source address.
+                let ip = self.conns.get(key as usize).and_then(|c| c.ip);
+                if let Err(why) = self.shared.limits.post(ip, &user, self.now) {
+                    let m = format!("too many posts; retry in {} ms", why.retry_after_ms());
+                    let mut a = Answer::error(429, "rate_limited", &m);
+                    a.extra.push(("Retry-After", why.retry_after_secs().to_string()));
+                    return Outcome::Answer(a);
+                }
                 if self.backed_up(owner) {
                     let mut a = Answer::error(503, "overloaded", "the room's owner is busy; retry");
                     a.extra.push(("Retry-After", "1".to_string()));
@@ -361,7 +373,7 @@ impl Reactor {
             Some(c) => Ok(UserId::from(c.sub.as_str())),
             None if self.shared.config.anonymous => {
                 let u = req.query_param("user").unwrap_or_else(|| "anonymous".to_string());
-                valid_user(&u).map_err(|m| Answer::error(400, "bad_request", m))?;
+                crate::auth::check_user_id(&u).map_err(|m| Answer::error(400, "bad_request", m))?;
                 Ok(UserId::from(u.as_str()))
             }
             None => {
@@ -439,7 +451,7 @@ impl Reactor {
                 Ok(Some(c)) => (UserId::from(c.sub.as_str()), Some(c.exp)),
                 Ok(None) if self.shared.config.anonymous => {
                     let u = req.query_param("user").unwrap_or_else(anonymous_name);
-                    if let Err(m) = valid_user(&u) {
+                    if let Err(m) = crate::auth::check_user_id(&u) {
                         return Outcome::Answer(Answer::error(400, "bad_request", m));
                     }
                     (UserId::from(u.as_str()), None)
@@ -514,13 +526,6 @@ pub(super) fn bearer_token(h: &[u8]) -> Option<&str> {
         return None;
     }
     std::str::from_utf8(token).ok()
-}
-
-fn valid_user(u: &str) -> Result<(), &'static str> {
-    if u.is_empty() || u.len() > 128 || u.chars().any(char::is_control) {
-        return Err("user ids are 1 to 128 bytes without control characters");
-    }
-    Ok(())
 }
 
 fn anonymous_name() -> String {

@@ -17,8 +17,10 @@
 
 mod conn;
 mod http;
+pub mod limits;
 pub mod mail;
 mod owner;
+pub mod reaper;
 pub mod testkit;
 pub mod timer;
 pub mod transport;
@@ -60,6 +62,11 @@ const MAIL_BUDGET: usize = 8192;
 /// How long accepting pauses after EMFILE/ENFILE: the loop must not spin on
 /// a listener it cannot serve.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// How often housekeeping runs.
+const HOUSEKEEPING: Duration = Duration::from_secs(1);
+/// Rooms forgotten per housekeeping round at most, so one round stays short
+/// (each forgotten room frees its tail).
+const EVICT_PER_ROUND: usize = 4096;
 /// After a fatal error (a thread panicked) the drain is this short at most:
 /// the process must exit promptly, so a supervisor restarts it.
 const FATAL_DRAIN: Duration = Duration::from_secs(2);
@@ -104,6 +111,11 @@ pub struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub store: Option<Store>,
     pub readers: Option<ReaderPool>,
+    /// Per-IP and per-user limits (see `limits`).
+    pub limits: limits::Limits,
+    /// Where large buffers of closed connections go to be freed off the
+    /// reactor thread (see `reaper`); `None` frees them inline.
+    pub reaper: Option<crossbeam_channel::Sender<reaper::Garbage>>,
 }
 
 impl Shared {
@@ -201,6 +213,10 @@ pub struct Reactor {
     /// Held writes go out at this instant (see `COALESCE_WINDOW`).
     flush_at: Option<Instant>,
     delivered_at_flush: u64,
+    /// When housekeeping (idle rooms, limiter sweeps) next runs, and how
+    /// many rounds ran.
+    next_housekeeping: Instant,
+    housekeeping_round: usize,
     /// Whether heavy fan-out may hold writes (off in the harness, whose
     /// clock only moves when told).
     coalesce: bool,
@@ -274,6 +290,8 @@ impl Reactor {
             flush_at: None,
             delivered_at_flush: 0,
             coalesce: true,
+            next_housekeeping: later(now, HOUSEKEEPING),
+            housekeeping_round: 0,
             writer: parts.writer,
             shared,
         })
@@ -291,7 +309,8 @@ impl Reactor {
             // While draining, look again soon: the others' progress decides
             // when this reactor may end.
             let drain_check = self.drain_deadline.map(|d| d.min(later(self.now, Duration::from_millis(20))));
-            for at in [self.accept_paused_until, drain_check, self.flush_at].into_iter().flatten() {
+            let chores = Some(self.next_housekeeping);
+            for at in [self.accept_paused_until, drain_check, self.flush_at, chores].into_iter().flatten() {
                 let d = at.saturating_duration_since(self.now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }
@@ -349,6 +368,9 @@ impl Reactor {
         self.revisit();
         self.drain_inbox();
         self.fire_timers(expired);
+        if self.now >= self.next_housekeeping {
+            self.housekeeping();
+        }
         if self.drain_deadline.is_none() && self.shared.draining.load(Ordering::Relaxed) {
             self.begin_drain();
         }
@@ -365,6 +387,25 @@ impl Reactor {
         self.shared.metrics[self.id].publish(&self.counters);
     }
 
+    /// Once a second: forget rooms idle past `--room-idle-timeout`, and
+    /// sweep this reactor's share of the limiter tables.
+    fn housekeeping(&mut self) {
+        self.next_housekeeping = later(self.now, HOUSEKEEPING);
+        self.housekeeping_round = self.housekeeping_round.wrapping_add(1);
+        let idle_ms = u64::try_from(self.shared.config.room_idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let gone = self.rooms.evict_idle(now_ms(), idle_ms, EVICT_PER_ROUND);
+        if gone.len() == EVICT_PER_ROUND {
+            // More may be idle: come back soon rather than in a second.
+            self.next_housekeeping = later(self.now, Duration::from_millis(10));
+        }
+        if gone.len() >= reaper::INLINE_ROOMS {
+            self.hand_over(reaper::Garbage::Rooms(gone));
+        }
+        let n = self.shared.reactors();
+        let shard = (self.housekeeping_round.wrapping_mul(n) + self.id) % limits::SHARDS;
+        self.shared.limits.sweep(shard, self.now);
+    }
+
     // ------------------------------------------------------------ accept
 
     fn accept(&mut self, li: usize) {
@@ -377,7 +418,7 @@ impl Reactor {
             };
             let tls = *tls;
             match listener.accept() {
-                Ok((sock, _)) => self.admit(sock, tls),
+                Ok((sock, addr)) => self.admit(sock, addr.ip(), tls),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // The peer gave up before we got to it, or a signal: next.
                 Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionAborted | io::ErrorKind::Interrupted) => {}
@@ -397,9 +438,32 @@ impl Reactor {
         self.accept_again = true;
     }
 
-    fn admit(&mut self, mut sock: mio::net::TcpStream, tls: bool) {
+    fn admit(&mut self, mut sock: mio::net::TcpStream, ip: std::net::IpAddr, tls: bool) {
         if self.conns.len() >= self.max_conns {
             self.counters.closed(CloseReason::Limit);
+            return; // dropping the socket closes it
+        }
+        if let Err(why) = self.shared.limits.admit(ip, self.now) {
+            self.counters.closed(CloseReason::Limit);
+            if !tls {
+                // One try, never waiting: the answer fits any socket buffer.
+                let mut out = Vec::with_capacity(256);
+                let retry = why.retry_after_secs().to_string();
+                let message = match why {
+                    limits::Refused::Connections => "too many connections from this address",
+                    limits::Refused::Rate(_) => "connecting too fast from this address",
+                    limits::Refused::Full => "too many addresses connecting; retry",
+                };
+                crate::proto::http::write_error(
+                    &mut out,
+                    503,
+                    "overloaded",
+                    message,
+                    false,
+                    &[("Retry-After", &retry)],
+                );
+                let _ = io::Write::write(&mut sock, &out);
+            }
             return; // dropping the socket closes it
         }
         let _ = sock.set_nodelay(true);
@@ -423,7 +487,10 @@ impl Reactor {
             },
             _ => Transport::Plain(sock),
         };
-        self.insert_conn(transport);
+        let key = self.insert_conn(transport);
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            conn.ip = Some(ip);
+        }
     }
 
     /// Files a new connection over `transport` in the slab, as a fresh
@@ -749,8 +816,28 @@ impl Reactor {
             if let Some(sock) = conn.transport.socket() {
                 let _ = self.poll.registry().deregister(sock);
             }
+            if let Some(ip) = conn.ip {
+                self.shared.limits.release(ip, self.now);
+            }
+            // A slow consumer's queue can hold tens of thousands of shared
+            // frames: let them go off this thread.
+            self.reap(conn.out.take_all());
             self.counters.open = self.counters.open.saturating_sub(1);
             self.counters.closed(reason);
+        }
+    }
+
+    /// Frees a large queue off this thread (see `reaper`), a small one here.
+    fn reap(&mut self, queue: std::collections::VecDeque<Bytes>) {
+        if queue.len() >= reaper::INLINE_CHUNKS {
+            self.hand_over(reaper::Garbage::Queue(queue));
+        }
+    }
+
+    fn hand_over(&mut self, garbage: reaper::Garbage) {
+        if let Some(tx) = &self.shared.reaper {
+            // Full: it is freed here after all.
+            let _ = tx.try_send(garbage);
         }
     }
 

@@ -188,7 +188,8 @@ impl Reactor {
                         from: user.clone(),
                         id: id.clone(),
                         body: Bytes::copy_from_slice(body.get().as_bytes()),
-                        dedup_until_ms: now + settings.dedup_window.as_millis() as u64,
+                        dedup_until_ms: now
+                            .saturating_add(u64::try_from(settings.dedup_window.as_millis()).unwrap_or(u64::MAX)),
                     };
                     if w.try_send(WriterCmd::Append { reactor: self.id as u16, rec }).is_err() {
                         // The writer is behind: push back on the publisher

@@ -79,7 +79,6 @@ impl Harness {
         let (tx, rx) = crossbeam_channel::bounded(1024);
         let sleeping = Arc::new(AtomicBool::new(false));
         let shared = Arc::new(Shared {
-            config,
             auth,
             metrics: vec![metrics::Shared::default()],
             mailboxes: vec![Mailbox { tx, waker, sleeping: sleeping.clone() }],
@@ -90,6 +89,9 @@ impl Harness {
             tls: None,
             store,
             readers,
+            limits: super::limits::Limits::new(&config),
+            reaper: None,
+            config,
         });
         let parts = ReactorParts { id: 0, poll, inbox: Inbox { rx, sleeping }, listeners: Vec::new(), writer: None };
         let mut reactor = Reactor::new(parts, shared)?;

@@ -49,15 +49,22 @@ impl OutQueue {
         self.len == 0
     }
 
-    /// Drops every chunk that has not started going out, keeping the one
-    /// partly written (cutting it would corrupt the frame stream). Returns the
-    /// number of chunks dropped. Used before a slow consumer's close frame.
-    pub fn truncate_unstarted(&mut self) -> usize {
-        let keep = usize::from(self.front_off > 0);
-        let dropped = self.chunks.len().saturating_sub(keep);
-        self.chunks.truncate(keep);
+    /// Takes out every chunk that has not started going out, keeping the
+    /// one partly written (cutting it would corrupt the frame stream), and
+    /// returns them (the caller decides where they are freed). Used before
+    /// a slow consumer's close frame.
+    pub fn truncate_unstarted(&mut self) -> VecDeque<Bytes> {
+        let keep = usize::from(self.front_off > 0).min(self.chunks.len());
+        let dropped = self.chunks.split_off(keep);
         self.len = self.chunks.front().map_or(0, |c| c.len() - self.front_off);
         dropped
+    }
+
+    /// Takes every chunk out, leaving the queue empty.
+    pub fn take_all(&mut self) -> VecDeque<Bytes> {
+        self.len = 0;
+        self.front_off = 0;
+        std::mem::take(&mut self.chunks)
     }
 
     fn advance(&mut self, mut n: usize) {
@@ -306,10 +313,10 @@ mod tests {
         assert_eq!(q.len(), 3);
         assert_eq!(q.chunks.len(), 1);
         assert_eq!(q.front_off, 1);
-        assert_eq!(q.truncate_unstarted(), 0);
+        assert_eq!(q.truncate_unstarted().len(), 0);
         assert_eq!(q.len(), 3);
         q.push(Bytes::from_static(b"hi"));
-        assert_eq!(q.truncate_unstarted(), 1);
+        assert_eq!(q.truncate_unstarted().len(), 1);
         assert_eq!(q.len(), 3);
         q.advance(3);
         assert!(q.is_empty());

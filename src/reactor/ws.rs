@@ -204,7 +204,9 @@ impl Reactor {
                     let e = msg::encode_error(r#ref.as_ref(), "rate_limited", "too many sends; slow down", Some(wait));
                     return self.reply(key, e);
                 }
-                let _ = max_depth; // CHECK_BODY
+                if let Err(e) = msg::check_body(body.get(), max_depth) {
+                    return self.reply(key, msg::encode_error(r#ref.as_ref(), "bad_request", &e.to_string(), None));
+                }
                 let owner = owner_of(&room, reactors);
                 if owner != self.id && !self.overflow[owner].is_empty() {
                     // The owner's mailbox is backed up (see `backed_up`).
@@ -358,7 +360,8 @@ impl Reactor {
             return;
         }
         let dropped = conn.out.truncate_unstarted();
-        self.counters.queue_drops += dropped as u64;
+        self.counters.queue_drops += dropped.len() as u64;
+        self.reap(dropped);
         self.ws_close(key, 4000, "slow consumer", CloseReason::SlowConsumer);
     }
 }

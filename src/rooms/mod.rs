@@ -94,8 +94,11 @@ pub struct OwnedRoom {
     /// pruned by its older record's expiry.
     dedup_order: VecDeque<(u64, UserId, Box<str>, u64)>,
     /// The in-memory dedup window is complete for ids recorded from this
-    /// instant (ms) on; older ones may be known to storage only (a restart).
+    /// instant (ms) on; older ones may be known to storage only (a restart,
+    /// or the room was forgotten and loaded again).
     dedup_complete_since: u64,
+    /// When the room was last asked anything (ms), for forgetting idle rooms.
+    last_used: u64,
 }
 
 impl OwnedRoom {
@@ -116,7 +119,23 @@ impl OwnedRoom {
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
             dedup_complete_since: if seq == 0 { 0 } else { now_ms },
+            last_used: now_ms,
         }
+    }
+
+    /// Nothing but storage needs this room: no members, no reservation
+    /// waiting for its commit, and no use for `idle_ms`. Forgetting it then
+    /// loses nothing: its head and dedup ids are loaded again on next use.
+    pub fn is_idle(&self, now_ms: u64, idle_ms: u64) -> bool {
+        self.users.is_empty()
+            && self.members.iter().all(|n| *n == 0)
+            && self.assigned == self.committed
+            && now_ms.saturating_sub(self.last_used) >= idle_ms
+    }
+
+    /// Bytes held by the tail of encoded messages.
+    pub fn tail_bytes(&self) -> usize {
+        self.tail.iter().map(|(_, m)| m.frame.len()).sum()
     }
 
     /// The last committed seq (what `joined` reports).
@@ -203,7 +222,7 @@ impl OwnedRoom {
     /// storage, so the next retry is answered from memory).
     pub fn remember(&mut self, settings: &RoomSettings, from: &UserId, id: &str, seq: u64, ts: u64, now_ms: u64) {
         let key: Box<str> = Box::from(id);
-        let expires = now_ms + settings.dedup_window.as_millis() as u64;
+        let expires = now_ms.saturating_add(u64::try_from(settings.dedup_window.as_millis()).unwrap_or(u64::MAX));
         if self.dedup.insert((from.clone(), key.clone()), DedupEntry { seq, ts }).is_none() {
             self.dedup_order.push_back((expires, from.clone(), key, seq));
         }
@@ -304,7 +323,7 @@ impl OwnedRoom {
     pub fn history(&self, before: Option<u64>, after: Option<u64>, limit: usize) -> Option<(Vec<&MsgFrame>, bool)> {
         let first = self.first_in_tail();
         let hi = before.map_or(self.committed + 1, |b| b.min(self.committed + 1)); // exclusive
-        let lo = after.map_or(1, |a| a + 1); // inclusive
+        let lo = after.map_or(1, |a| a.saturating_add(1)); // inclusive
         if lo >= hi {
             return Some((Vec::new(), false));
         }
@@ -358,7 +377,22 @@ impl OwnedRooms {
             let room = OwnedRoom::with_head(name.clone(), self.reactors, seq, ts, now_ms);
             self.map.insert(name.clone(), room);
         }
-        self.map.get_mut(name).ok_or_else(|| StoreError::Db("room vanished".into()))
+        let room = self.map.get_mut(name).ok_or_else(|| StoreError::Db("room vanished".into()))?;
+        room.last_used = room.last_used.max(now_ms);
+        Ok(room)
+    }
+
+    /// Forgets up to `max` idle rooms (see [`OwnedRoom::is_idle`]) and
+    /// returns them, for the caller to free where it suits. The map gives
+    /// its memory back once mostly empty.
+    pub fn evict_idle(&mut self, now_ms: u64, idle_ms: u64, max: usize) -> Vec<OwnedRoom> {
+        let idle: Vec<RoomName> =
+            self.map.iter().filter(|(_, r)| r.is_idle(now_ms, idle_ms)).take(max).map(|(n, _)| n.clone()).collect();
+        let gone: Vec<OwnedRoom> = idle.iter().filter_map(|n| self.map.remove(n)).collect();
+        if self.map.capacity() > 64 && self.map.len() < self.map.capacity() / 4 {
+            self.map.shrink_to(self.map.len() * 2);
+        }
+        gone
     }
 
     pub fn store(&self) -> Option<&Store> {
@@ -540,6 +574,28 @@ mod tests {
         let loaded = OwnedRoom::with_head("r".into(), 1, 9, 5, 1_000_000);
         assert!(loaded.dedup_needs_storage(&s, 1_000_000 + 1));
         assert!(!loaded.dedup_needs_storage(&s, 1_000_000 + 61_000));
+    }
+
+    #[test]
+    fn idle_rooms_are_forgotten_and_busy_ones_kept() {
+        let s = settings();
+        let mut rooms = OwnedRooms::new(s.clone(), 1, None);
+        let u: UserId = "ann".into();
+        let names: Vec<RoomName> = (0..4).map(|i| RoomName::from(format!("r{i}"))).collect();
+        for n in &names {
+            rooms.entry(n, 1000).unwrap();
+        }
+        // r1 has a member, r2 a reservation waiting for its commit, r3 was used late.
+        rooms.get_mut("r1").unwrap().join(0, &u, 1000);
+        let _ = rooms.get_mut("r2").unwrap().reserve(&s, &u, &body(), None, 1000);
+        rooms.entry(&names[3], 5000).unwrap();
+        assert_eq!(rooms.evict_idle(6000, 5000, 100).len(), 1);
+        assert!(rooms.get("r0").is_none());
+        assert_eq!(rooms.len(), 3);
+        assert_eq!(rooms.evict_idle(10_000, 5000, 100).len(), 1, "r3 only: r1 and r2 are busy");
+        rooms.get_mut("r1").unwrap().leave(0, &u);
+        assert_eq!(rooms.evict_idle(10_000, 5000, 100).len(), 1);
+        assert_eq!(rooms.len(), 1);
     }
 
     #[test]

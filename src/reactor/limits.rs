@@ -1,0 +1,311 @@
+//! Limits that span reactors: open connections and new connections per
+//! source IP, and HTTP message posts per source IP and per user.
+//!
+//! The kernel spreads one address's connections over every reactor, so
+//! these counts cannot live in one reactor. They sit in sharded maps behind
+//! mutexes, touched on accept, on close and on an HTTP post only, never per
+//! WebSocket message. Every map is bounded: an entry with no open
+//! connection and full buckets carries no information and is dropped (at
+//! once on the last close, else by the periodic sweep), and a shard that is
+//! full even after a sweep refuses newcomers rather than grow.
+
+use std::collections::hash_map::{Entry, HashMap};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::Instant;
+
+use crate::config::Config;
+
+use super::conn::TokenBucket;
+
+/// Shards per map: enough that reactors rarely meet on one lock.
+pub const SHARDS: usize = 64;
+/// Entries per shard at most (about a million per map).
+const SHARD_CAP: usize = 16_384;
+
+/// Why a new connection or a post is refused, and when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Too many open connections from this address.
+    Connections,
+    /// Connecting (or posting) faster than the rate allows; retry after
+    /// this many milliseconds.
+    Rate(u64),
+    /// The limiter's table is full.
+    Full,
+}
+
+impl Refused {
+    /// Whole seconds for a `Retry-After` header (at least 1).
+    pub fn retry_after_secs(self) -> u64 {
+        match self {
+            Refused::Rate(ms) => ms.div_ceil(1000).max(1),
+            Refused::Connections | Refused::Full => 1,
+        }
+    }
+
+    pub fn retry_after_ms(self) -> u64 {
+        match self {
+            Refused::Rate(ms) => ms.max(1),
+            Refused::Connections | Refused::Full => 1000,
+        }
+    }
+}
+
+struct IpEntry {
+    conns: u32,
+    connects: TokenBucket,
+    posts: TokenBucket,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Rate {
+    rate: f64,
+    burst: u32,
+}
+
+impl Rate {
+    fn on(self) -> bool {
+        self.rate > 0.0
+    }
+}
+
+pub struct Limits {
+    max_conns: usize,
+    connects: Rate,
+    ip_posts: Rate,
+    user_posts: Rate,
+    ips: Vec<Mutex<HashMap<IpAddr, IpEntry>>>,
+    users: Vec<Mutex<HashMap<Box<str>, TokenBucket>>>,
+}
+
+/// FNV-1a, to pick a shard; the maps themselves use SipHash with a random
+/// key, so a chosen set of addresses cannot degrade a shard's lookups.
+fn shard_of(bytes: &[u8]) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    (h % SHARDS as u64) as usize
+}
+
+fn ip_shard(ip: &IpAddr) -> usize {
+    match ip {
+        IpAddr::V4(a) => shard_of(&a.octets()),
+        IpAddr::V6(a) => shard_of(&a.octets()),
+    }
+}
+
+impl Limits {
+    pub fn new(cfg: &Config) -> Limits {
+        Limits {
+            max_conns: cfg.max_conns_per_ip,
+            connects: Rate { rate: cfg.connect_rate_per_ip, burst: cfg.connect_burst_per_ip },
+            ip_posts: Rate { rate: cfg.post_rate_per_ip, burst: cfg.post_burst_per_ip },
+            user_posts: Rate { rate: cfg.send_rate, burst: cfg.send_burst },
+            ips: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            users: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+        }
+    }
+
+    fn tracks_connections(&self) -> bool {
+        self.max_conns > 0 || self.connects.on()
+    }
+
+    /// Counts a new connection from `ip`, or says why it is refused.
+    /// Every `Ok` must be matched by one [`release`](Self::release).
+    pub fn admit(&self, ip: IpAddr, now: Instant) -> Result<(), Refused> {
+        if !self.tracks_connections() {
+            return Ok(());
+        }
+        let Ok(mut map) = self.ips[ip_shard(&ip)].lock() else {
+            return Ok(()); // a panic elsewhere is already fatal
+        };
+        let e = match self.entry(&mut map, ip, now) {
+            Some(e) => e,
+            None => return Err(Refused::Full),
+        };
+        if self.max_conns > 0 && e.conns as usize >= self.max_conns {
+            return Err(Refused::Connections);
+        }
+        e.connects.take(self.connects.rate, self.connects.burst, now).map_err(Refused::Rate)?;
+        e.conns += 1;
+        Ok(())
+    }
+
+    /// A connection counted by [`admit`](Self::admit) closed.
+    pub fn release(&self, ip: IpAddr, now: Instant) {
+        if !self.tracks_connections() {
+            return;
+        }
+        let Ok(mut map) = self.ips[ip_shard(&ip)].lock() else { return };
+        if let Entry::Occupied(mut o) = map.entry(ip) {
+            let e = o.get_mut();
+            e.conns = e.conns.saturating_sub(1);
+            if self.idle(e, now) {
+                o.remove();
+            }
+        }
+    }
+
+    /// An HTTP post by `user` from `ip` (when known): both buckets must
+    /// have a token.
+    pub fn post(&self, ip: Option<IpAddr>, user: &str, now: Instant) -> Result<(), Refused> {
+        if self.user_posts.on() {
+            let Ok(mut map) = self.users[shard_of(user.as_bytes())].lock() else { return Ok(()) };
+            let rate = self.user_posts;
+            if !map.contains_key(user) {
+                if map.len() >= SHARD_CAP {
+                    map.retain(|_, b| !b.is_full(rate.rate, rate.burst, now));
+                }
+                if map.len() >= SHARD_CAP {
+                    return Err(Refused::Full);
+                }
+                map.insert(Box::from(user), TokenBucket::new(rate.burst, now));
+            }
+            if let Some(b) = map.get_mut(user) {
+                b.take(rate.rate, rate.burst, now).map_err(Refused::Rate)?;
+            }
+        }
+        if let (Some(ip), true) = (ip, self.ip_posts.on()) {
+            let Ok(mut map) = self.ips[ip_shard(&ip)].lock() else { return Ok(()) };
+            let rate = self.ip_posts;
+            match self.entry(&mut map, ip, now) {
+                Some(e) => e.posts.take(rate.rate, rate.burst, now).map_err(Refused::Rate)?,
+                None => return Err(Refused::Full),
+            }
+        }
+        Ok(())
+    }
+
+    /// Drops the idle entries of shard `shard` of both maps.
+    pub fn sweep(&self, shard: usize, now: Instant) {
+        if let Some(Ok(mut map)) = self.ips.get(shard).map(Mutex::lock) {
+            map.retain(|_, e| !self.idle(e, now));
+            shrink(&mut map);
+        }
+        let rate = self.user_posts;
+        if let Some(Ok(mut map)) = self.users.get(shard).map(Mutex::lock) {
+            map.retain(|_, b| !b.is_full(rate.rate, rate.burst, now));
+            shrink(&mut map);
+        }
+    }
+
+    /// Entries held: (addresses, users).
+    pub fn len(&self) -> (usize, usize) {
+        fn count<K, V>(maps: &[Mutex<HashMap<K, V>>]) -> usize {
+            maps.iter().map(|m| m.lock().map_or(0, |m| m.len())).sum()
+        }
+        (count(&self.ips), count(&self.users))
+    }
+
+    /// An entry says nothing a fresh one would not: no connection open and
+    /// both buckets refilled.
+    fn idle(&self, e: &IpEntry, now: Instant) -> bool {
+        e.conns == 0
+            && e.connects.is_full(self.connects.rate, self.connects.burst, now)
+            && e.posts.is_full(self.ip_posts.rate, self.ip_posts.burst, now)
+    }
+
+    /// The entry of `ip`, made if needed; `None` when the shard is full
+    /// even after dropping its idle entries.
+    fn entry<'m>(&self, map: &'m mut HashMap<IpAddr, IpEntry>, ip: IpAddr, now: Instant) -> Option<&'m mut IpEntry> {
+        if !map.contains_key(&ip) {
+            if map.len() >= SHARD_CAP {
+                map.retain(|_, e| !self.idle(e, now));
+            }
+            if map.len() >= SHARD_CAP {
+                return None;
+            }
+            let fresh = IpEntry {
+                conns: 0,
+                connects: TokenBucket::new(self.connects.burst, now),
+                posts: TokenBucket::new(self.ip_posts.burst, now),
+            };
+            map.insert(ip, fresh);
+        }
+        map.get_mut(&ip)
+    }
+}
+
+fn shrink<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to(map.len() * 2);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn cfg(max: usize, rate: f64, burst: u32) -> Config {
+        Config {
+            max_conns_per_ip: max,
+            connect_rate_per_ip: rate,
+            connect_burst_per_ip: burst,
+            post_rate_per_ip: 1.0,
+            post_burst_per_ip: 3,
+            send_rate: 1.0,
+            send_burst: 2,
+            ..Config::default()
+        }
+    }
+
+    #[test]
+    fn connections_per_ip_are_capped_and_released() {
+        let l = Limits::new(&cfg(2, 0.0, 0));
+        let t = Instant::now();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        assert!(l.admit(a, t).is_ok());
+        assert!(l.admit(a, t).is_ok());
+        assert_eq!(l.admit(a, t), Err(Refused::Connections));
+        assert!(l.admit(b, t).is_ok());
+        l.release(a, t);
+        assert!(l.admit(a, t).is_ok());
+        for _ in 0..2 {
+            l.release(a, t);
+        }
+        l.release(b, t);
+        assert_eq!(l.len(), (0, 0), "idle entries go at the last close");
+    }
+
+    #[test]
+    fn connect_rate_refills_and_idle_entries_are_swept() {
+        let l = Limits::new(&cfg(0, 10.0, 2));
+        let t = Instant::now();
+        let a: IpAddr = "::1".parse().unwrap();
+        assert!(l.admit(a, t).is_ok());
+        assert!(l.admit(a, t).is_ok());
+        let Err(Refused::Rate(ms)) = l.admit(a, t) else { panic!("rate limit expected") };
+        assert_eq!(ms, 100);
+        assert!(l.admit(a, t + Duration::from_millis(100)).is_ok());
+        for _ in 0..3 {
+            l.release(a, t + Duration::from_millis(100));
+        }
+        assert_eq!(l.len().0, 1, "buckets not refilled yet");
+        for s in 0..SHARDS {
+            l.sweep(s, t + Duration::from_secs(1));
+        }
+        assert_eq!(l.len().0, 0);
+    }
+
+    #[test]
+    fn posts_are_limited_per_user_and_per_ip() {
+        let l = Limits::new(&cfg(0, 0.0, 0));
+        let t = Instant::now();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        assert!(l.post(Some(a), "ann", t).is_ok());
+        assert!(l.post(Some(a), "ann", t).is_ok());
+        assert!(matches!(l.post(Some(a), "ann", t), Err(Refused::Rate(_))), "user bucket: burst 2");
+        assert!(l.post(Some(a), "bo", t).is_ok());
+        assert!(matches!(l.post(Some(a), "cy", t), Err(Refused::Rate(_))), "ip bucket: burst 3");
+        assert!(l.post(None, "dee", t).is_ok(), "no address: only the user bucket");
+        for s in 0..SHARDS {
+            l.sweep(s, t + Duration::from_secs(10));
+        }
+        assert_eq!(l.len(), (0, 0));
+    }
+}
