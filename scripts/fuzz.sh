@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Short fuzz runs of every target in fuzz/fuzz_targets (libFuzzer, no sanitizer):
-#   scripts/fuzz.sh [TARGET...]          (default: every target)
+#   scripts/fuzz.sh [SECONDS] [TARGET...]    (default: every target)
 #
-# FUZZ_SECONDS (default 25) is the run time of each target; 0 only runs each
-# target over its corpus once. The targets are
-# built the way `cargo fuzz build -s none` builds them (sancov coverage,
-# `--cfg fuzzing`, debug assertions, overflow checks) with plain cargo, so
-# cargo-fuzz is not needed and the stable toolchain does. `--target` keeps
-# build scripts and proc-macros uninstrumented.
+# SECONDS, else FUZZ_SECONDS, else 25, is the run time of each target; 0 only
+# runs each target over its corpus once. The targets are built the way
+# `cargo fuzz build -s none` builds them (sancov coverage, `--cfg fuzzing`,
+# debug assertions, overflow checks) with plain cargo, so cargo-fuzz is not
+# needed and the stable toolchain does. `--target` keeps build scripts and
+# proc-macros uninstrumented. Dictionaries: fuzz/dict/<target>.dict.
 #
 # Each target starts from its committed seeds (fuzz/corpus/<target>, only
 # read) plus what earlier runs on this machine found (fuzz/target/corpus/
@@ -20,6 +20,10 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 secs="${FUZZ_SECONDS:-25}"
+if [ "$#" -gt 0 ] && [[ "$1" =~ ^[0-9]+$ ]]; then
+    secs="$1"
+    shift
+fi
 case "$secs" in
 '' | *[!0-9]*) echo "FUZZ_SECONDS must be a whole number of seconds, not '$secs'" >&2; exit 2 ;;
 0) budget=(-runs=0) ;;
