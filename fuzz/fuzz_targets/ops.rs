@@ -1,7 +1,7 @@
 //! Fuzzes sequences of operations by up to eight peers on one real reactor
 //! (`testkit::Harness`, in memory, no storage): connects, raw bytes,
 //! upgrades, WebSocket ops as masked frames, HTTP requests, peers that stop
-//! reading (no write room) or close, and the clock moving. The harness
+//! reading (no write room) or close, the clock moving, and a drain. The harness
 //! invariants (queue and buffer bounds, room membership on both sides) must
 //! hold after every operation, and what each peer receives must be well
 //! formed (`common::Peer`); at the end every peer closes, time passes every
@@ -27,15 +27,44 @@ const MAX_OPS: usize = 400;
 #[derive(Arbitrary, Debug)]
 enum Op {
     Connect,
-    Input { conn: u8, bytes: Vec<u8> },
-    Upgrade { conn: u8, user: u8 },
-    Ws { conn: u8, op: WsOp },
-    Frame { conn: u8, fin: bool, opcode: u8, payload: Vec<u8> },
-    Http { conn: u8, req: HttpReq },
-    PeerClose { conn: u8 },
-    SetWriteRoom { conn: u8, room: u16 },
-    TakeOutput { conn: u8 },
-    Advance { ms: u16 },
+    Input {
+        conn: u8,
+        bytes: Vec<u8>,
+    },
+    Upgrade {
+        conn: u8,
+        user: u8,
+    },
+    Ws {
+        conn: u8,
+        op: WsOp,
+    },
+    Frame {
+        conn: u8,
+        fin: bool,
+        opcode: u8,
+        payload: Vec<u8>,
+    },
+    Http {
+        conn: u8,
+        req: HttpReq,
+    },
+    PeerClose {
+        conn: u8,
+    },
+    SetWriteRoom {
+        conn: u8,
+        room: u16,
+    },
+    TakeOutput {
+        conn: u8,
+    },
+    Advance {
+        ms: u16,
+    },
+    /// What SIGTERM starts: every connection is asked to go (1001), then
+    /// closed at the drain deadline.
+    Drain,
 }
 
 #[derive(Arbitrary, Debug)]
@@ -254,6 +283,7 @@ impl World {
                 }
             }
             Op::Advance { ms } => self.h.advance(Duration::from_millis(u64::from(*ms))),
+            Op::Drain => self.h.start_drain(),
         }
     }
 }
