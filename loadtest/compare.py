@@ -117,6 +117,10 @@ class Runner:
         if name == "roomcast":
             return pin + [RC, "serve", "--listen", listen, "--data", data,
                           "--threads", "1", "--send-rate", "0", "--max-queue-bytes", "64MiB",
+                          # One load generator, one address: the per-address
+                          # and per-connection request limits are off.
+                          "--request-rate", "0", "--max-conns-per-ip", "0",
+                          "--connect-rate-per-ip", "0", "--post-rate-per-ip", "0",
                           "--durability", "immediate" if durable else "none",
                           "--drain-timeout", "1s"]
         if name == "axum":
@@ -579,7 +583,8 @@ def write_markdown(md_path, bench, args, servers, runs, skipped, charts, started
     w("export ROOMCAST_JWT_SECRET=%s" % SECRET)
     w("# servers (PORT and DIR fresh for every scenario)")
     w("taskset -c 0 target/release/roomcast serve --listen 127.0.0.1:PORT --data DIR --threads 1 "
-      "--send-rate 0 --max-queue-bytes 64MiB --durability none --drain-timeout 1s")
+      "--send-rate 0 --max-queue-bytes 64MiB --durability none --drain-timeout 1s "
+      "--request-rate 0 --max-conns-per-ip 0 --connect-rate-per-ip 0 --post-rate-per-ip 0")
     w("taskset -c 0 loadtest/baselines/axum/target/release/roomcast-baseline-axum --listen 127.0.0.1:PORT --threads 1")
     w("taskset -c 0 target/venv-socketify/bin/python loadtest/baselines/socketify/server.py --listen 127.0.0.1:PORT")
     w("# durable runs")

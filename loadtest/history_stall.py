@@ -110,7 +110,8 @@ def main():
     env = dict(os.environ, ROOMCAST_JWT_SECRET=SECRET)
     server = subprocess.Popen(
         ["taskset", "-c", "0", args.bin, "serve", "--listen", f"127.0.0.1:{port}", "--data", str(work / "data"),
-         "--threads", "1", "--send-rate", "0", "--durability", "none", "--max-queue-bytes", "64MiB"],
+         "--threads", "1", "--send-rate", "0", "--durability", "none", "--max-queue-bytes", "64MiB",
+         "--request-rate", "0", "--max-conns-per-ip", "0", "--connect-rate-per-ip", "0"],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         for line in server.stdout:

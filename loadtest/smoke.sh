@@ -20,7 +20,9 @@ URL="ws://127.0.0.1:$PORT/v1/ws"
 work="$(mktemp -d)"
 export ROOMCAST_JWT_SECRET="smoke-secret"
 
+# One load generator from one address: the request and per-address limits are off.
 "$ROOMCAST_BIN" serve --listen "127.0.0.1:$PORT" --data "$work/data" --threads 1 --anonymous --send-rate 0 \
+  --request-rate 0 --max-conns-per-ip 0 --connect-rate-per-ip 0 --post-rate-per-ip 0 \
   >"$work/server.log" 2>&1 &
 server=$!
 cleanup() {

@@ -199,6 +199,8 @@ pub struct Config {
     /// A room with no members, nothing in flight and no traffic for this long
     /// is forgotten (reloaded from storage on next use).
     pub room_idle_timeout: Duration,
+    /// Memory the store's page cache may hold.
+    pub store_cache_bytes: usize,
 }
 
 /// The number of threads `serve` uses when `--threads` is not given.
@@ -244,6 +246,7 @@ impl Default for Config {
             post_rate_per_ip: 500.0,
             post_burst_per_ip: 1000,
             room_idle_timeout: Duration::from_secs(60),
+            store_cache_bytes: 64 << 20,
         }
     }
 }
@@ -364,6 +367,10 @@ impl Config {
             return bad("max-body-depth", "must be at least 1");
         }
         count_at_most("max-body-depth", self.max_body_depth, bounds::MAX_BODY_DEPTH)?;
+        if self.store_cache_bytes < bounds::MIN_STORE_CACHE_BYTES {
+            return bad("store-cache-bytes", "must be at least 1MiB");
+        }
+        size_at_most("store-cache-bytes", self.store_cache_bytes, bounds::STORE_CACHE_BYTES)?;
         if self.room_idle_timeout < bounds::MIN_ROOM_IDLE_TIMEOUT || self.room_idle_timeout > bounds::ROOM_IDLE_TIMEOUT
         {
             return bad(
@@ -409,6 +416,8 @@ pub mod bounds {
     pub const RETAIN_AGE: Duration = Duration::from_secs(36_500 * DAY);
     pub const MAX_BODY_DEPTH: usize = 1024;
     pub const MIN_ROOM_IDLE_TIMEOUT: Duration = Duration::from_secs(1);
+    pub const MIN_STORE_CACHE_BYTES: usize = 1 << 20;
+    pub const STORE_CACHE_BYTES: usize = 64 << 30;
     pub const ROOM_IDLE_TIMEOUT: Duration = Duration::from_secs(DAY);
     /// Longest lifetime `roomcast token --ttl` mints: ten years.
     pub const TOKEN_TTL: Duration = Duration::from_secs(3650 * DAY);
@@ -880,6 +889,11 @@ struct Settings {
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     #[serde(alias = "room_idle_timeout", default, deserialize_with = "de_duration")]
     room_idle_timeout: Option<Duration>,
+
+    /// Memory for the store's page cache, e.g. 64MiB [default: 64MiB]
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    #[serde(alias = "store_cache_bytes", default, deserialize_with = "de_size")]
+    store_cache_bytes: Option<usize>,
 }
 
 impl Settings {
@@ -935,6 +949,7 @@ impl Settings {
             post_rate_per_ip: with(get("post-rate-per-ip"), parse_from_str)?,
             post_burst_per_ip: with(get("post-burst-per-ip"), parse_from_str)?,
             room_idle_timeout: with(get("room-idle-timeout"), parse_duration)?,
+            store_cache_bytes: with(get("store-cache-bytes"), parse_size)?,
         })
     }
 
@@ -1007,6 +1022,7 @@ impl Settings {
         set(&mut config.post_rate_per_ip, self.post_rate_per_ip);
         set(&mut config.post_burst_per_ip, self.post_burst_per_ip);
         set(&mut config.room_idle_timeout, self.room_idle_timeout);
+        set(&mut config.store_cache_bytes, self.store_cache_bytes);
     }
 }
 

@@ -73,6 +73,8 @@ pub struct Counters {
     pub delivered: u64,
     pub queue_drops: u64,
     pub http_requests: u64,
+    pub rooms_loaded: u64,
+    pub rate_limited: u64,
 }
 
 impl Counters {
@@ -96,6 +98,8 @@ pub struct Shared {
     delivered: AtomicU64,
     queue_drops: AtomicU64,
     http_requests: AtomicU64,
+    rooms_loaded: AtomicU64,
+    rate_limited: AtomicU64,
 }
 
 impl Shared {
@@ -113,6 +117,8 @@ impl Shared {
         self.delivered.store(c.delivered, Relaxed);
         self.queue_drops.store(c.queue_drops, Relaxed);
         self.http_requests.store(c.http_requests, Relaxed);
+        self.rooms_loaded.store(c.rooms_loaded, Relaxed);
+        self.rate_limited.store(c.rate_limited, Relaxed);
     }
 }
 
@@ -120,7 +126,7 @@ impl Shared {
 pub fn render(all: &[Shared]) -> String {
     let mut out = String::with_capacity(4096);
     type Get = fn(&Shared) -> &AtomicU64;
-    let simple: [(&str, &str, &str, Get); 10] = [
+    let simple: [(&str, &str, &str, Get); 12] = [
         ("roomcast_connections_open", "gauge", "Connections open now.", |s| &s.open),
         ("roomcast_connections_accepted_total", "counter", "Connections accepted.", |s| &s.accepted),
         ("roomcast_frames_in_total", "counter", "WebSocket frames received.", |s| &s.frames_in),
@@ -137,6 +143,10 @@ pub fn render(all: &[Shared]) -> String {
             &s.queue_drops
         }),
         ("roomcast_http_requests_total", "counter", "HTTP requests answered.", |s| &s.http_requests),
+        ("roomcast_rooms_loaded", "gauge", "Rooms this reactor owns that are in memory now.", |s| &s.rooms_loaded),
+        ("roomcast_rate_limited_total", "counter", "Requests answered rate_limited (WebSocket) or 429 (HTTP).", |s| {
+            &s.rate_limited
+        }),
     ];
     for (name, kind, help, get) in simple {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

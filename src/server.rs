@@ -145,7 +145,7 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         .map_err(|e| startup(format!("data directory {}: {e}", config.data.display())))?;
     let (auth, secret_from_file) = Auth::from_config(&config).map_err(|e| startup(format!("jwt secret: {e}")))?;
 
-    let store = Store::open(&config.data).map_err(startup)?;
+    let store = Store::open_with_cache(&config.data, config.store_cache_bytes).map_err(startup)?;
     let readers = ReaderPool::new(store.clone(), READERS).map_err(|e| startup(format!("reader threads: {e}")))?;
     let (writer_tx, writer_rx) = crossbeam_channel::bounded(WRITER_CAP);
 

@@ -50,6 +50,11 @@ pub struct HttpState {
     /// A request waits on a room owner; parsing is paused so that answers
     /// go out in request order.
     pub awaiting: Option<Pending>,
+    /// Bytes at the front of the input already searched for the end of the
+    /// request head: a head trickled in byte by byte is parsed once, when
+    /// it is complete, not once per byte (which would cost the square of
+    /// its length).
+    pub scanned: usize,
 }
 
 /// What the answer to a waiting request needs from its request.

@@ -63,10 +63,21 @@ impl Reactor {
         if h.started.is_none() {
             h.started = Some(now);
         }
+        // Parse only once the head is complete (or too long: the parser
+        // then says 431); until then, only the new bytes are searched.
+        if h.scanned < buf.len() && buf.len() <= limits.max_head {
+            let from = h.scanned.saturating_sub(3);
+            let ended = buf.get(from..).is_some_and(|b| b.windows(2).any(|w| w == b"\n\n" || w == b"\n\r"));
+            if !ended {
+                h.scanned = buf.len();
+                return Step::NeedMore;
+            }
+        }
         match http::parse_request(buf, &limits) {
             Ok(None) => Step::NeedMore,
             Ok(Some((req, used))) => {
                 h.started = None;
+                h.scanned = 0;
                 self.counters.http_requests += 1;
                 self.request(key, req);
                 Step::Consumed(used)
@@ -237,6 +248,7 @@ impl Reactor {
                 // bucket's numbers) and per source address.
                 let ip = self.conns.get(key as usize).and_then(|c| c.ip);
                 if let Err(why) = self.shared.limits.post(ip, &user, self.now) {
+                    self.counters.rate_limited += 1;
                     let m = format!("too many posts; retry in {} ms", why.retry_after_ms());
                     let mut a = Answer::error(429, "rate_limited", &m);
                     a.extra.push(("Retry-After", why.retry_after_secs().to_string()));

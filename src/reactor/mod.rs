@@ -56,12 +56,15 @@ const CONN_BASE: usize = 3;
 
 /// Accepts per listener per wake: past it, the loop comes back at once
 /// rather than letting a connect storm starve established connections.
-const ACCEPT_BUDGET: usize = 256;
+const ACCEPT_BUDGET: usize = 64;
 /// Mail handled per iteration before sockets get their turn again.
 const MAIL_BUDGET: usize = 8192;
 /// How long accepting pauses after EMFILE/ENFILE: the loop must not spin on
 /// a listener it cannot serve.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Protocol steps (requests, frames) handled per connection per loop
+/// iteration; the rest waits in its buffer for the next iteration.
+const STEP_BUDGET: usize = 512;
 /// How often housekeeping runs.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Rooms forgotten per housekeeping round at most, so one round stays short
@@ -384,6 +387,7 @@ impl Reactor {
             self.delivered_at_flush = self.counters.delivered;
         }
         self.pass_mail_on();
+        self.counters.rooms_loaded = self.rooms.len() as u64;
         self.shared.metrics[self.id].publish(&self.counters);
     }
 
@@ -398,7 +402,8 @@ impl Reactor {
             // More may be idle: come back soon rather than in a second.
             self.next_housekeeping = later(self.now, Duration::from_millis(10));
         }
-        if gone.len() >= reaper::INLINE_ROOMS {
+        if !gone.is_empty() {
+            // Their tails may be large: freed (and trimmed) off this thread.
             self.hand_over(reaper::Garbage::Rooms(gone));
         }
         let n = self.shared.reactors();
@@ -504,7 +509,7 @@ impl Reactor {
             gen: self.next_gen,
             rbuf: Vec::new(),
             out: Default::default(),
-            state: State::Http(HttpState { started: None, idle_since: self.now, awaiting: None }),
+            state: State::Http(HttpState { started: None, idle_since: self.now, awaiting: None, scanned: 0 }),
             flush_queued: false,
             timer_tick: None,
             ip: None,
@@ -522,6 +527,11 @@ impl Reactor {
     fn revisit(&mut self) {
         if !self.rerun.is_empty() {
             for key in mem::take(&mut self.rerun) {
+                // What is buffered goes first; the socket is read only
+                // once it is used up (or stuck on an incomplete frame).
+                if self.process_buffered(key) {
+                    continue;
+                }
                 self.on_readable(key, true);
             }
         }
@@ -606,45 +616,51 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return false;
         };
-        if conn.rbuf.is_empty() {
+        let spent = if conn.rbuf.is_empty() {
             // The common case: process in place from the scratch buffer and
             // keep only a leftover.
-            let used = self.process(key, fresh);
+            let (used, spent) = self.process(key, fresh);
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 return false;
             };
             if used < fresh.len() {
                 conn.rbuf.extend_from_slice(&fresh[used..]);
             }
+            spent
         } else {
             conn.rbuf.extend_from_slice(fresh);
-            self.process_buffered(key);
-        }
-        self.conns.get(key as usize).is_some_and(|c| !c.paused && !matches!(c.state, State::Closing(_)))
+            self.process_buffered(key)
+        };
+        !spent && self.conns.get(key as usize).is_some_and(|c| !c.paused && !matches!(c.state, State::Closing(_)))
     }
 
     /// Input of a paused connection may go on once it drained below the
-    /// high-water mark and its answers in flight came back: what it kept
-    /// buffered is parsed, and its socket read again.
+    /// high-water mark and its answers in flight came back: it is revisited
+    /// next iteration (what it kept buffered first, then its socket).
+    /// Not parsed here: this runs inside the flush pass, which must not
+    /// turn into a loop of parse, answer, write for one busy peer.
     fn maybe_resume(&mut self, key: u32) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
         if conn.paused && can_read(conn) {
             conn.paused = false;
-            self.process_buffered(key);
             self.rerun.push(key);
         }
     }
 
     /// Processes what the connection kept in its own buffer (after fresh
-    /// bytes were appended, or when a paused request may go on).
-    fn process_buffered(&mut self, key: u32) {
+    /// bytes were appended, or when a paused request may go on). True when
+    /// the step budget ran out first (the connection is on `rerun`).
+    fn process_buffered(&mut self, key: u32) -> bool {
         let Some(conn) = self.conns.get_mut(key as usize) else {
-            return;
+            return false;
         };
+        if conn.rbuf.is_empty() {
+            return false;
+        }
         let mut buf = mem::take(&mut conn.rbuf);
-        let used = self.process(key, &mut buf);
+        let (used, spent) = self.process(key, &mut buf);
         if let Some(conn) = self.conns.get_mut(key as usize) {
             buf.drain(..used);
             if buf.is_empty() {
@@ -653,15 +669,24 @@ impl Reactor {
             }
             conn.rbuf = buf;
         }
+        spent
     }
 
-    /// Runs protocol steps over `buf` until it is used up or a step stops;
-    /// returns how much was used.
-    fn process(&mut self, key: u32, buf: &mut [u8]) -> usize {
+    /// Runs protocol steps over `buf` until it is used up, a step stops or
+    /// the step budget is spent; returns how much was used, and whether the
+    /// budget ran out (then the connection is revisited next iteration, so
+    /// a peer sending thousands of tiny frames cannot hold the loop).
+    fn process(&mut self, key: u32, buf: &mut [u8]) -> (usize, bool) {
         let mut pos = 0;
+        let mut steps = 0;
         while pos < buf.len() {
+            if steps == STEP_BUDGET {
+                self.rerun.push(key);
+                return (pos, true);
+            }
+            steps += 1;
             let Some(conn) = self.conns.get_mut(key as usize) else {
-                return buf.len();
+                return (buf.len(), false);
             };
             if !can_read(conn) {
                 // The rest waits in the connection's buffer (see `maybe_resume`).
@@ -678,7 +703,7 @@ impl Reactor {
                 Step::NeedMore | Step::Stop => break,
             }
         }
-        pos
+        (pos, false)
     }
 
     fn peer_closed(&mut self, key: u32) {

@@ -32,10 +32,9 @@ impl Garbage {
     }
 }
 
-/// Queues with fewer chunks (or fewer rooms) than this are freed inline:
-/// handing them over would cost more than freeing them.
+/// Queues with fewer chunks than this are freed inline: handing them over
+/// would cost more than freeing them.
 pub const INLINE_CHUNKS: usize = 256;
-pub const INLINE_ROOMS: usize = 64;
 /// Queues waiting for the reaper at most; past it the reactor frees inline.
 const CAP: usize = 4096;
 /// After this much was freed, and a quiet moment, memory is trimmed.

@@ -522,7 +522,7 @@ mod tests {
         let mut got = Vec::new();
         for _ in 0..100_000 {
             if !h.is_open(c)
-                || got.len() > 0
+                || !got.is_empty()
                     && queued(&h, c) == 0
                     && String::from_utf8_lossy(&got).matches("HTTP/1.1 200").count() == 4000
             {

@@ -20,7 +20,7 @@ const MAX_IOV: usize = 64;
 
 /// Read at most this much per connection per wake-up, so one busy peer cannot
 /// starve the others on the same reactor (the loop comes back to it).
-pub const READ_BUDGET: usize = 256 * 1024;
+pub const READ_BUDGET: usize = 64 * 1024;
 
 /// Bytes waiting to go out, in order. The front chunk may be partly written.
 #[derive(Default)]

@@ -164,6 +164,7 @@ impl Reactor {
         // memory, so a peer gets a bounded share of them.
         if !matches!(op, OwnedOp::Send { .. }) {
             if let Err(wait) = ws.requests.take(req_rate, req_burst, now) {
+                self.counters.rate_limited += 1;
                 let e = msg::encode_error(r#ref.as_ref(), "rate_limited", "too many requests; slow down", Some(wait));
                 return self.reply(key, e);
             }
@@ -201,6 +202,7 @@ impl Reactor {
             }
             OwnedOp::Send { room, body, id } => {
                 if let Err(wait) = ws.bucket.take(rate, burst, now) {
+                    self.counters.rate_limited += 1;
                     let e = msg::encode_error(r#ref.as_ref(), "rate_limited", "too many sends; slow down", Some(wait));
                     return self.reply(key, e);
                 }

@@ -58,6 +58,8 @@ const REDB_MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0
 const BACKUP_CHUNK: usize = 8192;
 /// Page cache of the backup's destination file.
 const BACKUP_CACHE: usize = 16 << 20;
+/// The page cache of [`Store::open`] (`--store-cache-bytes` for `serve`).
+pub const DEFAULT_CACHE: usize = 64 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -132,6 +134,12 @@ impl Store {
     /// [`StoreError::SchemaNewer`]; a redb file without our meta table or
     /// version, or a non-redb file, gives [`StoreError::Foreign`].
     pub fn open(data: &Path) -> Result<Store, StoreError> {
+        Store::open_with_cache(data, DEFAULT_CACHE)
+    }
+
+    /// [`Store::open`] with a page cache of `cache_bytes` (redb's own
+    /// default is 1 GiB, which a busy server fills and keeps).
+    pub fn open_with_cache(data: &Path, cache_bytes: usize) -> Result<Store, StoreError> {
         fs::create_dir_all(data)?;
         let path = data.join(DB_FILE);
         // Check the signature ourselves first: redb would report a foreign
@@ -148,7 +156,7 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
             Err(e) => return Err(e.into()),
         };
-        let db = match Database::create(&path) {
+        let db = match redb::Builder::new().set_cache_size(cache_bytes).create(&path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::Locked(data.to_path_buf())),
             Err(e) => return Err(e.into()),

@@ -4,6 +4,7 @@ copy serves the same history (a contiguous prefix) and the same dedup answers.""
 from __future__ import annotations
 
 import os
+import pathlib
 import shutil
 import subprocess
 import time
@@ -40,9 +41,9 @@ def test_backup_while_serving(start_server, room, tmp_path):
         p.start()
     try:
         _wait_for(lambda: all(len(p.acks) >= 50 for p in pubs), 15, "publishers to get going")
-        out = tmp_path / "copy.redb"
+        out = pathlib.Path(srv.data_dir) / "backups" / "copy.redb"
         before = sum(len(p.acks) for p in pubs)
-        r = srv.request("POST", "/v1/admin/backup", body={"out": str(out)}, headers=ADMIN, timeout=30)
+        r = srv.request("POST", "/v1/admin/backup", body={"name": out.name}, headers=ADMIN, timeout=30)
         assert r.status == 200, r
         doc = r.json()
         assert doc["path"] == str(out) and isinstance(doc["messages"], int), doc
