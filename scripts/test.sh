@@ -2,13 +2,15 @@
 # The test command. Installs what is missing (once; later runs skip it), then:
 #   1. cargo build --release --workspace   (the gateway and the load generator)
 #   2. cargo test --release --workspace    (unit tests, property tests, doc tests)
-#   3. pytest tests/e2e              (the real binary driven by Python, Node,
+#   3. scripts/fuzz.sh               (every fuzz target for FUZZ_SECONDS, default 25)
+#   4. pytest tests/e2e              (the real binary driven by Python, Node,
 #                                     Chromium and Autobahn|Testsuite clients)
 # Every step runs even when an earlier one failed; the exit status is non-zero if
 # any failed. The end-to-end summary is the last thing printed.
 #
 # Environment: CI=true shortens the Autobahn run; PYTEST_ARGS adds pytest options
-# (for example PYTEST_ARGS='-k protocol').
+# (for example PYTEST_ARGS='-k protocol'); FUZZ_SECONDS sets the time per fuzz
+# target (0: only replay the seed corpus).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -118,6 +120,9 @@ fi
 
 say "cargo test --release --workspace"
 step "cargo test" cargo test --release --workspace --quiet
+
+say "scripts/fuzz.sh (${FUZZ_SECONDS:-25}s per target)"
+step "fuzz" scripts/fuzz.sh
 
 if [ "${#FAILED[@]}" -gt 0 ]; then
     printf '==> failed so far: %s\n' "$(IFS=,; echo "${FAILED[*]}")"

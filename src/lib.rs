@@ -6,6 +6,8 @@
 
 pub mod auth;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzz_api;
 pub mod metrics;
 pub mod proto;
 pub mod reactor;

@@ -11,12 +11,7 @@ use roomcast::proto::http::{parse_request, websocket_upgrade, Limits};
 
 fuzz_target!(|data: &[u8]| {
     // Small limits so that the fuzzer reaches every limit quickly.
-    let limits = Limits {
-        max_head: 512,
-        max_target: 128,
-        max_headers: 16,
-        max_body: 1024,
-    };
+    let limits = Limits { max_head: 512, max_target: 128, max_headers: 16, max_body: 1024 };
     let mut rest = data;
     loop {
         match parse_request(rest, &limits) {

@@ -11,7 +11,7 @@ const NO_ID: u32 = u32::MAX;
 
 /// Appends the encoded value to `out` (cleared first). Fails only for a user
 /// or id longer than 4 GiB, which the protocol layer never lets through.
-pub(crate) fn encode(ts: u64, from: &str, id: Option<&str>, body: &[u8], out: &mut Vec<u8>) -> Result<(), StoreError> {
+pub fn encode(ts: u64, from: &str, id: Option<&str>, body: &[u8], out: &mut Vec<u8>) -> Result<(), StoreError> {
     out.clear();
     out.reserve(8 + 4 + from.len() + 4 + id.map_or(0, str::len) + body.len());
     out.extend_from_slice(&ts.to_le_bytes());
@@ -35,7 +35,7 @@ pub(crate) fn encode(ts: u64, from: &str, id: Option<&str>, body: &[u8], out: &m
 
 /// Decodes a stored value. The file is ours, but a damaged one must give an
 /// error, never a panic.
-pub(crate) fn decode(seq: u64, value: &[u8]) -> Result<StoredMsg, StoreError> {
+pub fn decode(seq: u64, value: &[u8]) -> Result<StoredMsg, StoreError> {
     let mut rest = value;
     let ts = u64::from_le_bytes(take_array(&mut rest, seq)?);
     let from_len = u32::from_le_bytes(take_array(&mut rest, seq)?);
@@ -47,7 +47,7 @@ pub(crate) fn decode(seq: u64, value: &[u8]) -> Result<StoredMsg, StoreError> {
 
 /// The ts of an encoded value without decoding the rest (0 if damaged):
 /// what age retention needs.
-pub(crate) fn ts_of(value: &[u8]) -> u64 {
+pub fn ts_of(value: &[u8]) -> u64 {
     value.first_chunk::<8>().map_or(0, |b| u64::from_le_bytes(*b))
 }
 
