@@ -46,7 +46,8 @@ apt_install() {
 # Build dependencies of the crate: a C compiler (aws-lc), cmake and pkg-config.
 ensure_build_deps() {
     local want=()
-    command -v cc >/dev/null 2>&1 || want+=(build-essential)
+    # cc for aws-lc; c++ for libFuzzer in the fuzz build.
+    if ! command -v cc >/dev/null 2>&1 || ! command -v c++ >/dev/null 2>&1; then want+=(build-essential); fi
     command -v cmake >/dev/null 2>&1 || want+=(cmake)
     command -v pkg-config >/dev/null 2>&1 || want+=(pkg-config)
     command -v git >/dev/null 2>&1 || want+=(git)

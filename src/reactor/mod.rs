@@ -220,6 +220,9 @@ pub struct Reactor {
     /// many rounds ran.
     next_housekeeping: Instant,
     housekeeping_round: usize,
+    /// Output of in-memory connections closed since the harness last
+    /// looked (`testkit`; always empty with sockets).
+    mem_closed: Vec<(u32, u32, Vec<u8>)>,
     /// Whether heavy fan-out may hold writes (off in the harness, whose
     /// clock only moves when told).
     coalesce: bool,
@@ -293,6 +296,7 @@ impl Reactor {
             flush_at: None,
             delivered_at_flush: 0,
             coalesce: true,
+            mem_closed: Vec::new(),
             next_housekeeping: later(now, HOUSEKEEPING),
             housekeeping_round: 0,
             writer: parts.writer,
@@ -856,6 +860,13 @@ impl Reactor {
             }
             if let Some(ip) = conn.ip {
                 self.shared.limits.release(ip, self.now);
+            }
+            if let Transport::Mem(pipe) = &mut conn.transport {
+                // The harness still reads what was written before the close.
+                if self.mem_closed.len() >= 64 {
+                    self.mem_closed.remove(0);
+                }
+                self.mem_closed.push((key, conn.gen, mem::take(&mut pipe.output)));
             }
             // A slow consumer's queue can hold tens of thousands of shared
             // frames: let them go off this thread.

@@ -196,9 +196,17 @@ impl Harness {
         }
     }
 
-    /// What the reactor wrote to this peer since the last call.
+    /// What the reactor wrote to this peer since the last call, including
+    /// what it wrote just before closing it.
     pub fn take_output(&mut self, c: ConnId) -> Vec<u8> {
-        self.pipe(c).map(|p| std::mem::take(&mut p.output)).unwrap_or_default()
+        if let Some(p) = self.pipe(c) {
+            return std::mem::take(&mut p.output);
+        }
+        let closed = &mut self.reactor.mem_closed;
+        match closed.iter().position(|(k, g, _)| *k == c.key && *g == c.gen) {
+            Some(i) => closed.swap_remove(i).2,
+            None => Vec::new(),
+        }
     }
 
     /// Moves the clock forward by `d`, then runs an iteration (timers fire).

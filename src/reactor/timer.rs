@@ -94,6 +94,17 @@ impl Wheel {
             self.earliest = self.next;
             return;
         }
+        if now_tick >= self.next + SLOTS as u64 {
+            // A whole lap or more is due (the clock jumped, or the loop
+            // stalled): every entry is, since none lies past the horizon.
+            for slot in &mut self.slots {
+                out.append(slot);
+            }
+            self.len = 0;
+            self.next = now_tick + 1;
+            self.earliest = self.next;
+            return;
+        }
         while self.next <= now_tick {
             let slot = &mut self.slots[(self.next % SLOTS as u64) as usize];
             let before = out.len();
@@ -130,6 +141,22 @@ mod tests {
         w.expire(t0 + Duration::from_secs(60), &mut out);
         assert_eq!(out.len(), 1);
         assert_eq!(w.timeout(t0), None);
+    }
+
+    #[test]
+    fn a_clock_jump_fires_everything_at_once() {
+        let t0 = Instant::now();
+        let mut w = Wheel::new(t0);
+        w.insert(1, 0, t0 + Duration::from_secs(1));
+        w.insert(2, 0, t0 + Duration::from_secs(3600));
+        let mut out = Vec::new();
+        w.expire(t0 + Duration::from_secs(86_400), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(w.timeout(t0 + Duration::from_secs(86_400)), None);
+        w.insert(3, 0, t0 + Duration::from_secs(86_401));
+        out.clear();
+        w.expire(t0 + Duration::from_secs(86_402), &mut out);
+        assert_eq!(out.len(), 1);
     }
 
     #[test]

@@ -18,7 +18,7 @@
 //! - `dedup_expiry`: `(expires_ms, room, user, client id)` -> `()`, an index
 //!   so expired dedup entries are pruned without scanning `dedup`.
 
-mod codec;
+pub(crate) mod codec;
 mod reader;
 mod writer;
 
