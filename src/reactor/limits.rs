@@ -71,6 +71,9 @@ impl Rate {
 }
 
 pub struct Limits {
+    /// Picks a shard with a key of this process's own, so nobody can choose
+    /// addresses that all land on one shard.
+    shard_hash: std::collections::hash_map::RandomState,
     max_conns: usize,
     connects: Rate,
     ip_posts: Rate,
@@ -79,27 +82,22 @@ pub struct Limits {
     users: Vec<Mutex<HashMap<Box<str>, TokenBucket>>>,
 }
 
-/// FNV-1a, to pick a shard; the maps themselves use SipHash with a random
-/// key, so a chosen set of addresses cannot degrade a shard's lookups.
-fn shard_of(bytes: &[u8]) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    (h % SHARDS as u64) as usize
-}
-
-fn ip_shard(ip: &IpAddr) -> usize {
+/// The address a limit counts: IPv4 as it is, IPv6 by its /64 (one
+/// subscriber's network: a host picks any address inside it at will).
+pub fn limit_key(ip: IpAddr) -> IpAddr {
     match ip {
-        IpAddr::V4(a) => shard_of(&a.octets()),
-        IpAddr::V6(a) => shard_of(&a.octets()),
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(a) => match a.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from(u128::from(a) & !((1u128 << 64) - 1))),
+        },
     }
 }
 
 impl Limits {
     pub fn new(cfg: &Config) -> Limits {
         Limits {
+            shard_hash: std::collections::hash_map::RandomState::new(),
             max_conns: cfg.max_conns_per_ip,
             connects: Rate { rate: cfg.connect_rate_per_ip, burst: cfg.connect_burst_per_ip },
             ip_posts: Rate { rate: cfg.post_rate_per_ip, burst: cfg.post_burst_per_ip },
@@ -107,6 +105,11 @@ impl Limits {
             ips: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             users: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
+    }
+
+    fn shard<T: std::hash::Hash + ?Sized>(&self, what: &T) -> usize {
+        use std::hash::BuildHasher;
+        (self.shard_hash.hash_one(what) % SHARDS as u64) as usize
     }
 
     fn tracks_connections(&self) -> bool {
@@ -119,7 +122,8 @@ impl Limits {
         if !self.tracks_connections() {
             return Ok(());
         }
-        let Ok(mut map) = self.ips[ip_shard(&ip)].lock() else {
+        let ip = limit_key(ip);
+        let Ok(mut map) = self.ips[self.shard(&ip)].lock() else {
             return Ok(()); // a panic elsewhere is already fatal
         };
         let e = match self.entry(&mut map, ip, now) {
@@ -139,7 +143,8 @@ impl Limits {
         if !self.tracks_connections() {
             return;
         }
-        let Ok(mut map) = self.ips[ip_shard(&ip)].lock() else { return };
+        let ip = limit_key(ip);
+        let Ok(mut map) = self.ips[self.shard(&ip)].lock() else { return };
         if let Entry::Occupied(mut o) = map.entry(ip) {
             let e = o.get_mut();
             e.conns = e.conns.saturating_sub(1);
@@ -153,7 +158,7 @@ impl Limits {
     /// have a token.
     pub fn post(&self, ip: Option<IpAddr>, user: &str, now: Instant) -> Result<(), Refused> {
         if self.user_posts.on() {
-            let Ok(mut map) = self.users[shard_of(user.as_bytes())].lock() else { return Ok(()) };
+            let Ok(mut map) = self.users[self.shard(user)].lock() else { return Ok(()) };
             let rate = self.user_posts;
             if !map.contains_key(user) {
                 if map.len() >= SHARD_CAP {
@@ -168,8 +173,8 @@ impl Limits {
                 b.take(rate.rate, rate.burst, now).map_err(Refused::Rate)?;
             }
         }
-        if let (Some(ip), true) = (ip, self.ip_posts.on()) {
-            let Ok(mut map) = self.ips[ip_shard(&ip)].lock() else { return Ok(()) };
+        if let (Some(ip), true) = (ip.map(limit_key), self.ip_posts.on()) {
+            let Ok(mut map) = self.ips[self.shard(&ip)].lock() else { return Ok(()) };
             let rate = self.ip_posts;
             match self.entry(&mut map, ip, now) {
                 Some(e) => e.posts.take(rate.rate, rate.burst, now).map_err(Refused::Rate)?,
@@ -270,6 +275,21 @@ mod tests {
         }
         l.release(b, t);
         assert_eq!(l.len(), (0, 0), "idle entries go at the last close");
+    }
+
+    #[test]
+    fn ipv6_counts_by_its_64() {
+        let l = Limits::new(&cfg(2, 0.0, 0));
+        let t = Instant::now();
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff::7".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(l.admit(a, t).is_ok());
+        assert!(l.admit(b, t).is_ok());
+        assert_eq!(l.admit(a, t), Err(Refused::Connections), "same /64");
+        assert!(l.admit(c, t).is_ok(), "another /64");
+        let mapped: IpAddr = "::ffff:10.1.2.3".parse().unwrap();
+        assert_eq!(limit_key(mapped), "10.1.2.3".parse::<IpAddr>().unwrap());
     }
 
     #[test]
