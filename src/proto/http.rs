@@ -183,6 +183,28 @@ enum Framing {
     Chunked,
 }
 
+/// For a request whose head is complete in `buf` and whose body has a
+/// `Content-Length`: the bytes the whole request takes. A caller waiting for
+/// the body then parses again only once that much is there, instead of
+/// re-parsing the head for every piece of a body sent slowly. `None` when
+/// the head is not complete, is invalid, or the body is chunked.
+pub fn request_len(buf: &[u8], limits: &Limits) -> Option<usize> {
+    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS_CAP];
+    let slots = slots.get_mut(..limits.max_headers.min(MAX_HEADERS_CAP)).unwrap_or_default();
+    let mut head = httparse::Request::new(slots);
+    let window = buf.get(..limits.max_head).unwrap_or(buf);
+    let Ok(Status::Complete(head_len)) = head.parse(window) else {
+        return None;
+    };
+    let (Some(method), Some(minor_version)) = (head.method, head.version) else {
+        return None;
+    };
+    match framing(head.headers, Method::from_token(method), minor_version, limits) {
+        Ok(Framing::Length(n)) => head_len.checked_add(n),
+        _ => None,
+    }
+}
+
 /// Parses one request from the front of `buf`.
 ///
 /// `Ok(None)`: need more bytes. `Ok(Some((req, consumed)))`: the request took
@@ -853,6 +875,23 @@ pub fn write_upgrade_response(out: &mut Vec<u8>, accept: &str, protocol: Option<
         push_header(out, "Sec-WebSocket-Protocol", protocol);
     }
     out.extend_from_slice(b"\r\n");
+}
+
+#[cfg(test)]
+mod request_len_tests {
+    use super::*;
+
+    #[test]
+    fn request_len_knows_a_length_framed_body() {
+        let l = Limits::default();
+        let head = b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n";
+        assert_eq!(request_len(head, &l), Some(head.len() + 10));
+        assert_eq!(request_len(&head[..head.len() - 1], &l), None, "head not complete");
+        let chunked = b"POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(request_len(chunked, &l), None);
+        let get = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert_eq!(request_len(get, &l), Some(get.len()));
+    }
 }
 
 #[cfg(test)]

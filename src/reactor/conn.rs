@@ -34,6 +34,8 @@ pub struct Conn {
     /// Input is not read or parsed while the queue is over the high-water
     /// mark; set when that stopped it, so the drain below it resumes it.
     pub paused: bool,
+    /// When bytes last went out (or the connection opened).
+    pub last_write: Instant,
 }
 
 pub enum State {
@@ -55,6 +57,12 @@ pub struct HttpState {
     /// it is complete, not once per byte (which would cost the square of
     /// its length).
     pub scanned: usize,
+    /// The whole request's length once its head is in and its body has a
+    /// `Content-Length`: nothing is parsed again before that much is here.
+    pub wanted: Option<usize>,
+    /// Limiter of room reads (`GET .../messages`, `.../presence`), like the
+    /// request bucket of a WebSocket.
+    pub requests: TokenBucket,
 }
 
 /// What the answer to a waiting request needs from its request.

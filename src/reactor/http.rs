@@ -73,11 +73,19 @@ impl Reactor {
                 return Step::NeedMore;
             }
         }
+        if h.wanted.is_some_and(|w| buf.len() < w) {
+            return Step::NeedMore;
+        }
         match http::parse_request(buf, &limits) {
-            Ok(None) => Step::NeedMore,
+            Ok(None) => {
+                // The head is in; a body with a length arrives in pieces.
+                h.wanted = http::request_len(buf, &limits);
+                Step::NeedMore
+            }
             Ok(Some((req, used))) => {
                 h.started = None;
                 h.scanned = 0;
+                h.wanted = None;
                 self.counters.http_requests += 1;
                 self.request(key, req);
                 Step::Consumed(used)
@@ -230,6 +238,18 @@ impl Reactor {
                 "bad_request",
                 "room names are 1 to 128 bytes of [A-Za-z0-9_.:-]",
             ));
+        }
+        if req.method != Method::Post {
+            let (rate, burst) = (self.shared.config.request_rate, self.shared.config.request_burst);
+            let now = self.now;
+            if let Some(State::Http(h)) = self.conns.get_mut(key as usize).map(|c| &mut c.state) {
+                if let Err(wait) = h.requests.take(rate, burst, now) {
+                    self.counters.rate_limited += 1;
+                    let mut a = Answer::error(429, "rate_limited", &format!("too many requests; retry in {wait} ms"));
+                    a.extra.push(("Retry-After", wait.div_ceil(1000).max(1).to_string()));
+                    return Outcome::Answer(a);
+                }
+            }
         }
         let room: RoomName = RoomName::from(room);
         let asker = Asker::Http(self.conn_ref(key));

@@ -518,6 +518,7 @@ impl Reactor {
     /// Files a new connection over `transport` in the slab, as a fresh
     /// HTTP connection with its request deadline. Returns its key.
     fn insert_conn(&mut self, transport: Transport) -> u32 {
+        let requests = conn::TokenBucket::new(self.shared.config.request_burst, self.now);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         self.next_gen = self.next_gen.wrapping_add(1);
@@ -526,11 +527,19 @@ impl Reactor {
             gen: self.next_gen,
             rbuf: Vec::new(),
             out: Default::default(),
-            state: State::Http(HttpState { started: None, idle_since: self.now, awaiting: None, scanned: 0 }),
+            state: State::Http(HttpState {
+                started: None,
+                idle_since: self.now,
+                awaiting: None,
+                scanned: 0,
+                wanted: None,
+                requests,
+            }),
             flush_queued: false,
             timer_tick: None,
             ip: None,
             paused: false,
+            last_write: self.now,
         });
         self.counters.accepted += 1;
         self.counters.open += 1;
@@ -800,6 +809,9 @@ impl Reactor {
         match conn.transport.flush(&mut conn.out) {
             Ok((outcome, n)) => {
                 self.counters.bytes_out += n as u64;
+                if n > 0 {
+                    conn.last_write = self.now;
+                }
                 if outcome == WriteOutcome::Done {
                     self.after_flush(key);
                 } else {
@@ -928,7 +940,20 @@ impl Reactor {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
+        // Answers still queued: the connection is not idle, the peer is
+        // reading them (or not). It gets `idle_timeout` without any write
+        // progress before it is dropped, so a slow reader of a large page
+        // is served and one that never reads is not kept forever.
+        let stalled_since = (!conn.out.is_empty()).then_some(conn.last_write);
         let next = match &mut conn.state {
+            State::Http(_) if stalled_since.is_some() => {
+                let deadline = later(stalled_since.unwrap_or(now), idle_timeout);
+                if now >= deadline {
+                    self.close_now(key, CloseReason::Timeout);
+                    return;
+                }
+                deadline
+            }
             State::Http(h) => {
                 let since = h.started.unwrap_or(h.idle_since);
                 if h.awaiting.is_some() {

@@ -50,6 +50,10 @@ struct Presence {
 struct DedupEntry {
     seq: u64,
     ts: u64,
+    /// When this record of the id expires (ms): `dedup_order` holds the same
+    /// value, so an id forgotten and recorded again (even with the same
+    /// seq) is pruned by its own record, not by the older one.
+    expires: u64,
 }
 
 /// Where a resuming member's missed messages come from.
@@ -90,9 +94,7 @@ pub struct OwnedRoom {
     dedup: HashMap<(UserId, Box<str>), DedupEntry>,
     /// Dedup keys in the order they were recorded, with their expiry, so
     /// pruning is a pop from the front.
-    /// The seq is kept so that an entry forgotten and recorded again is not
-    /// pruned by its older record's expiry.
-    dedup_order: VecDeque<(u64, UserId, Box<str>, u64)>,
+    dedup_order: VecDeque<(u64, UserId, Box<str>)>,
     /// The in-memory dedup window is complete for ids recorded from this
     /// instant (ms) on; older ones may be known to storage only (a restart,
     /// or the room was forgotten and loaded again).
@@ -223,8 +225,8 @@ impl OwnedRoom {
     pub fn remember(&mut self, settings: &RoomSettings, from: &UserId, id: &str, seq: u64, ts: u64, now_ms: u64) {
         let key: Box<str> = Box::from(id);
         let expires = now_ms.saturating_add(u64::try_from(settings.dedup_window.as_millis()).unwrap_or(u64::MAX));
-        if self.dedup.insert((from.clone(), key.clone()), DedupEntry { seq, ts }).is_none() {
-            self.dedup_order.push_back((expires, from.clone(), key, seq));
+        if self.dedup.insert((from.clone(), key.clone()), DedupEntry { seq, ts, expires }).is_none() {
+            self.dedup_order.push_back((expires, from.clone(), key));
         }
     }
 
@@ -235,7 +237,7 @@ impl OwnedRoom {
             self.assigned -= 1;
             if let Some(id) = id {
                 self.dedup.remove(&(from.clone(), Box::from(id)));
-                if self.dedup_order.back().is_some_and(|(_, u, i, _)| u == from && &**i == id) {
+                if self.dedup_order.back().is_some_and(|(_, u, i)| u == from && &**i == id) {
                     self.dedup_order.pop_back();
                 }
             }
@@ -284,13 +286,13 @@ impl OwnedRoom {
     }
 
     fn prune_dedup(&mut self, now_ms: u64) {
-        while let Some((exp, _, _, _)) = self.dedup_order.front() {
+        while let Some((exp, _, _)) = self.dedup_order.front() {
             if *exp > now_ms {
                 break;
             }
-            if let Some((_, user, id, seq)) = self.dedup_order.pop_front() {
+            if let Some((exp, user, id)) = self.dedup_order.pop_front() {
                 let key = (user, id);
-                if self.dedup.get(&key).is_some_and(|e| e.seq == seq) {
+                if self.dedup.get(&key).is_some_and(|e| e.expires == exp) {
                     self.dedup.remove(&key);
                 }
             }

@@ -289,15 +289,13 @@ impl Store {
         if out.exists() {
             return Err(StoreError::Exists(out.display().to_string()));
         }
+        // A name of its own per backup: two backups to the same name never
+        // share (or remove) each other's temporary file.
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).map_err(|e| StoreError::Db(format!("no randomness: {e}")))?;
         let mut tmp_name = out.as_os_str().to_owned();
-        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        tmp_name.push(format!(".{:016x}.tmp", u64::from_le_bytes(nonce)));
         let tmp = PathBuf::from(tmp_name);
-        // A leftover from a backup that died half way is garbage.
-        match fs::remove_file(&tmp) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e.into()),
-        }
         let result = self.copy_into(&tmp);
         let placed = result.and_then(|n| match fs::hard_link(&tmp, out) {
             Ok(()) => Ok(n),
