@@ -141,6 +141,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 
 /// Starts every thread of the server and returns once it accepts.
 pub fn start(config: Config) -> Result<Running, ServerError> {
+    crate::reactor::reaper::tune_allocator();
     std::fs::create_dir_all(&config.data)
         .map_err(|e| startup(format!("data directory {}: {e}", config.data.display())))?;
     let (auth, secret_from_file) = Auth::from_config(&config).map_err(|e| startup(format!("jwt secret: {e}")))?;

@@ -36,6 +36,11 @@ pub struct Conn {
     pub paused: bool,
     /// When bytes last went out (or the connection opened).
     pub last_write: Instant,
+    /// The last write found the socket full and no writable edge came
+    /// since: another write now would only say so again.
+    pub write_blocked: bool,
+    /// Found past its cap by fan-out and listed to be closed with 4000.
+    pub slow: bool,
 }
 
 pub enum State {

@@ -62,9 +62,14 @@ const MAIL_BUDGET: usize = 8192;
 /// How long accepting pauses after EMFILE/ENFILE: the loop must not spin on
 /// a listener it cannot serve.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+/// Bytes written to one connection per flush pass: a pass over hundreds of
+/// connections with deep queues (a busy room whose members fell behind)
+/// must not hold the loop for tens of milliseconds in kernel copies; the
+/// rest goes out next iteration.
+const WRITE_BUDGET: usize = 64 * 1024;
 /// Protocol steps (requests, frames) handled per connection per loop
 /// iteration; the rest waits in its buffer for the next iteration.
-const STEP_BUDGET: usize = 512;
+const STEP_BUDGET: usize = 64;
 /// How often housekeeping runs.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Rooms forgotten per housekeeping round at most, so one round stays short
@@ -202,6 +207,8 @@ pub struct Reactor {
     pending_flush: Vec<u32>,
     rerun: Vec<u32>,
     slow: Vec<u32>,
+    /// `deliver_local` is working through `slow` (see there).
+    closing_slow: bool,
     fan_targets: Vec<usize>,
     counters: Counters,
     scratch: Vec<u8>,
@@ -220,6 +227,9 @@ pub struct Reactor {
     /// many rounds ran.
     next_housekeeping: Instant,
     housekeeping_round: usize,
+    /// Connections whose write budget ran out last pass: flushed again
+    /// next iteration.
+    flush_again: Vec<u32>,
     /// Output of in-memory connections closed since the harness last
     /// looked (`testkit`; always empty with sockets).
     mem_closed: Vec<(u32, u32, Vec<u8>)>,
@@ -282,6 +292,7 @@ impl Reactor {
             pending_flush: Vec::new(),
             rerun: Vec::new(),
             slow: Vec::new(),
+            closing_slow: false,
             fan_targets: Vec::new(),
             counters: Counters::default(),
             scratch: vec![0; SCRATCH],
@@ -297,6 +308,7 @@ impl Reactor {
             delivered_at_flush: 0,
             coalesce: true,
             mem_closed: Vec::new(),
+            flush_again: Vec::new(),
             next_housekeeping: later(now, HOUSEKEEPING),
             housekeeping_round: 0,
             writer: parts.writer,
@@ -309,7 +321,7 @@ impl Reactor {
         let mut expired = Vec::new();
         loop {
             let mut timeout = self.wheel.timeout(self.now);
-            let busy = !self.rerun.is_empty() || self.accept_again || self.mail_backlog;
+            let busy = !self.rerun.is_empty() || self.accept_again || self.mail_backlog || !self.flush_again.is_empty();
             if busy {
                 timeout = Some(Duration::ZERO);
             }
@@ -344,6 +356,9 @@ impl Reactor {
                             self.on_readable(key, ev.is_read_closed() || ev.is_error());
                         }
                         if ev.is_writable() {
+                            if let Some(conn) = self.conns.get_mut(key as usize) {
+                                conn.write_blocked = false;
+                            }
                             self.queue_flush(key);
                         }
                     }
@@ -380,6 +395,9 @@ impl Reactor {
     /// The rest of one loop iteration, after readiness was dispatched:
     /// leftover work, mail, timers, drain, writes, mail to others, counters.
     fn after_events(&mut self, expired: &mut Vec<timer::Entry>) {
+        // Writes cut short by their budget last pass go on in this one.
+        let again = mem::take(&mut self.flush_again);
+        self.pending_flush.extend(again);
         self.revisit();
         self.drain_inbox();
         self.fire_timers(expired);
@@ -540,6 +558,8 @@ impl Reactor {
             ip: None,
             paused: false,
             last_write: self.now,
+            write_blocked: false,
+            slow: false,
         });
         self.counters.accepted += 1;
         self.counters.open += 1;
@@ -626,7 +646,7 @@ impl Reactor {
                     };
                     // One last write carries a TLS alert, if any.
                     if let Some(conn) = self.conns.get_mut(key as usize) {
-                        let _ = conn.transport.flush(&mut conn.out);
+                        let _ = conn.transport.flush(&mut conn.out, usize::MAX);
                     }
                     self.close_now(key, reason);
                     break;
@@ -806,11 +826,17 @@ impl Reactor {
             self.after_flush(key);
             return;
         }
-        match conn.transport.flush(&mut conn.out) {
+        match conn.transport.flush(&mut conn.out, WRITE_BUDGET) {
             Ok((outcome, n)) => {
                 self.counters.bytes_out += n as u64;
                 if n > 0 {
                     conn.last_write = self.now;
+                }
+                conn.write_blocked = outcome == WriteOutcome::Blocked;
+                if outcome == WriteOutcome::Budget {
+                    // The rest goes next iteration (see `WRITE_BUDGET`).
+                    conn.flush_queued = true;
+                    self.flush_again.push(key);
                 }
                 if outcome == WriteOutcome::Done {
                     self.after_flush(key);

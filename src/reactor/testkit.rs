@@ -191,6 +191,10 @@ impl Harness {
         let grew = n > pipe.write_room;
         pipe.write_room = n;
         if grew {
+            // More room is a writable edge.
+            if let Some(conn) = self.reactor.conns.get_mut(c.key as usize) {
+                conn.write_blocked = false;
+            }
             self.reactor.queue_flush(c.key);
             self.iterate();
         }
@@ -283,7 +287,7 @@ impl Harness {
         let mut expired = std::mem::take(&mut self.expired);
         for _ in 0..10_000 {
             self.reactor.after_events(&mut expired);
-            if self.reactor.rerun.is_empty() && !self.reactor.mail_backlog {
+            if self.reactor.rerun.is_empty() && !self.reactor.mail_backlog && self.reactor.flush_again.is_empty() {
                 break;
             }
         }

@@ -54,8 +54,14 @@ impl OutQueue {
     /// returns them (the caller decides where they are freed). Used before
     /// a slow consumer's close frame.
     pub fn truncate_unstarted(&mut self) -> VecDeque<Bytes> {
-        let keep = usize::from(self.front_off > 0).min(self.chunks.len());
-        let dropped = self.chunks.split_off(keep);
+        // The whole deque is handed out (no copy of its tens of thousands
+        // of entries); only a partly written front chunk comes back.
+        let mut dropped = std::mem::take(&mut self.chunks);
+        if self.front_off > 0 {
+            if let Some(front) = dropped.pop_front() {
+                self.chunks.push_back(front);
+            }
+        }
         self.len = self.chunks.front().map_or(0, |c| c.len() - self.front_off);
         dropped
     }
@@ -104,6 +110,10 @@ pub enum WriteOutcome {
     Done,
     /// The socket is full; a `WRITABLE` edge will bring us back.
     Blocked,
+    /// The write budget of this pass is spent with more queued: the caller
+    /// comes back next loop iteration, so one pass over many connections
+    /// with deep queues stays short.
+    Budget,
 }
 
 pub enum Transport {
@@ -166,12 +176,13 @@ impl Transport {
         }
     }
 
-    /// Writes the queue out until it is empty or the socket is full.
-    pub fn flush(&mut self, q: &mut OutQueue) -> Result<(WriteOutcome, usize), TransportError> {
+    /// Writes the queue out until it is empty, the socket is full, or
+    /// about `budget` bytes went out.
+    pub fn flush(&mut self, q: &mut OutQueue, budget: usize) -> Result<(WriteOutcome, usize), TransportError> {
         match self {
-            Transport::Plain(sock) => flush_plain(sock, q),
-            Transport::Tls(sock, tls) => flush_tls(sock, tls, q),
-            Transport::Mem(pipe) => Ok(flush_mem(pipe, q)),
+            Transport::Plain(sock) => flush_plain(sock, q, budget),
+            Transport::Tls(sock, tls) => flush_tls(sock, tls, q, budget),
+            Transport::Mem(pipe) => Ok(flush_mem(pipe, q, budget)),
         }
     }
 }
@@ -228,9 +239,12 @@ fn read_mem(pipe: &mut MemPipe, buf: &mut [u8]) -> ReadOutcome {
     ReadOutcome::Data(n)
 }
 
-fn flush_mem(pipe: &mut MemPipe, q: &mut OutQueue) -> (WriteOutcome, usize) {
+fn flush_mem(pipe: &mut MemPipe, q: &mut OutQueue, budget: usize) -> (WriteOutcome, usize) {
     let mut total = 0;
     while let Some(front) = q.chunks.front() {
+        if total >= budget {
+            return (WriteOutcome::Budget, total);
+        }
         let chunk = &front[q.front_off..];
         let n = chunk.len().min(pipe.write_room);
         if n == 0 {
@@ -244,9 +258,12 @@ fn flush_mem(pipe: &mut MemPipe, q: &mut OutQueue) -> (WriteOutcome, usize) {
     (WriteOutcome::Done, total)
 }
 
-fn flush_plain(sock: &mut TcpStream, q: &mut OutQueue) -> Result<(WriteOutcome, usize), TransportError> {
+fn flush_plain(sock: &mut TcpStream, q: &mut OutQueue, budget: usize) -> Result<(WriteOutcome, usize), TransportError> {
     let mut total = 0;
     while !q.is_empty() {
+        if total >= budget {
+            return Ok((WriteOutcome::Budget, total));
+        }
         let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
         let mut n = 0;
         for (i, c) in q.chunks.iter().take(MAX_IOV).enumerate() {
@@ -272,9 +289,13 @@ fn flush_tls(
     sock: &mut TcpStream,
     tls: &mut rustls::ServerConnection,
     q: &mut OutQueue,
+    budget: usize,
 ) -> Result<(WriteOutcome, usize), TransportError> {
     let mut total = 0;
     loop {
+        if total >= budget && !q.is_empty() {
+            return Ok((WriteOutcome::Budget, total));
+        }
         // Hand plaintext to rustls while it takes it (its buffer limit bounds
         // how far ahead of the socket we encrypt).
         while !q.is_empty() {

@@ -345,20 +345,38 @@ impl Reactor {
             if conn.out.len() > cap {
                 // Over the cap: write now, and only a member that still
                 // cannot take it is a slow consumer (a burst to a fast
-                // reader drains into its socket here).
-                if let Ok((_, n)) = conn.transport.flush(&mut conn.out) {
-                    self.counters.bytes_out += n as u64;
+                // reader drains into its socket here). A socket already
+                // full since its last writable edge is not tried again:
+                // closing hundreds of slow members must not cost a write
+                // call per member per frame.
+                if !conn.write_blocked {
+                    match conn.transport.flush(&mut conn.out, usize::MAX) {
+                        Ok((outcome, n)) => {
+                            self.counters.bytes_out += n as u64;
+                            conn.write_blocked = outcome == super::transport::WriteOutcome::Blocked;
+                        }
+                        Err(_) => conn.write_blocked = true,
+                    }
                 }
-                if conn.out.len() > cap {
+                if conn.out.len() > cap && !conn.slow {
+                    conn.slow = true;
                     self.slow.push(key);
                 }
             }
         }
-        if !self.slow.is_empty() {
-            for key in std::mem::take(&mut self.slow) {
-                self.slow_consumer(key);
-            }
+        // Closing a slow member posts its leave, whose presence diff is
+        // delivered here again and may find more slow members: those join
+        // the list the outermost call works through, instead of nesting
+        // one call deeper per member (a room of thousands of slow members
+        // would otherwise overflow the stack).
+        if self.closing_slow {
+            return;
         }
+        self.closing_slow = true;
+        while let Some(key) = self.slow.pop() {
+            self.slow_consumer(key);
+        }
+        self.closing_slow = false;
     }
 
     fn slow_consumer(&mut self, key: u32) {
