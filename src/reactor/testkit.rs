@@ -556,6 +556,47 @@ mod tests {
         assert_eq!(frames.iter().filter(|(op, _)| *op == 10).count(), 20_000);
     }
 
+    /// Thousands of members of one room that never read: each is closed
+    /// with 4000 once past its cap, and closing them does not nest a call
+    /// per member (it overflowed the stack), on a reactor-sized stack.
+    #[test]
+    fn thousands_of_slow_members_are_closed_without_nesting() {
+        let run = || {
+            let cfg = Config {
+                send_rate: 0.0,
+                request_rate: 0.0,
+                max_queue_bytes: 64 * 1024,
+                max_message_bytes: 16 * 1024,
+                ..Config::default()
+            };
+            let mut h = Harness::new(cfg).unwrap();
+            let members: Vec<ConnId> = (0..3000)
+                .map(|i| {
+                    let m = ws(&mut h, &format!("m{i}"));
+                    op(&mut h, m, r#"{"op":"join","room":"busy"}"#);
+                    h.take_output(m);
+                    h.set_write_room(m, 0);
+                    m
+                })
+                .collect();
+            let p = ws(&mut h, "pub");
+            let body = format!(r#""{}""#, "x".repeat(8000));
+            let send = client_frame(true, 1, format!(r#"{{"op":"send","room":"busy","body":{body}}}"#).as_bytes());
+            for _ in 0..12 {
+                h.input(p, &send);
+                h.take_output(p);
+                h.check_invariants().unwrap();
+            }
+            h.advance(Duration::from_secs(5));
+            let open = members.iter().filter(|m| h.is_open(**m)).count();
+            assert_eq!(open, 0, "every slow member is closed");
+            assert_eq!(h.reactor.counters.closed[crate::metrics::CloseReason::SlowConsumer as usize], 3000);
+            h.check_invariants().unwrap();
+        };
+        // Reactor threads run on the default 2 MiB stack.
+        std::thread::Builder::new().stack_size(2 << 20).spawn(run).unwrap().join().unwrap();
+    }
+
     /// Regression: a validly signed token with a huge `exp` panicked the
     /// upgrade (`Instant + Duration` overflow).
     #[test]
