@@ -69,7 +69,7 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 const WRITE_BUDGET: usize = 64 * 1024;
 /// Protocol steps (requests, frames) handled per connection per loop
 /// iteration; the rest waits in its buffer for the next iteration.
-const STEP_BUDGET: usize = 64;
+const STEP_BUDGET: usize = 16;
 /// How often housekeeping runs.
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Rooms forgotten per housekeeping round at most, so one round stays short
