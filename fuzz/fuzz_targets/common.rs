@@ -166,7 +166,9 @@ fn check_frame(op: u8, payload: &[u8], json: bool) -> Result<(), String> {
             }
             if payload.len() >= 2 {
                 let code = u16::from_be_bytes([payload[0], payload[1]]);
-                let known = matches!(code, 1000..=1003 | 1007..=1011 | 4000..=4999);
+                // The server's own codes, and 3000-4999 (RFC 6455 7.4.2:
+                // registered and private), which it echoes from a peer.
+                let known = matches!(code, 1000..=1003 | 1007..=1011 | 3000..=4999);
                 if !known {
                     return Err(format!("close code {code}"));
                 }
