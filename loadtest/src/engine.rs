@@ -640,26 +640,8 @@ impl Worker<'_> {
         if conn.phase == Phase::Connecting {
             return;
         }
-        let mut err = None;
-        while conn.out_pos < conn.out.len() {
-            match conn.t.write(conn.out.get(conn.out_pos..).unwrap_or_default()) {
-                Ok(0) => {
-                    err = Some("write returned 0".to_string());
-                    break;
-                }
-                Ok(n) => conn.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    err = Some(format!("write: {e}"));
-                    break;
-                }
-            }
-        }
-        if conn.out_pos == conn.out.len() {
-            conn.out.clear();
-            conn.out_pos = 0;
-        } else if conn.out_pos > 1 << 20 {
+        let mut err = crate::net::write_pending(|b| conn.t.write(b), &mut conn.out, &mut conn.out_pos).err();
+        if conn.out_pos > 1 << 20 {
             conn.out.drain(..conn.out_pos);
             conn.out_pos = 0;
         }

@@ -33,6 +33,36 @@ pub struct Target {
 
 /// Parses `ws://HOST:PORT/PATH` or `wss://...`; HOST must be a loopback
 /// address or `localhost`.
+/// Writes `out[*pos..]` until it is all out or the socket would block; a
+/// buffer written out in full is cleared. `Err` says why a write failed.
+pub fn write_pending(
+    mut write: impl FnMut(&[u8]) -> io::Result<usize>,
+    out: &mut Vec<u8>,
+    pos: &mut usize,
+) -> Result<(), String> {
+    let mut result = Ok(());
+    while *pos < out.len() {
+        match write(out.get(*pos..).unwrap_or_default()) {
+            Ok(0) => {
+                result = Err("write returned 0".to_string());
+                break;
+            }
+            Ok(n) => *pos += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                result = Err(format!("write: {e}"));
+                break;
+            }
+        }
+    }
+    if *pos == out.len() {
+        out.clear();
+        *pos = 0;
+    }
+    result
+}
+
 pub fn parse_url(url: &str) -> Result<Target, NetError> {
     let bad = |why| NetError::Url(url.to_string(), why);
     let (tls, rest) = if let Some(r) = url.strip_prefix("ws://") {

@@ -358,17 +358,13 @@ impl Reactor {
         let budget = page_budget(&self.shared.config);
         // A room never written to has an empty history: answered without
         // loading it, so made-up names cost no memory.
-        match self.rooms.has_history(&room) {
-            Ok(true) => {}
-            Ok(false) => {
+        let from_tail = match self.rooms.entry_with_history(&room, now) {
+            Ok(None) => {
                 let empty: [&MsgFrame; 0] = [];
                 let reply = history_reply(&room, empty.into_iter(), false, r#ref.as_ref(), asker);
                 return self.post(asker.conn().reactor as usize, reply);
             }
-            Err(e) => return self.refuse_heavy(asker, r#ref, 500, "internal", &format!("room unavailable: {e}")),
-        }
-        let from_tail = match self.rooms.entry(&room, now) {
-            Ok(r) => {
+            Ok(Some(r)) => {
                 r.expire(&settings, now);
                 r.history(before, after, limit).map(|(mut page, more)| {
                     let cut = cap_page(&mut page, |m| m.frame.len(), after.is_some(), budget);

@@ -384,16 +384,26 @@ impl OwnedRooms {
         Ok(room)
     }
 
-    /// Whether `room` has any message, committed or reserved: loaded rooms
-    /// answer from memory, others from storage's head, without loading.
-    pub fn has_history(&self, name: &str) -> Result<bool, StoreError> {
-        if let Some(r) = self.map.get(name) {
-            return Ok(r.assigned > 0);
+    /// Like [`entry`](Self::entry), for reads: a room with no message yet
+    /// (none in memory, none stored) is `None` and is not loaded, so reads of
+    /// made-up names cost no memory. One storage read at most.
+    pub fn entry_with_history(&mut self, name: &RoomName, now_ms: u64) -> Result<Option<&mut OwnedRoom>, StoreError> {
+        if !self.map.contains_key(name) {
+            let (seq, ts) = match &self.store {
+                Some(s) => s.room_head(name)?,
+                None => (0, 0),
+            };
+            if seq == 0 {
+                return Ok(None);
+            }
+            self.map.insert(name.clone(), OwnedRoom::with_head(name.clone(), self.reactors, seq, ts, now_ms));
         }
-        match &self.store {
-            Some(s) => Ok(s.room_head(name)?.0 > 0),
-            None => Ok(false),
+        let room = self.map.get_mut(name).filter(|r| r.assigned > 0);
+        if let Some(r) = room {
+            r.last_used = r.last_used.max(now_ms);
+            return Ok(Some(r));
         }
+        Ok(None)
     }
 
     /// Forgets up to `max` idle rooms (see [`OwnedRoom::is_idle`]) and

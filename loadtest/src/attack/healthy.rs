@@ -490,26 +490,7 @@ impl Runner<'_> {
         let Some(sock) = c.sock.as_mut() else {
             return;
         };
-        let mut err = None;
-        while c.out_pos < c.out.len() {
-            match sock.write(c.out.get(c.out_pos..).unwrap_or_default()) {
-                Ok(0) => {
-                    err = Some("write returned 0".to_string());
-                    break;
-                }
-                Ok(n) => c.out_pos += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    err = Some(format!("write: {e}"));
-                    break;
-                }
-            }
-        }
-        if c.out_pos == c.out.len() {
-            c.out.clear();
-            c.out_pos = 0;
-        }
+        let err = crate::net::write_pending(|b| sock.write(b), &mut c.out, &mut c.out_pos).err();
         if let Some(e) = err {
             let now = self.shared.now_ns();
             self.down(i, now, EventKind::Disconnect, e);
