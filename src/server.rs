@@ -20,6 +20,7 @@ use crate::config::{Config, Durability};
 use crate::metrics;
 use crate::reactor::mail::{Inbox, Mail, Mailbox};
 use crate::reactor::{Reactor, ReactorParts, Shared};
+use crate::rooms::core::Commit;
 use crate::store::{spawn_writer, CommitSink, ReaderPool, Store, WriterConfig};
 
 /// Capacity of each reactor's mailbox. Past it, senders keep mail in their
@@ -41,7 +42,7 @@ impl CommitSink for Sink {
     fn committed(&self, reactor: u16, n: usize, result: Result<(), String>) {
         if let Some(mb) = self.mailboxes.get(reactor as usize) {
             // Blocking is fine here: reactors never wait on the writer.
-            if mb.tx.send(Mail::Committed { n, result }).is_ok() {
+            if mb.tx.send(Mail::Committed(Commit { n, result })).is_ok() {
                 mb.wake();
             }
         }

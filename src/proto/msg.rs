@@ -705,6 +705,20 @@ pub fn encode_msg(room: &str, seq: u64, ts: u64, from: &str, body: &RawValue, id
 /// as the bytes of a [`RawValue`] kept in storage. The body is copied as is,
 /// unchecked: bytes that are not valid JSON make an invalid message.
 pub fn encode_msg_raw(room: &str, seq: u64, ts: u64, from: &str, body: &[u8], id: Option<&str>) -> MsgFrame {
+    encode_msg_sharing(room, seq, ts, from, body, id).0
+}
+
+/// [`encode_msg_raw`], also returning the body as a slice of the frame: the
+/// stored record shares it, so a published body is copied once, into the
+/// frame, and never again for storage.
+pub fn encode_msg_sharing(
+    room: &str,
+    seq: u64,
+    ts: u64,
+    from: &str,
+    body: &[u8],
+    id: Option<&str>,
+) -> (MsgFrame, Bytes) {
     // The exact JSON length, so the frame takes one allocation with no slack:
     // it may live long in a room's tail of recent messages.
     let len = msg_json_len(room, seq, ts, from, body.len(), id);
@@ -719,6 +733,7 @@ pub fn encode_msg_raw(room: &str, seq: u64, ts: u64, from: &str, body: &[u8], id
     out.key("from");
     out.str(from);
     out.key("body");
+    let body_at = out.buf.len();
     out.raw(body);
     if let Some(id) = id {
         out.key("id");
@@ -726,7 +741,10 @@ pub fn encode_msg_raw(room: &str, seq: u64, ts: u64, from: &str, body: &[u8], id
     }
     out.raw(b"}");
     let (frame, json_start) = out.finish_frame();
-    MsgFrame { frame, json_start }
+    // `finish_frame` drops the unused front of the header room.
+    let at = (body_at + json_start).saturating_sub(HEADER_ROOM);
+    let shared = frame.get(at..at + body.len()).map_or_else(|| Bytes::copy_from_slice(body), |_| frame.slice(at..at + body.len()));
+    (MsgFrame { frame, json_start }, shared)
 }
 
 /// The exact length of the JSON [`encode_msg_raw`] writes.

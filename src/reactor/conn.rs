@@ -85,16 +85,27 @@ pub enum WsKind {
     Echo,
 }
 
+/// A room membership of one connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// The join with this tag waits for the owner's answer.
+    Joining(u32),
+    /// Confirmed: the connection's slot in the reactor's local member list
+    /// of the room (so leaving costs O(1), not a search through the room).
+    Listed(u32),
+}
+
 pub struct WsState {
     pub kind: WsKind,
     pub decoder: Decoder,
     pub user: UserId,
     /// Token expiry (Unix seconds), if the connection authenticated.
     pub exp: Option<u64>,
-    /// Rooms joined, and once the owner has confirmed the join, the
-    /// connection's slot in the reactor's local member list of that room
-    /// (so leaving costs O(1), not a search through the room).
-    pub rooms: Vec<(RoomName, Option<u32>)>,
+    /// Rooms joined, each with where its join stands (see [`Slot`]).
+    pub rooms: Vec<(RoomName, Slot)>,
+    /// Tags joins, so an answer to a join made before a leave is not taken
+    /// for the answer to the join made after it.
+    pub joins: u32,
     /// `send` limiter.
     pub bucket: TokenBucket,
     /// Limiter of every other request (join, leave, history, presence, ping).

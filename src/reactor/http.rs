@@ -12,7 +12,8 @@ use crate::proto::ws::{accept_key, Decoder};
 use crate::rooms::{owner_of, RoomName, UserId};
 
 use super::conn::{Pending, State, TokenBucket, WsKind, WsState};
-use super::mail::{Asker, Mail};
+use super::mail::{Asker, HttpAnswer, Mail};
+use crate::rooms::core::{Command, History, Presence, Publish};
 use super::timer::later;
 use super::{Reactor, Step};
 
@@ -252,10 +253,10 @@ impl Reactor {
             }
         }
         let room: RoomName = RoomName::from(room);
-        let asker = Asker::Http(self.conn_ref(key));
+        let asker = Asker::http(self.conn_ref(key));
         let owner = owner_of(&room, self.shared.reactors());
-        let mail = match (what, req.method) {
-            ("presence", _) => Mail::Presence { room, r#ref: None, asker },
+        let command = match (what, req.method) {
+            ("presence", _) => Command::Presence(Presence { room, asker }),
             ("messages", Method::Post) => {
                 let post = match msg::decode_post(&req.body) {
                     Ok(p) => p,
@@ -279,14 +280,13 @@ impl Reactor {
                     a.extra.push(("Retry-After", "1".to_string()));
                     return Outcome::Answer(a);
                 }
-                Mail::Publish {
+                Command::Publish(Publish {
                     room,
                     user,
                     body: post.body.to_owned(),
                     id: post.id.map(|c| Box::from(c.as_ref())),
-                    r#ref: None,
                     asker,
-                }
+                })
             }
             _ => {
                 let num = |name: &str| -> Result<Option<u64>, Answer> {
@@ -303,13 +303,13 @@ impl Reactor {
                     (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return Outcome::Answer(e),
                 };
                 let limit = limit.unwrap_or(50).clamp(1, 1000) as usize;
-                Mail::History { room, before, after, limit, r#ref: None, asker }
+                Command::History(History { room, before, after, limit, asker })
             }
         };
         // Waiting is marked before posting: when this reactor owns the room
         // the answer comes back inside `post`.
         self.set_awaiting(key, Some(p));
-        self.post(owner, mail);
+        self.post(owner, Mail::Owner(command));
         Outcome::Done
     }
 
@@ -374,22 +374,22 @@ impl Reactor {
             let mail = match result.and_then(|()| store.backup_to(&out)) {
                 Ok(n) => {
                     let body = serde_json::json!({ "path": out.display().to_string(), "messages": n });
-                    Mail::HttpAnswer { conn: me, status: 200, body: body.to_string().into_bytes(), retry_after: None }
+                    HttpAnswer { conn: me, status: 200, body: body.to_string().into_bytes(), retry_after: None }
                 }
-                Err(crate::store::StoreError::Exists(_)) => Mail::HttpAnswer {
+                Err(crate::store::StoreError::Exists(_)) => HttpAnswer {
                     conn: me,
                     status: 409,
                     body: msg::error_json("bad_request", &format!("backup {name} exists already; pick another name")),
                     retry_after: None,
                 },
-                Err(e) => Mail::HttpAnswer {
+                Err(e) => HttpAnswer {
                     conn: me,
                     status: 500,
                     body: msg::error_json("internal", &format!("backup failed: {e}")),
                     retry_after: None,
                 },
             };
-            shared.post_from_thread(me.reactor as usize, mail);
+            shared.post_from_thread(me.reactor as usize, Mail::Http(mail));
         });
         if spawned.is_err() {
             self.set_awaiting(key, None);
@@ -507,6 +507,7 @@ impl Reactor {
             user,
             exp,
             rooms: Vec::new(),
+            joins: 0,
             bucket: TokenBucket::new(cfg.send_burst, self.now),
             requests: TokenBucket::new(cfg.request_burst, self.now),
             inflight: 0,

@@ -1,4 +1,5 @@
-//! What reactors say to each other, and the mailboxes that carry it.
+//! What reactors (and the store threads) say to each other, and the
+//! mailboxes that carry it.
 //!
 //! Every reactor has one bounded crossbeam channel in and a `mio::Waker`.
 //! Mail from one sender to one receiver stays in order (the channel is FIFO
@@ -11,10 +12,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use crossbeam_channel::{Receiver, Sender, TrySendError};
-use serde_json::value::RawValue;
 
 use crate::proto::msg::Ref;
-use crate::rooms::{RoomName, UserId};
+use crate::rooms::core::{Command, Commit, ReadDone, Reply};
+use crate::rooms::RoomName;
 
 /// A connection anywhere in the process: reactor, slab slot and the slot's
 /// generation (a reply for a connection that closed and whose slot was
@@ -26,99 +27,75 @@ pub struct ConnRef {
     pub gen: u32,
 }
 
-/// Who asked: a WebSocket connection (answer with frames) or an HTTP request
-/// on a connection (answer with one status and JSON body).
+/// How an asker wants its answer: WebSocket frames, or one HTTP status and
+/// JSON body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Asker {
-    Ws(ConnRef),
-    Http(ConnRef),
+pub enum AskerKind {
+    Ws,
+    Http,
+}
+
+/// Who asked, as the room core sees it: an opaque reply address. The
+/// request's `ref` travels with it, so every answer can echo it.
+#[derive(Debug, Clone)]
+pub struct Asker {
+    pub kind: AskerKind,
+    pub conn: ConnRef,
+    pub r#ref: Option<Ref>,
+    /// A join's tag (see `conn::Slot`); 0 for other requests.
+    pub tag: u32,
 }
 
 impl Asker {
-    pub fn conn(&self) -> ConnRef {
-        match self {
-            Asker::Ws(c) | Asker::Http(c) => *c,
-        }
+    pub fn ws(conn: ConnRef, r#ref: Option<Ref>) -> Asker {
+        Asker { kind: AskerKind::Ws, conn, r#ref, tag: 0 }
+    }
+
+    pub fn http(conn: ConnRef) -> Asker {
+        Asker { kind: AskerKind::Http, conn, r#ref: None, tag: 0 }
+    }
+
+    /// The reactor the answer goes to.
+    pub fn reactor(&self) -> usize {
+        self.conn.reactor as usize
     }
 }
 
-pub enum Mail {
-    // ---- to a room's owner ----
-    /// A connection joins (or re-joins: `again`, counted once).
-    Join {
-        room: RoomName,
-        user: UserId,
-        conn: ConnRef,
-        since: Option<u64>,
-        r#ref: Option<Ref>,
-        again: bool,
-    },
-    /// A member left or its connection closed; no answer.
-    Leave {
-        room: RoomName,
-        user: UserId,
-        reactor: u16,
-    },
-    Publish {
-        room: RoomName,
-        user: UserId,
-        body: Box<RawValue>,
-        id: Option<Box<str>>,
-        r#ref: Option<Ref>,
-        asker: Asker,
-    },
-    History {
-        room: RoomName,
-        before: Option<u64>,
-        after: Option<u64>,
-        limit: usize,
-        r#ref: Option<Ref>,
-        asker: Asker,
-    },
-    Presence {
-        room: RoomName,
-        r#ref: Option<Ref>,
-        asker: Asker,
-    },
+/// One frame for every local member of a room.
+pub struct Delivery {
+    pub room: RoomName,
+    pub frame: Bytes,
+}
 
-    // ---- from an owner to member reactors ----
-    /// One frame for every local member of the room.
-    Deliver {
-        room: RoomName,
-        frame: Bytes,
-    },
-    /// The answer to `Join`: the `joined` frame and any replay. The
-    /// connection becomes a local member when this is handled, which is
-    /// what keeps the replay and the live stream free of gaps and dups.
-    /// `joined: false`: the join failed (the frame is the error) and the
-    /// connection is no member.
-    Joined {
-        room: RoomName,
-        conn: ConnRef,
-        frames: Vec<Bytes>,
-        joined: bool,
-    },
-    /// The answer to one request of a WebSocket connection: an ack or an
-    /// error for a `send` (`heavy: false`), or the answer to a history or
-    /// presence request, or an error for a join (`heavy: true`). The
-    /// connection counts its requests in flight by these.
-    Frame {
-        conn: ConnRef,
-        frame: Bytes,
-        heavy: bool,
-    },
-    /// store-writer committed (or failed) this reactor's next `n` appends.
-    Committed {
-        n: usize,
-        result: Result<(), String>,
-    },
-    /// An HTTP answer for a request that waited on an owner.
-    HttpAnswer {
-        conn: ConnRef,
-        status: u16,
-        body: Vec<u8>,
-        retry_after: Option<u64>,
-    },
+/// An answer for an asker, encoded where the asker lives.
+pub struct Answer {
+    pub to: Asker,
+    pub reply: Reply,
+}
+
+/// An HTTP answer made off a reactor (a backup thread).
+pub struct HttpAnswer {
+    pub conn: ConnRef,
+    pub status: u16,
+    pub body: Vec<u8>,
+    pub retry_after: Option<u64>,
+}
+
+pub enum Mail {
+    /// To a room's owner: a command for its core.
+    Owner(Command<Asker>),
+    /// To an owner, from store-writer: its next appends are committed (or not).
+    Committed(Commit),
+    /// To an owner, from a reader: a storage read its core asked for.
+    ReadDone(ReadDone),
+    /// From an owner to a member reactor.
+    Deliver(Delivery),
+    /// To the asker's reactor.
+    Answer(Answer),
+    Http(HttpAnswer),
+    /// Everything one reactor had for another at the end of a loop
+    /// iteration, in order: one channel send instead of one per message.
+    Batch(Vec<Mail>),
 }
 
 /// The sending side of one reactor's mailbox.

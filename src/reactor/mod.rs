@@ -42,11 +42,12 @@ use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::{self, CloseReason, Counters};
 use crate::proto::ws as wsproto;
-use crate::rooms::{LocalMembers, OwnedRooms, RoomSettings};
-use crate::store::{ReaderPool, Store, WriterCmd};
+use crate::rooms::core::{self as room_core, Core, Effect, Input};
+use crate::rooms::{LocalMembers, OwnedRoom, RoomSettings};
+use crate::store::{ReaderPool, Record, Store, WriterCmd};
 
 use conn::{Closing, Conn, HttpState, State};
-use mail::{ConnRef, Inbox, Mail, Mailbox};
+use mail::{Asker, ConnRef, Inbox, Mail, Mailbox};
 use timer::{later, Wheel};
 use transport::{ReadOutcome, Transport, WriteOutcome, READ_BUDGET};
 
@@ -198,18 +199,33 @@ pub struct Reactor {
     listeners: Vec<(Option<TcpListener>, bool)>,
     conns: Slab<Conn>,
     next_gen: u32,
+    /// Mail for each peer gathered this iteration, sent as one batch at its
+    /// end (`pass_mail_on`).
+    outbox: Vec<Vec<Mail>>,
     /// Mail that did not fit a peer's channel, per peer, kept in order.
     overflow: Vec<VecDeque<Mail>>,
     to_wake: Vec<bool>,
     wheel: Wheel,
-    rooms: OwnedRooms,
+    /// The rules of the rooms this reactor owns (see `owner`).
+    core: Core<Asker>,
+    /// The core's effects being carried out, and inputs that came up
+    /// meanwhile (see `owner::to_core`).
+    effects: Vec<Effect<Asker>>,
+    core_later: VecDeque<Input<Asker>>,
+    in_core: bool,
+    /// Bytes one history page, replay or presence list may carry.
+    budget: usize,
+    /// This iteration's appends, sent as one batch at its end.
+    appends: Vec<Record>,
+    append_backlog: owner::AppendBacklog,
+    /// Rooms the core forgot, for the reaper.
+    forgotten: Vec<OwnedRoom>,
     local: LocalMembers,
     pending_flush: Vec<u32>,
     rerun: Vec<u32>,
     slow: Vec<u32>,
     /// `deliver_local` is working through `slow` (see there).
     closing_slow: bool,
-    fan_targets: Vec<usize>,
     counters: Counters,
     scratch: Vec<u8>,
     now: Instant,
@@ -236,8 +252,6 @@ pub struct Reactor {
     /// Whether heavy fan-out may hold writes (off in the harness, whose
     /// clock only moves when told).
     coalesce: bool,
-    /// Publishes waiting for their commit, in append order.
-    pending: VecDeque<owner::PendingPublish>,
     writer: Option<crossbeam_channel::Sender<WriterCmd>>,
 }
 
@@ -255,7 +269,7 @@ fn can_read(conn: &Conn) -> bool {
     }
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -284,16 +298,23 @@ impl Reactor {
             listeners,
             conns: Slab::new(),
             next_gen: 0,
+            outbox: (0..n).map(|_| Vec::new()).collect(),
             overflow: (0..n).map(|_| VecDeque::new()).collect(),
             to_wake: vec![false; n],
             wheel: Wheel::new(now),
-            rooms: OwnedRooms::new(settings, n, shared.store.clone()),
+            core: Core::new(settings, n, shared.store.is_some(), room_core::page_budget(c.max_queue_bytes)),
+            effects: Vec::new(),
+            core_later: VecDeque::new(),
+            in_core: false,
+            budget: room_core::page_budget(c.max_queue_bytes),
+            appends: Vec::new(),
+            append_backlog: VecDeque::new(),
+            forgotten: Vec::new(),
             local: LocalMembers::default(),
             pending_flush: Vec::new(),
             rerun: Vec::new(),
             slow: Vec::new(),
             closing_slow: false,
-            fan_targets: Vec::new(),
             counters: Counters::default(),
             scratch: vec![0; SCRATCH],
             now,
@@ -302,7 +323,6 @@ impl Reactor {
             mail_backlog: false,
             drain_deadline: None,
             max_conns,
-            pending: VecDeque::new(),
             last_flush: now,
             flush_at: None,
             delivered_at_flush: 0,
@@ -375,8 +395,10 @@ impl Reactor {
                 }
                 let deadline = self.drain_deadline.unwrap_or(deadline);
                 // Publishes waiting on a commit get their answer first.
-                let quiet =
-                    self.conns.is_empty() && self.pending.is_empty() && self.overflow.iter().all(VecDeque::is_empty);
+                let quiet = self.conns.is_empty()
+                    && self.core.is_quiet()
+                    && self.append_backlog.is_empty()
+                    && self.overflow.iter().all(VecDeque::is_empty);
                 self.shared.quiet[self.id].store(quiet, Ordering::SeqCst);
                 let all_quiet = self.shared.quiet.iter().all(|q| q.load(Ordering::SeqCst));
                 if all_quiet || self.now >= deadline {
@@ -416,8 +438,11 @@ impl Reactor {
             self.last_flush = self.now;
             self.delivered_at_flush = self.counters.delivered;
         }
+        // Appends first: their commit report comes back as mail, which
+        // must find them sent.
+        self.send_appends();
         self.pass_mail_on();
-        self.counters.rooms_loaded = self.rooms.len() as u64;
+        self.core_counters();
         self.shared.metrics[self.id].publish(&self.counters);
     }
 
@@ -427,15 +452,13 @@ impl Reactor {
         self.next_housekeeping = later(self.now, HOUSEKEEPING);
         self.housekeeping_round = self.housekeeping_round.wrapping_add(1);
         let idle_ms = u64::try_from(self.shared.config.room_idle_timeout.as_millis()).unwrap_or(u64::MAX);
-        let gone = self.rooms.evict_idle(now_ms(), idle_ms, EVICT_PER_ROUND);
-        if gone.len() == EVICT_PER_ROUND {
+        self.to_core(Input::Tick { idle_ms, max: EVICT_PER_ROUND });
+        if self.forgotten.len() >= EVICT_PER_ROUND {
             // More may be idle: come back soon rather than in a second.
             self.next_housekeeping = later(self.now, Duration::from_millis(10));
         }
-        if !gone.is_empty() {
-            // Their tails may be large: freed (and trimmed) off this thread.
-            self.hand_over(reaper::Garbage::Rooms(gone));
-        }
+        // Their tails may be large: freed (and trimmed) off this thread.
+        self.free_forgotten();
         let n = self.shared.reactors();
         let shard = (self.housekeeping_round.wrapping_mul(n) + self.id) % limits::SHARDS;
         self.shared.limits.sweep(shard, self.now);
@@ -1053,14 +1076,12 @@ impl Reactor {
     /// keeps the same order a channel would (see `mail`).
     fn post(&mut self, to: usize, m: Mail) {
         if to == self.id {
-            self.handle_mail(m);
+            self.route_mail(m);
             return;
         }
-        let m = if self.overflow[to].is_empty() { self.shared.mailboxes[to].try_send(m) } else { Err(m) };
-        if let Err(m) = m {
-            self.overflow[to].push_back(m);
+        if let Some(out) = self.outbox.get_mut(to) {
+            out.push(m);
         }
-        self.to_wake[to] = true;
     }
 
     /// True when mail to `to` is backed up: new publishes are refused with
@@ -1073,7 +1094,7 @@ impl Reactor {
         self.mail_backlog = false;
         for _ in 0..MAIL_BUDGET {
             match self.inbox.rx.try_recv() {
-                Ok(m) => self.handle_mail(m),
+                Ok(m) => self.route_mail(m),
                 Err(_) => return,
             }
         }
@@ -1081,6 +1102,21 @@ impl Reactor {
     }
 
     fn pass_mail_on(&mut self) {
+        for to in 0..self.outbox.len() {
+            let m = match self.outbox[to].len() {
+                0 => continue,
+                1 => match self.outbox[to].pop() {
+                    Some(m) => m,
+                    None => continue,
+                },
+                _ => Mail::Batch(mem::take(&mut self.outbox[to])),
+            };
+            let m = if self.overflow[to].is_empty() { self.shared.mailboxes[to].try_send(m) } else { Err(m) };
+            if let Err(m) = m {
+                self.overflow[to].push_back(m);
+            }
+            self.to_wake[to] = true;
+        }
         for to in 0..self.overflow.len() {
             while let Some(m) = self.overflow[to].pop_front() {
                 if let Err(m) = self.shared.mailboxes[to].try_send(m) {

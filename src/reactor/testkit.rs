@@ -61,7 +61,7 @@ struct MailSink(Mailbox);
 
 impl CommitSink for MailSink {
     fn committed(&self, _reactor: u16, n: usize, result: Result<(), String>) {
-        let _ = self.0.tx.send(Mail::Committed { n, result });
+        let _ = self.0.tx.send(Mail::Committed(crate::rooms::core::Commit { n, result }));
     }
 }
 
@@ -127,11 +127,11 @@ impl Harness {
         while Instant::now() < give_up {
             match self.reactor.inbox.rx.recv_timeout(Duration::from_millis(5)) {
                 Ok(m) => {
-                    self.reactor.handle_mail(m);
+                    self.reactor.route_mail(m);
                     self.iterate();
                     quiet_since = Instant::now();
                 }
-                Err(_) if self.reactor.pending.is_empty() && quiet_since.elapsed() > Duration::from_millis(50) => break,
+                Err(_) if self.reactor.core.is_quiet() && quiet_since.elapsed() > Duration::from_millis(50) => break,
                 Err(_) => {}
             }
         }
@@ -235,7 +235,7 @@ impl Harness {
 
     /// Connections open, rooms loaded, publishes pending, local room memberships.
     pub fn census(&self) -> (usize, usize, usize, usize) {
-        (self.reactor.conns.len(), self.reactor.rooms.len(), self.reactor.pending.len(), self.reactor.local.len())
+        (self.reactor.conns.len(), self.reactor.core.len(), self.reactor.core.pending(), self.reactor.local.len())
     }
 
     /// What must hold between any two calls, whatever the peers sent.
@@ -258,6 +258,10 @@ impl Harness {
                     return Err(format!("conn {key}: in {} rooms", ws.rooms.len()));
                 }
                 for (room, slot) in &ws.rooms {
+                    let slot = match slot {
+                        super::conn::Slot::Listed(i) => Some(*i),
+                        super::conn::Slot::Joining(_) => None,
+                    };
                     let members = r.local.members(room);
                     let listed = members.contains(&(key as u32));
                     let at_slot = slot.is_some_and(|i| members.get(i as usize) == Some(&(key as u32)));
@@ -269,7 +273,7 @@ impl Harness {
         }
         for (room, key) in r.local.iter() {
             let member = r.conns.get(key as usize).is_some_and(|c| match &c.state {
-                State::Ws(ws) => ws.rooms.iter().any(|(n, slot)| slot.is_some() && n == room),
+                State::Ws(ws) => ws.rooms.iter().any(|(n, slot)| matches!(slot, super::conn::Slot::Listed(_)) && n == room),
                 _ => false,
             });
             if !member {

@@ -12,11 +12,12 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::metrics::CloseReason;
-use crate::proto::msg::{self, Op, Ref};
+use crate::proto::msg::{self, Member, Op, Ref};
 use crate::proto::ws::{self as wsproto, Event};
+use crate::rooms::core::{Asked, Command, History, Join, Leave, Presence, Publish, Reply};
 use crate::rooms::{owner_of, RoomName};
 
-use super::conn::{State, WsKind};
+use super::conn::{Slot, State, WsKind};
 use super::mail::{Asker, Mail};
 use super::{Reactor, Step};
 
@@ -174,16 +175,21 @@ impl Reactor {
             OwnedOp::Ping => self.reply(key, msg::encode_pong(r#ref.as_ref())),
             OwnedOp::Join { room, since } => {
                 let again = ws.rooms.iter().any(|(r, _)| *r == room);
+                ws.joins = ws.joins.wrapping_add(1);
+                let tag = ws.joins;
                 if !again {
                     if ws.rooms.len() >= MAX_ROOMS_PER_CONN {
                         let m = format!("at most {MAX_ROOMS_PER_CONN} rooms per connection");
                         return self.reply(key, msg::encode_error(r#ref.as_ref(), "forbidden", &m, None));
                     }
-                    ws.rooms.push((room.clone(), None));
+                    ws.rooms.push((room.clone(), Slot::Joining(tag)));
                 }
                 ws.heavy += 1;
                 let owner = owner_of(&room, reactors);
-                self.post(owner, Mail::Join { room, user, conn: me, since, r#ref, again });
+                let asker = Asker { tag, ..Asker::ws(me, r#ref) };
+                let member = member_id(me);
+                let join = Join { room, user, reactor: self.id, member, since, asker };
+                self.post(owner, Mail::Owner(Command::Join(join)));
             }
             OwnedOp::Leave { room } => {
                 let Some(i) = ws.rooms.iter().position(|(r, _)| *r == room) else {
@@ -193,12 +199,13 @@ impl Reactor {
                     );
                 };
                 let (room, slot) = ws.rooms.swap_remove(i);
-                if let Some(slot) = slot {
+                if let Slot::Listed(slot) = slot {
                     self.unlist(&room, key, slot);
                 }
                 self.reply(key, msg::encode_left(r#ref.as_ref(), &room));
                 let owner = owner_of(&room, reactors);
-                self.post(owner, Mail::Leave { room, user, reactor: self.id as u16 });
+                let leave = Leave { room, user, reactor: self.id, member: member_id(me) };
+                self.post(owner, Mail::Owner(Command::Leave(leave)));
             }
             OwnedOp::Send { room, body, id } => {
                 if let Err(wait) = ws.bucket.take(rate, burst, now) {
@@ -217,17 +224,19 @@ impl Reactor {
                     return self.reply(key, e);
                 }
                 ws.inflight += 1;
-                self.post(owner, Mail::Publish { room, user, body, id, r#ref, asker: Asker::Ws(me) });
+                let publish = Publish { room, user, body, id, asker: Asker::ws(me, r#ref) };
+                self.post(owner, Mail::Owner(Command::Publish(publish)));
             }
             OwnedOp::History { room, before, after, limit } => {
                 ws.heavy += 1;
                 let owner = owner_of(&room, reactors);
-                self.post(owner, Mail::History { room, before, after, limit, r#ref, asker: Asker::Ws(me) });
+                let history = History { room, before, after, limit, asker: Asker::ws(me, r#ref) };
+                self.post(owner, Mail::Owner(Command::History(history)));
             }
             OwnedOp::Presence { room } => {
                 ws.heavy += 1;
                 let owner = owner_of(&room, reactors);
-                self.post(owner, Mail::Presence { room, r#ref, asker: Asker::Ws(me) });
+                self.post(owner, Mail::Owner(Command::Presence(Presence { room, asker: Asker::ws(me, r#ref) })));
             }
         }
     }
@@ -240,7 +249,7 @@ impl Reactor {
         };
         if let Some(State::Ws(ws)) = self.conns.get_mut(moved as usize).map(|c| &mut c.state) {
             if let Some(entry) = ws.rooms.iter_mut().find(|(r, _)| r == room) {
-                entry.1 = Some(new_slot);
+                entry.1 = Slot::Listed(new_slot);
             }
         }
     }
@@ -264,65 +273,69 @@ impl Reactor {
         let rooms = std::mem::take(&mut ws.rooms);
         let user = ws.user.clone();
         let reactors = self.shared.reactors();
+        let member = member_id(self.conn_ref(key));
         for (room, slot) in rooms {
-            if let Some(slot) = slot {
+            if let Slot::Listed(slot) = slot {
                 self.unlist(&room, key, slot);
             }
             let owner = owner_of(&room, reactors);
-            self.post(owner, Mail::Leave { room, user: user.clone(), reactor: self.id as u16 });
+            let leave = Leave { room, user: user.clone(), reactor: self.id, member };
+            self.post(owner, Mail::Owner(Command::Leave(leave)));
         }
     }
 
-    // ------------------------------------------------------------ mail
+    // ---------------------------------------------------------- answers
 
-    /// Mail for this reactor as a member reactor (the room owner's part
-    /// is in `owner`).
-    pub(super) fn member_mail(&mut self, m: Mail) {
-        match m {
-            Mail::Deliver { room, frame } => self.deliver_local(&room, frame),
-            Mail::Joined { room, conn, frames, joined } => {
-                let Some(key) = self.resolve(conn) else { return };
-                let Some(c) = self.conns.get_mut(key as usize) else { return };
-                if let State::Ws(ws) = &mut c.state {
-                    ws.heavy = ws.heavy.saturating_sub(1);
-                    let at = ws.rooms.iter().position(|(r, _)| *r == room);
-                    match at {
-                        Some(i) if joined && ws.rooms[i].1.is_none() => {
-                            ws.rooms[i].1 = Some(self.local.add(&room, key));
-                        }
-                        // A failed join leaves no pending membership behind
-                        // (one already confirmed stays).
-                        Some(i) if !joined && ws.rooms[i].1.is_none() => {
-                            ws.rooms.swap_remove(i);
-                        }
-                        _ => {}
-                    }
-                    for f in frames {
-                        self.reply(key, f);
-                    }
-                    self.maybe_resume(key);
-                }
-            }
-            Mail::Frame { conn, frame, heavy } => {
-                let Some(key) = self.resolve(conn) else { return };
-                let Some(c) = self.conns.get_mut(key as usize) else { return };
-                if let State::Ws(ws) = &mut c.state {
-                    if heavy {
-                        ws.heavy = ws.heavy.saturating_sub(1);
-                    } else {
-                        ws.inflight = ws.inflight.saturating_sub(1);
-                    }
-                    self.reply(key, frame);
-                    self.maybe_resume(key);
-                }
-            }
-            Mail::HttpAnswer { conn, status, body, retry_after } => {
-                if let Some(key) = self.resolve(conn) {
-                    self.http_answer(key, status, body, retry_after);
-                }
-            }
-            _ => {}
+    /// An owner's answer to one of this connection's requests, as frames.
+    /// A successful join makes the connection a local member here, before
+    /// its replay is queued: that is what keeps the replay and the live
+    /// stream free of gaps and duplicates (see `rooms::core`).
+    pub(super) fn ws_answer(&mut self, key: u32, r#ref: Option<&Ref>, tag: u32, reply: Reply) {
+        let Some(c) = self.conns.get_mut(key as usize) else { return };
+        let State::Ws(ws) = &mut c.state else { return };
+        let asked = match &reply {
+            Reply::Ack { .. } => Asked::Publish,
+            Reply::Refused { to, .. } => *to,
+            Reply::Joined { .. } => Asked::Join,
+            Reply::History { .. } => Asked::History,
+            Reply::Presence { .. } => Asked::Presence,
+        };
+        if asked == Asked::Publish {
+            ws.inflight = ws.inflight.saturating_sub(1);
+        } else {
+            ws.heavy = ws.heavy.saturating_sub(1);
         }
+        match reply {
+            Reply::Joined { room, last, recovered, replay } => {
+                // Only the answer to the join still waiting is: one made
+                // before a leave answers a request the connection gave up.
+                if let Some(i) = ws.rooms.iter().position(|(r, s)| *r == room && *s == Slot::Joining(tag)) {
+                    ws.rooms[i].1 = Slot::Listed(self.local.add(&room, key));
+                }
+                self.reply(key, msg::encode_joined(r#ref, &room, last, recovered));
+                for f in replay {
+                    self.reply(key, f);
+                }
+            }
+            Reply::Ack { room, seq, ts, id } => self.reply(key, msg::encode_ack(r#ref, &room, seq, ts, id.as_deref())),
+            Reply::History { room, page, more } => self.reply(key, msg::encode_history(r#ref, &room, page.iter(), more)),
+            Reply::Presence { room, members } => {
+                let members = members.iter().map(|(u, since)| Member { user: u, since: *since });
+                self.reply(key, msg::encode_presence(r#ref, &room, members));
+            }
+            Reply::Refused { to, room, code, message, .. } => {
+                if to == Asked::Join {
+                    // A failed join leaves no pending membership behind (one
+                    // already confirmed stays).
+                    if let Some(i) = ws.rooms.iter().position(|(r, s)| *r == room && *s == Slot::Joining(tag)) {
+                        ws.rooms.swap_remove(i);
+                    }
+                }
+                let retry = (code == "overloaded").then_some(100);
+                self.reply(key, msg::encode_error(r#ref, code, &message, retry));
+            }
+        }
+        self.maybe_resume(key);
     }
 
     /// Queues the same frame on every local member: a refcount bump and a
@@ -391,6 +404,14 @@ impl Reactor {
         self.reap(dropped);
         self.ws_close(key, 4000, "slow consumer", CloseReason::SlowConsumer);
     }
+}
+
+/// How a connection is named as a room member: its reactor and slab slot,
+/// unique among live connections. A slot is reused only after the closed
+/// connection's leaves were posted, and the owner gets those first (mail
+/// from one reactor stays in order).
+fn member_id(c: super::mail::ConnRef) -> crate::rooms::MemberId {
+    (u64::from(c.reactor) << 32) | u64::from(c.key)
 }
 
 /// Turns one decoded frame into what should happen next.

@@ -1,12 +1,17 @@
-//! Room rules: which reactor owns a room, and the state its owner keeps.
+//! Room rules: which reactor owns a room, the state its owner keeps for it
+//! ([`OwnedRoom`]), the owner's state machine over all its rooms
+//! ([`core::Core`]: commands in, effects out), and the local member lists of
+//! every reactor ([`LocalMembers`]).
 //!
 //! The owner alone assigns seqs and timestamps, keeps the tail of recent
 //! encoded messages, the presence set, the dedup window and how many members
-//! each reactor has. Other reactors keep only their local members (see
-//! [`LocalMembers`]). Nothing here touches sockets: callers get frames back
+//! each reactor has. Other reactors keep only their local members. Nothing
+//! here touches sockets, mail or clocks: callers get frames and effects back
 //! and decide where they go.
 
-use std::collections::{HashMap, VecDeque};
+pub mod core;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,10 +19,12 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 
 use crate::proto::msg::{self, Member, MsgFrame};
-use crate::store::{Store, StoreError};
 
 pub type RoomName = Arc<str>;
 pub type UserId = Arc<str>;
+/// A member connection, as its reactor names it (unique among the live
+/// connections of the process).
+pub type MemberId = u64;
 
 /// The reactor that owns `room`: a stable hash (FNV-1a) of the name modulo
 /// the reactor count, so every reactor computes the same answer.
@@ -72,8 +79,9 @@ pub enum Replay {
 
 /// Outcome of a publish at the owner, before its commit.
 pub enum Reserved {
-    /// A new message with its seq and its frame, encoded once.
-    New { seq: u64, ts: u64, frame: MsgFrame },
+    /// A new message with its seq and its frame, encoded once; `body` is
+    /// the body inside the frame, shared with it, for storage.
+    New { seq: u64, ts: u64, frame: MsgFrame, body: Bytes },
     /// A repeated client id inside the dedup window: the original seq and ts.
     Duplicate { seq: u64, ts: u64 },
 }
@@ -90,6 +98,8 @@ pub struct OwnedRoom {
     tail: VecDeque<(u64, MsgFrame)>,
     /// Members per reactor; a `Deliver` goes to each reactor with any.
     members: Vec<u32>,
+    /// Every member connection, so a leave counts only a join that counted.
+    joined: HashSet<MemberId>,
     users: HashMap<UserId, Presence>,
     dedup: HashMap<(UserId, Box<str>), DedupEntry>,
     /// Dedup keys in the order they were recorded, with their expiry, so
@@ -117,6 +127,7 @@ impl OwnedRoom {
             committed: seq,
             tail: VecDeque::new(),
             members: vec![0; reactors],
+            joined: HashSet::new(),
             users: HashMap::new(),
             dedup: HashMap::new(),
             dedup_order: VecDeque::new(),
@@ -135,6 +146,11 @@ impl OwnedRoom {
             && now_ms.saturating_sub(self.last_used) >= idle_ms
     }
 
+    /// The room was asked something at `now_ms` (it is not idle).
+    pub fn touch(&mut self, now_ms: u64) {
+        self.last_used = self.last_used.max(now_ms);
+    }
+
     /// Bytes held by the tail of encoded messages.
     pub fn tail_bytes(&self) -> usize {
         self.tail.iter().map(|(_, m)| m.frame.len()).sum()
@@ -150,13 +166,17 @@ impl OwnedRoom {
         self.members.iter().enumerate().filter(|(_, n)| **n > 0).map(|(i, _)| i)
     }
 
-    /// Counts a connection of `user` on `reactor` as a member. Returns the
-    /// `presence_diff` frame for the other members when the user is new.
-    pub fn join(&mut self, reactor: usize, user: &UserId, now_ms: u64) -> Option<Bytes> {
+    /// Counts connection `member` of `user` on `reactor` as a member.
+    /// Returns whether it is new (a member joining again counts once), and
+    /// the `presence_diff` frame for the others when the user is new.
+    pub fn join(&mut self, reactor: usize, member: MemberId, user: &UserId, now_ms: u64) -> (bool, Option<Bytes>) {
+        if !self.joined.insert(member) {
+            return (false, None);
+        }
         if let Some(n) = self.members.get_mut(reactor) {
             *n += 1;
         }
-        match self.users.get_mut(user) {
+        let diff = match self.users.get_mut(user) {
             Some(p) => {
                 p.conns += 1;
                 None
@@ -165,12 +185,17 @@ impl OwnedRoom {
                 self.users.insert(user.clone(), Presence { conns: 1, since: now_ms });
                 Some(msg::encode_presence_diff(&self.name, &[user], &[]))
             }
-        }
+        };
+        (true, diff)
     }
 
     /// The reverse of [`join`](Self::join); the diff when the user's last
-    /// connection left.
-    pub fn leave(&mut self, reactor: usize, user: &UserId) -> Option<Bytes> {
+    /// connection left. A connection that is no member (its join failed,
+    /// or never got here) changes nothing.
+    pub fn leave(&mut self, reactor: usize, member: MemberId, user: &UserId) -> Option<Bytes> {
+        if !self.joined.remove(&member) {
+            return None;
+        }
         if let Some(n) = self.members.get_mut(reactor) {
             *n = n.saturating_sub(1);
         }
@@ -213,11 +238,16 @@ impl OwnedRoom {
         self.assigned += 1;
         self.assigned_ts = self.assigned_ts.max(now_ms);
         let (seq, ts) = (self.assigned, self.assigned_ts);
-        let frame = msg::encode_msg(&self.name, seq, ts, from, body, id);
+        let (frame, body) = msg::encode_msg_sharing(&self.name, seq, ts, from, body.get().as_bytes(), id);
         if let Some(id) = id {
             self.remember(settings, from, id, seq, ts, now_ms);
         }
-        Reserved::New { seq, ts, frame }
+        Reserved::New { seq, ts, frame, body }
+    }
+
+    /// Whether the in-memory dedup window holds `id` of `from` (unexpired).
+    pub fn knows_id(&self, from: &UserId, id: &str, now_ms: u64) -> bool {
+        self.dedup.get(&(from.clone(), Box::from(id))).is_some_and(|e| e.expires > now_ms)
     }
 
     /// Records a client id's original seq (also used for ids found in
@@ -346,93 +376,6 @@ impl OwnedRoom {
     }
 }
 
-/// Every room this reactor owns.
-pub struct OwnedRooms {
-    pub settings: RoomSettings,
-    reactors: usize,
-    map: HashMap<RoomName, OwnedRoom>,
-    store: Option<Store>,
-}
-
-impl OwnedRooms {
-    pub fn new(settings: RoomSettings, reactors: usize, store: Option<Store>) -> Self {
-        OwnedRooms { settings, reactors, map: HashMap::new(), store }
-    }
-
-    pub fn get(&self, name: &str) -> Option<&OwnedRoom> {
-        self.map.get(name)
-    }
-
-    pub fn get_mut(&mut self, name: &str) -> Option<&mut OwnedRoom> {
-        self.map.get_mut(name)
-    }
-
-    /// The room, loaded from storage (its last seq) or made on first use.
-    /// A storage error is returned, never papered over with seq 0: that
-    /// would hand out seqs again.
-    pub fn entry(&mut self, name: &RoomName, now_ms: u64) -> Result<&mut OwnedRoom, StoreError> {
-        if !self.map.contains_key(name) {
-            let (seq, ts) = match &self.store {
-                Some(s) => s.room_head(name)?,
-                None => (0, 0),
-            };
-            let room = OwnedRoom::with_head(name.clone(), self.reactors, seq, ts, now_ms);
-            self.map.insert(name.clone(), room);
-        }
-        let room = self.map.get_mut(name).ok_or_else(|| StoreError::Db("room vanished".into()))?;
-        room.last_used = room.last_used.max(now_ms);
-        Ok(room)
-    }
-
-    /// Like [`entry`](Self::entry), for reads: a room with no message yet
-    /// (none in memory, none stored) is `None` and is not loaded, so reads of
-    /// made-up names cost no memory. One storage read at most.
-    pub fn entry_with_history(&mut self, name: &RoomName, now_ms: u64) -> Result<Option<&mut OwnedRoom>, StoreError> {
-        if !self.map.contains_key(name) {
-            let (seq, ts) = match &self.store {
-                Some(s) => s.room_head(name)?,
-                None => (0, 0),
-            };
-            if seq == 0 {
-                return Ok(None);
-            }
-            self.map.insert(name.clone(), OwnedRoom::with_head(name.clone(), self.reactors, seq, ts, now_ms));
-        }
-        let room = self.map.get_mut(name).filter(|r| r.assigned > 0);
-        if let Some(r) = room {
-            r.last_used = r.last_used.max(now_ms);
-            return Ok(Some(r));
-        }
-        Ok(None)
-    }
-
-    /// Forgets up to `max` idle rooms (see [`OwnedRoom::is_idle`]) and
-    /// returns them, for the caller to free where it suits. The map gives
-    /// its memory back once mostly empty.
-    pub fn evict_idle(&mut self, now_ms: u64, idle_ms: u64, max: usize) -> Vec<OwnedRoom> {
-        let idle: Vec<RoomName> =
-            self.map.iter().filter(|(_, r)| r.is_idle(now_ms, idle_ms)).take(max).map(|(n, _)| n.clone()).collect();
-        let gone: Vec<OwnedRoom> = idle.iter().filter_map(|n| self.map.remove(n)).collect();
-        if self.map.capacity() > 64 && self.map.len() < self.map.capacity() / 4 {
-            self.map.shrink_to(self.map.len() * 2);
-        }
-        gone
-    }
-
-    pub fn store(&self) -> Option<&Store> {
-        self.store.as_ref()
-    }
-
-    /// Rooms loaded.
-    pub fn len(&self) -> usize {
-        self.map.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.map.is_empty()
-    }
-}
-
 /// This reactor's members of each room: connection slots in join order.
 #[derive(Default)]
 pub struct LocalMembers {
@@ -531,7 +474,7 @@ mod tests {
 
     fn publish(r: &mut OwnedRoom, s: &RoomSettings, u: &UserId, id: Option<&str>, now: u64) -> Reserved {
         let out = r.reserve(s, u, &body(), id, now);
-        if let Reserved::New { seq, ts, frame } = &out {
+        if let Reserved::New { seq, ts, frame, .. } = &out {
             r.commit(s, *seq, *ts, frame.clone());
         }
         out
@@ -581,7 +524,7 @@ mod tests {
         let Reserved::New { seq, .. } = r.reserve(&s, &u, &body(), Some("a"), 1) else { panic!() };
         assert_eq!(r.last_seq(), 0); // not committed yet
         r.unreserve(seq, &u, Some("a"));
-        let Reserved::New { seq: again, ts, frame } = r.reserve(&s, &u, &body(), Some("a"), 2) else { panic!() };
+        let Reserved::New { seq: again, ts, frame, .. } = r.reserve(&s, &u, &body(), Some("a"), 2) else { panic!() };
         assert_eq!(again, seq);
         r.commit(&s, again, ts, frame);
         assert_eq!(r.last_seq(), 1);
@@ -601,36 +544,17 @@ mod tests {
     }
 
     #[test]
-    fn idle_rooms_are_forgotten_and_busy_ones_kept() {
-        let s = settings();
-        let mut rooms = OwnedRooms::new(s.clone(), 1, None);
-        let u: UserId = "ann".into();
-        let names: Vec<RoomName> = (0..4).map(|i| RoomName::from(format!("r{i}"))).collect();
-        for n in &names {
-            rooms.entry(n, 1000).unwrap();
-        }
-        // r1 has a member, r2 a reservation waiting for its commit, r3 was used late.
-        rooms.get_mut("r1").unwrap().join(0, &u, 1000);
-        let _ = rooms.get_mut("r2").unwrap().reserve(&s, &u, &body(), None, 1000);
-        rooms.entry(&names[3], 5000).unwrap();
-        assert_eq!(rooms.evict_idle(6000, 5000, 100).len(), 1);
-        assert!(rooms.get("r0").is_none());
-        assert_eq!(rooms.len(), 3);
-        assert_eq!(rooms.evict_idle(10_000, 5000, 100).len(), 1, "r3 only: r1 and r2 are busy");
-        rooms.get_mut("r1").unwrap().leave(0, &u);
-        assert_eq!(rooms.evict_idle(10_000, 5000, 100).len(), 1);
-        assert_eq!(rooms.len(), 1);
-    }
-
-    #[test]
     fn presence_counts_connections() {
         let mut r = OwnedRoom::new("r".into(), 2);
         let u: UserId = "ann".into();
-        assert!(r.join(0, &u, 1).is_some());
-        assert!(r.join(1, &u, 2).is_none());
+        assert!(r.join(0, 10, &u, 1).1.is_some());
+        assert_eq!(r.join(0, 10, &u, 1), (false, None), "a member joining again counts once");
+        assert!(r.join(1, 11, &u, 2).1.is_none());
         assert_eq!(r.member_reactors().count(), 2);
-        assert!(r.leave(0, &u).is_none());
-        assert!(r.leave(1, &u).is_some());
+        assert!(r.leave(0, 12, &u).is_none(), "no member: nothing changes");
+        assert_eq!(r.member_reactors().count(), 2);
+        assert!(r.leave(0, 10, &u).is_none());
+        assert!(r.leave(1, 11, &u).is_some());
         assert_eq!(r.member_reactors().count(), 0);
         assert_eq!(r.presence().count(), 0);
     }

@@ -34,7 +34,7 @@ use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
-pub use reader::{ReadReply, ReaderPool};
+pub use reader::{ReadWork, ReaderPool};
 pub use writer::{spawn_writer, CommitSink, Record, WriterCmd, WriterConfig};
 
 /// The database file inside the data directory.

@@ -142,7 +142,7 @@ fn writer_commits_waiting_appends_in_one_batch() {
     // Two fake reactors, interleaved, each owning its own room.
     for i in 1..=500u64 {
         for (reactor, room) in [(0u16, "r0"), (1, "r1")] {
-            tx.send(WriterCmd::Append { reactor, rec: rec(room, i, i, "u", None) }).unwrap();
+            tx.send(WriterCmd::Append { reactor, recs: vec![rec(room, i, i, "u", None)] }).unwrap();
         }
     }
     let (sink, reports) = sink();
@@ -179,7 +179,7 @@ fn writer_batches_are_capped_and_counts_add_up_in_order() {
     for i in 1..=500u64 {
         for reactor in [3u16, 7] {
             let room = format!("room{reactor}");
-            tx.send(WriterCmd::Append { reactor, rec: rec(&room, i, i, "u", None) }).unwrap();
+            tx.send(WriterCmd::Append { reactor, recs: vec![rec(&room, i, i, "u", None)] }).unwrap();
         }
     }
     let (sink, reports) = sink();
@@ -201,11 +201,11 @@ fn writer_commits_at_once_when_idle_and_runs_backups() {
     let (tx, rx) = crossbeam_channel::bounded(16);
     let (sink, reports) = sink();
     let handle = spawn_writer(store.clone(), rx, cfg(), sink).unwrap();
-    tx.send(WriterCmd::Append { reactor: 0, rec: rec("a", 1, 1, "u", None) }).unwrap();
+    tx.send(WriterCmd::Append { reactor: 0, recs: vec![rec("a", 1, 1, "u", None)] }).unwrap();
     assert!(eventually(Duration::from_secs(5), || reports.lock().unwrap().len() == 1));
     let out = tempfile::tempdir().unwrap();
     let (rtx, rrx) = crossbeam_channel::bounded(1);
-    tx.send(WriterCmd::Append { reactor: 0, rec: rec("a", 2, 2, "u", None) }).unwrap();
+    tx.send(WriterCmd::Append { reactor: 0, recs: vec![rec("a", 2, 2, "u", None)] }).unwrap();
     tx.send(WriterCmd::Backup { out: out.path().join(DB_FILE), reply: rtx }).unwrap();
     // The append sent before the backup is in it.
     assert_eq!(rrx.recv().unwrap().unwrap(), 2);
@@ -278,7 +278,7 @@ fn dedup_entries_expire_from_disk() {
     for (seq, until) in [(1, now - 1), (2, now + 3_600_000)] {
         let mut r = rec("r", seq, now, "ann", Some(&format!("m{seq}")));
         r.dedup_until_ms = until;
-        tx.send(WriterCmd::Append { reactor: 0, rec: r }).unwrap();
+        tx.send(WriterCmd::Append { reactor: 0, recs: vec![r] }).unwrap();
     }
     let (sink, _) = sink();
     let handle = spawn_writer(store.clone(), rx, cfg(), sink).unwrap();
@@ -301,10 +301,10 @@ fn retention_by_count() {
     let (tx, rx) = crossbeam_channel::bounded(4096);
     // More than one slice's worth of deletions in room a.
     for seq in 1..=2500 {
-        tx.send(WriterCmd::Append { reactor: 0, rec: rec("a", seq, seq, "u", None) }).unwrap();
+        tx.send(WriterCmd::Append { reactor: 0, recs: vec![rec("a", seq, seq, "u", None)] }).unwrap();
     }
     for seq in 1..=5 {
-        tx.send(WriterCmd::Append { reactor: 1, rec: rec("b", seq, seq, "u", None) }).unwrap();
+        tx.send(WriterCmd::Append { reactor: 1, recs: vec![rec("b", seq, seq, "u", None)] }).unwrap();
     }
     let (sink, _) = sink();
     let cfg = WriterConfig { retain_messages: Some(10), ..cfg() };
@@ -329,10 +329,10 @@ fn retention_by_age() {
     let (tx, rx) = crossbeam_channel::bounded(4096);
     for seq in 1..=1500 {
         let ts = if seq <= 1490 { old + seq } else { now };
-        tx.send(WriterCmd::Append { reactor: 0, rec: rec("a", seq, ts, "u", None) }).unwrap();
+        tx.send(WriterCmd::Append { reactor: 0, recs: vec![rec("a", seq, ts, "u", None)] }).unwrap();
     }
     for seq in 1..=3 {
-        tx.send(WriterCmd::Append { reactor: 0, rec: rec("b", seq, now, "u", None) }).unwrap();
+        tx.send(WriterCmd::Append { reactor: 0, recs: vec![rec("b", seq, now, "u", None)] }).unwrap();
     }
     let (sink, _) = sink();
     let cfg = WriterConfig { retain_age: Some(Duration::from_secs(60)), ..cfg() };
@@ -362,7 +362,7 @@ fn backup_while_writer_commits_is_a_consistent_prefix() {
             for seq in 1..=total {
                 let mut r = rec("r", seq, seq, "u", Some(&format!("id{seq}")));
                 r.dedup_until_ms = u64::MAX;
-                tx.send(WriterCmd::Append { reactor: 0, rec: r }).unwrap();
+                tx.send(WriterCmd::Append { reactor: 0, recs: vec![r] }).unwrap();
             }
         })
     };
@@ -414,28 +414,21 @@ fn reader_pool_answers_and_refuses_when_full() {
     let pool = ReaderPool::new(store, 1).unwrap();
 
     let (tx, rx) = crossbeam_channel::bounded(1);
-    pool.submit("r".into(), None, Some(11), 5, false, Box::new(move |r| tx.send(r).unwrap())).unwrap();
+    pool.submit(Box::new(move |s: &Store| tx.send(s.page("r", None, Some(11), 5, false)).unwrap())).unwrap();
     let (m, more) = rx.recv_timeout(Duration::from_secs(5)).unwrap().unwrap();
     assert_eq!((seqs(&m), more), ((6..=10).collect(), true));
 
     // Hold the only reader inside a reply; the queue then fills.
     let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
     let (entered_tx, entered_rx) = crossbeam_channel::bounded::<()>(1);
-    pool.submit(
-        "r".into(),
-        None,
-        None,
-        1,
-        false,
-        Box::new(move |_| {
-            entered_tx.send(()).unwrap();
-            let _ = hold_rx.recv();
-        }),
-    )
+    pool.submit(Box::new(move |_: &Store| {
+        entered_tx.send(()).unwrap();
+        let _ = hold_rx.recv();
+    }))
     .unwrap();
     entered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     let mut accepted = 0;
-    while pool.submit("r".into(), None, None, 1, false, Box::new(|_| {})).is_ok() {
+    while pool.submit(Box::new(|_: &Store| {})).is_ok() {
         accepted += 1;
         assert!(accepted <= 1000, "queue is not bounded");
     }

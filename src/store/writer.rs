@@ -38,7 +38,8 @@ pub struct Record {
 }
 
 pub enum WriterCmd {
-    Append { reactor: u16, rec: Record },
+    /// One reactor's appends of one loop iteration, in seq order per room.
+    Append { reactor: u16, recs: Vec<Record> },
     Backup { out: PathBuf, reply: Sender<Result<u64, StoreError>> },
 }
 
@@ -58,7 +59,8 @@ pub struct WriterConfig {
     pub retain_messages: Option<u64>,
     /// Drop messages whose ts is older than this.
     pub retain_age: Option<Duration>,
-    /// Most commands taken into one batch (8192 is a good default).
+    /// Most appends taken into one commit (8192 is a good default); a
+    /// reactor's batch is never split, so a commit may hold a few more.
     pub max_batch: usize,
 }
 
@@ -143,13 +145,9 @@ impl Writer {
                 }
             };
             self.take(first);
-            let mut taken = 1;
-            while taken < max_batch {
+            while self.recs.len() < max_batch {
                 match rx.try_recv() {
-                    Ok(cmd) => {
-                        self.take(cmd);
-                        taken += 1;
-                    }
+                    Ok(cmd) => self.take(cmd),
                     Err(_) => break,
                 }
             }
@@ -173,9 +171,14 @@ impl Writer {
 
     fn take(&mut self, cmd: WriterCmd) {
         match cmd {
-            WriterCmd::Append { reactor, rec } => {
-                self.recs.push(rec);
-                self.reactors.push(reactor);
+            WriterCmd::Append { reactor, recs } => {
+                self.reactors.extend(std::iter::repeat_n(reactor, recs.len()));
+                if self.recs.is_empty() {
+                    // The common case, one reactor's batch per commit: no copy.
+                    self.recs = recs;
+                } else {
+                    self.recs.extend(recs);
+                }
             }
             WriterCmd::Backup { out, reply } => {
                 // Commit what came before, so the backup holds every message
