@@ -376,6 +376,11 @@ fn probe(target: &Target, upgrade: &[u8], room: &str, sh: &ProbeShared, log: &mu
                 Kind::Error => {
                     log.errors += 1;
                     log.first_error.get_or_insert_with(|| format!("probe: {}", String::from_utf8_lossy(&m)));
+                    if scan::int_ref(&m) == Some(k) {
+                        // This ping was refused (rate_limited, say): no
+                        // round trip to log, the next one goes out.
+                        break;
+                    }
                 }
                 _ => {}
             }
@@ -980,13 +985,13 @@ pub fn run(common: &Common, a: &ColdArgs) -> Result<(RunResult, String), RunErro
     // 4. Calm, then the storm.
     let calm_start = psh.now_ns();
     std::thread::sleep(a.calm);
-    let cpu_before = procfs::cpu_us(common.server_pid, false);
+    let cpu_before = common.server_pid.and_then(|p| procfs::cpu_us(Some(p), false));
     let t0 = storm.start_storm();
     let complete = storm.pump(later(a.storm_timeout), Fleet::storm_done)?;
     let t_end = storm.now_ns();
     std::thread::sleep(a.after);
     let after_end = psh.now_ns();
-    let cpu_after = procfs::cpu_us(common.server_pid, false);
+    let cpu_after = common.server_pid.and_then(|p| procfs::cpu_us(Some(p), false));
     psh.stop.store(true, Ordering::Release);
     let log = handle.join().unwrap_or_default();
     let loaded_after_storm = rooms_loaded(&target);
