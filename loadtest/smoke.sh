@@ -21,8 +21,9 @@ work="$(mktemp -d)"
 export ROOMCAST_JWT_SECRET="smoke-secret"
 
 # One load generator from one address: the request and per-address limits are off.
+# Idle rooms are forgotten after 1 s so that cold-rooms can make them cold.
 "$ROOMCAST_BIN" serve --listen "127.0.0.1:$PORT" --data "$work/data" --threads 1 --anonymous --send-rate 0 \
-  --request-rate 0 --max-conns-per-ip 0 --connect-rate-per-ip 0 --post-rate-per-ip 0 \
+  --room-idle-timeout 1s --request-rate 0 --max-conns-per-ip 0 --connect-rate-per-ip 0 --post-rate-per-ip 0 \
   >"$work/server.log" 2>&1 &
 server=$!
 cleanup() {
@@ -51,6 +52,7 @@ run fanout-flat fanout "${common[@]}" --rooms 1 --members 20 --publishers 2 --ra
 run echo echo "${common[@]}" --connections 20 --inflight 2
 run durable durable "${common[@]}" --publishers 2
 run connect connect --url "$URL" --server-pid "$server" --duration 2s --connections 300 --concurrency 8
+run cold-rooms cold-rooms --url "$URL" --server-pid "$server" --rooms 10 --messages 50 --calm 500ms --after 200ms
 run idle idle --url "$URL" --server-pid "$server" --connections 200 --join
 run idle-anon idle --url "$URL" --server-pid "$server" --connections 200 --anonymous
 if [ "$failed" = 0 ]; then

@@ -2,7 +2,8 @@
 //! protocol (PROTOCOL.md). Built like the server: mio event loops, no async
 //! runtime, the gateway's sans-IO pieces where they fit.
 //!
-//! Modules: `attack` (hostile traffic beside healthy clients), `frame` (client-side WebSocket framing), `scan` (reading fields
+//! Modules: `attack` (hostile traffic beside healthy clients), `cold` (the
+//! reactor's stall while cold rooms load), `frame` (client-side WebSocket framing), `scan` (reading fields
 //! out of server JSON without parsing), `check` (seq order checks and latency
 //! arithmetic), `stats` (histograms and the result format), `procfs` (CPU and
 //! memory from /proc), `net` (targets, sockets, TLS), `engine` (the event
@@ -10,6 +11,7 @@
 
 pub mod attack;
 pub mod check;
+pub mod cold;
 pub mod engine;
 pub mod frame;
 pub mod net;

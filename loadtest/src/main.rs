@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use roomcast_loadtest::attack::{self, AttackArgs};
+use roomcast_loadtest::cold::{self, ColdArgs};
 use roomcast_loadtest::report;
 use roomcast_loadtest::scenario::{
     self, Common, ConnectArgs, DurableArgs, EchoArgs, FanoutArgs, IdleArgs, IdleWorkerArgs,
@@ -55,6 +56,13 @@ enum Cmd {
         #[command(flatten)]
         args: DurableArgs,
     },
+    /// A reactor's worst stall while N cold rooms load at once (join with since, send, history), seen by a pinging probe.
+    ColdRooms {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: ColdArgs,
+    },
     /// Hostile traffic, one attack after another, while healthy clients ping and send; goal check per attack.
     Attack {
         #[command(flatten)]
@@ -77,8 +85,10 @@ enum Cmd {
     },
 }
 
-fn emit(common: &Common, r: &RunResult) -> ExitCode {
-    print!("{}", r.summary());
+/// Prints the summary (and `line`, a scenario's own one-line verdict) and
+/// writes the JSON; 1 when any violation was seen.
+fn emit(common: &Common, r: &RunResult, line: &str) -> ExitCode {
+    print!("{}{line}", r.summary());
     if let Some(path) = &common.json {
         let text = match serde_json::to_string_pretty(r) {
             Ok(t) => t,
@@ -126,11 +136,12 @@ fn emit_attack(args: &AttackArgs, r: &attack::Report) -> ExitCode {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match &cli.cmd {
-        Cmd::Fanout { common, args } => scenario::fanout(common, args).map(|r| emit(common, &r)),
-        Cmd::Echo { common, args } => scenario::echo(common, args).map(|r| emit(common, &r)),
-        Cmd::Connect { common, args } => scenario::connect(common, args).map(|r| emit(common, &r)),
-        Cmd::Idle { common, args } => scenario::idle(common, args).map(|r| emit(common, &r)),
-        Cmd::Durable { common, args } => scenario::durable(common, args).map(|r| emit(common, &r)),
+        Cmd::Fanout { common, args } => scenario::fanout(common, args).map(|r| emit(common, &r, "")),
+        Cmd::Echo { common, args } => scenario::echo(common, args).map(|r| emit(common, &r, "")),
+        Cmd::Connect { common, args } => scenario::connect(common, args).map(|r| emit(common, &r, "")),
+        Cmd::Idle { common, args } => scenario::idle(common, args).map(|r| emit(common, &r, "")),
+        Cmd::Durable { common, args } => scenario::durable(common, args).map(|r| emit(common, &r, "")),
+        Cmd::ColdRooms { common, args } => cold::run(common, args).map(|(r, line)| emit(common, &r, &line)),
         Cmd::Attack { args } => attack::run(args).map(|r| emit_attack(args, &r)),
         Cmd::IdleWorker { common, args } => scenario::idle_worker(common, args).map(|()| ExitCode::SUCCESS),
         Cmd::Report { results, out } => {

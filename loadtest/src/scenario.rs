@@ -209,13 +209,13 @@ pub struct IdleWorkerArgs {
 }
 
 /// Settings shared by every worker, derived from [`Common`].
-struct Env {
-    target: Target,
-    tls: Option<Arc<rustls::ClientConfig>>,
-    creds: Arc<Credentials>,
+pub(crate) struct Env {
+    pub(crate) target: Target,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) creds: Arc<Credentials>,
 }
 
-fn env(common: &Common, force_tls: bool) -> Result<Env, RunError> {
+pub(crate) fn env(common: &Common, force_tls: bool) -> Result<Env, RunError> {
     let mut target = net::parse_url(&common.url)?;
     if force_tls {
         target.tls = true;

@@ -215,7 +215,7 @@ struct Runner<'a> {
 /// its few sends, so it takes little CPU; the kernel's real-time throttling
 /// bounds it even if it did not. Without the privilege the thread keeps the
 /// normal policy, and the reported send lag shows what that cost.
-fn realtime(want: bool) -> bool {
+pub(crate) fn realtime(want: bool) -> bool {
     if !want {
         return false;
     }

@@ -274,7 +274,7 @@ fn lower_priority() {
 
 /// `GET path` on the target over a fresh connection from 127.0.0.1: the
 /// status and up to 1 MiB of body, or `None` without an answer within 2 s.
-fn http_get(addr: std::net::SocketAddr, host: &str, path: &str) -> Option<(u16, Vec<u8>)> {
+pub(crate) fn http_get(addr: std::net::SocketAddr, host: &str, path: &str) -> Option<(u16, Vec<u8>)> {
     let get = || -> std::io::Result<Vec<u8>> {
         let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
         s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -562,7 +562,7 @@ fn reported(e: &Event) -> ReportedEvent {
     ReportedEvent { at_s: e.at_ns as f64 / 1e9, conn: e.conn, kind: e.kind, detail: e.detail.clone() }
 }
 
-fn loadavg() -> String {
+pub(crate) fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg").map(|s| s.trim().to_string()).unwrap_or_default()
 }
 
