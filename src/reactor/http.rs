@@ -309,7 +309,7 @@ impl Reactor {
         // Waiting is marked before posting: when this reactor owns the room
         // the answer comes back inside `post`.
         self.set_awaiting(key, Some(p));
-        self.post(owner, Mail::Owner(command));
+        self.ask_owner(owner, command);
         Outcome::Done
     }
 

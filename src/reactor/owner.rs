@@ -27,23 +27,15 @@ use super::{now_ms, reaper, Reactor};
 /// the first one new publishes are refused (`overloaded`).
 pub(super) type AppendBacklog = std::collections::VecDeque<Vec<crate::store::Record>>;
 
+/// Capacity past which the core's effect and input buffers are shrunk back
+/// once empty.
+const SHRINK_ABOVE: usize = 1024;
+
 impl Reactor {
     /// Every mail this reactor gets, from anyone, goes through here.
     pub(super) fn route_mail(&mut self, m: Mail) {
         match m {
-            Mail::Owner(core::Command::Publish(p)) if !self.append_backlog.is_empty() => {
-                // store-writer is behind: push back on the publisher rather
-                // than queue without bound.
-                let reply = Reply::Refused {
-                    to: Asked::Publish,
-                    room: p.room,
-                    status: 503,
-                    code: "overloaded",
-                    message: "storage is busy; retry".into(),
-                };
-                self.answer(p.asker, reply);
-            }
-            Mail::Owner(c) => self.to_core(Input::Command(c)),
+            Mail::Owner(c) => self.owner_command(c),
             Mail::Committed(c) => self.to_core(Input::Committed(c)),
             Mail::ReadDone(r) => self.to_core(Input::ReadDone(r)),
             Mail::Deliver(d) => self.deliver_local(&d.room, d.frame),
@@ -58,6 +50,35 @@ impl Reactor {
                     self.route_mail(m);
                 }
             }
+        }
+    }
+
+    /// A command for a room this reactor owns (from mail, or from one of
+    /// its own connections directly).
+    pub(super) fn owner_command(&mut self, c: core::Command<Asker>) {
+        match c {
+            core::Command::Publish(p) if !self.append_backlog.is_empty() => {
+                // store-writer is behind: push back on the publisher rather
+                // than queue without bound.
+                let reply = Reply::Refused {
+                    to: Asked::Publish,
+                    room: p.room,
+                    status: 503,
+                    code: "overloaded",
+                    message: "storage is busy; retry".into(),
+                };
+                self.answer(p.asker, reply);
+            }
+            c => self.to_core(Input::Command(c)),
+        }
+    }
+
+    /// Sends `c` to the room's owner: a plain call when that is this reactor.
+    pub(super) fn ask_owner(&mut self, owner: usize, c: core::Command<Asker>) {
+        if owner == self.id {
+            self.owner_command(c);
+        } else {
+            self.post(owner, Mail::Owner(c));
         }
     }
 
@@ -76,6 +97,14 @@ impl Reactor {
                 self.apply(e);
             }
         }
+        // A burst (thousands of slow members closed at once) must not pin
+        // its peak in these buffers for the reactor's life.
+        if fx.capacity() > SHRINK_ABOVE {
+            fx.shrink_to(SHRINK_ABOVE / 4);
+        }
+        if self.core_later.capacity() > SHRINK_ABOVE {
+            self.core_later.shrink_to(SHRINK_ABOVE / 4);
+        }
         self.effects = fx;
         self.in_core = false;
     }
@@ -87,6 +116,7 @@ impl Reactor {
                     self.appends.push(rec);
                 }
             }
+            Effect::Deliver { reactor, room, frame } if reactor == self.id => self.deliver_local(&room, frame),
             Effect::Deliver { reactor, room, frame } => self.post(reactor, Mail::Deliver(Delivery { room, frame })),
             Effect::Reply { to, reply } => self.answer(to, reply),
             Effect::Read(r) => self.read(r),

@@ -18,7 +18,7 @@ use crate::rooms::core::{Asked, Command, History, Join, Leave, Presence, Publish
 use crate::rooms::{owner_of, RoomName};
 
 use super::conn::{Slot, State, WsKind};
-use super::mail::{Asker, Mail};
+use super::mail::Asker;
 use super::{Reactor, Step};
 
 /// Rooms one connection may be in at once.
@@ -189,7 +189,7 @@ impl Reactor {
                 let asker = Asker { tag, ..Asker::ws(me, r#ref) };
                 let member = member_id(me);
                 let join = Join { room, user, reactor: self.id, member, since, asker };
-                self.post(owner, Mail::Owner(Command::Join(join)));
+                self.ask_owner(owner, Command::Join(join));
             }
             OwnedOp::Leave { room } => {
                 let Some(i) = ws.rooms.iter().position(|(r, _)| *r == room) else {
@@ -205,7 +205,7 @@ impl Reactor {
                 self.reply(key, msg::encode_left(r#ref.as_ref(), &room));
                 let owner = owner_of(&room, reactors);
                 let leave = Leave { room, user, reactor: self.id, member: member_id(me) };
-                self.post(owner, Mail::Owner(Command::Leave(leave)));
+                self.ask_owner(owner, Command::Leave(leave));
             }
             OwnedOp::Send { room, body, id } => {
                 if let Err(wait) = ws.bucket.take(rate, burst, now) {
@@ -225,18 +225,18 @@ impl Reactor {
                 }
                 ws.inflight += 1;
                 let publish = Publish { room, user, body, id, asker: Asker::ws(me, r#ref) };
-                self.post(owner, Mail::Owner(Command::Publish(publish)));
+                self.ask_owner(owner, Command::Publish(publish));
             }
             OwnedOp::History { room, before, after, limit } => {
                 ws.heavy += 1;
                 let owner = owner_of(&room, reactors);
                 let history = History { room, before, after, limit, asker: Asker::ws(me, r#ref) };
-                self.post(owner, Mail::Owner(Command::History(history)));
+                self.ask_owner(owner, Command::History(history));
             }
             OwnedOp::Presence { room } => {
                 ws.heavy += 1;
                 let owner = owner_of(&room, reactors);
-                self.post(owner, Mail::Owner(Command::Presence(Presence { room, asker: Asker::ws(me, r#ref) })));
+                self.ask_owner(owner, Command::Presence(Presence { room, asker: Asker::ws(me, r#ref) }));
             }
         }
     }
@@ -280,7 +280,7 @@ impl Reactor {
             }
             let owner = owner_of(&room, reactors);
             let leave = Leave { room, user: user.clone(), reactor: self.id, member };
-            self.post(owner, Mail::Owner(Command::Leave(leave)));
+            self.ask_owner(owner, Command::Leave(leave));
         }
     }
 

@@ -196,6 +196,10 @@ impl OwnedRoom {
         if !self.joined.remove(&member) {
             return None;
         }
+        if self.joined.capacity() > 64 && self.joined.len() < self.joined.capacity() / 4 {
+            // A room that emptied out gives memory back.
+            self.joined.shrink_to(self.joined.len() * 2);
+        }
         if let Some(n) = self.members.get_mut(reactor) {
             *n = n.saturating_sub(1);
         }
