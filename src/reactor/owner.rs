@@ -193,7 +193,7 @@ impl Reactor {
             Read::Replay { room, after, upto, max, budget, ticket } => Box::new(move |store| {
                 let result = store
                     .page_within(&room, Some(after), Some(upto.saturating_add(1)), max, true, budget)
-                    .map(|(msgs, cut)| ReadResult::Replay { msgs, cut })
+                    .map(|(msgs, cut)| ReadResult::Replay { frames: core::replay_frames(&room, &msgs), cut })
                     .map_err(|e| ReadError::Failed(e.to_string()));
                 shared.post_from_thread(me, Mail::ReadDone(ReadDone { room, ticket, result }));
             }),

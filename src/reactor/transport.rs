@@ -271,7 +271,7 @@ fn flush_plain(sock: &mut TcpStream, q: &mut OutQueue, budget: usize) -> Result<
             iov[i] = IoSlice::new(s);
             n += 1;
         }
-        match sock.write_vectored(&iov[..n]) {
+        match send_vectored(sock, &iov[..n]) {
             Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero).into()),
             Ok(w) => {
                 q.advance(w);
@@ -283,6 +283,44 @@ fn flush_plain(sock: &mut TcpStream, q: &mut OutQueue, budget: usize) -> Result<
         }
     }
     Ok((WriteOutcome::Done, total))
+}
+
+/// Writes `iov` to the socket with `send` (one chunk) or `sendmsg`, not
+/// `write`/`writev`: those go through the VFS and take the file-position
+/// lock, which a socket has no use for. `MSG_NOSIGNAL`: a peer gone away is
+/// an error here, never a SIGPIPE.
+#[cfg(unix)]
+fn send_vectored(sock: &TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    let fd = sock.as_raw_fd();
+    let n = match iov {
+        [one] => {
+            // SAFETY: the pointer and length come from a live slice, which
+            // the kernel only reads.
+            unsafe { libc::send(fd, one.as_ptr().cast(), one.len(), libc::MSG_NOSIGNAL) }
+        }
+        _ => {
+            // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix (a
+            // documented guarantee); the array outlives the call and the
+            // kernel only reads it. The rest of `msghdr` is zero: no
+            // address, no control data.
+            unsafe {
+                let mut msg: libc::msghdr = std::mem::zeroed();
+                msg.msg_iov = iov.as_ptr() as *mut libc::iovec;
+                msg.msg_iovlen = iov.len() as _;
+                libc::sendmsg(fd, &msg, libc::MSG_NOSIGNAL)
+            }
+        }
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+#[cfg(not(unix))]
+fn send_vectored(sock: &mut TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize> {
+    sock.write_vectored(iov)
 }
 
 fn flush_tls(

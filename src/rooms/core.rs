@@ -134,8 +134,10 @@ pub enum Read<A> {
 pub enum ReadResult {
     Head { seq: u64, ts: u64 },
     Dedup(Option<(u64, u64)>),
-    /// `cut`: the read stopped early (its byte budget, or more were there).
-    Replay { msgs: Vec<StoredMsg>, cut: bool },
+    /// The messages as `msg` frames, encoded where they were read (see
+    /// [`replay_frames`]); `cut`: the read stopped early (its byte budget,
+    /// or more were there).
+    Replay { frames: Vec<Bytes>, cut: bool },
 }
 
 #[derive(Debug, Clone)]
@@ -434,8 +436,7 @@ impl<A: Clone> Core<A> {
                 let replay = match res {
                     // Retention may have pruned some: a replay with a hole (or
                     // one cut for size) is no replay; the client pages instead.
-                    Ok(ReadResult::Replay { msgs, cut: false }) if msgs.len() as u64 == upto - after => {
-                        let frames: Vec<Bytes> = msgs.iter().map(|m| frame_of(&join.room, m).frame).collect();
+                    Ok(ReadResult::Replay { frames, cut: false }) if frames.len() as u64 == upto - after => {
                         fits(&frames, rules.budget).then_some(frames)
                     }
                     _ => None,
@@ -803,6 +804,12 @@ pub fn cap_page<T>(page: &mut Vec<T>, size: impl Fn(&T) -> usize, oldest_first: 
 /// A stored message as a `msg` frame (its body is copied verbatim).
 pub fn frame_of(room: &str, m: &StoredMsg) -> MsgFrame {
     msg::encode_msg_raw(room, m.seq, m.ts, &m.from, &m.body, m.id.as_deref())
+}
+
+/// A replay read's messages as frames, encoded on the thread that read them
+/// (a hundred rooms' replays at once must not be encoded on a reactor).
+pub fn replay_frames(room: &str, msgs: &[StoredMsg]) -> Vec<Bytes> {
+    msgs.iter().map(|m| frame_of(room, m).frame).collect()
 }
 
 /// The answer to a [`Read::Page`], made where the page was read.

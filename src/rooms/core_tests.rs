@@ -350,7 +350,9 @@ impl World {
             Read::Replay { room, after, upto, max, ticket, .. } => {
                 let all = self.range(&room, after + 1, upto + 1);
                 let cut = all.len() > max;
-                (room, ticket, ReadResult::Replay { msgs: all.into_iter().take(max).collect(), cut })
+                let msgs: Vec<StoredMsg> = all.into_iter().take(max).collect();
+                let frames = replay_frames(&room, &msgs);
+                (room, ticket, ReadResult::Replay { frames, cut })
             }
         };
         let result = match err {
