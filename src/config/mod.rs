@@ -11,7 +11,13 @@
 //!    (`max-message-bytes = 65536`, or `max_message_bytes`),
 //! 4. the embedded default ([`Config::default`]).
 //!
-//! The layers are parsed into the same all-optional [`Settings`] shape and
+//! Each setting is declared once, in the `settings!` list below: its name,
+//! type, value syntax, default, limit, `--help` line and docs line. The
+//! [`Config`] fields, the flags, the environment variables, the TOML keys,
+//! the per-setting checks and the settings table of docs/CONFIG.md all come
+//! from that list (see `declare`).
+//!
+//! The layers are parsed into the same all-optional `Settings` shape and
 //! applied to the defaults from the lowest layer to the highest, so a layer
 //! only overrides what it names. The process environment is never read here
 //! directly: callers pass a lookup function, which keeps tests free of global
@@ -30,10 +36,12 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+mod declare;
 mod values;
 
-use values::{de_duration, de_size, parse_from_str, show_duration, show_size};
+use declare::Limit;
 pub use values::{parse_bool, parse_duration, parse_size};
+use values::{show_duration, show_size};
 
 /// Prefix of every environment variable the command line reads.
 pub const ENV_PREFIX: &str = "ROOMCAST_";
@@ -126,133 +134,205 @@ impl fmt::Debug for JwtSecret {
     }
 }
 
-/// Everything `roomcast serve` runs with. [`Config::default`] holds the
-/// embedded defaults; docs/CONFIG.md describes each setting.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Config {
-    /// Address for plain HTTP and WebSocket.
-    pub listen: SocketAddr,
-    /// Directory for the message store and the generated JWT secret.
-    pub data: PathBuf,
-    /// Event-loop threads (one per core by default).
-    pub threads: usize,
-    /// Accept connections without a token.
-    pub anonymous: bool,
-    /// When a message counts as stored.
-    pub durability: Durability,
-    /// Address for HTTPS and WebSocket over TLS; needs `tls_cert` and `tls_key`.
-    pub tls_listen: Option<SocketAddr>,
-    /// PEM file with the certificate chain, leaf first.
-    pub tls_cert: Option<PathBuf>,
-    /// PEM file with the private key.
-    pub tls_key: Option<PathBuf>,
-    /// Largest inbound WebSocket message or HTTP body.
-    pub max_message_bytes: usize,
-    /// Serve the `/v1/echo` WebSocket endpoint.
-    pub echo: bool,
-    /// Required `aud` claim of tokens, and the one `token` mints.
-    pub jwt_audience: Option<String>,
-    /// Required `iss` claim of tokens, and the one `token` mints.
-    pub jwt_issuer: Option<String>,
-    /// From `ROOMCAST_JWT_SECRET` only; `None` means use the data directory's.
-    pub jwt_secret: Option<JwtSecret>,
-    /// How long a shutdown waits for connections to finish before closing them.
-    pub drain_timeout: Duration,
-    /// A WebSocket with no traffic at all for this long is closed.
-    pub idle_timeout: Duration,
-    /// A ping is sent after this much silence on a WebSocket.
-    pub ping_interval: Duration,
-    /// Time allowed from accept to a complete HTTP request head.
-    pub request_timeout: Duration,
-    /// Sends per second per connection (token bucket refill); 0 disables the limit.
-    pub send_rate: f64,
-    /// Token bucket size: sends allowed in a burst.
-    pub send_burst: u32,
-    /// Outbound bytes queued per connection before it is closed as a slow consumer (4000).
-    pub max_queue_bytes: usize,
-    /// Open connections per process; past it new accepts are closed at once.
-    pub max_connections: usize,
-    /// Messages kept in memory per room.
-    pub history_tail: usize,
-    /// Most messages replayed on `join` with `since`.
-    pub max_replay: usize,
-    /// How long a client message `id` is remembered for deduplication.
-    pub dedup_window: Duration,
-    /// Keep at most this many messages per room.
-    pub retain_messages: Option<u64>,
-    /// Keep messages at most this long.
-    pub retain_age: Option<Duration>,
-    /// Deepest nesting of arrays and objects accepted in a message body.
-    pub max_body_depth: usize,
-    /// Requests other than `send` (join, leave, history, presence, ping) per
-    /// second per connection (token bucket refill); 0 disables the limit.
-    pub request_rate: f64,
-    /// Token bucket size for those requests.
-    pub request_burst: u32,
-    /// Open connections per source IP; 0 disables the limit.
-    pub max_conns_per_ip: usize,
-    /// New connections per second per source IP (token bucket refill); 0 disables.
-    pub connect_rate_per_ip: f64,
-    /// Token bucket size for new connections per source IP.
-    pub connect_burst_per_ip: u32,
-    /// `POST .../messages` per second per source IP (the per-user limit is
-    /// `send_rate`/`send_burst`, as for WebSocket sends); 0 disables.
-    pub post_rate_per_ip: f64,
-    /// Token bucket size for posts per source IP.
-    pub post_burst_per_ip: u32,
-    /// A room with no members, nothing in flight and no traffic for this long
-    /// is forgotten (reloaded from storage on next use).
-    pub room_idle_timeout: Duration,
-    /// Memory the store's page cache may hold.
-    pub store_cache_bytes: usize,
-}
-
 /// The number of threads `serve` uses when `--threads` is not given.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            data: PathBuf::from("./data"),
-            threads: default_threads(),
-            anonymous: false,
-            durability: Durability::Immediate,
-            tls_listen: None,
-            tls_cert: None,
-            tls_key: None,
-            max_message_bytes: 64 * 1024,
-            echo: false,
-            jwt_audience: None,
-            jwt_issuer: None,
-            jwt_secret: None,
-            drain_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(60),
-            ping_interval: Duration::from_secs(20),
-            request_timeout: Duration::from_secs(10),
-            send_rate: 50.0,
-            send_burst: 100,
-            max_queue_bytes: 4 * 1024 * 1024,
-            max_connections: 100_000,
-            history_tail: 1024,
-            max_replay: 1000,
-            dedup_window: Duration::from_secs(3600),
-            retain_messages: None,
-            retain_age: None,
-            max_body_depth: 64,
-            request_rate: 100.0,
-            request_burst: 300,
-            max_conns_per_ip: 1024,
-            connect_rate_per_ip: 200.0,
-            connect_burst_per_ip: 1000,
-            post_rate_per_ip: 500.0,
-            post_burst_per_ip: 1000,
-            room_idle_timeout: Duration::from_secs(60),
-            store_cache_bytes: 64 << 20,
-        }
-    }
+// Every serve setting, once: its field of `Config` and of the layers, its
+// type, value syntax and default; its flag's value name and `--help` line
+// (with the default as `--help` shows it); its limit; and its meaning in the
+// table of docs/CONFIG.md, to which the limit is added. The flag, the TOML
+// keys and the environment variable are spelled from the field name. See
+// `declare` for what is generated, and the tests for what keeps the docs and
+// the `--help` defaults true to this list.
+declare::settings! {
+    listen: SocketAddr [plain] = SocketAddr::from(([127, 0, 0, 1], 8080));
+        flag "ADDR", "Address for HTTP and WebSocket", default "127.0.0.1:8080";
+        docs "address for HTTP and WebSocket";
+
+    data: PathBuf [plain] = PathBuf::from("./data");
+        flag "DIR", "Directory for stored messages and the generated JWT secret", default "./data";
+        limit Limit::NotEmpty;
+        docs "directory for stored messages and the generated JWT secret";
+
+    threads: usize [plain] = default_threads();
+        flag "N", "Event-loop threads", default "number of CPUs";
+        limit Limit::Between(1, bounds::THREADS);
+        docs "event-loop threads";
+
+    anonymous: bool [switch] = false;
+        flag "BOOL", "Accept connections without a token, taking the user id from `?user=`";
+        docs "accept connections without a token; the user id comes from the `user` query parameter, or is generated";
+
+    durability: Durability [plain] = Durability::Immediate;
+        flag "MODE", "When a message counts as stored: after fsync, or once written", default "immediate";
+        docs "`immediate`: a message is acknowledged only once synced to disk; `none`: once written, the operating \
+              system syncs later";
+
+    tls_listen: SocketAddr [plain optional] = None;
+        flag "ADDR", "Address for HTTPS and WebSocket over TLS (needs --tls-cert and --tls-key)";
+        docs "address for HTTPS and WebSocket over TLS; needs `--tls-cert` and `--tls-key`, and must differ from \
+              `--listen`";
+
+    tls_cert: PathBuf [plain optional] = None;
+        flag "PEM", "PEM file with the TLS certificate chain, leaf first";
+        docs "PEM certificate chain, leaf first; only with `--tls-listen`";
+
+    tls_key: PathBuf [plain optional] = None;
+        flag "PEM", "PEM file with the TLS private key";
+        docs "PEM private key; only with `--tls-listen`";
+
+    max_message_bytes: usize [size] = 64 * 1024;
+        flag "SIZE", "Largest inbound message or HTTP body, e.g. 65536 or 64KiB", default "64KiB";
+        limit Limit::Between(1, bounds::MAX_MESSAGE_BYTES);
+        docs "largest inbound WebSocket message (a larger one closes the connection with 1009) and largest HTTP \
+              request body (a larger one is answered `413`); at most `max-queue-bytes`";
+
+    echo: bool [switch] = false;
+        flag "BOOL", "Serve the /v1/echo WebSocket endpoint, for conformance suites";
+        docs "serve the `/v1/echo` WebSocket endpoint, for conformance suites";
+
+    jwt_audience: String [plain optional] = None;
+        flag "AUD", "Require this `aud` claim in tokens";
+        limit Limit::NotEmpty;
+        docs "when set, tokens must carry this `aud`; `roomcast token` mints it";
+
+    jwt_issuer: String [plain optional] = None;
+        flag "ISS", "Require this `iss` claim in tokens";
+        limit Limit::NotEmpty;
+        docs "when set, tokens must carry this `iss`; `roomcast token` mints it";
+
+    drain_timeout: Duration [duration] = Duration::from_secs(10);
+        flag "DURATION", "How long shutdown waits for connections before closing them", default "10s";
+        limit Limit::AtMost(bounds::DRAIN_TIMEOUT);
+        docs "on SIGINT or SIGTERM, how long to wait for connections to finish before closing them";
+
+    idle_timeout: Duration [duration] = Duration::from_secs(60);
+        flag "DURATION", "Close a WebSocket after this long without any traffic", default "60s";
+        limit Limit::Positive(bounds::IDLE_TIMEOUT);
+        docs "close a WebSocket with no traffic at all for this long";
+
+    ping_interval: Duration [duration] = Duration::from_secs(20);
+        flag "DURATION", "Send a ping after this much silence on a WebSocket", default "20s";
+        limit Limit::Positive(bounds::PING_INTERVAL);
+        docs "send a ping after this much silence on a WebSocket; shorter than `idle-timeout`";
+
+    request_timeout: Duration [duration] = Duration::from_secs(10);
+        flag "DURATION", "Time allowed to send a complete HTTP request head", default "10s";
+        limit Limit::Positive(bounds::REQUEST_TIMEOUT);
+        docs "time from accept to a complete HTTP request head";
+
+    send_rate: f64 [plain] = 50.0;
+        flag "RATE", "Sends per second per connection (token bucket); 0 disables the limit", default "50";
+        limit Limit::Rate("sends", bounds::RATE);
+        docs "WebSocket sends per second per connection (token bucket refill); HTTP \
+              `POST /v1/rooms/{room}/messages` are limited with the same numbers per user (token subject); `0` \
+              disables the limit; past it a send gets `rate_limited` and a post `429` with `Retry-After`";
+
+    send_burst: u32 [plain] = 100;
+        flag "N", "Sends allowed in a burst above the rate", default "100";
+        limit Limit::AtMost(bounds::BURST);
+        docs "token bucket size: sends allowed at once; at least 1 while `send-rate` is on";
+
+    max_queue_bytes: usize [size] = 4 * 1024 * 1024;
+        flag "SIZE", "Outbound bytes queued per connection before closing it as a slow consumer", default "4MiB";
+        limit Limit::AtMost(bounds::MAX_QUEUE_BYTES);
+        docs "outbound bytes queued per connection (replies, history pages, pongs, HTTP responses and fan-out \
+              alike); past it the connection is closed with 4000 (slow consumer); at least `max-message-bytes`";
+
+    max_connections: usize [plain] = 100_000;
+        flag "N", "Open connections per process; past it new ones are closed at once", default "100000";
+        limit Limit::Between(1, bounds::MAX_CONNECTIONS);
+        docs "open connections per process; past it new connections are closed at once";
+
+    history_tail: usize [plain] = 1024;
+        flag "N", "Messages kept in memory per room", default "1024";
+        limit Limit::AtMost(bounds::HISTORY_TAIL);
+        docs "messages kept in memory per room";
+
+    max_replay: usize [plain] = 1000;
+        flag "N", "Most messages replayed on join with `since`", default "1000";
+        limit Limit::AtMost(bounds::MAX_REPLAY);
+        docs "most messages replayed on `join` with `since`; with more missing, `joined` says \
+              `\"recovered\": false`";
+
+    dedup_window: Duration [duration] = Duration::from_secs(3600);
+        flag "DURATION", "How long a client message id is remembered for deduplication", default "1h";
+        limit Limit::AtMost(bounds::DEDUP_WINDOW);
+        docs "how long a client message `id` is remembered; `0` turns deduplication off";
+
+    retain_messages: u64 [plain optional] = None;
+        flag "N", "Keep at most this many messages per room", default "all";
+        limit Limit::AtLeast(1);
+        docs "keep at most this many messages per room; older ones are pruned in the background (and never \
+              served)";
+
+    retain_age: Duration [duration optional] = None;
+        flag "DURATION", "Keep messages at most this long", default "forever";
+        limit Limit::Positive(bounds::RETAIN_AGE);
+        docs "keep messages at most this long; older ones are pruned in the background (and never served)";
+
+    max_body_depth: usize [plain] = 64;
+        flag "N", "Deepest nesting of arrays and objects in a message body", default "64";
+        limit Limit::Between(1, bounds::MAX_BODY_DEPTH);
+        docs "deepest nesting of arrays and objects in a message body (`[]` is depth 1); a deeper body is \
+              refused with `bad_request` (WebSocket) or `400` (HTTP)";
+
+    request_rate: f64 [plain] = 100.0;
+        flag "RATE",
+            "Requests other than send (join, leave, history, presence, ping) per second per connection; 0 disables",
+            default "100";
+        limit Limit::Rate("requests", bounds::RATE);
+        docs "WebSocket requests other than `send` (`join`, `leave`, `history`, `presence`, `ping`) per second \
+              per connection (token bucket refill); past it the answer is `error` `rate_limited` with \
+              `retry_after_ms`; `0` disables the limit";
+
+    request_burst: u32 [plain] = 300;
+        flag "N", "Such requests allowed in a burst above the rate", default "300";
+        limit Limit::AtMost(bounds::BURST);
+        docs "token bucket size for those requests; at least 1 while `request-rate` is on";
+
+    max_conns_per_ip: usize [plain] = 1024;
+        flag "N", "Open connections per source IP; 0 disables the limit", default "1024";
+        limit Limit::AtMost(bounds::MAX_CONNS_PER_IP);
+        docs "open connections per source IP; past it a new connection is answered `503` with `Retry-After` and \
+              closed; `0` disables the limit";
+
+    connect_rate_per_ip: f64 [plain] = 200.0;
+        flag "RATE", "New connections per second per source IP; 0 disables the limit", default "200";
+        limit Limit::Rate("connections", bounds::RATE);
+        docs "new connections per second per source IP (token bucket refill); past it a new connection gets the \
+              same `503`; `0` disables the limit";
+
+    connect_burst_per_ip: u32 [plain] = 1000;
+        flag "N", "New connections per source IP allowed in a burst above the rate", default "1000";
+        limit Limit::AtMost(bounds::BURST);
+        docs "new connections per source IP allowed at once; at least 1 while `connect-rate-per-ip` is on";
+
+    post_rate_per_ip: f64 [plain] = 500.0;
+        flag "RATE", "HTTP message posts per second per source IP; 0 disables the limit", default "500";
+        limit Limit::Rate("posts", bounds::RATE);
+        docs "HTTP `POST /v1/rooms/{room}/messages` per second per source IP (token bucket refill), on top of the \
+              per-user `send-rate`; past it a post is answered `429` with `Retry-After` and the JSON error body, \
+              code `rate_limited`; `0` disables the limit";
+
+    post_burst_per_ip: u32 [plain] = 1000;
+        flag "N", "HTTP message posts per source IP allowed in a burst above the rate", default "1000";
+        limit Limit::AtMost(bounds::BURST);
+        docs "posts per source IP allowed at once; at least 1 while `post-rate-per-ip` is on";
+
+    room_idle_timeout: Duration [duration] = Duration::from_secs(60);
+        flag "DURATION", "Forget a room after this long without members or traffic (reloaded on next use)",
+            default "60s";
+        limit Limit::Span(bounds::MIN_ROOM_IDLE_TIMEOUT, bounds::ROOM_IDLE_TIMEOUT);
+        docs "a room with no members, nothing in flight and no traffic for this long is forgotten from memory and \
+              reloaded from storage on next use (its sequence numbers and deduplication stay correct)";
+
+    store_cache_bytes: usize [size] = 64 << 20;
+        flag "SIZE", "Memory for the store's page cache, e.g. 64MiB", default "64MiB";
+        limit Limit::Between(bounds::MIN_STORE_CACHE_BYTES, bounds::STORE_CACHE_BYTES);
+        docs "memory the store's page cache may hold; history older than the in-memory tail is read through it";
 }
 
 impl Config {
@@ -274,18 +354,19 @@ impl Config {
     /// the server adds durations to clock readings, multiplies rates into
     /// token buckets and sizes buffers from these values, and a bound keeps
     /// all of that far from overflow and from absurd allocations, whichever
-    /// layer (flag, environment, file) the value came from.
+    /// layer (flag, environment, file) the value came from. Each setting's
+    /// own limit is checked first, in the order of the declaration, then
+    /// the rules between settings; the first problem is the one reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.check_each()?;
+        self.check_combinations()
+    }
+
+    /// The rules that involve more than one setting.
+    fn check_combinations(&self) -> Result<(), ConfigError> {
         fn bad(key: &str, problem: &str) -> Result<(), ConfigError> {
             Err(ConfigError::setting(key, problem))
         }
-        if self.data.as_os_str().is_empty() {
-            return bad("data", "must not be empty");
-        }
-        if self.threads == 0 {
-            return bad("threads", "must be at least 1");
-        }
-        count_at_most("threads", self.threads, bounds::THREADS)?;
         match (self.tls_listen, &self.tls_cert, &self.tls_key) {
             (Some(_), Some(_), Some(_)) | (None, None, None) => {}
             (Some(_), None, _) => return bad("tls-listen", "needs --tls-cert and --tls-key"),
@@ -298,11 +379,6 @@ impl Config {
                 return bad("tls-listen", "is the same address as --listen");
             }
         }
-        if self.max_message_bytes == 0 {
-            return bad("max-message-bytes", "must be at least 1");
-        }
-        size_at_most("max-message-bytes", self.max_message_bytes, bounds::MAX_MESSAGE_BYTES)?;
-        size_at_most("max-queue-bytes", self.max_queue_bytes, bounds::MAX_QUEUE_BYTES)?;
         // A connection must be able to queue at least one largest message,
         // or every such message would close its receiver as a slow consumer.
         if self.max_queue_bytes < self.max_message_bytes {
@@ -311,80 +387,22 @@ impl Config {
                 "must be at least max-message-bytes (a largest message must fit in the queue)",
             );
         }
-        if let Some(aud) = &self.jwt_audience {
-            if aud.is_empty() {
-                return bad("jwt-audience", "must not be empty");
-            }
-        }
-        if let Some(iss) = &self.jwt_issuer {
-            if iss.is_empty() {
-                return bad("jwt-issuer", "must not be empty");
-            }
-        }
-        duration_at_most("drain-timeout", self.drain_timeout, bounds::DRAIN_TIMEOUT)?;
-        if self.idle_timeout.is_zero() {
-            return bad("idle-timeout", "must be more than 0");
-        }
-        duration_at_most("idle-timeout", self.idle_timeout, bounds::IDLE_TIMEOUT)?;
-        if self.ping_interval.is_zero() {
-            return bad("ping-interval", "must be more than 0");
-        }
-        duration_at_most("ping-interval", self.ping_interval, bounds::PING_INTERVAL)?;
         if self.ping_interval >= self.idle_timeout {
             return bad(
                 "ping-interval",
                 "must be shorter than idle-timeout (the ping is what keeps a quiet connection alive)",
             );
         }
-        if self.request_timeout.is_zero() {
-            return bad("request-timeout", "must be more than 0");
-        }
-        duration_at_most("request-timeout", self.request_timeout, bounds::REQUEST_TIMEOUT)?;
-        bucket("send-rate", self.send_rate, "send-burst", self.send_burst, "sends")?;
-        bucket("request-rate", self.request_rate, "request-burst", self.request_burst, "requests")?;
-        bucket(
-            "connect-rate-per-ip",
-            self.connect_rate_per_ip,
-            "connect-burst-per-ip",
-            self.connect_burst_per_ip,
-            "connections",
-        )?;
-        bucket("post-rate-per-ip", self.post_rate_per_ip, "post-burst-per-ip", self.post_burst_per_ip, "posts")?;
-        if self.max_connections == 0 {
-            return bad("max-connections", "must be at least 1");
-        }
-        count_at_most("max-connections", self.max_connections, bounds::MAX_CONNECTIONS)?;
-        count_at_most("max-conns-per-ip", self.max_conns_per_ip, bounds::MAX_CONNS_PER_IP)?;
-        count_at_most("history-tail", self.history_tail, bounds::HISTORY_TAIL)?;
-        count_at_most("max-replay", self.max_replay, bounds::MAX_REPLAY)?;
-        duration_at_most("dedup-window", self.dedup_window, bounds::DEDUP_WINDOW)?;
-        if self.retain_messages == Some(0) {
-            return bad("retain-messages", "must be at least 1");
-        }
-        if let Some(age) = self.retain_age {
-            if age.is_zero() {
-                return bad("retain-age", "must be more than 0");
+        // A bucket that holds nothing refuses everything.
+        for (rate_key, rate, burst_key, burst) in [
+            ("send-rate", self.send_rate, "send-burst", self.send_burst),
+            ("request-rate", self.request_rate, "request-burst", self.request_burst),
+            ("connect-rate-per-ip", self.connect_rate_per_ip, "connect-burst-per-ip", self.connect_burst_per_ip),
+            ("post-rate-per-ip", self.post_rate_per_ip, "post-burst-per-ip", self.post_burst_per_ip),
+        ] {
+            if rate > 0.0 && burst == 0 {
+                return Err(ConfigError::setting(burst_key, format!("must be at least 1 while {rate_key} is on")));
             }
-            duration_at_most("retain-age", age, bounds::RETAIN_AGE)?;
-        }
-        if self.max_body_depth == 0 {
-            return bad("max-body-depth", "must be at least 1");
-        }
-        count_at_most("max-body-depth", self.max_body_depth, bounds::MAX_BODY_DEPTH)?;
-        if self.store_cache_bytes < bounds::MIN_STORE_CACHE_BYTES {
-            return bad("store-cache-bytes", "must be at least 1MiB");
-        }
-        size_at_most("store-cache-bytes", self.store_cache_bytes, bounds::STORE_CACHE_BYTES)?;
-        if self.room_idle_timeout < bounds::MIN_ROOM_IDLE_TIMEOUT || self.room_idle_timeout > bounds::ROOM_IDLE_TIMEOUT
-        {
-            return bad(
-                "room-idle-timeout",
-                &format!(
-                    "must be from {} to {}",
-                    show_duration(bounds::MIN_ROOM_IDLE_TIMEOUT),
-                    show_duration(bounds::ROOM_IDLE_TIMEOUT)
-                ),
-            );
         }
         Ok(())
     }
@@ -425,47 +443,6 @@ pub mod bounds {
     pub const ROOM_IDLE_TIMEOUT: Duration = Duration::from_secs(DAY);
     /// Longest lifetime `roomcast token --ttl` mints: ten years.
     pub const TOKEN_TTL: Duration = Duration::from_secs(3650 * DAY);
-}
-
-fn duration_at_most(key: &str, value: Duration, max: Duration) -> Result<(), ConfigError> {
-    if value > max {
-        return Err(ConfigError::setting(key, format!("must be at most {}", show_duration(max))));
-    }
-    Ok(())
-}
-
-fn size_at_most(key: &str, value: usize, max: usize) -> Result<(), ConfigError> {
-    if value > max {
-        return Err(ConfigError::setting(key, format!("must be at most {}", show_size(max))));
-    }
-    Ok(())
-}
-
-fn count_at_most(key: &str, value: usize, max: usize) -> Result<(), ConfigError> {
-    if value > max {
-        return Err(ConfigError::setting(key, format!("must be at most {max}")));
-    }
-    Ok(())
-}
-
-/// One token bucket's pair of settings: a finite rate from 0 (off) to
-/// [`bounds::RATE`], and a burst of at least 1 while the rate is on (a bucket
-/// that holds nothing refuses everything) and at most [`bounds::BURST`].
-fn bucket(rate_key: &str, rate: f64, burst_key: &str, burst: u32, what: &str) -> Result<(), ConfigError> {
-    // `contains` is false for NaN, so this refuses it too.
-    if !(0.0..=bounds::RATE).contains(&rate) {
-        return Err(ConfigError::setting(
-            rate_key,
-            format!("must be a number of {what} per second from 0 to {}", bounds::RATE),
-        ));
-    }
-    if rate > 0.0 && burst == 0 {
-        return Err(ConfigError::setting(burst_key, format!("must be at least 1 while {rate_key} is on")));
-    }
-    if burst > bounds::BURST {
-        return Err(ConfigError::setting(burst_key, format!("must be at most {}", bounds::BURST)));
-    }
-    Ok(())
 }
 
 /// What the command line asks for, with its settings resolved.
@@ -700,240 +677,7 @@ pub fn cli_command() -> clap::Command {
     })
 }
 
-/// One layer of serve settings: flags, environment or file. Every field is
-/// optional; `None` leaves the lower layer's value in place.
-#[derive(Debug, Default, Args, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "kebab-case")]
-struct Settings {
-    /// Address for HTTP and WebSocket [default: 127.0.0.1:8080]
-    #[arg(long, value_name = "ADDR")]
-    listen: Option<SocketAddr>,
-
-    /// Directory for stored messages and the generated JWT secret [default: ./data]
-    #[arg(long, value_name = "DIR")]
-    data: Option<PathBuf>,
-
-    /// Event-loop threads [default: number of CPUs]
-    #[arg(long, value_name = "N")]
-    threads: Option<usize>,
-
-    /// Accept connections without a token, taking the user id from `?user=`
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = parse_bool)]
-    anonymous: Option<bool>,
-
-    /// When a message counts as stored: after fsync, or once written [default: immediate]
-    #[arg(long, value_name = "MODE")]
-    durability: Option<Durability>,
-
-    /// Address for HTTPS and WebSocket over TLS (needs --tls-cert and --tls-key)
-    #[arg(long, value_name = "ADDR")]
-    #[serde(alias = "tls_listen")]
-    tls_listen: Option<SocketAddr>,
-
-    /// PEM file with the TLS certificate chain, leaf first
-    #[arg(long, value_name = "PEM")]
-    #[serde(alias = "tls_cert")]
-    tls_cert: Option<PathBuf>,
-
-    /// PEM file with the TLS private key
-    #[arg(long, value_name = "PEM")]
-    #[serde(alias = "tls_key")]
-    tls_key: Option<PathBuf>,
-
-    /// Largest inbound message or HTTP body, e.g. 65536 or 64KiB [default: 64KiB]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    #[serde(alias = "max_message_bytes", default, deserialize_with = "de_size")]
-    max_message_bytes: Option<usize>,
-
-    /// Serve the /v1/echo WebSocket endpoint, for conformance suites
-    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true,
-          default_missing_value = "true", value_parser = parse_bool)]
-    echo: Option<bool>,
-
-    /// Require this `aud` claim in tokens
-    #[arg(long, value_name = "AUD")]
-    #[serde(alias = "jwt_audience")]
-    jwt_audience: Option<String>,
-
-    /// Require this `iss` claim in tokens
-    #[arg(long, value_name = "ISS")]
-    #[serde(alias = "jwt_issuer")]
-    jwt_issuer: Option<String>,
-
-    /// How long shutdown waits for connections before closing them [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(alias = "drain_timeout", default, deserialize_with = "de_duration")]
-    drain_timeout: Option<Duration>,
-
-    /// Close a WebSocket after this long without any traffic [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(alias = "idle_timeout", default, deserialize_with = "de_duration")]
-    idle_timeout: Option<Duration>,
-
-    /// Send a ping after this much silence on a WebSocket [default: 20s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(alias = "ping_interval", default, deserialize_with = "de_duration")]
-    ping_interval: Option<Duration>,
-
-    /// Time allowed to send a complete HTTP request head [default: 10s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(alias = "request_timeout", default, deserialize_with = "de_duration")]
-    request_timeout: Option<Duration>,
-
-    /// Sends per second per connection (token bucket); 0 disables the limit [default: 50]
-    #[arg(long, value_name = "RATE")]
-    #[serde(alias = "send_rate")]
-    send_rate: Option<f64>,
-
-    /// Sends allowed in a burst above the rate [default: 100]
-    #[arg(long, value_name = "N")]
-    #[serde(alias = "send_burst")]
-    send_burst: Option<u32>,
-
-    /// Outbound bytes queued per connection before closing it as a slow consumer [default: 4MiB]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    #[serde(alias = "max_queue_bytes", default, deserialize_with = "de_size")]
-    max_queue_bytes: Option<usize>,
-
-    /// Open connections per process; past it new ones are closed at once [default: 100000]
-    #[arg(long, value_name = "N")]
-    #[serde(alias = "max_connections")]
-    max_connections: Option<usize>,
-
-    /// Messages kept in memory per room [default: 1024]
-    #[arg(long, value_name = "N")]
-    #[serde(alias = "history_tail")]
-    history_tail: Option<usize>,
-
-    /// Most messages replayed on join with `since` [default: 1000]
-    #[arg(long, value_name = "N")]
-    #[serde(alias = "max_replay")]
-    max_replay: Option<usize>,
-
-    /// How long a client message id is remembered for deduplication [default: 1h]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(alias = "dedup_window", default, deserialize_with = "de_duration")]
-    dedup_window: Option<Duration>,
-
-    /// Keep at most this many messages per room [default: all]
-    #[arg(long, value_name = "N")]
-    #[serde(alias = "retain_messages")]
-    retain_messages: Option<u64>,
-
-    /// Keep messages at most this long [default: forever]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(alias = "retain_age", default, deserialize_with = "de_duration")]
-    retain_age: Option<Duration>,
-
-    /// Deepest nesting of arrays and objects in a message body [default: 64]
-    #[arg(long, value_name = "N")]
-    #[serde(alias = "max_body_depth")]
-    max_body_depth: Option<usize>,
-
-    /// Requests other than send (join, leave, history, presence, ping) per second per connection; 0 disables [default: 100]
-    #[arg(long, value_name = "RATE")]
-    #[serde(alias = "request_rate")]
-    request_rate: Option<f64>,
-
-    /// Such requests allowed in a burst above the rate [default: 300]
-    #[arg(long, value_name = "N")]
-    #[serde(alias = "request_burst")]
-    request_burst: Option<u32>,
-
-    /// Open connections per source IP; 0 disables the limit [default: 1024]
-    #[arg(long, value_name = "N")]
-    #[serde(alias = "max_conns_per_ip")]
-    max_conns_per_ip: Option<usize>,
-
-    /// New connections per second per source IP; 0 disables the limit [default: 200]
-    #[arg(long, value_name = "RATE")]
-    #[serde(alias = "connect_rate_per_ip")]
-    connect_rate_per_ip: Option<f64>,
-
-    /// New connections per source IP allowed in a burst above the rate [default: 1000]
-    #[arg(long, value_name = "N")]
-    #[serde(alias = "connect_burst_per_ip")]
-    connect_burst_per_ip: Option<u32>,
-
-    /// HTTP message posts per second per source IP; 0 disables the limit [default: 500]
-    #[arg(long, value_name = "RATE")]
-    #[serde(alias = "post_rate_per_ip")]
-    post_rate_per_ip: Option<f64>,
-
-    /// HTTP message posts per source IP allowed in a burst above the rate [default: 1000]
-    #[arg(long, value_name = "N")]
-    #[serde(alias = "post_burst_per_ip")]
-    post_burst_per_ip: Option<u32>,
-
-    /// Forget a room after this long without members or traffic (reloaded on next use) [default: 60s]
-    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
-    #[serde(alias = "room_idle_timeout", default, deserialize_with = "de_duration")]
-    room_idle_timeout: Option<Duration>,
-
-    /// Memory for the store's page cache, e.g. 64MiB [default: 64MiB]
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    #[serde(alias = "store_cache_bytes", default, deserialize_with = "de_size")]
-    store_cache_bytes: Option<usize>,
-}
-
 impl Settings {
-    /// The environment layer. Each variable is `ROOMCAST_` plus the flag name
-    /// in upper snake case, parsed exactly as the flag would be.
-    fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
-        let get = |flag: &str| {
-            let name = env_name(flag);
-            env_value(env, &name).map(|value| (name, value))
-        };
-        // One helper per value shape keeps the field list below one line each.
-        fn with<T>(
-            found: Option<(String, String)>,
-            parse: impl Fn(&str) -> Result<T, String>,
-        ) -> Result<Option<T>, ConfigError> {
-            match found {
-                None => Ok(None),
-                Some((name, value)) => parse(&value).map(Some).map_err(|problem| ConfigError::setting(name, problem)),
-            }
-        }
-        Ok(Settings {
-            listen: with(get("listen"), parse_from_str)?,
-            data: with(get("data"), parse_from_str)?,
-            threads: with(get("threads"), parse_from_str)?,
-            anonymous: with(get("anonymous"), parse_bool)?,
-            durability: with(get("durability"), parse_from_str)?,
-            tls_listen: with(get("tls-listen"), parse_from_str)?,
-            tls_cert: with(get("tls-cert"), parse_from_str)?,
-            tls_key: with(get("tls-key"), parse_from_str)?,
-            max_message_bytes: with(get("max-message-bytes"), parse_size)?,
-            echo: with(get("echo"), parse_bool)?,
-            jwt_audience: with(get("jwt-audience"), parse_from_str)?,
-            jwt_issuer: with(get("jwt-issuer"), parse_from_str)?,
-            drain_timeout: with(get("drain-timeout"), parse_duration)?,
-            idle_timeout: with(get("idle-timeout"), parse_duration)?,
-            ping_interval: with(get("ping-interval"), parse_duration)?,
-            request_timeout: with(get("request-timeout"), parse_duration)?,
-            send_rate: with(get("send-rate"), parse_from_str)?,
-            send_burst: with(get("send-burst"), parse_from_str)?,
-            max_queue_bytes: with(get("max-queue-bytes"), parse_size)?,
-            max_connections: with(get("max-connections"), parse_from_str)?,
-            history_tail: with(get("history-tail"), parse_from_str)?,
-            max_replay: with(get("max-replay"), parse_from_str)?,
-            dedup_window: with(get("dedup-window"), parse_duration)?,
-            retain_messages: with(get("retain-messages"), parse_from_str)?,
-            retain_age: with(get("retain-age"), parse_duration)?,
-            max_body_depth: with(get("max-body-depth"), parse_from_str)?,
-            request_rate: with(get("request-rate"), parse_from_str)?,
-            request_burst: with(get("request-burst"), parse_from_str)?,
-            max_conns_per_ip: with(get("max-conns-per-ip"), parse_from_str)?,
-            connect_rate_per_ip: with(get("connect-rate-per-ip"), parse_from_str)?,
-            connect_burst_per_ip: with(get("connect-burst-per-ip"), parse_from_str)?,
-            post_rate_per_ip: with(get("post-rate-per-ip"), parse_from_str)?,
-            post_burst_per_ip: with(get("post-burst-per-ip"), parse_from_str)?,
-            room_idle_timeout: with(get("room-idle-timeout"), parse_duration)?,
-            store_cache_bytes: with(get("store-cache-bytes"), parse_size)?,
-        })
-    }
-
     /// The file layer.
     ///
     /// At most [`MAX_CONFIG_FILE_BYTES`] are read, so that naming a device
@@ -955,55 +699,6 @@ impl Settings {
 
     fn from_toml(text: &str, shown: &str) -> Result<Settings, ConfigError> {
         toml::from_str(text).map_err(|e| toml_error(&e, text, shown))
-    }
-
-    /// Overrides `config` with every setting this layer has.
-    fn apply(self, config: &mut Config) {
-        fn set<T>(slot: &mut T, value: Option<T>) {
-            if let Some(v) = value {
-                *slot = v;
-            }
-        }
-        fn set_opt<T>(slot: &mut Option<T>, value: Option<T>) {
-            if value.is_some() {
-                *slot = value;
-            }
-        }
-        set(&mut config.listen, self.listen);
-        set(&mut config.data, self.data);
-        set(&mut config.threads, self.threads);
-        set(&mut config.anonymous, self.anonymous);
-        set(&mut config.durability, self.durability);
-        set_opt(&mut config.tls_listen, self.tls_listen);
-        set_opt(&mut config.tls_cert, self.tls_cert);
-        set_opt(&mut config.tls_key, self.tls_key);
-        set(&mut config.max_message_bytes, self.max_message_bytes);
-        set(&mut config.echo, self.echo);
-        set_opt(&mut config.jwt_audience, self.jwt_audience);
-        set_opt(&mut config.jwt_issuer, self.jwt_issuer);
-        set(&mut config.drain_timeout, self.drain_timeout);
-        set(&mut config.idle_timeout, self.idle_timeout);
-        set(&mut config.ping_interval, self.ping_interval);
-        set(&mut config.request_timeout, self.request_timeout);
-        set(&mut config.send_rate, self.send_rate);
-        set(&mut config.send_burst, self.send_burst);
-        set(&mut config.max_queue_bytes, self.max_queue_bytes);
-        set(&mut config.max_connections, self.max_connections);
-        set(&mut config.history_tail, self.history_tail);
-        set(&mut config.max_replay, self.max_replay);
-        set(&mut config.dedup_window, self.dedup_window);
-        set_opt(&mut config.retain_messages, self.retain_messages);
-        set_opt(&mut config.retain_age, self.retain_age);
-        set(&mut config.max_body_depth, self.max_body_depth);
-        set(&mut config.request_rate, self.request_rate);
-        set(&mut config.request_burst, self.request_burst);
-        set(&mut config.max_conns_per_ip, self.max_conns_per_ip);
-        set(&mut config.connect_rate_per_ip, self.connect_rate_per_ip);
-        set(&mut config.connect_burst_per_ip, self.connect_burst_per_ip);
-        set(&mut config.post_rate_per_ip, self.post_rate_per_ip);
-        set(&mut config.post_burst_per_ip, self.post_burst_per_ip);
-        set(&mut config.room_idle_timeout, self.room_idle_timeout);
-        set(&mut config.store_cache_bytes, self.store_cache_bytes);
     }
 }
 

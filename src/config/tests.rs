@@ -296,6 +296,107 @@ fn the_settings_document_matches() {
     assert_eq!(config.max_message_bytes, 128 << 10);
 }
 
+/// The markers around the generated settings table in docs/CONFIG.md.
+const TABLE_START: &str = "<!-- settings table: generated from src/config/mod.rs -->\n";
+const TABLE_END: &str = "<!-- end of settings table -->\n";
+
+/// The settings table in docs/CONFIG.md is the one the declaration renders.
+/// `ROOMCAST_BLESS=1 cargo test --release --lib config::tests::the_settings_table_is_current`
+/// writes it there instead (and passes).
+#[test]
+fn the_settings_table_is_current() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/CONFIG.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    let start = doc.find(TABLE_START).expect("no start marker in docs/CONFIG.md") + TABLE_START.len();
+    let len = doc[start..].find(TABLE_END).expect("no end marker in docs/CONFIG.md");
+    let table = declare::settings_table(&Settings::doc_rows());
+    if std::env::var_os("ROOMCAST_BLESS").is_some_and(|v| v == "1") {
+        let blessed = format!("{}{table}{}", &doc[..start], &doc[start + len..]);
+        std::fs::write(&path, blessed).unwrap();
+        return;
+    }
+    let current = &doc[start..start + len];
+    for (line, (want, have)) in table.lines().zip(current.lines()).enumerate() {
+        assert_eq!(have, want, "docs/CONFIG.md settings table, row {line}; rerun with ROOMCAST_BLESS=1");
+    }
+    assert_eq!(current, table, "docs/CONFIG.md settings table is not the declared one; rerun with ROOMCAST_BLESS=1");
+}
+
+#[test]
+fn the_table_has_a_row_per_flag() {
+    let table = declare::settings_table(&Settings::doc_rows());
+    let serve = cli_command();
+    let serve = serve.find_subcommand("serve").unwrap();
+    let flags: Vec<&str> = serve.get_arguments().filter_map(|a| a.get_long()).filter(|l| *l != "help").collect();
+    let rows: Vec<&str> = table.lines().skip(2).collect();
+    assert_eq!(rows.len(), flags.len());
+    for (row, flag) in rows.iter().zip(&flags) {
+        assert!(row.starts_with(&format!("| `--{flag}")), "{row}");
+        assert!(row.contains(&format!("| `{}` |", env_name(flag))), "{row}");
+        assert!(!row.contains('\n'));
+    }
+    // A switch takes no value in the table, as on the command line.
+    assert!(table.contains("| `--anonymous` | `ROOMCAST_ANONYMOUS` | `anonymous` | `false` |"));
+    assert!(table.contains(
+        "| `--threads N` | `ROOMCAST_THREADS` | `threads` | number of CPUs | event-loop threads; 1 to 1024 |"
+    ));
+}
+
+/// A default that `--help` shows, when it is a value of the setting, is
+/// the default the setting has.
+#[test]
+fn help_defaults_are_the_defaults() {
+    for row in Settings::doc_rows() {
+        assert_eq!(row.wrong_default, None, "--{}", row.long);
+    }
+    // And the check can fail: a shown default that is not the real one.
+    let (_, wrong) =
+        declare::doc_default(Some("2s"), parse_duration, Some(&Duration::from_secs(1)), |d| values::show_duration(*d));
+    assert!(wrong.is_some());
+}
+
+/// Each setting's names are distinct from every other's in each spelling.
+#[test]
+fn names_are_distinct() {
+    use declare::Layer;
+    let mut seen = std::collections::HashSet::new();
+    for (snake, kebab) in Settings::NAMES.iter().zip(Settings::kebab()) {
+        assert!(seen.insert(snake.to_string()), "{snake}");
+        if kebab != snake {
+            assert!(seen.insert(kebab.clone()), "{kebab}");
+        }
+    }
+    assert!(!Settings::NAMES.contains(&"config"), "`config` names the file, not a setting");
+}
+
+/// The limits' messages, as `validate` words them.
+#[test]
+fn limit_messages() {
+    let show = |n: &usize| n.to_string();
+    let key = |r: Result<(), ConfigError>| r.unwrap_err().to_string();
+    assert_eq!(key(Limit::Between(1, 9).check("k", Some(&0), show)), "k: must be at least 1");
+    assert_eq!(key(Limit::Between(1, 9).check("k", Some(&10), show)), "k: must be at most 9");
+    assert_eq!(key(Limit::AtLeast(2).check("k", Some(&1), show)), "k: must be at least 2");
+    assert_eq!(key(Limit::AtMost(9).check("k", Some(&10), show)), "k: must be at most 9");
+    assert_eq!(key(Limit::Positive(9).check("k", Some(&0), show)), "k: must be more than 0");
+    assert_eq!(key(Limit::Span(2, 9).check("k", Some(&1), show)), "k: must be from 2 to 9");
+    assert_eq!(key(Limit::Span(2, 9).check("k", Some(&10), show)), "k: must be from 2 to 9");
+    assert_eq!(key(Limit::NotEmpty.check("k", Some(&String::new()), |s| s.clone())), "k: must not be empty");
+    let rate = Limit::Rate("sends", 10.0);
+    for bad in [-0.5, 10.5, f64::NAN, f64::INFINITY] {
+        assert_eq!(
+            key(rate.check("k", Some(&bad), |r| r.to_string())),
+            "k: must be a number of sends per second from 0 to 10"
+        );
+    }
+    for ok in [0.0, 10.0] {
+        rate.check("k", Some(&ok), |r| r.to_string()).unwrap();
+    }
+    Limit::Between(1, 9).check("k", None, show).unwrap();
+    Limit::Between(1, 9).check("k", Some(&1), show).unwrap();
+    Limit::Between(1, 9).check("k", Some(&9), show).unwrap();
+}
+
 #[test]
 fn bad_values_name_their_source() {
     let env = env_of(&[("ROOMCAST_MAX_MESSAGE_BYTES", "lots")]);

@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use serde::de::{self, Deserializer, Visitor};
+use serde::de::{self, Deserialize, Deserializer, Visitor};
 
 pub(crate) fn parse_from_str<T>(s: &str) -> Result<T, String>
 where
@@ -80,46 +80,54 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-/// TOML duration: a string as [`parse_duration`] takes, or integer seconds.
-pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    struct V;
-    impl Visitor<'_> for V {
-        type Value = Duration;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a duration such as \"10s\" or a number of seconds")
+/// A TOML duration: a string as [`parse_duration`] takes, or integer seconds.
+pub(crate) struct TomlDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for TomlDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a duration such as \"10s\" or a number of seconds")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+                parse_duration(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
+                Ok(Duration::from_secs(v))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
+                u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("a duration cannot be negative"))
+            }
         }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
-            parse_duration(v).map_err(E::custom)
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<Duration, E> {
-            Ok(Duration::from_secs(v))
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<Duration, E> {
-            u64::try_from(v).map(Duration::from_secs).map_err(|_| E::custom("a duration cannot be negative"))
-        }
+        d.deserialize_any(V).map(TomlDuration)
     }
-    d.deserialize_any(V).map(Some)
 }
 
-/// TOML size: a string as [`parse_size`] takes, or an integer byte count.
-pub(crate) fn de_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<usize>, D::Error> {
-    struct V;
-    impl Visitor<'_> for V {
-        type Value = usize;
-        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.write_str("a size such as \"64KiB\" or a number of bytes")
+/// A TOML size: a string as [`parse_size`] takes, or an integer byte count.
+pub(crate) struct TomlSize(pub usize);
+
+impl<'de> Deserialize<'de> for TomlSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = usize;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size such as \"64KiB\" or a number of bytes")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
+                parse_size(v).map_err(E::custom)
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
+                usize::try_from(v).map_err(|_| E::custom("size is too large"))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
+                usize::try_from(v).map_err(|_| E::custom("a size cannot be negative"))
+            }
         }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<usize, E> {
-            parse_size(v).map_err(E::custom)
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<usize, E> {
-            usize::try_from(v).map_err(|_| E::custom("size is too large"))
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<usize, E> {
-            usize::try_from(v).map_err(|_| E::custom("a size cannot be negative"))
-        }
+        d.deserialize_any(V).map(TomlSize)
     }
-    d.deserialize_any(V).map(Some)
 }
 
 /// `3600s` -> `1h`: the largest unit that divides the duration exactly, in
