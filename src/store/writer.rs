@@ -1,7 +1,8 @@
 //! `store-writer`: the one thread that writes the database. It owns group
 //! commit (every append waiting in the channel goes into one transaction),
-//! commit reports back to the reactors, backups between batches, and the
-//! pruning of retention and dedup expiry in small slices.
+//! commit reports back to the reactors, and the pruning of retention and
+//! dedup expiry in small slices. Backups are not its work: `Store::backup_to`
+//! copies a read snapshot on a thread of its own.
 //!
 //! Ordering: a reactor learns that its appends are durable only through
 //! [`CommitSink::committed`], called after `commit()` returned, in the order
@@ -11,12 +12,11 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use redb::{Durability, ReadableTable};
 
 use super::{codec, now_ms, Store, StoreError, DEDUP, DEDUP_EXPIRY, MESSAGES, ROOMS};
@@ -39,7 +39,6 @@ pub struct Record {
 
 pub enum WriterCmd {
     Append { reactor: u16, rec: Record },
-    Backup { out: PathBuf, reply: Sender<Result<u64, StoreError>> },
 }
 
 /// Where the writer reports commits; implemented by the reactor side (it
@@ -176,12 +175,6 @@ impl Writer {
             WriterCmd::Append { reactor, rec } => {
                 self.recs.push(rec);
                 self.reactors.push(reactor);
-            }
-            WriterCmd::Backup { out, reply } => {
-                // Commit what came before, so the backup holds every message
-                // acked before it was asked for.
-                self.flush();
-                let _ = reply.send(self.store.backup_to(&out));
             }
         }
     }
