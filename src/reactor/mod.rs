@@ -31,7 +31,7 @@ use std::io;
 use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::net::TcpListener;
@@ -41,6 +41,7 @@ use slab::Slab;
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::{self, CloseReason, Counters};
+use crate::proto::now_ms;
 use crate::proto::ws as wsproto;
 use crate::rooms::{LocalMembers, OwnedRooms, RoomSettings};
 use crate::store::{ReaderPool, Store, WriterCmd};
@@ -253,10 +254,6 @@ fn can_read(conn: &Conn) -> bool {
         State::Ws(ws) => ws.inflight < ws::MAX_INFLIGHT && ws.heavy < ws::MAX_HEAVY,
         _ => true,
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Reactor {

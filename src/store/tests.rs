@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use redb::{ReadableDatabase, ReadableTableMetadata};
 
 use super::*;
+use crate::proto::now_ms;
 
 fn rec(room: &str, seq: u64, ts: u64, from: &str, id: Option<&str>) -> Record {
     Record {

@@ -19,7 +19,9 @@ use std::time::Duration;
 use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use redb::{Durability, ReadableTable};
 
-use super::{codec, now_ms, Store, StoreError, DEDUP, DEDUP_EXPIRY, MESSAGES, ROOMS};
+use crate::proto::now_ms;
+
+use super::{codec, Store, StoreError, DEDUP, DEDUP_EXPIRY, MESSAGES, ROOMS};
 
 /// One message to store. Seq and ts are assigned by the room's owner reactor
 /// before it is sent here.
