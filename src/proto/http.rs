@@ -18,6 +18,8 @@
 
 use httparse::Status;
 
+use super::push_decimal;
+
 /// Most header fields a request may carry, whatever [`Limits::max_headers`]
 /// says: httparse fills an array of this many slots on the stack.
 pub const MAX_HEADERS_CAP: usize = 128;
@@ -650,20 +652,6 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 /// Writes text into a head, turning CR, LF and NUL into spaces so that no
 /// value can end the line early and inject header fields.
 fn push_head_text(out: &mut Vec<u8>, s: &str) {
@@ -696,7 +684,7 @@ fn write_head(
     extra: &[(&str, &str)],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, usize::from(status));
+    push_decimal(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\nServer: roomcast\r\n");
@@ -705,7 +693,7 @@ fn write_head(
     }
     if status_has_length(status) {
         out.extend_from_slice(b"Content-Length: ");
-        push_decimal(out, content_length);
+        push_decimal(out, content_length as u64);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n" } else { b"Connection: close\r\n" });

@@ -43,6 +43,8 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::{decimal_len, push_decimal};
+
 /// Longest `ref` string (bytes after unescaping) or integer (characters).
 pub const MAX_REF_BYTES: usize = 64;
 /// Longest client message id, in bytes after unescaping.
@@ -558,18 +560,7 @@ impl Out {
     }
 
     fn u64(&mut self, n: u64) {
-        let mut tmp = [0u8; 20];
-        let mut i = tmp.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            tmp[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.buf.extend_from_slice(&tmp[i..]);
+        push_decimal(&mut self.buf, n);
     }
 
     fn bool(&mut self, b: bool) {
@@ -668,15 +659,6 @@ fn json_str_len(s: &str) -> usize {
         .sum::<usize>()
 }
 
-fn u64_len(mut n: u64) -> usize {
-    let mut len = 1;
-    while n >= 10 {
-        n /= 10;
-        len += 1;
-    }
-    len
-}
-
 /// One `msg`, encoded once as a complete WebSocket text frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsgFrame {
@@ -735,9 +717,9 @@ fn msg_json_len(room: &str, seq: u64, ts: u64, from: &str, body_len: usize, id: 
         + "\"room\":".len()
         + json_str_len(room)
         + ",\"seq\":".len()
-        + u64_len(seq)
+        + decimal_len(seq)
         + ",\"ts\":".len()
-        + u64_len(ts)
+        + decimal_len(ts)
         + ",\"from\":".len()
         + json_str_len(from)
         + ",\"body\":".len()
@@ -1308,7 +1290,7 @@ mod tests {
             assert_eq!(out.buf, serde_json::to_vec(s).unwrap(), "{s:?}");
         }
         for n in [0, 9, 10, 99, 100, 12345, u64::MAX] {
-            assert_eq!(u64_len(n), n.to_string().len());
+            assert_eq!(decimal_len(n), n.to_string().len());
             let mut out = Out::plain(0);
             out.u64(n);
             assert_eq!(out.buf, n.to_string().as_bytes());
