@@ -18,7 +18,7 @@
 
 use httparse::Status;
 
-use super::push_decimal;
+use super::{json, push_decimal};
 
 /// Most header fields a request may carry, whatever [`Limits::max_headers`]
 /// says: httparse fills an array of this many slots on the stack.
@@ -738,44 +738,18 @@ pub fn write_error(
     keep_alive: bool,
     extra: &[(&str, &str)],
 ) {
-    let len =
-        ERROR_OPEN.len() + json_escaped_len(code) + ERROR_MIDDLE.len() + json_escaped_len(message) + ERROR_CLOSE.len();
+    let len = ERROR_OPEN.len()
+        + json::escaped_len(code)
+        + ERROR_MIDDLE.len()
+        + json::escaped_len(message)
+        + ERROR_CLOSE.len();
     write_head(out, status, "application/json", len, keep_alive, extra);
     if status_has_body(status) {
         out.extend_from_slice(ERROR_OPEN);
-        push_json_escaped(out, code);
+        json::push_escaped(out, code);
         out.extend_from_slice(ERROR_MIDDLE);
-        push_json_escaped(out, message);
+        json::push_escaped(out, message);
         out.extend_from_slice(ERROR_CLOSE);
-    }
-}
-
-/// The JSON escape of one byte of a UTF-8 string, if it needs one. Bytes of
-/// multi-byte characters are all >= 0x80 and pass through.
-fn json_escape(b: u8) -> Option<&'static [u8]> {
-    const CONTROL: [&[u8]; 32] = [
-        b"\\u0000", b"\\u0001", b"\\u0002", b"\\u0003", b"\\u0004", b"\\u0005", b"\\u0006", b"\\u0007", b"\\b", b"\\t",
-        b"\\n", b"\\u000b", b"\\f", b"\\r", b"\\u000e", b"\\u000f", b"\\u0010", b"\\u0011", b"\\u0012", b"\\u0013",
-        b"\\u0014", b"\\u0015", b"\\u0016", b"\\u0017", b"\\u0018", b"\\u0019", b"\\u001a", b"\\u001b", b"\\u001c",
-        b"\\u001d", b"\\u001e", b"\\u001f",
-    ];
-    match b {
-        b'"' => Some(b"\\\""),
-        b'\\' => Some(b"\\\\"),
-        _ => CONTROL.get(usize::from(b)).copied(),
-    }
-}
-
-fn json_escaped_len(s: &str) -> usize {
-    s.bytes().map(|b| json_escape(b).map_or(1, <[u8]>::len)).sum()
-}
-
-fn push_json_escaped(out: &mut Vec<u8>, s: &str) {
-    for b in s.bytes() {
-        match json_escape(b) {
-            Some(escaped) => out.extend_from_slice(escaped),
-            None => out.push(b),
-        }
     }
 }
 
@@ -1693,16 +1667,6 @@ mod tests {
                Content-Length: 46\r\nConnection: close\r\n\r\n\
                {\"error\":{\"code\":\"bad_request\",\"message\":\"x\"}}"[..]
         );
-    }
-
-    #[test]
-    fn json_escaping_every_control_byte() {
-        let message: String = (0u8..0x80).map(char::from).collect();
-        let mut out = Vec::new();
-        push_json_escaped(&mut out, &message);
-        assert_eq!(out.len(), json_escaped_len(&message));
-        let back: String = serde_json::from_slice(&[b"\"", &out[..], b"\""].concat()).unwrap();
-        assert_eq!(back, message);
     }
 
     #[test]

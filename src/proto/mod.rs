@@ -3,10 +3,12 @@
 //! read, [`now_ms`], lives here because it defines the unit of the wire's
 //! timestamps; no codec calls it.
 //!
-//! The writers the formats share have one definition each; the ASCII
-//! decimal of HTTP lengths and JSON numbers is [`push_decimal`], here.
+//! The writers the formats share have one definition each: JSON strings in
+//! [`json`], and, here, the ASCII decimal of HTTP lengths and JSON numbers
+//! ([`push_decimal`]).
 
 pub mod http;
+pub mod json;
 pub mod msg;
 pub mod ws;
 

@@ -43,7 +43,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{decimal_len, push_decimal};
+use super::{decimal_len, json, push_decimal};
 
 /// Longest `ref` string (bytes after unescaping) or integer (characters).
 pub const MAX_REF_BYTES: usize = 64;
@@ -549,14 +549,7 @@ impl Out {
     }
 
     fn str(&mut self, s: &str) {
-        if !needs_escape(s) {
-            self.buf.push(b'"');
-            self.buf.extend_from_slice(s.as_bytes());
-            self.buf.push(b'"');
-        } else {
-            // Writing into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut self.buf, s);
-        }
+        json::push_str(&mut self.buf, s);
     }
 
     fn u64(&mut self, n: u64) {
@@ -640,25 +633,6 @@ impl Out {
     }
 }
 
-/// Whether serde_json would escape anything in `s` (a quote, a backslash or
-/// a control character below 0x20); other characters go out as UTF-8.
-fn needs_escape(s: &str) -> bool {
-    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
-}
-
-/// The exact length of `s` as a JSON string, quotes included, as serde_json
-/// writes it.
-fn json_str_len(s: &str) -> usize {
-    2 + s
-        .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
-}
-
 /// One `msg`, encoded once as a complete WebSocket text frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MsgFrame {
@@ -715,16 +689,16 @@ pub fn encode_msg_raw(room: &str, seq: u64, ts: u64, from: &str, body: &[u8], id
 fn msg_json_len(room: &str, seq: u64, ts: u64, from: &str, body_len: usize, id: Option<&str>) -> usize {
     MSG_PREFIX.len()
         + "\"room\":".len()
-        + json_str_len(room)
+        + json::str_len(room)
         + ",\"seq\":".len()
         + decimal_len(seq)
         + ",\"ts\":".len()
         + decimal_len(ts)
         + ",\"from\":".len()
-        + json_str_len(from)
+        + json::str_len(from)
         + ",\"body\":".len()
         + body_len
-        + id.map_or(0, |id| ",\"id\":".len() + json_str_len(id))
+        + id.map_or(0, |id| ",\"id\":".len() + json::str_len(id))
         + "}".len()
 }
 
@@ -1284,7 +1258,7 @@ mod tests {
         }
         // The length estimate is exact, so the frame's buffer has no slack.
         for s in ["", "a", "\"\\", "\u{0}\u{8}\u{c}\n\r\t\u{1f}", "é€😀", "a\u{7f}"] {
-            assert_eq!(json_str_len(s), serde_json::to_vec(s).unwrap().len(), "{s:?}");
+            assert_eq!(json::str_len(s), serde_json::to_vec(s).unwrap().len(), "{s:?}");
             let mut out = Out::plain(0);
             out.str(s);
             assert_eq!(out.buf, serde_json::to_vec(s).unwrap(), "{s:?}");
