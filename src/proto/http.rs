@@ -2,8 +2,9 @@
 //!
 //! Owns: parsing one request from the front of a connection's read buffer
 //! (the head with httparse, the body by Content-Length or chunked coding),
-//! the size limits and which error each broken limit answers, response heads,
-//! JSON error bodies, and the checks on a WebSocket upgrade request.
+//! the size limits and which error each broken limit answers, response heads
+//! (error responses carry [`msg::error_json`]'s body), and the checks on a
+//! WebSocket upgrade request.
 //! Does not own: sockets, buffers, routing, timeouts, or the
 //! Sec-WebSocket-Accept computation; the connection state machine and the
 //! WebSocket layer own those.
@@ -18,7 +19,7 @@
 
 use httparse::Status;
 
-use super::{json, push_decimal};
+use super::{msg, push_decimal};
 
 /// Most header fields a request may carry, whatever [`Limits::max_headers`]
 /// says: httparse fills an array of this many slots on the stack.
@@ -723,11 +724,7 @@ pub fn write_response(
     }
 }
 
-const ERROR_OPEN: &[u8] = br#"{"error":{"code":""#;
-const ERROR_MIDDLE: &[u8] = br#"","message":""#;
-const ERROR_CLOSE: &[u8] = br#""}}"#;
-
-/// Appends a JSON error response `{"error":{"code":..,"message":..}}` with
+/// Appends a JSON error response, the body [`msg::error_json`], with
 /// Content-Type application/json. The body is measured and then escaped
 /// straight into `out`, without a temporary string.
 pub fn write_error(
@@ -738,18 +735,9 @@ pub fn write_error(
     keep_alive: bool,
     extra: &[(&str, &str)],
 ) {
-    let len = ERROR_OPEN.len()
-        + json::escaped_len(code)
-        + ERROR_MIDDLE.len()
-        + json::escaped_len(message)
-        + ERROR_CLOSE.len();
-    write_head(out, status, "application/json", len, keep_alive, extra);
+    write_head(out, status, "application/json", msg::error_json_len(code, message), keep_alive, extra);
     if status_has_body(status) {
-        out.extend_from_slice(ERROR_OPEN);
-        json::push_escaped(out, code);
-        out.extend_from_slice(ERROR_MIDDLE);
-        json::push_escaped(out, message);
-        out.extend_from_slice(ERROR_CLOSE);
+        msg::push_error_json(out, code, message);
     }
 }
 

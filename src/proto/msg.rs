@@ -877,15 +877,30 @@ pub fn posted_json(room: &str, seq: u64, ts: u64) -> Vec<u8> {
     out.buf
 }
 
+const ERROR_OPEN: &[u8] = b"{\"error\":{\"code\":";
+const ERROR_MIDDLE: &[u8] = b",\"message\":";
+const ERROR_CLOSE: &[u8] = b"}}";
+
 /// `{"error":{"code":..,"message":..}}`: an HTTP error body.
 pub fn error_json(code: &str, message: &str) -> Vec<u8> {
-    let mut out = Out::plain(48 + code.len() + message.len());
-    out.raw(b"{\"error\":{\"code\":");
-    out.str(code);
-    out.key("message");
-    out.str(message);
-    out.raw(b"}}");
-    out.buf
+    let mut out = Vec::with_capacity(error_json_len(code, message));
+    push_error_json(&mut out, code, message);
+    out
+}
+
+/// The exact length of [`error_json`], for a Content-Length written before
+/// the body.
+pub fn error_json_len(code: &str, message: &str) -> usize {
+    ERROR_OPEN.len() + json::str_len(code) + ERROR_MIDDLE.len() + json::str_len(message) + ERROR_CLOSE.len()
+}
+
+/// Appends [`error_json`] to `out`, with no buffer of its own.
+pub fn push_error_json(out: &mut Vec<u8>, code: &str, message: &str) {
+    out.extend_from_slice(ERROR_OPEN);
+    json::push_str(out, code);
+    out.extend_from_slice(ERROR_MIDDLE);
+    json::push_str(out, message);
+    out.extend_from_slice(ERROR_CLOSE);
 }
 
 #[cfg(test)]
@@ -1387,6 +1402,16 @@ mod tests {
         assert_eq!(v, json!({"room":"lobby","seq":9,"ts":1234}));
         let v: Value = serde_json::from_slice(&error_json("not_found", "no \"room\"")).unwrap();
         assert_eq!(v, json!({"error":{"code":"not_found","message":"no \"room\""}}));
+        assert_eq!(error_json("bad_request", "x"), br#"{"error":{"code":"bad_request","message":"x"}}"#);
+        for (code, message) in [("", ""), ("c\u{1}", "é \"\\ \n\u{7f}")] {
+            let body = error_json(code, message);
+            assert_eq!(body.len(), error_json_len(code, message));
+            let mut out = b"x".to_vec();
+            push_error_json(&mut out, code, message);
+            assert_eq!(out[1..], body[..]);
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v, json!({"error":{"code":code,"message":message}}));
+        }
     }
 
     #[test]
