@@ -2,9 +2,9 @@
 //! server sends, as JSON and as complete WebSocket text frames.
 //!
 //! This module owns the JSON shape of every message in PROTOCOL.md. It does
-//! not own the WebSocket codec (it only writes the short unmasked header of a
-//! server text frame in front of the JSON it builds), room rules beyond the
-//! room-name syntax, or any I/O.
+//! not own the WebSocket codec (it only has `ws::put_header` write a server
+//! text frame's header in the room it leaves in front of the JSON it builds),
+//! room rules beyond the room-name syntax, or any I/O.
 //!
 //! Hot path: a `msg` is encoded once by [`encode_msg`] into one immutable
 //! [`Bytes`] that holds the whole frame; fan-out clones that `Bytes` (a
@@ -43,7 +43,7 @@ use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::{decimal_len, json, push_decimal};
+use super::{decimal_len, json, push_decimal, ws};
 
 /// Longest `ref` string (bytes after unescaping) or integer (characters).
 pub const MAX_REF_BYTES: usize = 64;
@@ -501,29 +501,7 @@ fn check_number(text: &[u8]) -> Result<(), BodyError> {
 
 /// Bytes reserved in front of a frame's JSON for the longest server frame
 /// header (2 bytes + 8-byte length, no mask).
-const HEADER_ROOM: usize = 10;
-
-/// The header of an unmasked, final text frame carrying `len` payload
-/// bytes: the first `n` bytes of the array, with `n` (2, 4 or 10) returned.
-fn text_frame_header(len: usize) -> ([u8; HEADER_ROOM], usize) {
-    const FIN_TEXT: u8 = 0x80 | 0x1;
-    let len = len as u64;
-    let mut h = [0u8; HEADER_ROOM];
-    h[0] = FIN_TEXT;
-    let n = if len <= 125 {
-        h[1] = len as u8;
-        2
-    } else if len <= u64::from(u16::MAX) {
-        h[1] = 126;
-        h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        4
-    } else {
-        h[1] = 127;
-        h[2..10].copy_from_slice(&len.to_be_bytes());
-        10
-    };
-    (h, n)
-}
+const HEADER_ROOM: usize = ws::MAX_HEADER_LEN;
 
 /// A JSON document being built in one buffer, optionally with room for a
 /// WebSocket frame header in front so the frame needs no second copy.
@@ -622,9 +600,11 @@ impl Out {
     fn finish_frame(self) -> (Bytes, usize) {
         let mut buf = self.buf;
         let len = buf.len().saturating_sub(HEADER_ROOM);
-        let (header, n) = text_frame_header(len);
+        let n = ws::header_len(len);
         let start = HEADER_ROOM - n;
-        buf[start..HEADER_ROOM].copy_from_slice(&header[..n]);
+        if let Some(gap) = buf.get_mut(start..HEADER_ROOM) {
+            ws::put_header(gap, ws::OP_TEXT, len);
+        }
         (Bytes::from(buf).slice(start..), n)
     }
 
