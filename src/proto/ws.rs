@@ -210,11 +210,6 @@ impl Decoder {
         }
     }
 
-    /// Changes the limit; it applies from the next frame header on.
-    pub fn set_max_message(&mut self, max: usize) {
-        self.max_message = max;
-    }
-
     /// Bytes held in the fragment-assembly buffer (for memory accounting).
     pub fn buffered(&self) -> usize {
         if self.release_assembly {
@@ -823,16 +818,6 @@ mod tests {
         bytes.extend(frame(true, OP_CONT, b"67890"));
         let (evs, err) = decode_all(&mut dec, &bytes);
         assert_eq!((evs, err), (vec![Owned::Text(b"1234567890".to_vec())], None));
-    }
-
-    #[test]
-    fn set_max_message_applies_to_the_next_header() {
-        let mut dec = Decoder::new(2);
-        let bytes = frame(true, OP_BINARY, b"abc");
-        assert_eq!(decode_all(&mut dec, &bytes).1, Some(WsError::TooBig));
-        let mut dec = Decoder::new(2);
-        dec.set_max_message(3);
-        assert_eq!(decode_all(&mut dec, &bytes).1, None);
     }
 
     #[test]
