@@ -171,7 +171,7 @@ fn bench_publish(c: &mut Criterion) {
             match r.reserve(&settings, &from, &body, None, black_box(now)) {
                 // Reserve (seq, ts, one encode) then commit (tail): the
                 // owner's whole work for a message, storage aside.
-                Reserved::New { seq, ts, frame } => {
+                Reserved::New { seq, ts, frame, .. } => {
                     r.commit(&settings, seq, ts, frame);
                     true
                 }
@@ -190,7 +190,7 @@ fn bench_publish(c: &mut Criterion) {
             match r.reserve(&settings, &from, &body, id, black_box(now)) {
                 // Reserve (seq, ts, one encode) then commit (tail): the
                 // owner's whole work for a message, storage aside.
-                Reserved::New { seq, ts, frame } => {
+                Reserved::New { seq, ts, frame, .. } => {
                     r.commit(&settings, seq, ts, frame);
                     true
                 }

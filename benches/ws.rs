@@ -13,7 +13,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use roomcast::proto::ws::{encode_frame, unmask, write_header, Decoder, Event, OP_TEXT};
+use roomcast::proto::ws::{encode_frame, unmask, write_header, write_masked_frame, Decoder, Event, OP_TEXT};
 
 mod common;
 
@@ -37,21 +37,8 @@ fn payload(n: usize) -> Vec<u8> {
 /// A FIN text frame as a client sends it: masked, with the shortest length
 /// encoding.
 fn masked_frame(payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
-    let n = payload.len();
-    let mut out = vec![0x80 | OP_TEXT];
-    if n < 126 {
-        out.push(0x80 | n as u8);
-    } else if n <= usize::from(u16::MAX) {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(n as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    unmask(&mut out[start..], mask);
+    let mut out = Vec::new();
+    write_masked_frame(&mut out, true, OP_TEXT, payload, mask);
     out
 }
 

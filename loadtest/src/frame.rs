@@ -3,7 +3,8 @@
 //!
 //! The gateway's own decoder (`roomcast::proto::ws::Decoder`) is the server
 //! side and insists on masked frames, so the load generator carries this small
-//! mirror image. It owns no buffers: the caller reads into its own buffer and
+//! mirror image of it; the writing side is the gateway's one header encoder
+//! (`roomcast::proto::ws::write_masked_frame`). It owns no buffers: the caller reads into its own buffer and
 //! asks for one frame at a time, which keeps the receive path free of
 //! allocation per frame.
 
@@ -75,29 +76,14 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
     Ok(Some(Frame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0F, header_len, payload_len }))
 }
 
-/// Appends a FIN, masked client frame carrying `payload` to `out`.
+/// Appends a FIN, masked client frame carrying `payload` to `out`, with
+/// the gateway's own header encoder.
 ///
 /// The mask need not be secret here (RFC 6455 wants it unpredictable to
 /// protect intermediaries; on loopback there are none), so callers pass a
 /// cheap counter-derived value.
 pub fn write_masked(out: &mut Vec<u8>, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-    let len = payload.len();
-    out.push(0x80 | (opcode & 0x0F));
-    if len < 126 {
-        out.push(0x80 | len as u8);
-    } else if len <= usize::from(u16::MAX) {
-        out.push(0x80 | 126);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0x80 | 127);
-        out.extend_from_slice(&(len as u64).to_be_bytes());
-    }
-    out.extend_from_slice(&mask);
-    let start = out.len();
-    out.extend_from_slice(payload);
-    if let Some(body) = out.get_mut(start..) {
-        roomcast::proto::ws::unmask(body, mask);
-    }
+    roomcast::proto::ws::write_masked_frame(out, true, opcode, payload, mask);
 }
 
 #[cfg(test)]

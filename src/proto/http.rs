@@ -2,8 +2,9 @@
 //!
 //! Owns: parsing one request from the front of a connection's read buffer
 //! (the head with httparse, the body by Content-Length or chunked coding),
-//! the size limits and which error each broken limit answers, response heads,
-//! JSON error bodies, and the checks on a WebSocket upgrade request.
+//! the size limits and which error each broken limit answers, response heads
+//! (error responses carry [`msg::error_json`]'s body), and the checks on a
+//! WebSocket upgrade request.
 //! Does not own: sockets, buffers, routing, timeouts, or the
 //! Sec-WebSocket-Accept computation; the connection state machine and the
 //! WebSocket layer own those.
@@ -17,6 +18,8 @@
 //! validated in a first pass before a second pass copies it out.
 
 use httparse::Status;
+
+use super::{msg, push_decimal};
 
 /// Most header fields a request may carry, whatever [`Limits::max_headers`]
 /// says: httparse fills an array of this many slots on the stack.
@@ -650,20 +653,6 @@ pub fn reason(status: u16) -> &'static str {
     }
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: usize) {
-    let mut digits = [0u8; 20];
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
-}
-
 /// Writes text into a head, turning CR, LF and NUL into spaces so that no
 /// value can end the line early and inject header fields.
 fn push_head_text(out: &mut Vec<u8>, s: &str) {
@@ -696,7 +685,7 @@ fn write_head(
     extra: &[(&str, &str)],
 ) {
     out.extend_from_slice(b"HTTP/1.1 ");
-    push_decimal(out, usize::from(status));
+    push_decimal(out, u64::from(status));
     out.push(b' ');
     out.extend_from_slice(reason(status).as_bytes());
     out.extend_from_slice(b"\r\nServer: roomcast\r\n");
@@ -705,7 +694,7 @@ fn write_head(
     }
     if status_has_length(status) {
         out.extend_from_slice(b"Content-Length: ");
-        push_decimal(out, content_length);
+        push_decimal(out, content_length as u64);
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(if keep_alive { b"Connection: keep-alive\r\n" } else { b"Connection: close\r\n" });
@@ -735,11 +724,7 @@ pub fn write_response(
     }
 }
 
-const ERROR_OPEN: &[u8] = br#"{"error":{"code":""#;
-const ERROR_MIDDLE: &[u8] = br#"","message":""#;
-const ERROR_CLOSE: &[u8] = br#""}}"#;
-
-/// Appends a JSON error response `{"error":{"code":..,"message":..}}` with
+/// Appends a JSON error response, the body [`msg::error_json`], with
 /// Content-Type application/json. The body is measured and then escaped
 /// straight into `out`, without a temporary string.
 pub fn write_error(
@@ -750,44 +735,9 @@ pub fn write_error(
     keep_alive: bool,
     extra: &[(&str, &str)],
 ) {
-    let len =
-        ERROR_OPEN.len() + json_escaped_len(code) + ERROR_MIDDLE.len() + json_escaped_len(message) + ERROR_CLOSE.len();
-    write_head(out, status, "application/json", len, keep_alive, extra);
+    write_head(out, status, "application/json", msg::error_json_len(code, message), keep_alive, extra);
     if status_has_body(status) {
-        out.extend_from_slice(ERROR_OPEN);
-        push_json_escaped(out, code);
-        out.extend_from_slice(ERROR_MIDDLE);
-        push_json_escaped(out, message);
-        out.extend_from_slice(ERROR_CLOSE);
-    }
-}
-
-/// The JSON escape of one byte of a UTF-8 string, if it needs one. Bytes of
-/// multi-byte characters are all >= 0x80 and pass through.
-fn json_escape(b: u8) -> Option<&'static [u8]> {
-    const CONTROL: [&[u8]; 32] = [
-        b"\\u0000", b"\\u0001", b"\\u0002", b"\\u0003", b"\\u0004", b"\\u0005", b"\\u0006", b"\\u0007", b"\\b", b"\\t",
-        b"\\n", b"\\u000b", b"\\f", b"\\r", b"\\u000e", b"\\u000f", b"\\u0010", b"\\u0011", b"\\u0012", b"\\u0013",
-        b"\\u0014", b"\\u0015", b"\\u0016", b"\\u0017", b"\\u0018", b"\\u0019", b"\\u001a", b"\\u001b", b"\\u001c",
-        b"\\u001d", b"\\u001e", b"\\u001f",
-    ];
-    match b {
-        b'"' => Some(b"\\\""),
-        b'\\' => Some(b"\\\\"),
-        _ => CONTROL.get(usize::from(b)).copied(),
-    }
-}
-
-fn json_escaped_len(s: &str) -> usize {
-    s.bytes().map(|b| json_escape(b).map_or(1, <[u8]>::len)).sum()
-}
-
-fn push_json_escaped(out: &mut Vec<u8>, s: &str) {
-    for b in s.bytes() {
-        match json_escape(b) {
-            Some(escaped) => out.extend_from_slice(escaped),
-            None => out.push(b),
-        }
+        msg::push_error_json(out, code, message);
     }
 }
 
@@ -1705,16 +1655,6 @@ mod tests {
                Content-Length: 46\r\nConnection: close\r\n\r\n\
                {\"error\":{\"code\":\"bad_request\",\"message\":\"x\"}}"[..]
         );
-    }
-
-    #[test]
-    fn json_escaping_every_control_byte() {
-        let message: String = (0u8..0x80).map(char::from).collect();
-        let mut out = Vec::new();
-        push_json_escaped(&mut out, &message);
-        assert_eq!(out.len(), json_escaped_len(&message));
-        let back: String = serde_json::from_slice(&[b"\"", &out[..], b"\""].concat()).unwrap();
-        assert_eq!(back, message);
     }
 
     #[test]

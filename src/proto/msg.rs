@@ -2,9 +2,9 @@
 //! server sends, as JSON and as complete WebSocket text frames.
 //!
 //! This module owns the JSON shape of every message in PROTOCOL.md. It does
-//! not own the WebSocket codec (it only writes the short unmasked header of a
-//! server text frame in front of the JSON it builds), room rules beyond the
-//! room-name syntax, or any I/O.
+//! not own the WebSocket codec (it only has `ws::put_header` write a server
+//! text frame's header in the room it leaves in front of the JSON it builds),
+//! room rules beyond the room-name syntax, or any I/O.
 //!
 //! Hot path: a `msg` is encoded once by [`encode_msg`] into one immutable
 //! [`Bytes`] that holds the whole frame; fan-out clones that `Bytes` (a
@@ -42,6 +42,8 @@ use bytes::Bytes;
 use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+
+use super::{decimal_len, json, push_decimal, ws};
 
 /// Longest `ref` string (bytes after unescaping) or integer (characters).
 pub const MAX_REF_BYTES: usize = 64;
@@ -97,32 +99,6 @@ pub enum Op<'a> {
         room: Cow<'a, str>,
     },
     Ping,
-}
-
-impl Op<'_> {
-    /// The wire name of the op (`"join"`, `"send"`, ...).
-    pub fn name(&self) -> &'static str {
-        match self {
-            Op::Join { .. } => "join",
-            Op::Leave { .. } => "leave",
-            Op::Send { .. } => "send",
-            Op::History { .. } => "history",
-            Op::Presence { .. } => "presence",
-            Op::Ping => "ping",
-        }
-    }
-
-    /// The room the op names, if it names one.
-    pub fn room(&self) -> Option<&str> {
-        match self {
-            Op::Join { room, .. }
-            | Op::Leave { room }
-            | Op::Send { room, .. }
-            | Op::History { room, .. }
-            | Op::Presence { room } => Some(room),
-            Op::Ping => None,
-        }
-    }
 }
 
 /// A decoded client message.
@@ -499,29 +475,7 @@ fn check_number(text: &[u8]) -> Result<(), BodyError> {
 
 /// Bytes reserved in front of a frame's JSON for the longest server frame
 /// header (2 bytes + 8-byte length, no mask).
-const HEADER_ROOM: usize = 10;
-
-/// The header of an unmasked, final text frame carrying `len` payload
-/// bytes: the first `n` bytes of the array, with `n` (2, 4 or 10) returned.
-fn text_frame_header(len: usize) -> ([u8; HEADER_ROOM], usize) {
-    const FIN_TEXT: u8 = 0x80 | 0x1;
-    let len = len as u64;
-    let mut h = [0u8; HEADER_ROOM];
-    h[0] = FIN_TEXT;
-    let n = if len <= 125 {
-        h[1] = len as u8;
-        2
-    } else if len <= u64::from(u16::MAX) {
-        h[1] = 126;
-        h[2..4].copy_from_slice(&(len as u16).to_be_bytes());
-        4
-    } else {
-        h[1] = 127;
-        h[2..10].copy_from_slice(&len.to_be_bytes());
-        10
-    };
-    (h, n)
-}
+const HEADER_ROOM: usize = ws::MAX_HEADER_LEN;
 
 /// A JSON document being built in one buffer, optionally with room for a
 /// WebSocket frame header in front so the frame needs no second copy.
@@ -547,29 +501,11 @@ impl Out {
     }
 
     fn str(&mut self, s: &str) {
-        if !needs_escape(s) {
-            self.buf.push(b'"');
-            self.buf.extend_from_slice(s.as_bytes());
-            self.buf.push(b'"');
-        } else {
-            // Writing into a Vec cannot fail.
-            let _ = serde_json::to_writer(&mut self.buf, s);
-        }
+        json::push_str(&mut self.buf, s);
     }
 
     fn u64(&mut self, n: u64) {
-        let mut tmp = [0u8; 20];
-        let mut i = tmp.len();
-        let mut n = n;
-        loop {
-            i -= 1;
-            tmp[i] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        self.buf.extend_from_slice(&tmp[i..]);
+        push_decimal(&mut self.buf, n);
     }
 
     fn bool(&mut self, b: bool) {
@@ -638,43 +574,17 @@ impl Out {
     fn finish_frame(self) -> (Bytes, usize) {
         let mut buf = self.buf;
         let len = buf.len().saturating_sub(HEADER_ROOM);
-        let (header, n) = text_frame_header(len);
+        let n = ws::header_len(len);
         let start = HEADER_ROOM - n;
-        buf[start..HEADER_ROOM].copy_from_slice(&header[..n]);
+        if let Some(gap) = buf.get_mut(start..HEADER_ROOM) {
+            ws::put_header(gap, ws::OP_TEXT, len);
+        }
         (Bytes::from(buf).slice(start..), n)
     }
 
     fn finish_frame_bytes(self) -> Bytes {
         self.finish_frame().0
     }
-}
-
-/// Whether serde_json would escape anything in `s` (a quote, a backslash or
-/// a control character below 0x20); other characters go out as UTF-8.
-fn needs_escape(s: &str) -> bool {
-    s.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\')
-}
-
-/// The exact length of `s` as a JSON string, quotes included, as serde_json
-/// writes it.
-fn json_str_len(s: &str) -> usize {
-    2 + s
-        .bytes()
-        .map(|b| match b {
-            b'"' | b'\\' | b'\x08' | b'\x0c' | b'\n' | b'\r' | b'\t' => 2,
-            0..=0x1f => 6,
-            _ => 1,
-        })
-        .sum::<usize>()
-}
-
-fn u64_len(mut n: u64) -> usize {
-    let mut len = 1;
-    while n >= 10 {
-        n /= 10;
-        len += 1;
-    }
-    len
 }
 
 /// One `msg`, encoded once as a complete WebSocket text frame.
@@ -743,7 +653,9 @@ pub fn encode_msg_sharing(
     let (frame, json_start) = out.finish_frame();
     // `finish_frame` drops the unused front of the header room.
     let at = (body_at + json_start).saturating_sub(HEADER_ROOM);
-    let shared = frame.get(at..at + body.len()).map_or_else(|| Bytes::copy_from_slice(body), |_| frame.slice(at..at + body.len()));
+    let shared = frame
+        .get(at..at + body.len())
+        .map_or_else(|| Bytes::copy_from_slice(body), |_| frame.slice(at..at + body.len()));
     (MsgFrame { frame, json_start }, shared)
 }
 
@@ -751,16 +663,16 @@ pub fn encode_msg_sharing(
 fn msg_json_len(room: &str, seq: u64, ts: u64, from: &str, body_len: usize, id: Option<&str>) -> usize {
     MSG_PREFIX.len()
         + "\"room\":".len()
-        + json_str_len(room)
+        + json::str_len(room)
         + ",\"seq\":".len()
-        + u64_len(seq)
+        + decimal_len(seq)
         + ",\"ts\":".len()
-        + u64_len(ts)
+        + decimal_len(ts)
         + ",\"from\":".len()
-        + json_str_len(from)
+        + json::str_len(from)
         + ",\"body\":".len()
         + body_len
-        + id.map_or(0, |id| ",\"id\":".len() + json_str_len(id))
+        + id.map_or(0, |id| ",\"id\":".len() + json::str_len(id))
         + "}".len()
 }
 
@@ -845,11 +757,6 @@ pub fn encode_error(r: Option<&Ref>, code: &str, message: &str, retry_after_ms: 
     }
     out.raw(b"}");
     out.finish_frame_bytes()
-}
-
-/// The `error` reply to a message that failed to decode.
-pub fn encode_decode_error(e: &DecodeError) -> Bytes {
-    encode_error(e.r#ref.as_ref(), e.code, &e.message, None)
 }
 
 /// `{"op":"history","ref":..,"room":..,"messages":[..],"more":..}`, the
@@ -939,15 +846,30 @@ pub fn posted_json(room: &str, seq: u64, ts: u64) -> Vec<u8> {
     out.buf
 }
 
+const ERROR_OPEN: &[u8] = b"{\"error\":{\"code\":";
+const ERROR_MIDDLE: &[u8] = b",\"message\":";
+const ERROR_CLOSE: &[u8] = b"}}";
+
 /// `{"error":{"code":..,"message":..}}`: an HTTP error body.
 pub fn error_json(code: &str, message: &str) -> Vec<u8> {
-    let mut out = Out::plain(48 + code.len() + message.len());
-    out.raw(b"{\"error\":{\"code\":");
-    out.str(code);
-    out.key("message");
-    out.str(message);
-    out.raw(b"}}");
-    out.buf
+    let mut out = Vec::with_capacity(error_json_len(code, message));
+    push_error_json(&mut out, code, message);
+    out
+}
+
+/// The exact length of [`error_json`], for a Content-Length written before
+/// the body.
+pub fn error_json_len(code: &str, message: &str) -> usize {
+    ERROR_OPEN.len() + json::str_len(code) + ERROR_MIDDLE.len() + json::str_len(message) + ERROR_CLOSE.len()
+}
+
+/// Appends [`error_json`] to `out`, with no buffer of its own.
+pub fn push_error_json(out: &mut Vec<u8>, code: &str, message: &str) {
+    out.extend_from_slice(ERROR_OPEN);
+    json::push_str(out, code);
+    out.extend_from_slice(ERROR_MIDDLE);
+    json::push_str(out, message);
+    out.extend_from_slice(ERROR_CLOSE);
 }
 
 #[cfg(test)]
@@ -994,6 +916,18 @@ mod tests {
         serde_json::from_slice(&frame[start..]).unwrap()
     }
 
+    /// The room an op names, if it names one.
+    fn op_room<'a>(op: &'a Op<'_>) -> Option<&'a str> {
+        match op {
+            Op::Join { room, .. }
+            | Op::Leave { room }
+            | Op::Send { room, .. }
+            | Op::History { room, .. }
+            | Op::Presence { room } => Some(room),
+            Op::Ping => None,
+        }
+    }
+
     fn raw(text: &str) -> Box<RawValue> {
         RawValue::from_string(text.to_owned()).unwrap()
     }
@@ -1028,12 +962,9 @@ mod tests {
         assert!(matches!(m.op, Op::Leave { ref room } if room == "lobby"));
         let m = ok(r#"{"op":"presence","room":"lobby"}"#);
         assert!(matches!(m.op, Op::Presence { ref room } if room == "lobby"));
-        assert_eq!(m.op.name(), "presence");
-        assert_eq!(m.op.room(), Some("lobby"));
         let m = ok(r#"{"op":"ping","ref":-7}"#);
         assert_eq!(m.r#ref, r("-7"));
         assert!(matches!(m.op, Op::Ping));
-        assert_eq!(m.op.room(), None);
         // Extra members are ignored, whatever they hold.
         let m = ok(r#" { "op" : "ping" , "room" : 5, "x": {"y": [1, 2, {}]} } "#);
         assert!(matches!(m.op, Op::Ping));
@@ -1216,7 +1147,7 @@ mod tests {
         }
         // The error reply carries the ref.
         let e = err(r#"{"op":"jump","ref":"k"}"#);
-        let v = payload(&encode_decode_error(&e));
+        let v = payload(&encode_error(e.r#ref.as_ref(), e.code, &e.message, None));
         assert_eq!(v, json!({"op":"error","ref":"k","code":"bad_request","message":"unknown op"}));
         let id64 = "i".repeat(64);
         let text = format!(r#"{{"op":"send","room":"a","body":1,"id":"{id64}"}}"#);
@@ -1320,13 +1251,13 @@ mod tests {
         }
         // The length estimate is exact, so the frame's buffer has no slack.
         for s in ["", "a", "\"\\", "\u{0}\u{8}\u{c}\n\r\t\u{1f}", "é€😀", "a\u{7f}"] {
-            assert_eq!(json_str_len(s), serde_json::to_vec(s).unwrap().len(), "{s:?}");
+            assert_eq!(json::str_len(s), serde_json::to_vec(s).unwrap().len(), "{s:?}");
             let mut out = Out::plain(0);
             out.str(s);
             assert_eq!(out.buf, serde_json::to_vec(s).unwrap(), "{s:?}");
         }
         for n in [0, 9, 10, 99, 100, 12345, u64::MAX] {
-            assert_eq!(u64_len(n), n.to_string().len());
+            assert_eq!(decimal_len(n), n.to_string().len());
             let mut out = Out::plain(0);
             out.u64(n);
             assert_eq!(out.buf, n.to_string().as_bytes());
@@ -1449,6 +1380,16 @@ mod tests {
         assert_eq!(v, json!({"room":"lobby","seq":9,"ts":1234}));
         let v: Value = serde_json::from_slice(&error_json("not_found", "no \"room\"")).unwrap();
         assert_eq!(v, json!({"error":{"code":"not_found","message":"no \"room\""}}));
+        assert_eq!(error_json("bad_request", "x"), br#"{"error":{"code":"bad_request","message":"x"}}"#);
+        for (code, message) in [("", ""), ("c\u{1}", "é \"\\ \n\u{7f}")] {
+            let body = error_json(code, message);
+            assert_eq!(body.len(), error_json_len(code, message));
+            let mut out = b"x".to_vec();
+            push_error_json(&mut out, code, message);
+            assert_eq!(out[1..], body[..]);
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v, json!({"error":{"code":code,"message":message}}));
+        }
     }
 
     #[test]
@@ -1711,7 +1652,7 @@ mod tests {
             let whole = decode(text.as_bytes());
             if let Ok(m) = &whole {
                 // Anything accepted names a valid room, when it names one.
-                if let Some(room) = m.op.room() {
+                if let Some(room) = op_room(&m.op) {
                     prop_assert!(valid_room(room));
                 }
             }

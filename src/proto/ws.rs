@@ -1,5 +1,7 @@
 //! Server-side RFC 6455 WebSocket framing: a sans-IO, incremental frame
-//! decoder and the helpers that write server frames.
+//! decoder and the helpers that write server frames (and, for the load
+//! generator, test peers and benchmarks, masked client frames: one header
+//! encoder serves both sides).
 //!
 //! This module owns frame headers, masking, fragment assembly, UTF-8
 //! validation of text messages and close payloads, and the handshake's
@@ -206,11 +208,6 @@ impl Decoder {
             front_done: 0,
             release_assembly: false,
         }
-    }
-
-    /// Changes the limit; it applies from the next frame header on.
-    pub fn set_max_message(&mut self, max: usize) {
-        self.max_message = max;
     }
 
     /// Bytes held in the fragment-assembly buffer (for memory accounting).
@@ -421,6 +418,9 @@ fn rotate_mask(mut mask: [u8; 4], offset: usize) -> [u8; 4] {
     mask
 }
 
+/// The longest server frame header: two bytes and a 64-bit length.
+pub const MAX_HEADER_LEN: usize = 10;
+
 /// Length of a server frame header for a payload of `payload_len` bytes: 2, 4 or 10.
 pub fn header_len(payload_len: usize) -> usize {
     if payload_len < 126 {
@@ -432,11 +432,19 @@ pub fn header_len(payload_len: usize) -> usize {
     }
 }
 
-/// Encodes a FIN, unmasked header; returns it and its length.
-fn encode_header(opcode: u8, payload_len: usize) -> ([u8; 10], usize) {
-    let mut h = [0u8; 10];
-    h[0] = 0x80 | (opcode & 0x0F);
-    let n = header_len(payload_len);
+/// The one frame-header encoder, for both directions: the FIN bit and
+/// `opcode`, the shortest length encoding of `payload_len`, and, for a
+/// client frame, the mask bit and key. Returns the header and its length
+/// ([`header_len`], plus 4 with a mask).
+fn encode_header(
+    fin: bool,
+    opcode: u8,
+    payload_len: usize,
+    mask: Option<[u8; 4]>,
+) -> ([u8; MAX_HEADER_LEN + 4], usize) {
+    let mut h = [0u8; MAX_HEADER_LEN + 4];
+    h[0] = if fin { 0x80 } else { 0 } | (opcode & 0x0F);
+    let mut n = header_len(payload_len);
     match n {
         2 => h[1] = payload_len as u8,
         4 => {
@@ -448,12 +456,17 @@ fn encode_header(opcode: u8, payload_len: usize) -> ([u8; 10], usize) {
             h[2..10].copy_from_slice(&(payload_len as u64).to_be_bytes());
         }
     }
+    if let Some(mask) = mask {
+        h[1] |= 0x80;
+        h[n..n + 4].copy_from_slice(&mask);
+        n += 4;
+    }
     (h, n)
 }
 
 /// Writes a FIN, unmasked server frame header into the end of `out`.
 pub fn write_header(out: &mut Vec<u8>, opcode: u8, payload_len: usize) {
-    let (h, n) = encode_header(opcode, payload_len);
+    let (h, n) = encode_header(true, opcode, payload_len, None);
     out.extend_from_slice(&h[..n]);
 }
 
@@ -464,9 +477,23 @@ pub fn write_header(out: &mut Vec<u8>, opcode: u8, payload_len: usize) {
 /// # Panics
 /// If `buf` is shorter than `header_len(payload_len)`.
 pub fn put_header(buf: &mut [u8], opcode: u8, payload_len: usize) -> usize {
-    let (h, n) = encode_header(opcode, payload_len);
+    let (h, n) = encode_header(true, opcode, payload_len, None);
     buf[..n].copy_from_slice(&h[..n]);
     n
+}
+
+/// Appends a masked frame as a client sends it (the load generator, test
+/// peers, benchmarks): header with the mask bit and key, then `payload`
+/// masked with `mask`.
+pub fn write_masked_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    let (h, n) = encode_header(fin, opcode, payload.len(), Some(mask));
+    out.reserve(n + payload.len());
+    out.extend_from_slice(&h[..n]);
+    let start = out.len();
+    out.extend_from_slice(payload);
+    if let Some(body) = out.get_mut(start..) {
+        unmask(body, mask);
+    }
 }
 
 /// A complete FIN, unmasked server frame.
@@ -794,16 +821,6 @@ mod tests {
     }
 
     #[test]
-    fn set_max_message_applies_to_the_next_header() {
-        let mut dec = Decoder::new(2);
-        let bytes = frame(true, OP_BINARY, b"abc");
-        assert_eq!(decode_all(&mut dec, &bytes).1, Some(WsError::TooBig));
-        let mut dec = Decoder::new(2);
-        dec.set_max_message(3);
-        assert_eq!(decode_all(&mut dec, &bytes).1, None);
-    }
-
-    #[test]
     fn fragmented_message_with_interleaved_controls() {
         let mut bytes = frame(false, OP_TEXT, "héllo ".as_bytes());
         bytes.extend(frame(true, OP_PING, b"p1"));
@@ -1067,6 +1084,22 @@ mod tests {
             unmask(&mut body, MASK);
             client.extend(body);
             assert_eq!(one(&client), Ok(Some(Owned::Binary(payload))));
+        }
+    }
+
+    #[test]
+    fn masked_client_frames_match_the_reference_and_decode() {
+        for len in [0, 1, 5, 125, 126, 127, 65535, 65536, 70_001] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 200) as u8).collect();
+            for fin in [true, false] {
+                let mut out = vec![0xAA];
+                write_masked_frame(&mut out, fin, OP_BINARY, &payload, MASK);
+                assert_eq!(out[0], 0xAA);
+                assert_eq!(out[1..], frame(fin, OP_BINARY, &payload)[..], "len {len} fin {fin}");
+            }
+            let mut f = Vec::new();
+            write_masked_frame(&mut f, true, OP_BINARY, &payload, MASK);
+            assert_eq!(one(&f), Ok(Some(Owned::Binary(payload))));
         }
     }
 

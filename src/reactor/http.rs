@@ -13,9 +13,9 @@ use crate::rooms::{owner_of, RoomName, UserId};
 
 use super::conn::{Pending, State, TokenBucket, WsKind, WsState};
 use super::mail::{Asker, HttpAnswer, Mail};
-use crate::rooms::core::{Command, History, Presence, Publish};
 use super::timer::later;
 use super::{Reactor, Step};
+use crate::rooms::core::{Command, History, Presence, Publish};
 
 /// The page served at `GET /`.
 const PAGE: &str = include_str!("../../static/index.html");

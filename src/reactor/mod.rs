@@ -31,7 +31,7 @@ use std::io;
 use std::mem;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use mio::net::TcpListener;
@@ -209,7 +209,7 @@ pub struct Reactor {
     /// The rules of the rooms this reactor owns (see `owner`).
     core: Core<Asker>,
     /// The core's effects being carried out, and inputs that came up
-    /// meanwhile (see `owner::to_core`).
+    /// meanwhile (see `owner::feed_core`).
     effects: Vec<Effect<Asker>>,
     core_later: VecDeque<Input<Asker>>,
     in_core: bool,
@@ -267,10 +267,6 @@ fn can_read(conn: &Conn) -> bool {
         State::Ws(ws) => ws.inflight < ws::MAX_INFLIGHT && ws.heavy < ws::MAX_HEAVY,
         _ => true,
     }
-}
-
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Reactor {
@@ -452,7 +448,7 @@ impl Reactor {
         self.next_housekeeping = later(self.now, HOUSEKEEPING);
         self.housekeeping_round = self.housekeeping_round.wrapping_add(1);
         let idle_ms = u64::try_from(self.shared.config.room_idle_timeout.as_millis()).unwrap_or(u64::MAX);
-        self.to_core(Input::Tick { idle_ms, max: EVICT_PER_ROUND });
+        self.feed_core(Input::Tick { idle_ms, max: EVICT_PER_ROUND });
         if self.forgotten.len() >= EVICT_PER_ROUND {
             // More may be idle: come back soon rather than in a second.
             self.next_housekeeping = later(self.now, Duration::from_millis(10));

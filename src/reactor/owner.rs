@@ -21,7 +21,8 @@ use crate::rooms::core::{self, Asked, Effect, Input, Read, ReadDone, ReadError, 
 use crate::store::WriterCmd;
 
 use super::mail::{Answer, Asker, AskerKind, Delivery, Mail};
-use super::{now_ms, reaper, Reactor};
+use super::{reaper, Reactor};
+use crate::proto::now_ms;
 
 /// Appends held back while store-writer's queue is full, in batches; past
 /// the first one new publishes are refused (`overloaded`).
@@ -36,8 +37,8 @@ impl Reactor {
     pub(super) fn route_mail(&mut self, m: Mail) {
         match m {
             Mail::Owner(c) => self.owner_command(c),
-            Mail::Committed(c) => self.to_core(Input::Committed(c)),
-            Mail::ReadDone(r) => self.to_core(Input::ReadDone(r)),
+            Mail::Committed(c) => self.feed_core(Input::Committed(c)),
+            Mail::ReadDone(r) => self.feed_core(Input::ReadDone(r)),
             Mail::Deliver(d) => self.deliver_local(&d.room, d.frame),
             Mail::Answer(a) => self.take_answer(a.to, a.reply),
             Mail::Http(h) => {
@@ -69,7 +70,7 @@ impl Reactor {
                 };
                 self.answer(p.asker, reply);
             }
-            c => self.to_core(Input::Command(c)),
+            c => self.feed_core(Input::Command(c)),
         }
     }
 
@@ -84,7 +85,7 @@ impl Reactor {
 
     /// Feeds the core one input and carries out its effects; inputs that
     /// come up meanwhile are fed after (see the module's ordering hazards).
-    pub(super) fn to_core(&mut self, input: Input<Asker>) {
+    pub(super) fn feed_core(&mut self, input: Input<Asker>) {
         self.core_later.push_back(input);
         if self.in_core {
             return;
@@ -139,9 +140,8 @@ impl Reactor {
             if let Err(e) = w.try_send(WriterCmd::Append { reactor: self.id as u16, recs }) {
                 let (crossbeam_channel::TrySendError::Full(cmd) | crossbeam_channel::TrySendError::Disconnected(cmd)) =
                     e;
-                if let WriterCmd::Append { recs, .. } = cmd {
-                    self.append_backlog.push_front(recs);
-                }
+                let WriterCmd::Append { recs, .. } = cmd;
+                self.append_backlog.push_front(recs);
                 self.mail_backlog = true; // try again soon
                 break;
             }
@@ -214,7 +214,7 @@ impl Reactor {
                 self.answer(asker, Reply::Refused { to: Asked::History, room, status, code, message });
             }
             Read::Head { room, ticket } | Read::Dedup { room, ticket, .. } | Read::Replay { room, ticket, .. } => {
-                self.to_core(Input::ReadDone(ReadDone { room, ticket, result: Err(why) }));
+                self.feed_core(Input::ReadDone(ReadDone { room, ticket, result: Err(why) }));
             }
         }
     }

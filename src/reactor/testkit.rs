@@ -273,7 +273,9 @@ impl Harness {
         }
         for (room, key) in r.local.iter() {
             let member = r.conns.get(key as usize).is_some_and(|c| match &c.state {
-                State::Ws(ws) => ws.rooms.iter().any(|(n, slot)| matches!(slot, super::conn::Slot::Listed(_)) && n == room),
+                State::Ws(ws) => {
+                    ws.rooms.iter().any(|(n, slot)| matches!(slot, super::conn::Slot::Listed(_)) && n == room)
+                }
                 _ => false,
             });
             if !member {

@@ -318,7 +318,9 @@ impl Reactor {
                 }
             }
             Reply::Ack { room, seq, ts, id } => self.reply(key, msg::encode_ack(r#ref, &room, seq, ts, id.as_deref())),
-            Reply::History { room, page, more } => self.reply(key, msg::encode_history(r#ref, &room, page.iter(), more)),
+            Reply::History { room, page, more } => {
+                self.reply(key, msg::encode_history(r#ref, &room, page.iter(), more))
+            }
             Reply::Presence { room, members } => {
                 let members = members.iter().map(|(u, since)| Member { user: u, since: *since });
                 self.reply(key, msg::encode_presence(r#ref, &room, members));

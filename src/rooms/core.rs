@@ -132,12 +132,18 @@ pub enum Read<A> {
 
 #[derive(Debug, Clone)]
 pub enum ReadResult {
-    Head { seq: u64, ts: u64 },
+    Head {
+        seq: u64,
+        ts: u64,
+    },
     Dedup(Option<(u64, u64)>),
     /// The messages as `msg` frames, encoded where they were read (see
     /// [`replay_frames`]); `cut`: the read stopped early (its byte budget,
     /// or more were there).
-    Replay { frames: Vec<Bytes>, cut: bool },
+    Replay {
+        frames: Vec<Bytes>,
+        cut: bool,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -160,7 +166,10 @@ pub enum Input<A> {
     Committed(Commit),
     ReadDone(ReadDone),
     /// Housekeeping: forget up to `max` rooms idle for `idle_ms`.
-    Tick { idle_ms: u64, max: usize },
+    Tick {
+        idle_ms: u64,
+        max: usize,
+    },
 }
 
 /// Which request a refusal answers (a WebSocket connection counts its
@@ -177,14 +186,37 @@ pub enum Asked {
 pub enum Reply {
     /// The join succeeded: the member is listed where it lives once this is
     /// handled, then gets `replay` (already encoded `msg` frames).
-    Joined { room: RoomName, last: u64, recovered: Option<bool>, replay: Vec<Bytes> },
+    Joined {
+        room: RoomName,
+        last: u64,
+        recovered: Option<bool>,
+        replay: Vec<Bytes>,
+    },
     /// A publish is stored (or was, for a duplicate): its seq and ts.
-    Ack { room: RoomName, seq: u64, ts: u64, id: Option<Box<str>> },
-    History { room: RoomName, page: Vec<MsgFrame>, more: bool },
-    Presence { room: RoomName, members: Vec<(UserId, u64)> },
+    Ack {
+        room: RoomName,
+        seq: u64,
+        ts: u64,
+        id: Option<Box<str>>,
+    },
+    History {
+        room: RoomName,
+        page: Vec<MsgFrame>,
+        more: bool,
+    },
+    Presence {
+        room: RoomName,
+        members: Vec<(UserId, u64)>,
+    },
     /// The request failed; `status` is its HTTP status, `code` the
     /// protocol's error code.
-    Refused { to: Asked, room: RoomName, status: u16, code: &'static str, message: String },
+    Refused {
+        to: Asked,
+        room: RoomName,
+        status: u16,
+        code: &'static str,
+        message: String,
+    },
 }
 
 impl Reply {
@@ -197,8 +229,15 @@ pub enum Effect<A> {
     /// Store this record; its commit comes back as [`Input::Committed`].
     Append(Record),
     /// Queue `frame` on every member of `room` that lives on `reactor`.
-    Deliver { reactor: usize, room: RoomName, frame: Bytes },
-    Reply { to: A, reply: Reply },
+    Deliver {
+        reactor: usize,
+        room: RoomName,
+        frame: Bytes,
+    },
+    Reply {
+        to: A,
+        reply: Reply,
+    },
     Read(Read<A>),
     /// The room was forgotten; free it where it costs nobody.
     Forget(OwnedRoom),
@@ -222,12 +261,24 @@ struct Pending<A> {
 
 /// What a room waits for from storage.
 enum Wait<A> {
-    Head { ticket: u64 },
-    Dedup { ticket: u64, publish: Publish<A> },
+    Head {
+        ticket: u64,
+    },
+    Dedup {
+        ticket: u64,
+        publish: Publish<A>,
+    },
     /// A joiner's replay older than the tail: `extras` are the frames
     /// committed in the room since the read was asked for.
     /// `again`: the joiner was a member already, so it got those live.
-    Replay { ticket: u64, join: Join<A>, again: bool, after: u64, upto: u64, extras: Vec<Bytes> },
+    Replay {
+        ticket: u64,
+        join: Join<A>,
+        again: bool,
+        after: u64,
+        upto: u64,
+        extras: Vec<Bytes>,
+    },
 }
 
 impl<A> Wait<A> {
@@ -648,9 +699,7 @@ impl<A: Clone> Rules<A> {
     fn publish(&mut self, r: &mut OwnedRoom, p: Publish<A>, now: u64, out: &mut Vec<Effect<A>>) {
         let Publish { room, user, body, id, asker } = p;
         let entry = match r.reserve(&self.settings, &user, &body, id.as_deref(), now) {
-            Reserved::Duplicate { seq, ts } => {
-                Pending { room, seq, ts, frame: None, id, user, doomed: false, asker }
-            }
+            Reserved::Duplicate { seq, ts } => Pending { room, seq, ts, frame: None, id, user, doomed: false, asker },
             Reserved::New { seq, ts, frame, body } => {
                 if self.stored {
                     let window = u64::try_from(self.settings.dedup_window.as_millis()).unwrap_or(u64::MAX);
@@ -813,7 +862,12 @@ pub fn replay_frames(room: &str, msgs: &[StoredMsg]) -> Vec<Bytes> {
 }
 
 /// The answer to a [`Read::Page`], made where the page was read.
-pub fn page_reply(room: &RoomName, read: Result<(Vec<StoredMsg>, bool), String>, oldest_first: bool, budget: usize) -> Reply {
+pub fn page_reply(
+    room: &RoomName,
+    read: Result<(Vec<StoredMsg>, bool), String>,
+    oldest_first: bool,
+    budget: usize,
+) -> Reply {
     match read {
         Ok((msgs, more)) => {
             let mut page: Vec<MsgFrame> = msgs.iter().map(|m| frame_of(room, m)).collect();

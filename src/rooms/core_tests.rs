@@ -21,6 +21,9 @@ const CONNS: usize = 4;
 const ROOMS: [&str; 2] = ["a", "b"];
 const WINDOW_MS: u64 = 1_000;
 
+/// `(room, user, id)`, as storage's dedup table keys it.
+type DedupKey = (RoomName, UserId, Box<str>);
+
 /// An asker: the connection and its request number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Ask {
@@ -30,19 +33,52 @@ struct Ask {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Join { c: usize, room: usize, back: Option<u8> },
-    Leave { c: usize, room: usize },
-    Disconnect { c: usize },
-    Publish { c: usize, room: usize, id: Option<u8> },
-    History { c: usize, room: usize, back: u8, limit: u8, forward: bool },
-    Presence { c: usize, room: usize },
+    Join {
+        c: usize,
+        room: usize,
+        back: Option<u8>,
+    },
+    Leave {
+        c: usize,
+        room: usize,
+    },
+    Disconnect {
+        c: usize,
+    },
+    Publish {
+        c: usize,
+        room: usize,
+        id: Option<u8>,
+    },
+    History {
+        c: usize,
+        room: usize,
+        back: u8,
+        limit: u8,
+        forward: bool,
+    },
+    Presence {
+        c: usize,
+        room: usize,
+    },
     /// Store-writer commits the next `n` appends; `ok: false` fails the batch.
-    Commit { n: u8, ok: bool },
+    Commit {
+        n: u8,
+        ok: bool,
+    },
     /// A reader serves outstanding read `i`; `fail` 1: busy, 2: error.
-    Serve { i: u8, fail: u8 },
+    Serve {
+        i: u8,
+        fail: u8,
+    },
     /// Reactor `r` handles `n` mails.
-    Mail { r: u8, n: u8 },
-    Advance { ms: u16 },
+    Mail {
+        r: u8,
+        n: u8,
+    },
+    Advance {
+        ms: u16,
+    },
     Tick,
 }
 
@@ -72,8 +108,13 @@ enum ToMember {
 
 enum Mem {
     /// The join with request number `req` waits for its answer.
-    Pending { since: Option<u64>, req: u64 },
-    Member { next: u64 },
+    Pending {
+        since: Option<u64>,
+        req: u64,
+    },
+    Member {
+        next: u64,
+    },
 }
 
 struct ConnM {
@@ -97,7 +138,7 @@ struct World {
     conns: Vec<ConnM>,
     stored: HashMap<RoomName, BTreeMap<u64, StoredMsg>>,
     /// `(room, user, id)` → `(seq, ts, expires)`, as storage's dedup table.
-    dedup: HashMap<(RoomName, UserId, Box<str>), (u64, u64, u64)>,
+    dedup: HashMap<DedupKey, (u64, u64, u64)>,
     appends: VecDeque<crate::store::Record>,
     reads: Vec<Read<Ask>>,
     mail: Vec<VecDeque<ToMember>>,
@@ -373,7 +414,8 @@ impl World {
         if seq != *next {
             return Err(format!("conn {c} in {room}: got seq {seq}, expected {next}"));
         }
-        let stored = self.stored.get(room).and_then(|m| m.get(&seq)).ok_or(format!("seq {seq} of {room} not stored"))?;
+        let stored =
+            self.stored.get(room).and_then(|m| m.get(&seq)).ok_or(format!("seq {seq} of {room} not stored"))?;
         let body: serde_json::Value = serde_json::from_slice(&stored.body).map_err(|e| e.to_string())?;
         if v["body"] != body || v["from"] != stored.from.as_str() || v["ts"] != stored.ts {
             return Err(format!("seq {seq} of {room} delivered as {v}, stored differently"));
@@ -437,7 +479,8 @@ impl World {
                     .and_then(|m| m.get(&seq))
                     .ok_or(format!("ack of seq {seq} in {room}, not stored"))?;
                 let same_body = req.body.as_deref().map(str::as_bytes) == Some(stored.body.as_slice());
-                let original = req.id.is_some() && stored.id.as_deref() == req.id.as_deref() && *stored.from == *req.user;
+                let original =
+                    req.id.is_some() && stored.id.as_deref() == req.id.as_deref() && *stored.from == *req.user;
                 if !same_body && !original {
                     return Err(format!("ack of seq {seq} in {room} points at another message"));
                 }

@@ -491,9 +491,3 @@ fn sync_parent(path: &Path) -> Result<(), StoreError> {
     fs::File::open(parent)?.sync_all()?;
     Ok(())
 }
-
-pub(crate) fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}

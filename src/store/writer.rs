@@ -1,7 +1,8 @@
 //! `store-writer`: the one thread that writes the database. It owns group
 //! commit (every append waiting in the channel goes into one transaction),
-//! commit reports back to the reactors, backups between batches, and the
-//! pruning of retention and dedup expiry in small slices.
+//! commit reports back to the reactors, and the pruning of retention and
+//! dedup expiry in small slices. Backups are not its work: `Store::backup_to`
+//! copies a read snapshot on a thread of its own.
 //!
 //! Ordering: a reactor learns that its appends are durable only through
 //! [`CommitSink::committed`], called after `commit()` returned, in the order
@@ -11,15 +12,16 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
 use redb::{Durability, ReadableTable};
 
-use super::{codec, now_ms, Store, StoreError, DEDUP, DEDUP_EXPIRY, MESSAGES, ROOMS};
+use crate::proto::now_ms;
+
+use super::{codec, Store, StoreError, DEDUP, DEDUP_EXPIRY, MESSAGES, ROOMS};
 
 /// One message to store. Seq and ts are assigned by the room's owner reactor
 /// before it is sent here.
@@ -40,7 +42,6 @@ pub struct Record {
 pub enum WriterCmd {
     /// One reactor's appends of one loop iteration, in seq order per room.
     Append { reactor: u16, recs: Vec<Record> },
-    Backup { out: PathBuf, reply: Sender<Result<u64, StoreError>> },
 }
 
 /// Where the writer reports commits; implemented by the reactor side (it
@@ -179,12 +180,6 @@ impl Writer {
                 } else {
                     self.recs.extend(recs);
                 }
-            }
-            WriterCmd::Backup { out, reply } => {
-                // Commit what came before, so the backup holds every message
-                // acked before it was asked for.
-                self.flush();
-                let _ = reply.send(self.store.backup_to(&out));
             }
         }
     }
