@@ -14,10 +14,11 @@ Asserted (functional outcomes only):
 - the server's RSS and open descriptors came back to within 20 % of their
   level before each attack. The server keeps some memory by design: each
   loaded room's tail (up to `--history-tail` messages) and the store's page
-  cache (up to `--store-cache-bytes`, filled by the reader threads as rooms
-  load, so it shows up as growth the first time rooms are read). With rooms
-  forgotten after 1 s idle and the smallest page cache, what is left after
-  an attack is what the attack left behind, not those caches.
+  cache (up to `--store-cache-bytes`, which fills as the slow-consumers
+  attack's 16 KiB messages are stored: 4 MiB of it alone is a fifth of the
+  server's RSS, so the smallest cache is used). With rooms forgotten after
+  1 s idle and the smallest page cache, what is left after an attack is what
+  the attack left behind, not those caches.
 
 Latency figures (the healthy ping p99 during each attack against the calm p99
 just before it, the goal p99 <= 2 x calm + 5 ms) are REPORTED, NOT ASSERTED:
