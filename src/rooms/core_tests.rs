@@ -1,7 +1,8 @@
 //! The room core against a model: random interleavings of joins (with and
 //! without `since`), leaves, disconnects, publishes with and without client
 //! ids, commits and failed commits, storage reads served late, out of order
-//! or failing, mail delivered late, time passing and rooms forgotten. The
+//! or failing, mail delivered late, time passing, retention pruning storage
+//! and rooms forgotten. The
 //! driver plays storage (with store-writer's contiguity rule), the reader
 //! pool and the member reactors' FIFO mailboxes, and checks what every
 //! member and asker sees.
@@ -20,6 +21,8 @@ const REACTORS: usize = 2;
 const CONNS: usize = 4;
 const ROOMS: [&str; 2] = ["a", "b"];
 const WINDOW_MS: u64 = 1_000;
+const RETAIN: usize = 6;
+const RETAIN_AGE_MS: u64 = 30_000;
 
 /// `(room, user, id)`, as storage's dedup table keys it.
 type DedupKey = (RoomName, UserId, Box<str>);
@@ -76,10 +79,11 @@ enum Op {
         r: u8,
         n: u8,
     },
-    Advance {
-        ms: u16,
-    },
+    Advance { ms: u16 },
     Tick,
+    /// Storage's retention runs: each room keeps its newest `RETAIN`
+    /// messages, none older than `RETAIN_AGE_MS`.
+    Prune,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -98,6 +102,7 @@ fn op() -> impl Strategy<Value = Op> {
         5 => (0u8..REACTORS as u8, 1u8..6).prop_map(|(r, n)| Op::Mail { r, n }),
         1 => (0u16..1500).prop_map(|ms| Op::Advance { ms }),
         1 => Just(Op::Tick),
+        1 => Just(Op::Prune),
     ]
 }
 
@@ -136,7 +141,11 @@ struct World {
     core: Core<Ask>,
     now: u64,
     conns: Vec<ConnM>,
+    /// What storage holds now (retention prunes it) ...
     stored: HashMap<RoomName, BTreeMap<u64, StoredMsg>>,
+    /// ... and everything it ever stored: what is visible must be in here,
+    /// and a room's head (seqs are never reused) comes from it.
+    ever: HashMap<RoomName, BTreeMap<u64, StoredMsg>>,
     /// `(room, user, id)` → `(seq, ts, expires)`, as storage's dedup table.
     dedup: HashMap<DedupKey, (u64, u64, u64)>,
     appends: VecDeque<crate::store::Record>,
@@ -155,8 +164,8 @@ fn settings() -> RoomSettings {
         tail: 4,
         max_replay: 8,
         dedup_window: Duration::from_millis(WINDOW_MS),
-        retain_messages: None,
-        retain_age: None,
+        retain_messages: Some(RETAIN as u64),
+        retain_age: Some(Duration::from_millis(RETAIN_AGE_MS)),
     }
 }
 
@@ -180,6 +189,7 @@ impl World {
                 .map(|c| ConnM { user: UserId::from(format!("u{}", c % 3)), rooms: HashMap::new() })
                 .collect(),
             stored: HashMap::new(),
+            ever: HashMap::new(),
             dedup: HashMap::new(),
             appends: VecDeque::new(),
             reads: Vec::new(),
@@ -196,7 +206,7 @@ impl World {
     }
 
     fn head(&self, room: &str) -> u64 {
-        self.stored.get(room).and_then(|m| m.keys().next_back().copied()).unwrap_or(0)
+        self.ever.get(room).and_then(|m| m.keys().next_back().copied()).unwrap_or(0)
     }
 
     fn feed(&mut self, input: Input<Ask>) -> Result<(), String> {
@@ -293,6 +303,15 @@ impl World {
             }
             Op::Advance { ms } => self.now += u64::from(ms),
             Op::Tick => self.feed(Input::Tick { idle_ms: 0, max: 16 })?,
+            Op::Prune => {
+                let cutoff = self.now.saturating_sub(RETAIN_AGE_MS);
+                for msgs in self.stored.values_mut() {
+                    while msgs.len() > RETAIN {
+                        msgs.pop_first();
+                    }
+                    msgs.retain(|_, m| m.ts >= cutoff);
+                }
+            }
         }
         Ok(())
     }
@@ -334,7 +353,8 @@ impl World {
                     id: rec.id.as_deref().map(str::to_string),
                     body: body.into_bytes(),
                 };
-                self.stored.entry(rec.room.clone()).or_default().insert(rec.seq, m);
+                self.stored.entry(rec.room.clone()).or_default().insert(rec.seq, m.clone());
+                self.ever.entry(rec.room.clone()).or_default().insert(rec.seq, m);
             }
             match runs.last_mut() {
                 Some((k, o)) if *o == fits => *k += 1,
@@ -377,7 +397,7 @@ impl World {
             }
             Read::Head { room, ticket } => {
                 let head = self.head(&room);
-                let ts = self.stored.get(&room).and_then(|m| m.get(&head)).map_or(0, |m| m.ts);
+                let ts = self.ever.get(&room).and_then(|m| m.get(&head)).map_or(0, |m| m.ts);
                 (room, ticket, ReadResult::Head { seq: head, ts })
             }
             Read::Dedup { room, user, id, ticket } => {
@@ -415,7 +435,7 @@ impl World {
             return Err(format!("conn {c} in {room}: got seq {seq}, expected {next}"));
         }
         let stored =
-            self.stored.get(room).and_then(|m| m.get(&seq)).ok_or(format!("seq {seq} of {room} not stored"))?;
+            self.ever.get(room).and_then(|m| m.get(&seq)).ok_or(format!("seq {seq} of {room} not stored"))?;
         let body: serde_json::Value = serde_json::from_slice(&stored.body).map_err(|e| e.to_string())?;
         if v["body"] != body || v["from"] != stored.from.as_str() || v["ts"] != stored.ts {
             return Err(format!("seq {seq} of {room} delivered as {v}, stored differently"));
@@ -473,9 +493,7 @@ impl World {
                 if req.kind != Asked::Publish || room != req.room {
                     return Err("ack for a request that is no publish".into());
                 }
-                let stored = self
-                    .stored
-                    .get(&room)
+                let stored = self.ever.get(&room)
                     .and_then(|m| m.get(&seq))
                     .ok_or(format!("ack of seq {seq} in {room}, not stored"))?;
                 let same_body = req.body.as_deref().map(str::as_bytes) == Some(stored.body.as_slice());
@@ -497,7 +515,7 @@ impl World {
                         return Err("history page out of order".into());
                     }
                     prev = Some(seq);
-                    if !self.stored.get(&room).is_some_and(|s| s.contains_key(&seq)) {
+                    if !self.ever.get(&room).is_some_and(|s| s.contains_key(&seq)) {
                         return Err(format!("history shows seq {seq} of {room}, not stored"));
                     }
                 }
@@ -575,7 +593,8 @@ fn a_cold_room_queues_what_arrives_while_it_loads() {
     // A stored history of 5, the room not held.
     for seq in 1..=5 {
         let m = StoredMsg { seq, ts: seq, from: "u0".into(), id: None, body: b"1".to_vec() };
-        w.stored.entry(RoomName::from("a")).or_default().insert(seq, m);
+        w.stored.entry(RoomName::from("a")).or_default().insert(seq, m.clone());
+        w.ever.entry(RoomName::from("a")).or_default().insert(seq, m);
     }
     w.step(Op::Join { c: 0, room: 0, back: Some(2) }).unwrap();
     w.step(Op::Publish { c: 1, room: 0, id: None }).unwrap();
@@ -600,7 +619,8 @@ fn a_replay_from_storage_gets_what_commits_while_it_is_read() {
     let mut w = World::new();
     for seq in 1..=20 {
         let m = StoredMsg { seq, ts: seq, from: "u0".into(), id: None, body: b"1".to_vec() };
-        w.stored.entry(RoomName::from("a")).or_default().insert(seq, m);
+        w.stored.entry(RoomName::from("a")).or_default().insert(seq, m.clone());
+        w.ever.entry(RoomName::from("a")).or_default().insert(seq, m);
     }
     w.step(Op::Publish { c: 1, room: 0, id: None }).unwrap();
     let r = w.reads.pop().unwrap();
