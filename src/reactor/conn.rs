@@ -88,11 +88,26 @@ pub enum WsKind {
 /// A room membership of one connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
-    /// The join with this tag waits for the owner's answer.
-    Joining(u32),
+    /// Joins wait for the owner's answer: `waiting` of them, the first
+    /// tagged `first` (answers to joins tagged before it belong to an
+    /// earlier membership, given up by a leave). The first `joined` lists
+    /// the connection; it is given up only when every one was refused.
+    Joining { first: u32, waiting: u16 },
     /// Confirmed: the connection's slot in the reactor's local member list
     /// of the room (so leaving costs O(1), not a search through the room).
     Listed(u32),
+}
+
+impl Slot {
+    /// Whether the answer to the join tagged `tag` belongs to this
+    /// membership (tags wrap; a connection has far fewer than 2^31 joins in
+    /// flight).
+    pub fn answers(&self, tag: u32) -> bool {
+        match self {
+            Slot::Joining { first, .. } => tag.wrapping_sub(*first) < 1 << 31,
+            Slot::Listed(_) => true,
+        }
+    }
 }
 
 pub struct WsState {

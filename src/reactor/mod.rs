@@ -218,6 +218,8 @@ pub struct Reactor {
     /// This iteration's appends, sent as one batch at its end.
     appends: Vec<Record>,
     append_backlog: owner::AppendBacklog,
+    /// When held-back appends are offered to store-writer again.
+    append_retry: Option<Instant>,
     /// Rooms the core forgot, for the reaper.
     forgotten: Vec<OwnedRoom>,
     local: LocalMembers,
@@ -305,6 +307,7 @@ impl Reactor {
             budget: room_core::page_budget(c.max_queue_bytes),
             appends: Vec::new(),
             append_backlog: VecDeque::new(),
+            append_retry: None,
             forgotten: Vec::new(),
             local: LocalMembers::default(),
             pending_flush: Vec::new(),
@@ -345,7 +348,8 @@ impl Reactor {
             // when this reactor may end.
             let drain_check = self.drain_deadline.map(|d| d.min(later(self.now, Duration::from_millis(20))));
             let chores = Some(self.next_housekeeping);
-            for at in [self.accept_paused_until, drain_check, self.flush_at, chores].into_iter().flatten() {
+            let waits = [self.accept_paused_until, drain_check, self.flush_at, chores, self.append_retry];
+            for at in waits.into_iter().flatten() {
                 let d = at.saturating_duration_since(self.now);
                 timeout = Some(timeout.map_or(d, |t| t.min(d)));
             }

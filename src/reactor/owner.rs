@@ -21,12 +21,16 @@ use crate::rooms::core::{self, Asked, Effect, Input, Read, ReadDone, ReadError, 
 use crate::store::WriterCmd;
 
 use super::mail::{Answer, Asker, AskerKind, Delivery, Mail};
+use super::timer::later;
 use super::{reaper, Reactor};
 use crate::proto::now_ms;
 
 /// Appends held back while store-writer's queue is full, in batches; past
 /// the first one new publishes are refused (`overloaded`).
 pub(super) type AppendBacklog = std::collections::VecDeque<Vec<crate::store::Record>>;
+
+/// How soon appends held back by a full store-writer queue are offered again.
+const APPEND_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Capacity past which the core's effect and input buffers are shrunk back
 /// once empty.
@@ -136,14 +140,17 @@ impl Reactor {
             let batch = mem::take(&mut self.appends);
             self.append_backlog.push_back(batch);
         }
+        self.append_retry = None;
         while let Some(recs) = self.append_backlog.pop_front() {
             if let Err(e) = w.try_send(WriterCmd::Append { reactor: self.id as u16, recs }) {
                 let (crossbeam_channel::TrySendError::Full(cmd) | crossbeam_channel::TrySendError::Disconnected(cmd)) =
                     e;
                 let WriterCmd::Append { recs, .. } = cmd;
                 self.append_backlog.push_front(recs);
-                self.mail_backlog = true; // try again soon
-                break;
+                // Try again shortly, without spinning: store-writer needs
+                // the CPU to catch up.
+                self.append_retry = Some(later(self.now, APPEND_RETRY));
+                return;
             }
         }
     }

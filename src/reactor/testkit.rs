@@ -260,7 +260,7 @@ impl Harness {
                 for (room, slot) in &ws.rooms {
                     let slot = match slot {
                         super::conn::Slot::Listed(i) => Some(*i),
-                        super::conn::Slot::Joining(_) => None,
+                        super::conn::Slot::Joining { .. } => None,
                     };
                     let members = r.local.members(room);
                     let listed = members.contains(&(key as u32));

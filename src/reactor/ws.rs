@@ -174,15 +174,20 @@ impl Reactor {
         match op {
             OwnedOp::Ping => self.reply(key, msg::encode_pong(r#ref.as_ref())),
             OwnedOp::Join { room, since } => {
-                let again = ws.rooms.iter().any(|(r, _)| *r == room);
                 ws.joins = ws.joins.wrapping_add(1);
                 let tag = ws.joins;
-                if !again {
-                    if ws.rooms.len() >= MAX_ROOMS_PER_CONN {
-                        let m = format!("at most {MAX_ROOMS_PER_CONN} rooms per connection");
-                        return self.reply(key, msg::encode_error(r#ref.as_ref(), "forbidden", &m, None));
+                match ws.rooms.iter_mut().find(|(r, _)| *r == room) {
+                    // Joining again: the owner counts the membership once;
+                    // this one more answer is awaited.
+                    Some((_, Slot::Joining { waiting, .. })) => *waiting = waiting.saturating_add(1),
+                    Some((_, Slot::Listed(_))) => {}
+                    None => {
+                        if ws.rooms.len() >= MAX_ROOMS_PER_CONN {
+                            let m = format!("at most {MAX_ROOMS_PER_CONN} rooms per connection");
+                            return self.reply(key, msg::encode_error(r#ref.as_ref(), "forbidden", &m, None));
+                        }
+                        ws.rooms.push((room.clone(), Slot::Joining { first: tag, waiting: 1 }));
                     }
-                    ws.rooms.push((room.clone(), Slot::Joining(tag)));
                 }
                 ws.heavy += 1;
                 let owner = owner_of(&room, reactors);
@@ -307,10 +312,12 @@ impl Reactor {
         }
         match reply {
             Reply::Joined { room, last, recovered, replay } => {
-                // Only the answer to the join still waiting is: one made
-                // before a leave answers a request the connection gave up.
-                if let Some(i) = ws.rooms.iter().position(|(r, s)| *r == room && *s == Slot::Joining(tag)) {
-                    ws.rooms[i].1 = Slot::Listed(self.local.add(&room, key));
+                // Only an answer to this membership's joins lists it: one
+                // made before a leave answers a join the connection gave up.
+                if let Some(i) = ws.rooms.iter().position(|(r, s)| *r == room && s.answers(tag)) {
+                    if matches!(ws.rooms[i].1, Slot::Joining { .. }) {
+                        ws.rooms[i].1 = Slot::Listed(self.local.add(&room, key));
+                    }
                 }
                 self.reply(key, msg::encode_joined(r#ref, &room, last, recovered));
                 for f in replay {
@@ -329,8 +336,13 @@ impl Reactor {
                 if to == Asked::Join {
                     // A failed join leaves no pending membership behind (one
                     // already confirmed stays).
-                    if let Some(i) = ws.rooms.iter().position(|(r, s)| *r == room && *s == Slot::Joining(tag)) {
-                        ws.rooms.swap_remove(i);
+                    if let Some(i) = ws.rooms.iter().position(|(r, s)| *r == room && s.answers(tag)) {
+                        if let Slot::Joining { waiting, .. } = &mut ws.rooms[i].1 {
+                            *waiting = waiting.saturating_sub(1);
+                            if *waiting == 0 {
+                                ws.rooms.swap_remove(i);
+                            }
+                        }
                     }
                 }
                 let retry = (code == "overloaded").then_some(100);

@@ -35,9 +35,14 @@ use super::{MemberId, OwnedRoom, Replay, Reserved, RoomName, RoomSettings, UserI
 use crate::proto::msg::{self, MsgFrame};
 use crate::store::{Record, StoredMsg};
 
-/// Commands one room may have queued while it waits on storage; past it the
-/// asker is told `overloaded`.
-pub const MAX_QUEUED: usize = 4096;
+/// Commands one room may have queued while it waits on storage, and the
+/// bytes of message bodies among them; past either the asker is told
+/// `overloaded`.
+pub const MAX_QUEUED: usize = 1024;
+pub const MAX_QUEUED_BYTES: usize = 4 << 20;
+/// Publishes one core may have waiting for their commit; past it new ones
+/// are refused (`overloaded`) until commits catch up.
+pub const MAX_PENDING: usize = 64 * 1024;
 
 /// A connection joins a room (or joins again: `again`, counted once).
 #[derive(Debug, Clone)]
@@ -294,13 +299,14 @@ struct Entry<A> {
     room: Option<OwnedRoom>,
     wait: Option<Wait<A>>,
     queue: VecDeque<Command<A>>,
+    /// Body bytes of the publishes in `queue`.
+    queued_bytes: usize,
 }
 
 /// Counters the caller publishes.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CoreStats {
     pub published: u64,
-    pub reads: u64,
 }
 
 /// Everything but the rooms, so a room and the rules can be borrowed apart.
@@ -337,10 +343,6 @@ impl<A: Clone> Core<A> {
                 stats: CoreStats::default(),
             },
         }
-    }
-
-    pub fn settings(&self) -> &RoomSettings {
-        &self.rules.settings
     }
 
     pub fn stats(&self) -> CoreStats {
@@ -403,7 +405,6 @@ impl<A: Clone> Core<A> {
                 // Everything stored is committed: nothing of this room is in
                 // flight, so storage alone answers.
                 let oldest_first = h.after.is_some();
-                rules.stats.reads += 1;
                 out.push(Effect::Read(Read::Page {
                     room: h.room,
                     after: h.after,
@@ -423,12 +424,20 @@ impl<A: Clone> Core<A> {
                     let ticket = rules.ticket();
                     let mut queue = VecDeque::new();
                     queue.push_back(c);
-                    rooms.insert(name.clone(), Entry { room: None, wait: Some(Wait::Head { ticket }), queue });
-                    rules.stats.reads += 1;
+                    let queued_bytes = queue.iter().map(body_bytes).sum();
+                    rooms.insert(
+                        name.clone(),
+                        Entry { room: None, wait: Some(Wait::Head { ticket }), queue, queued_bytes },
+                    );
                     out.push(Effect::Read(Read::Head { room: name, ticket }));
                 } else {
                     let room = OwnedRoom::with_head(name.clone(), rules.reactors, 0, 0, now);
-                    let e = rooms.entry(name).or_insert(Entry { room: Some(room), wait: None, queue: VecDeque::new() });
+                    let e = rooms.entry(name).or_insert(Entry {
+                        room: Some(room),
+                        wait: None,
+                        queue: VecDeque::new(),
+                        queued_bytes: 0,
+                    });
                     rules.run(e, c, now, out);
                 }
             }
@@ -443,7 +452,9 @@ impl<A: Clone> Core<A> {
         }
         let Some(wait) = e.wait.take() else { return };
         match (wait, r.result) {
-            (Wait::Head { .. }, Ok(ReadResult::Head { seq, ts })) => {
+            // A head at the very end of the seq space (a damaged file) would
+            // overflow the next seq: refused like a failed read below.
+            (Wait::Head { .. }, Ok(ReadResult::Head { seq, ts })) if seq < u64::MAX => {
                 e.room = Some(OwnedRoom::with_head(r.room.clone(), rules.reactors, seq, ts, now));
             }
             (Wait::Head { .. }, res) => {
@@ -455,6 +466,7 @@ impl<A: Clone> Core<A> {
                     Err(ReadError::Failed(m)) => (500, "internal", format!("room unavailable: {m}")),
                     Ok(_) => (500, "internal", "room unavailable: unexpected read".to_string()),
                 };
+                e.queued_bytes = 0;
                 for c in std::mem::take(&mut e.queue) {
                     rules.refuse(c, status, code, &message, out);
                 }
@@ -566,11 +578,17 @@ impl<A: Clone> Core<A> {
     }
 
     fn tick(&mut self, now: u64, idle_ms: u64, max: usize, out: &mut Vec<Effect<A>>) {
+        // A room with a publish still pending (a duplicate's ack waiting
+        // behind other rooms' commits) is kept: its answer needs the room.
+        let busy: std::collections::HashSet<&RoomName> = self.rules.pending.iter().map(|p| &p.room).collect();
         let idle: Vec<RoomName> = self
             .rooms
             .iter()
-            .filter(|(_, e)| {
-                e.wait.is_none() && e.queue.is_empty() && e.room.as_ref().is_some_and(|r| r.is_idle(now, idle_ms))
+            .filter(|(n, e)| {
+                e.wait.is_none()
+                    && e.queue.is_empty()
+                    && !busy.contains(n)
+                    && e.room.as_ref().is_some_and(|r| r.is_idle(now, idle_ms))
             })
             .take(max)
             .map(|(n, _)| n.clone())
@@ -594,11 +612,15 @@ impl<A: Clone> Rules<A> {
 
     /// Queues `c` behind the room's wait, or refuses it when the queue is full.
     fn queue(&mut self, e: &mut Entry<A>, c: Command<A>, out: &mut Vec<Effect<A>>) {
-        if e.queue.len() >= MAX_QUEUED && !matches!(c, Command::Leave(_)) {
-            return self.refuse(c, 503, "overloaded", "the room is loading; retry", out);
+        let bytes = body_bytes(&c);
+        let full = e.queue.len() >= MAX_QUEUED || e.queued_bytes.saturating_add(bytes) > MAX_QUEUED_BYTES;
+        if full && !matches!(c, Command::Leave(_)) {
+            return self.refuse(c, 503, "overloaded", "the room waits on storage; retry", out);
         }
         // A leave is never refused: it must reach the member count. It is
-        // bounded by the joins queued before it.
+        // bounded by the joins its connection sent (a connection's requests
+        // are rate limited and capped in flight).
+        e.queued_bytes = e.queued_bytes.saturating_add(bytes);
         e.queue.push_back(c);
     }
 
@@ -606,6 +628,7 @@ impl<A: Clone> Rules<A> {
     fn drain_queue(&mut self, e: &mut Entry<A>, now: u64, out: &mut Vec<Effect<A>>) {
         while e.wait.is_none() {
             let Some(c) = e.queue.pop_front() else { break };
+            e.queued_bytes = e.queued_bytes.saturating_sub(body_bytes(&c));
             self.run(e, c, now, out);
         }
     }
@@ -637,7 +660,6 @@ impl<A: Clone> Rules<A> {
                     // none overtakes this publish.
                     let ticket = self.ticket();
                     let id = p.id.clone().unwrap_or_default();
-                    self.stats.reads += 1;
                     out.push(Effect::Read(Read::Dedup { room: p.room.clone(), user: p.user.clone(), id, ticket }));
                     e.wait = Some(Wait::Dedup { ticket, publish: p });
                 } else {
@@ -684,7 +706,6 @@ impl<A: Clone> Rules<A> {
             Some(Replay::Storage { .. }) if !self.stored => (Some(false), Vec::new()),
             Some(Replay::Storage { after, upto }) => {
                 let ticket = self.ticket();
-                self.stats.reads += 1;
                 let (max, budget) = (self.settings.max_replay, self.budget);
                 out.push(Effect::Read(Read::Replay { room: j.room.clone(), after, upto, max, budget, ticket }));
                 return Some(Wait::Replay { ticket, join: j, again: !new, after, upto, extras: Vec::new() });
@@ -697,6 +718,12 @@ impl<A: Clone> Rules<A> {
     /// Reserves a seq (or finds the original of a duplicate), appends the
     /// record, and queues the ack behind the commits before it.
     fn publish(&mut self, r: &mut OwnedRoom, p: Publish<A>, now: u64, out: &mut Vec<Effect<A>>) {
+        if self.pending.len() >= MAX_PENDING {
+            // Storage is far behind: push back on the publisher rather than
+            // hold without bound (also for publishes that were queued).
+            let reply = Reply::refused(Asked::Publish, &p.room, 503, "overloaded", "storage is busy; retry");
+            return out.push(Effect::Reply { to: p.asker, reply });
+        }
         let Publish { room, user, body, id, asker } = p;
         let entry = match r.reserve(&self.settings, &user, &body, id.as_deref(), now) {
             Reserved::Duplicate { seq, ts } => Pending { room, seq, ts, frame: None, id, user, doomed: false, asker },
@@ -761,9 +788,8 @@ impl<A: Clone> Rules<A> {
             return out.push(Effect::Reply { to: h.asker, reply });
         }
         // Older than the tail: storage pages it, up to what is committed.
-        let committed = r.last_seq();
-        let before = Some(h.before.map_or(committed + 1, |b| b.min(committed + 1)));
-        self.stats.reads += 1;
+        let end = r.last_seq().saturating_add(1);
+        let before = Some(h.before.map_or(end, |b| b.min(end)));
         out.push(Effect::Read(Read::Page {
             room: h.room,
             after: h.after,
@@ -813,6 +839,14 @@ fn abandon<A>(r: &mut OwnedRoom, pending: &mut VecDeque<Pending<A>>, seq: u64, u
     // Everything before `seq` in this room is committed (commits come in
     // order), so its head is `seq - 1`: no storage read needed.
     r.take_back(seq);
+}
+
+/// The body bytes a queued command holds.
+fn body_bytes<A>(c: &Command<A>) -> usize {
+    match c {
+        Command::Publish(p) => p.body.get().len(),
+        _ => 0,
+    }
 }
 
 fn fits(frames: &[Bytes], budget: usize) -> bool {

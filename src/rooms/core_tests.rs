@@ -79,7 +79,9 @@ enum Op {
         r: u8,
         n: u8,
     },
-    Advance { ms: u16 },
+    Advance {
+        ms: u16,
+    },
     Tick,
     /// Storage's retention runs: each room keeps its newest `RETAIN`
     /// messages, none older than `RETAIN_AGE_MS`.
@@ -245,8 +247,18 @@ impl World {
         match op {
             Op::Join { c, room, back } => {
                 let room = RoomName::from(ROOMS[room]);
-                if self.conns[c].rooms.contains_key(&room) {
-                    return Ok(()); // the reactor would count it a join again
+                match self.conns[c].rooms.get(&room) {
+                    Some(Mem::Pending { .. }) => return Ok(()),
+                    Some(Mem::Member { .. }) => {
+                        // Joining again: counted once; its answer is not read
+                        // (it replays what the member asked for again).
+                        let asker = self.ask(c, &room, Asked::Join);
+                        let user = self.conns[c].user.clone();
+                        let since = back.map(|b| self.head(&room).saturating_sub(u64::from(b)));
+                        let j = Join { room, user, reactor: World::reactor_of(c), member: c as u64, since, asker };
+                        return self.feed(Input::Command(Command::Join(j)));
+                    }
+                    None => {}
                 }
                 let since = back.map(|b| self.head(&room).saturating_sub(u64::from(b)));
                 let asker = self.ask(c, &room, Asked::Join);
@@ -434,8 +446,7 @@ impl World {
         if seq != *next {
             return Err(format!("conn {c} in {room}: got seq {seq}, expected {next}"));
         }
-        let stored =
-            self.ever.get(room).and_then(|m| m.get(&seq)).ok_or(format!("seq {seq} of {room} not stored"))?;
+        let stored = self.ever.get(room).and_then(|m| m.get(&seq)).ok_or(format!("seq {seq} of {room} not stored"))?;
         let body: serde_json::Value = serde_json::from_slice(&stored.body).map_err(|e| e.to_string())?;
         if v["body"] != body || v["from"] != stored.from.as_str() || v["ts"] != stored.ts {
             return Err(format!("seq {seq} of {room} delivered as {v}, stored differently"));
@@ -493,7 +504,9 @@ impl World {
                 if req.kind != Asked::Publish || room != req.room {
                     return Err("ack for a request that is no publish".into());
                 }
-                let stored = self.ever.get(&room)
+                let stored = self
+                    .ever
+                    .get(&room)
                     .and_then(|m| m.get(&seq))
                     .ok_or(format!("ack of seq {seq} in {room}, not stored"))?;
                 let same_body = req.body.as_deref().map(str::as_bytes) == Some(stored.body.as_slice());
@@ -557,6 +570,19 @@ impl World {
         }
         if let Some((n, r)) = self.open.iter().next() {
             return Err(format!("request {n} ({:?}) never answered", r.kind));
+        }
+        // The owner counts exactly the members the members think they are.
+        for name in ROOMS {
+            let mut users: Vec<&str> =
+                self.conns.iter().filter(|c| c.rooms.contains_key(name)).map(|c| &*c.user).collect();
+            users.sort_unstable();
+            users.dedup();
+            let mut held: Vec<&str> =
+                self.core.room(name).map(|r| r.presence().map(|m| m.user).collect()).unwrap_or_default();
+            held.sort_unstable();
+            if users != held {
+                return Err(format!("room {name}: members {users:?}, the owner's presence {held:?}"));
+            }
         }
         for (c, conn) in self.conns.iter().enumerate() {
             for (room, m) in &conn.rooms {

@@ -264,20 +264,6 @@ impl OwnedRoom {
         }
     }
 
-    /// Takes back the latest reservation (its append could not be queued).
-    /// Valid only before anything else happened in the room.
-    pub fn unreserve(&mut self, seq: u64, from: &UserId, id: Option<&str>) {
-        if seq == self.assigned {
-            self.assigned -= 1;
-            if let Some(id) = id {
-                self.dedup.remove(&(from.clone(), Box::from(id)));
-                if self.dedup_order.back().is_some_and(|(_, u, i)| u == from && &**i == id) {
-                    self.dedup_order.pop_back();
-                }
-            }
-        }
-    }
-
     /// The message with `seq` is durable: it joins the tail and becomes
     /// visible. Commits arrive in seq order.
     pub fn commit(&mut self, settings: &RoomSettings, seq: u64, ts: u64, frame: MsgFrame) {
@@ -521,13 +507,14 @@ mod tests {
     }
 
     #[test]
-    fn unreserve_and_pending_are_invisible() {
+    fn taken_back_and_pending_are_invisible() {
         let s = settings();
         let mut r = OwnedRoom::new("r".into(), 1);
         let u: UserId = "ann".into();
         let Reserved::New { seq, .. } = r.reserve(&s, &u, &body(), Some("a"), 1) else { panic!() };
         assert_eq!(r.last_seq(), 0); // not committed yet
-        r.unreserve(seq, &u, Some("a"));
+        r.forget(&u, "a", seq);
+        r.take_back(seq);
         let Reserved::New { seq: again, ts, frame, .. } = r.reserve(&s, &u, &body(), Some("a"), 2) else { panic!() };
         assert_eq!(again, seq);
         r.commit(&s, again, ts, frame);

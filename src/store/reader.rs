@@ -61,7 +61,11 @@ impl Drop for ReaderPool {
     fn drop(&mut self) {
         self.tx = None;
         for t in self.threads.drain(..) {
-            let _ = t.join();
+            // The last handle may be dropped by a read on one of these
+            // threads: a thread cannot wait for itself.
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
         }
     }
 }
