@@ -95,6 +95,26 @@ def kill_group(proc, grace=5.0):
         proc.wait()
 
 
+def run_loadgen(runner, lt, argv, logpath, timeout, secret=SECRET):
+    """Runs the load generator `lt` on its core, its output appended to
+    `logpath`; `runner.loadgen` holds it meanwhile (so a signal handler can
+    stop it). Returns its exit status, or "timeout"."""
+    cmd = ["taskset", "-c", LOADGEN_CORE, lt] + argv
+    env = dict(os.environ, ROOMCAST_JWT_SECRET=secret)
+    with open(logpath, "ab") as out:
+        out.write(("$ %s\n" % shlex.join(cmd)).encode())
+        out.flush()
+        runner.loadgen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                          start_new_session=True)
+        try:
+            rc = runner.loadgen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            kill_group(runner.loadgen, grace=2.0)
+            rc = "timeout"
+        runner.loadgen = None
+    return rc
+
+
 class Runner:
     """Owns every child process so that none outlives the run."""
 
@@ -163,20 +183,7 @@ class Runner:
     # -- load generator -------------------------------------------------
 
     def run_loadgen(self, argv, logpath, timeout):
-        cmd = ["taskset", "-c", LOADGEN_CORE, LT] + argv
-        env = dict(os.environ, ROOMCAST_JWT_SECRET=SECRET)
-        with open(logpath, "ab") as out:
-            out.write(("$ %s\n" % shlex.join(cmd)).encode())
-            out.flush()
-            self.loadgen = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
-            try:
-                rc = self.loadgen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                kill_group(self.loadgen, grace=2.0)
-                rc = "timeout"
-            self.loadgen = None
-        return rc
+        return run_loadgen(self, LT, argv, logpath, timeout)
 
 
 # -- loads --------------------------------------------------------------------

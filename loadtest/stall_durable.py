@@ -32,7 +32,7 @@ import time
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import f_lat, f_num, free_port, kill_group, loadavg  # noqa: E402
+from compare import f_lat, f_num, free_port, kill_group, loadavg, run_loadgen  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SECRET = "stall-durable-secret"
@@ -116,21 +116,8 @@ class Runner:
             self.data = None
 
     def run_loadgen(self, lt, argv, logpath, timeout):
-        cmd = ["taskset", "-c", LOADGEN_CORE, lt] + argv
-        self.note(cmd)
-        env = dict(os.environ, ROOMCAST_JWT_SECRET=SECRET)
-        with open(logpath, "ab") as f:
-            f.write(("$ %s\n" % shlex.join(cmd)).encode())
-            f.flush()
-            self.loadgen = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
-            try:
-                rc = self.loadgen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                kill_group(self.loadgen, grace=2.0)
-                rc = "timeout"
-            self.loadgen = None
-        return rc
+        self.note(["taskset", "-c", LOADGEN_CORE, lt] + argv)
+        return run_loadgen(self, lt, argv, logpath, timeout, secret=SECRET)
 
 
 def g(d, *path):

@@ -23,13 +23,17 @@ use crate::reactor::{Reactor, ReactorParts, Shared};
 use crate::rooms::core::Commit;
 use crate::store::{spawn_writer, CommitSink, ReaderPool, Store, WriterConfig};
 
-/// Capacity of each reactor's mailbox. Past it, senders keep mail in their
-/// own overflow queue and refuse new publishes (`overloaded`).
+/// Capacity of each reactor's mailbox, in mails (a sender's mail of one loop
+/// iteration is one batch). Past it, senders keep mail in their own
+/// overflow queue and refuse new publishes (`overloaded`).
 const MAILBOX_CAP: usize = 64 * 1024;
 /// Listen backlog; the kernel clamps it to somaxconn.
 const BACKLOG: i32 = 4096;
-/// Capacity of store-writer's queue; past it publishes get `overloaded`.
-const WRITER_CAP: usize = 64 * 1024;
+/// Capacity of store-writer's queue, in batches (one per reactor per loop
+/// iteration). Past it a reactor holds its batches and refuses new
+/// publishes; the appends in flight are bounded by each core's
+/// `rooms::core::MAX_PENDING`.
+const WRITER_CAP: usize = 4096;
 /// Threads reading history pages from storage.
 const READERS: usize = 2;
 

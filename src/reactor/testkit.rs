@@ -3,7 +3,7 @@
 //! It owns a [`Reactor`] built exactly as `serve` builds one, minus the
 //! sockets and the storage: connections are in-memory pipes
 //! ([`MemPipe`]), the clock moves only when told ([`Harness::advance`]),
-//! and with no store-writer every publish counts as committed at once.
+//! and with no store every publish counts as committed at once.
 //! Each call runs what one loop iteration runs after readiness (mail,
 //! timers, writes), so a test sees the same handlers and the same order a
 //! socket would drive.
