@@ -173,6 +173,7 @@ impl Reactor {
             return self.read_failed(r, ReadError::Failed("no storage".into()));
         };
         let back = r.clone();
+        let urgent = !matches!(r, Read::Page { .. });
         let work: crate::store::ReadWork = match r {
             Read::Page { room, after, before, limit, oldest_first, asker } => {
                 let budget = self.budget;
@@ -205,7 +206,8 @@ impl Reactor {
                 shared.post_from_thread(me, Mail::ReadDone(ReadDone { room, ticket, result }));
             }),
         };
-        if readers.submit(work).is_err() {
+        let queued = if urgent { readers.submit_urgent(work) } else { readers.submit(work) };
+        if queued.is_err() {
             self.read_failed(back, ReadError::Busy);
         }
     }

@@ -15,10 +15,16 @@ pub type ReadWork = Box<dyn FnOnce(&Store) + Send>;
 
 /// Pages waiting per reader thread before `submit` refuses.
 const QUEUE_PER_THREAD: usize = 64;
+/// Reads a room's owner waits on (heads, dedup lookups, replays) per reader
+/// thread before `submit_urgent` refuses.
+const URGENT_PER_THREAD: usize = 256;
 
 pub struct ReaderPool {
-    /// `None` only while dropping: closing the channel stops the threads.
+    /// `None` only while dropping: closing the channels stops the threads.
     tx: Option<Sender<ReadWork>>,
+    /// Reads a room waits on, served before any history page: a flood of
+    /// history requests must not make cold rooms unloadable.
+    urgent: Option<Sender<ReadWork>>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -27,15 +33,33 @@ impl ReaderPool {
     pub fn new(store: Store, threads: usize) -> std::io::Result<ReaderPool> {
         let n = threads.max(1);
         let (tx, rx) = crossbeam_channel::bounded::<ReadWork>(n * QUEUE_PER_THREAD);
-        let mut pool = ReaderPool { tx: Some(tx), threads: Vec::with_capacity(n) };
+        let (utx, urx) = crossbeam_channel::bounded::<ReadWork>(n * URGENT_PER_THREAD);
+        let mut pool = ReaderPool { tx: Some(tx), urgent: Some(utx), threads: Vec::with_capacity(n) };
         for i in 0..n {
-            let rx = rx.clone();
+            let (pages, urgent) = (rx.clone(), urx.clone());
             let store = store.clone();
             // On a spawn error, dropping `pool` stops the threads already started.
             let handle = std::thread::Builder::new().name(format!("store-reader-{i}")).spawn(move || {
                 lower_priority();
-                for work in rx {
-                    work(&store);
+                // Both channels close together (drop); what is queued on
+                // the other one is still served before the thread ends.
+                loop {
+                    crossbeam_channel::select_biased! {
+                        recv(urgent) -> w => match w {
+                            Ok(work) => work(&store),
+                            Err(_) => {
+                                pages.iter().for_each(|work| work(&store));
+                                break;
+                            }
+                        },
+                        recv(pages) -> w => match w {
+                            Ok(work) => work(&store),
+                            Err(_) => {
+                                urgent.iter().for_each(|work| work(&store));
+                                break;
+                            }
+                        },
+                    }
                 }
             })?;
             pool.threads.push(handle);
@@ -47,12 +71,22 @@ impl ReaderPool {
     /// answers `overloaded`).
     #[allow(clippy::result_unit_err)] // the only failure is "full"; there is nothing to carry
     pub fn submit(&self, work: ReadWork) -> Result<(), ()> {
-        match &self.tx {
-            Some(tx) => tx.try_send(work).map_err(|e| match e {
-                TrySendError::Full(_) | TrySendError::Disconnected(_) => (),
-            }),
-            None => Err(()),
-        }
+        offer(&self.tx, work)
+    }
+
+    /// Queues a read a room's owner waits on; served before history pages.
+    #[allow(clippy::result_unit_err)] // as `submit`
+    pub fn submit_urgent(&self, work: ReadWork) -> Result<(), ()> {
+        offer(&self.urgent, work)
+    }
+}
+
+fn offer(tx: &Option<Sender<ReadWork>>, work: ReadWork) -> Result<(), ()> {
+    match tx {
+        Some(tx) => tx.try_send(work).map_err(|e| match e {
+            TrySendError::Full(_) | TrySendError::Disconnected(_) => (),
+        }),
+        None => Err(()),
     }
 }
 
@@ -60,6 +94,7 @@ impl Drop for ReaderPool {
     /// Stops the threads after the pages already queued.
     fn drop(&mut self) {
         self.tx = None;
+        self.urgent = None;
         for t in self.threads.drain(..) {
             // The last handle may be dropped by a read on one of these
             // threads: a thread cannot wait for itself.

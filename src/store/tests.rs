@@ -432,3 +432,32 @@ fn reader_pool_answers_and_refuses_when_full() {
     drop(hold_tx);
     drop(pool);
 }
+
+#[test]
+fn reader_pool_serves_what_a_room_waits_on_before_history_pages() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let pool = ReaderPool::new(store, 1).unwrap();
+    // Hold the only reader; then queue pages, then one urgent read.
+    let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
+    let (entered_tx, entered_rx) = crossbeam_channel::bounded::<()>(1);
+    pool.submit(Box::new(move |_: &Store| {
+        entered_tx.send(()).unwrap();
+        let _ = hold_rx.recv();
+    }))
+    .unwrap();
+    entered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let (order_tx, order_rx) = crossbeam_channel::unbounded::<&'static str>();
+    for _ in 0..3 {
+        let tx = order_tx.clone();
+        pool.submit(Box::new(move |_: &Store| tx.send("page").unwrap())).unwrap();
+    }
+    let tx = order_tx.clone();
+    pool.submit_urgent(Box::new(move |_: &Store| tx.send("urgent").unwrap())).unwrap();
+    drop(hold_tx);
+    let first = order_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert_eq!(first, "urgent");
+    // Dropping the pool still serves what was queued.
+    drop(pool);
+    assert_eq!(order_rx.try_iter().count(), 3);
+}
