@@ -191,9 +191,12 @@ impl Reactor {
                     .map_err(|e| ReadError::Failed(e.to_string()));
                 shared.post_from_thread(me, Mail::ReadDone(ReadDone { room, ticket, result }));
             }),
-            Read::Dedup { room, user, id, ticket } => Box::new(move |store| {
-                let result = store
-                    .dedup_get(&room, &user, &id, now_ms())
+            Read::Dedup { room, keys, ticket } => Box::new(move |store| {
+                let now = now_ms();
+                let result = keys
+                    .iter()
+                    .map(|(user, id)| store.dedup_get(&room, user, id, now))
+                    .collect::<Result<Vec<_>, _>>()
                     .map(ReadResult::Dedup)
                     .map_err(|e| ReadError::Failed(e.to_string()));
                 shared.post_from_thread(me, Mail::ReadDone(ReadDone { room, ticket, result }));

@@ -26,7 +26,7 @@
 //!   caller keeps them in order per destination): that is what lets the
 //!   replay and the live stream meet without a gap or a duplicate.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -43,6 +43,8 @@ pub const MAX_QUEUED_BYTES: usize = 4 << 20;
 /// Publishes one core may have waiting for their commit; past it new ones
 /// are refused (`overloaded`) until commits catch up.
 pub const MAX_PENDING: usize = 64 * 1024;
+/// Client ids looked up in storage by one read at most.
+pub const DEDUP_KEYS_PER_READ: usize = 256;
 
 /// A connection joins a room (or joins again: `again`, counted once).
 #[derive(Debug, Clone)]
@@ -126,8 +128,9 @@ pub struct Commit {
 pub enum Read<A> {
     /// The room's last stored seq and its ts.
     Head { room: RoomName, ticket: u64 },
-    /// The original `(seq, ts)` of a client id within its dedup window.
-    Dedup { room: RoomName, user: UserId, id: Box<str>, ticket: u64 },
+    /// The original `(seq, ts)` of each client id within its dedup window
+    /// (the ids of one publish and of those queued behind it, in one read).
+    Dedup { room: RoomName, keys: Vec<(UserId, Box<str>)>, ticket: u64 },
     /// Stored messages `after < seq <= upto`, oldest first, at most `max`
     /// of them and about `budget` bytes.
     Replay { room: RoomName, after: u64, upto: u64, max: usize, budget: usize, ticket: u64 },
@@ -141,7 +144,8 @@ pub enum ReadResult {
         seq: u64,
         ts: u64,
     },
-    Dedup(Option<(u64, u64)>),
+    /// One answer per key of the read, in its order.
+    Dedup(Vec<Option<(u64, u64)>>),
     /// The messages as `msg` frames, encoded where they were read (see
     /// [`replay_frames`]); `cut`: the read stopped early (its byte budget,
     /// or more were there).
@@ -272,6 +276,7 @@ enum Wait<A> {
     Dedup {
         ticket: u64,
         publish: Publish<A>,
+        keys: Vec<(UserId, Box<str>)>,
     },
     /// A joiner's replay older than the tail: `extras` are the frames
     /// committed in the room since the read was asked for.
@@ -301,6 +306,9 @@ struct Entry<A> {
     queue: VecDeque<Command<A>>,
     /// Body bytes of the publishes in `queue`.
     queued_bytes: usize,
+    /// Client ids storage was asked about and does not hold: not asked
+    /// again while the commands queued with them run.
+    checked: HashSet<(UserId, Box<str>)>,
 }
 
 /// Counters the caller publishes.
@@ -425,10 +433,14 @@ impl<A: Clone> Core<A> {
                     let mut queue = VecDeque::new();
                     queue.push_back(c);
                     let queued_bytes = queue.iter().map(body_bytes).sum();
-                    rooms.insert(
-                        name.clone(),
-                        Entry { room: None, wait: Some(Wait::Head { ticket }), queue, queued_bytes },
-                    );
+                    let entry = Entry {
+                        room: None,
+                        wait: Some(Wait::Head { ticket }),
+                        queue,
+                        queued_bytes,
+                        checked: HashSet::new(),
+                    };
+                    rooms.insert(name.clone(), entry);
                     out.push(Effect::Read(Read::Head { room: name, ticket }));
                 } else {
                     let room = OwnedRoom::with_head(name.clone(), rules.reactors, 0, 0, now);
@@ -437,6 +449,7 @@ impl<A: Clone> Core<A> {
                         wait: None,
                         queue: VecDeque::new(),
                         queued_bytes: 0,
+                        checked: HashSet::new(),
                     });
                     rules.run(e, c, now, out);
                 }
@@ -473,12 +486,17 @@ impl<A: Clone> Core<A> {
                 rooms.remove(&r.room);
                 return;
             }
-            (Wait::Dedup { publish, .. }, res) => {
+            (Wait::Dedup { publish, keys, .. }, res) => {
                 let Some(room) = e.room.as_mut() else { return };
                 match res {
-                    Ok(ReadResult::Dedup(found)) => {
-                        if let (Some((seq, ts)), Some(id)) = (found, publish.id.as_deref()) {
-                            room.remember(&rules.settings, &publish.user, id, seq, ts, now);
+                    Ok(ReadResult::Dedup(found)) if found.len() == keys.len() => {
+                        for ((user, id), found) in keys.into_iter().zip(found) {
+                            match found {
+                                Some((seq, ts)) => room.remember(&rules.settings, &user, &id, seq, ts, now),
+                                None => {
+                                    e.checked.insert((user, id));
+                                }
+                            }
                         }
                         rules.publish(room, publish, now, out);
                     }
@@ -631,6 +649,9 @@ impl<A: Clone> Rules<A> {
             e.queued_bytes = e.queued_bytes.saturating_sub(body_bytes(&c));
             self.run(e, c, now, out);
         }
+        if e.queue.is_empty() && e.wait.is_none() {
+            e.checked = HashSet::new();
+        }
     }
 
     /// One command on a held room that waits for nothing.
@@ -651,17 +672,31 @@ impl<A: Clone> Rules<A> {
                 }
             }
             Command::Publish(p) => {
-                let needs_storage = self.stored
-                    && r.dedup_needs_storage(&self.settings, now)
-                    && p.id.as_deref().is_some_and(|id| !r.knows_id(&p.user, id, now));
-                if needs_storage {
+                let window = self.stored && r.dedup_needs_storage(&self.settings, now);
+                let unknown = |r: &OwnedRoom, checked: &HashSet<(UserId, Box<str>)>, p: &Publish<A>| {
+                    p.id.as_deref().is_some_and(|id| {
+                        !r.knows_id(&p.user, id, now) && !checked.contains(&(p.user.clone(), Box::from(id)))
+                    })
+                };
+                if window && unknown(r, &e.checked, &p) {
                     // An id recorded before this room was loaded is known to
                     // storage only: ask it, and hold the room's commands so
-                    // none overtakes this publish.
+                    // none overtakes this publish. The ids of publishes
+                    // already queued go in the same read.
                     let ticket = self.ticket();
-                    let id = p.id.clone().unwrap_or_default();
-                    out.push(Effect::Read(Read::Dedup { room: p.room.clone(), user: p.user.clone(), id, ticket }));
-                    e.wait = Some(Wait::Dedup { ticket, publish: p });
+                    let mut keys = vec![(p.user.clone(), p.id.clone().unwrap_or_default())];
+                    for q in e.queue.iter() {
+                        if keys.len() >= DEDUP_KEYS_PER_READ {
+                            break;
+                        }
+                        if let Command::Publish(q) = q {
+                            if unknown(r, &e.checked, q) {
+                                keys.push((q.user.clone(), q.id.clone().unwrap_or_default()));
+                            }
+                        }
+                    }
+                    out.push(Effect::Read(Read::Dedup { room: p.room.clone(), keys: keys.clone(), ticket }));
+                    e.wait = Some(Wait::Dedup { ticket, publish: p, keys });
                 } else {
                     self.publish(r, p, now, out);
                 }

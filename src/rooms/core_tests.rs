@@ -412,12 +412,16 @@ impl World {
                 let ts = self.ever.get(&room).and_then(|m| m.get(&head)).map_or(0, |m| m.ts);
                 (room, ticket, ReadResult::Head { seq: head, ts })
             }
-            Read::Dedup { room, user, id, ticket } => {
-                let found = self
-                    .dedup
-                    .get(&(room.clone(), user, id))
-                    .filter(|(_, _, exp)| *exp > self.now)
-                    .map(|(s, t, _)| (*s, *t));
+            Read::Dedup { room, keys, ticket } => {
+                let found = keys
+                    .into_iter()
+                    .map(|(user, id)| {
+                        self.dedup
+                            .get(&(room.clone(), user, id))
+                            .filter(|(_, _, exp)| *exp > self.now)
+                            .map(|(s, t, _)| (*s, *t))
+                    })
+                    .collect();
                 (room, ticket, ReadResult::Dedup(found))
             }
             Read::Replay { room, after, upto, max, ticket, .. } => {
@@ -677,4 +681,28 @@ fn a_duplicate_after_a_reload_is_found_in_storage() {
     assert!(matches!(w.reads.last(), Some(Read::Dedup { .. })), "the id is looked up in storage");
     w.settle().unwrap();
     assert_eq!(w.head("a"), 1, "the duplicate was not stored again");
+}
+
+#[test]
+fn dedup_lookups_of_queued_publishes_share_one_read() {
+    let mut w = World::new();
+    for seq in 1..=2 {
+        let m = StoredMsg { seq, ts: w.now, from: "u0".into(), id: None, body: b"1".to_vec() };
+        w.stored.entry(RoomName::from("a")).or_default().insert(seq, m.clone());
+        w.ever.entry(RoomName::from("a")).or_default().insert(seq, m);
+    }
+    for id in 1..=3 {
+        w.step(Op::Publish { c: 0, room: 0, id: Some(id) }).unwrap();
+    }
+    let head = w.reads.pop().unwrap();
+    w.serve(head, 0).unwrap();
+    match w.reads.as_slice() {
+        [Read::Dedup { keys, .. }] => assert_eq!(keys.len(), 3, "one read for the three ids"),
+        other => panic!("expected one dedup read, got {}", other.len()),
+    }
+    let dedup = w.reads.pop().unwrap();
+    w.serve(dedup, 0).unwrap();
+    assert!(w.reads.is_empty(), "no second lookup");
+    w.settle().unwrap();
+    assert_eq!(w.head("a"), 5);
 }
