@@ -401,6 +401,19 @@ fn offline_backup() {
     assert_eq!(seqs(&m), (1..=7).collect::<Vec<_>>());
 }
 
+/// Keeps a one-thread pool's reader busy until the returned sender drops.
+fn hold_the_only_reader(pool: &ReaderPool) -> crossbeam_channel::Sender<()> {
+    let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
+    let (entered_tx, entered_rx) = crossbeam_channel::bounded::<()>(1);
+    pool.submit(Box::new(move |_: &Store| {
+        entered_tx.send(()).unwrap();
+        let _ = hold_rx.recv();
+    }))
+    .unwrap();
+    entered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    hold_tx
+}
+
 #[test]
 fn reader_pool_answers_and_refuses_when_full() {
     let dir = tempfile::tempdir().unwrap();
@@ -415,14 +428,7 @@ fn reader_pool_answers_and_refuses_when_full() {
     assert_eq!((seqs(&m), more), ((6..=10).collect(), true));
 
     // Hold the only reader inside a reply; the queue then fills.
-    let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
-    let (entered_tx, entered_rx) = crossbeam_channel::bounded::<()>(1);
-    pool.submit(Box::new(move |_: &Store| {
-        entered_tx.send(()).unwrap();
-        let _ = hold_rx.recv();
-    }))
-    .unwrap();
-    entered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let hold_tx = hold_the_only_reader(&pool);
     let mut accepted = 0;
     while pool.submit(Box::new(|_: &Store| {})).is_ok() {
         accepted += 1;
@@ -439,14 +445,7 @@ fn reader_pool_serves_what_a_room_waits_on_before_history_pages() {
     let store = Store::open(dir.path()).unwrap();
     let pool = ReaderPool::new(store, 1).unwrap();
     // Hold the only reader; then queue pages, then one urgent read.
-    let (hold_tx, hold_rx) = crossbeam_channel::bounded::<()>(0);
-    let (entered_tx, entered_rx) = crossbeam_channel::bounded::<()>(1);
-    pool.submit(Box::new(move |_: &Store| {
-        entered_tx.send(()).unwrap();
-        let _ = hold_rx.recv();
-    }))
-    .unwrap();
-    entered_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let hold_tx = hold_the_only_reader(&pool);
     let (order_tx, order_rx) = crossbeam_channel::unbounded::<&'static str>();
     for _ in 0..3 {
         let tx = order_tx.clone();
