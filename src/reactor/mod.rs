@@ -213,8 +213,6 @@ pub struct Reactor {
     effects: Vec<Effect<Asker>>,
     core_later: VecDeque<Input<Asker>>,
     in_core: bool,
-    /// Bytes one history page, replay or presence list may carry.
-    budget: usize,
     /// This iteration's appends, sent as one batch at its end.
     appends: Vec<Record>,
     append_backlog: owner::AppendBacklog,
@@ -304,7 +302,6 @@ impl Reactor {
             effects: Vec::new(),
             core_later: VecDeque::new(),
             in_core: false,
-            budget: room_core::page_budget(c.max_queue_bytes),
             appends: Vec::new(),
             append_backlog: VecDeque::new(),
             append_retry: None,

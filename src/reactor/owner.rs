@@ -176,7 +176,7 @@ impl Reactor {
         let urgent = !matches!(r, Read::Page { .. });
         let work: crate::store::ReadWork = match r {
             Read::Page { room, after, before, limit, oldest_first, asker } => {
-                let budget = self.budget;
+                let budget = self.core.budget();
                 Box::new(move |store| {
                     let page = store.page(&room, after, before, limit, oldest_first).map_err(|e| e.to_string());
                     let reply = core::page_reply(&room, page, oldest_first, budget);

@@ -323,6 +323,14 @@ impl Reactor {
                 for f in replay {
                     self.reply(key, f);
                 }
+                // The replay is capped, but what committed while it was read
+                // comes along whole (it is live traffic): past the cap the
+                // member is a slow consumer, as it would be had those frames
+                // come one by one.
+                let cap = self.shared.config.max_queue_bytes;
+                if self.conns.get(key as usize).is_some_and(|c| c.out.len() > cap) {
+                    return self.slow_consumer(key);
+                }
             }
             Reply::Ack { room, seq, ts, id } => self.reply(key, msg::encode_ack(r#ref, &room, seq, ts, id.as_deref())),
             Reply::History { room, page, more } => {

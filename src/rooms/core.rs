@@ -366,6 +366,11 @@ impl<A: Clone> Core<A> {
         self.rooms.is_empty()
     }
 
+    /// The most bytes one history page, replay or presence list carries.
+    pub fn budget(&self) -> usize {
+        self.rules.budget
+    }
+
     /// Publishes waiting for their commit.
     pub fn pending(&self) -> usize {
         self.rules.pending.len()
@@ -678,6 +683,12 @@ impl<A: Clone> Rules<A> {
                         !r.knows_id(&p.user, id, now) && !checked.contains(&(p.user.clone(), Box::from(id)))
                     })
                 };
+                if !window || e.checked.len() > MAX_QUEUED {
+                    // Past the window nothing needs asking; past the queue's
+                    // size the set holds ids no queued publish still needs
+                    // (asking one again costs a read, never a wrong answer).
+                    e.checked.clear();
+                }
                 if window && unknown(r, &e.checked, &p) {
                     // An id recorded before this room was loaded is known to
                     // storage only: ask it, and hold the room's commands so
@@ -708,12 +719,12 @@ impl<A: Clone> Rules<A> {
                 let mut size = 0usize;
                 let budget = self.budget;
                 let members: Vec<(UserId, u64)> = r
-                    .presence()
-                    .take_while(|m| {
-                        size = size.saturating_add(m.user.len() + 40);
+                    .users()
+                    .take_while(|(u, _)| {
+                        size = size.saturating_add(u.len() + 40);
                         size <= budget
                     })
-                    .map(|m| (UserId::from(m.user), m.since))
+                    .map(|(u, since)| (u.clone(), since))
                     .collect();
                 out.push(Effect::Reply { to: p.asker, reply: Reply::Presence { room: p.room, members } });
             }

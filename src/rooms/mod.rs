@@ -216,6 +216,12 @@ impl OwnedRoom {
         self.users.iter().map(|(u, p)| Member { user: u, since: p.since })
     }
 
+    /// The users present with when they arrived, as shared ids (an answer
+    /// that outlives the room clones them, never copies them).
+    pub fn users(&self) -> impl Iterator<Item = (&UserId, u64)> {
+        self.users.iter().map(|(u, p)| (u, p.since))
+    }
+
     /// True when a client id missing from memory may still be a duplicate
     /// known only to storage (recorded before this room was loaded).
     pub fn dedup_needs_storage(&self, settings: &RoomSettings, now_ms: u64) -> bool {
