@@ -5,6 +5,7 @@
 //! reach the sans-IO protocol code without sockets.
 
 pub mod auth;
+pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz_api;

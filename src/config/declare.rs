@@ -342,11 +342,14 @@ macro_rules! settings {
             )*
             /// From `ROOMCAST_JWT_SECRET` only; `None` means use the data directory's.
             pub jwt_secret: Option<JwtSecret>,
+            /// The `[cluster]` table (with its flags and environment
+            /// variables); `None`: a single node.
+            pub cluster: Option<$crate::config::cluster::ClusterConfig>,
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Config { $($field: $default,)* jwt_secret: None }
+                Config { $($field: $default,)* jwt_secret: None, cluster: None }
             }
         }
 

@@ -36,6 +36,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
+pub mod cluster;
 mod declare;
 mod values;
 

@@ -1,0 +1,4 @@
+//! Several `roomcast serve` processes acting as one gateway.
+
+pub mod ring;
+pub mod wire;
