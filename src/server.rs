@@ -16,6 +16,7 @@ use std::time::Duration;
 use mio::{Poll, Waker};
 
 use crate::auth::Auth;
+use crate::cluster::node::{Node, NodeParts};
 use crate::config::{Config, Durability};
 use crate::metrics;
 use crate::reactor::mail::{Inbox, Mail, Mailbox};
@@ -73,6 +74,8 @@ pub struct Running {
     shared: Arc<Shared>,
     threads: Vec<thread::JoinHandle<()>>,
     writer: thread::JoinHandle<()>,
+    /// Ends the cluster's threads once the reactors are done.
+    cluster_stop: Arc<AtomicBool>,
 }
 
 impl Running {
@@ -88,6 +91,12 @@ impl Running {
             if t.join().is_err() {
                 // The hook has already logged it and started the drain.
                 self.shared.fatal("a reactor thread panicked");
+            }
+        }
+        self.cluster_stop.store(true, Ordering::SeqCst);
+        if let Some(c) = &self.shared.cluster {
+            if let Some(mb) = self.shared.mailboxes.get(c.mailbox) {
+                let _ = mb.waker.wake();
             }
         }
         // Every reactor dropped its sender: the writer commits what is left and ends.
@@ -195,6 +204,26 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         });
     }
 
+    // The cluster's node thread gets the mailbox after the reactors'.
+    let node_parts = match &config.cluster {
+        Some(_) => {
+            let poll = Poll::new().map_err(|e| startup(format!("poll: {e}")))?;
+            let waker =
+                Arc::new(Waker::new(poll.registry(), mio::Token(0)).map_err(|e| startup(format!("waker: {e}")))?);
+            let (tx, rx) = crossbeam_channel::bounded(MAILBOX_CAP);
+            let sleeping = Arc::new(AtomicBool::new(false));
+            let mailbox = Mailbox { tx, waker, sleeping: sleeping.clone() };
+            mailboxes.push(mailbox.clone());
+            Some(NodeParts { poll, inbox: Inbox { rx, sleeping }, mailbox })
+        }
+        None => None,
+    };
+    let cluster = config.cluster.clone().map(|c| Arc::new(crate::cluster::Handle::new(c, n)));
+    let bus = match bus_address(&config) {
+        Some(addr) => Some(crate::cluster::bus::spawn(&addr).map_err(startup)?),
+        None => None,
+    };
+
     let page_token = if secret_from_file { auth.mint("dev", Duration::from_secs(24 * 3600), None).ok() } else { None };
     let shared = Arc::new(Shared {
         metrics: (0..n).map(|_| metrics::Shared::default()).collect(),
@@ -209,6 +238,8 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         readers: Some(readers),
         limits: crate::reactor::limits::Limits::new(&config),
         reaper: Some(crate::reactor::reaper::spawn().map_err(|e| startup(format!("reaper thread: {e}")))?),
+        cluster: cluster.clone(),
+        bus,
         config,
     });
     // Before any thread runs: a panic anywhere from here on is fatal.
@@ -223,6 +254,15 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     let sink = Box::new(Sink { mailboxes: shared.mailboxes.clone() });
     let writer = spawn_writer(store, writer_rx, writer_cfg, sink).map_err(|e| startup(format!("store-writer: {e}")))?;
 
+    let cluster_stop = Arc::new(AtomicBool::new(false));
+    if let (Some(handle), Some(np)) = (cluster, node_parts) {
+        let (node, _receiver) = Node::new(shared.clone(), handle, np, cluster_stop.clone()).map_err(startup)?;
+        thread::Builder::new()
+            .name("cluster".into())
+            .spawn(move || node.run())
+            .map_err(|e| startup(format!("thread: {e}")))?;
+    }
+
     let mut threads = Vec::with_capacity(n);
     for p in parts {
         let id = p.id;
@@ -234,7 +274,12 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         threads.push(t);
     }
     spawn_signal_thread(shared.clone())?;
-    Ok(Running { plain_addr, tls_addr, page_token, shared, threads, writer })
+    Ok(Running { plain_addr, tls_addr, page_token, shared, threads, writer, cluster_stop })
+}
+
+/// `--bus-publish`, once the setting exists.
+fn bus_address(_config: &Config) -> Option<String> {
+    None
 }
 
 fn spawn_signal_thread(shared: Arc<Shared>) -> Result<(), ServerError> {

@@ -32,6 +32,8 @@ pub struct ClusterConfig {
     pub secret: ClusterSecret,
     /// A peer with no frame for this long is down.
     pub down_after: Duration,
+    /// Where this node listens, when not at its `nodes` address.
+    pub listen: Option<String>,
 }
 
 impl ClusterConfig {

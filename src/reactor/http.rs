@@ -186,7 +186,13 @@ impl Reactor {
             "/metrics" if get => Outcome::Answer(Answer {
                 status: 200,
                 content_type: "text/plain; version=0.0.4",
-                body: crate::metrics::render(&self.shared.metrics).into_bytes(),
+                body: {
+                    let mut m = crate::metrics::render(&self.shared.metrics);
+                    if let Some(c) = &self.shared.cluster {
+                        c.render_metrics(&mut m);
+                    }
+                    m.into_bytes()
+                },
                 extra: Vec::new(),
             }),
             "/" | "/index.html" if get => Outcome::Answer(Answer {
@@ -201,6 +207,7 @@ impl Reactor {
             "/__test/panic" => panic!("test-only panic trigger"),
             "/v1/ws" => self.upgrade(key, req, WsKind::App),
             "/v1/admin/backup" => self.admin_backup(key, req, p),
+            "/v1/cluster" => self.cluster_view(req),
             "/v1/echo" if self.shared.config.echo => self.upgrade(key, req, WsKind::Echo),
             _ => match path.strip_prefix("/v1/rooms/") {
                 Some(rest) => self.room_route(key, req, rest, p),
@@ -311,6 +318,32 @@ impl Reactor {
         self.set_awaiting(key, Some(p));
         self.ask_owner(owner, command);
         Outcome::Done
+    }
+
+    /// `GET /v1/cluster` (admin token): this node's view of the cluster.
+    fn cluster_view(&mut self, req: &Request) -> Outcome {
+        if !matches!(req.method, Method::Get | Method::Head) {
+            let mut a = Answer::error(405, "method_not_allowed", "use GET");
+            a.extra.push(("Allow", "GET, HEAD".to_string()));
+            return Outcome::Answer(a);
+        }
+        let claims = match self.credentials(req) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Outcome::Answer(Answer::error(401, "unauthorized", "an admin token is required")),
+            Err(a) => return Outcome::Answer(a),
+        };
+        if claims.role.as_deref() != Some("admin") {
+            return Outcome::Answer(Answer::error(403, "forbidden", "the cluster view needs a token with role admin"));
+        }
+        let Some(c) = &self.shared.cluster else {
+            return Outcome::Answer(Answer::error(404, "not_found", "this node is not in a cluster"));
+        };
+        Outcome::Answer(Answer {
+            status: 200,
+            content_type: "application/json",
+            body: c.view_json(),
+            extra: Vec::new(),
+        })
     }
 
     /// `POST /v1/admin/backup`: a consistent copy of the database, taken

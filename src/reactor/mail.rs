@@ -33,6 +33,10 @@ pub struct ConnRef {
 pub enum AskerKind {
     Ws,
     Http,
+    /// A request forwarded by cluster peer `n` (its index in the node
+    /// list): the answer goes back over the link, and `conn.key` is the
+    /// peer's ticket for it (0: the peer wants no answer).
+    Peer(u16),
 }
 
 /// Who asked, as the room core sees it: an opaque reply address. The
@@ -55,10 +59,31 @@ impl Asker {
         Asker { kind: AskerKind::Http, conn, r#ref: None, tag: 0 }
     }
 
-    /// The reactor the answer goes to.
+    /// A request cluster peer `peer` forwarded, answered with `ticket`.
+    pub fn peer(peer: u16, ticket: u32) -> Asker {
+        Asker { kind: AskerKind::Peer(peer), conn: ConnRef { reactor: 0, key: ticket, gen: 0 }, r#ref: None, tag: 0 }
+    }
+
+    /// The reactor the answer goes to (for a peer's request: where the
+    /// node thread's mailbox is, see [`Asker::peer`]).
     pub fn reactor(&self) -> usize {
         self.conn.reactor as usize
     }
+}
+
+/// What reactors hand the cluster node thread (see `cluster::node`).
+pub enum ClusterMail {
+    /// A command for a room another node owns, from the reactor of the
+    /// connection that asked.
+    Forward(Command<Asker>),
+    /// From an owner: a frame for the members of `room` on `peer`.
+    Deliver { peer: u16, room: RoomName, seq: Option<u64>, frame: Bytes },
+    /// From an owner: the answer to a request `peer` forwarded.
+    Answer { peer: u16, ticket: u32, reply: Reply },
+    /// From the link's receiver thread: a frame that came on `pipe`.
+    Inbound { pipe: nng::Pipe, items: Result<Vec<crate::cluster::wire::Item>, crate::cluster::wire::WireError> },
+    /// A peer's connection went away.
+    PipeGone(nng::Pipe),
 }
 
 /// One frame for every local member of a room.
@@ -93,6 +118,8 @@ pub enum Mail {
     /// To the asker's reactor.
     Answer(Answer),
     Http(HttpAnswer),
+    /// To the cluster node thread.
+    Cluster(ClusterMail),
     /// Everything one reactor had for another at the end of a loop
     /// iteration, in order: one channel send instead of one per message.
     Batch(Vec<Mail>),

@@ -125,6 +125,12 @@ pub struct Shared {
     /// Where large buffers of closed connections go to be freed off the
     /// reactor thread (see `reaper`); `None` frees them inline.
     pub reaper: Option<crossbeam_channel::Sender<reaper::Garbage>>,
+    /// This node's place in a cluster; its node thread's mailbox is the
+    /// last of `mailboxes`.
+    pub cluster: Option<Arc<crate::cluster::Handle>>,
+    /// Committed messages of the rooms this node owns, for the bus tap
+    /// (`--bus-publish`); full means dropped (best effort).
+    pub bus: Option<crossbeam_channel::Sender<(crate::rooms::RoomName, crate::proto::msg::MsgFrame)>>,
 }
 
 impl Shared {
@@ -139,8 +145,16 @@ impl Shared {
         }
     }
 
+    /// The reactor count (the cluster node thread's mailbox, when there is
+    /// one, comes after theirs).
     pub fn reactors(&self) -> usize {
-        self.mailboxes.len()
+        self.mailboxes.len() - usize::from(self.cluster.is_some())
+    }
+
+    /// Nodes in the cluster (1 alone): the room core has one pseudo-reactor
+    /// per node after the real ones, where a peer's members live.
+    pub fn nodes(&self) -> usize {
+        self.cluster.as_ref().map_or(1, |c| c.config.nodes.len())
     }
 
     /// Records a fatal error (the first one is kept) and starts the drain.
@@ -287,6 +301,12 @@ impl Reactor {
         };
         let max_conns = c.max_connections.div_ceil(n).max(1);
         let now = Instant::now();
+        // In a cluster, a peer's members of our rooms live on pseudo-reactor
+        // `n + peer`: the core delivers to each node once per commit.
+        let pseudo = if shared.cluster.is_some() { shared.nodes() } else { 0 };
+        let mut core =
+            Core::new(settings, n + pseudo, shared.store.is_some(), room_core::page_budget(c.max_queue_bytes));
+        core.tap(shared.bus.is_some());
         Ok(Reactor {
             id: parts.id,
             poll: parts.poll,
@@ -294,11 +314,11 @@ impl Reactor {
             listeners,
             conns: Slab::new(),
             next_gen: 0,
-            outbox: (0..n).map(|_| Vec::new()).collect(),
-            overflow: (0..n).map(|_| VecDeque::new()).collect(),
-            to_wake: vec![false; n],
+            outbox: (0..shared.mailboxes.len()).map(|_| Vec::new()).collect(),
+            overflow: (0..shared.mailboxes.len()).map(|_| VecDeque::new()).collect(),
+            to_wake: vec![false; shared.mailboxes.len()],
             wheel: Wheel::new(now),
-            core: Core::new(settings, n, shared.store.is_some(), room_core::page_budget(c.max_queue_bytes)),
+            core,
             effects: Vec::new(),
             core_later: VecDeque::new(),
             in_core: false,

@@ -20,7 +20,7 @@ use crate::proto::msg::{self, Member};
 use crate::rooms::core::{self, Asked, Effect, Input, Read, ReadDone, ReadError, ReadResult, Reply};
 use crate::store::WriterCmd;
 
-use super::mail::{Answer, Asker, AskerKind, Delivery, Mail};
+use super::mail::{Answer, Asker, AskerKind, ClusterMail, Delivery, Mail};
 use super::timer::later;
 use super::{reaper, Reactor};
 use crate::proto::now_ms;
@@ -55,6 +55,8 @@ impl Reactor {
                     self.route_mail(m);
                 }
             }
+            // For the cluster node thread only.
+            Mail::Cluster(_) => {}
         }
     }
 
@@ -78,8 +80,15 @@ impl Reactor {
         }
     }
 
-    /// Sends `c` to the room's owner: a plain call when that is this reactor.
+    /// Sends `c` to the room's owner: a plain call when that is this
+    /// reactor, the cluster node thread when another node owns the room.
     pub(super) fn ask_owner(&mut self, owner: usize, c: core::Command<Asker>) {
+        if let Some(cl) = &self.shared.cluster {
+            if cl.owner(c.room()).is_some() {
+                let at = cl.mailbox;
+                return self.post(at, Mail::Cluster(ClusterMail::Forward(c)));
+            }
+        }
         if owner == self.id {
             self.owner_command(c);
         } else {
@@ -121,8 +130,23 @@ impl Reactor {
                     self.appends.push(rec);
                 }
             }
-            Effect::Deliver { reactor, room, frame } if reactor == self.id => self.deliver_local(&room, frame),
-            Effect::Deliver { reactor, room, frame } => self.post(reactor, Mail::Deliver(Delivery { room, frame })),
+            Effect::Deliver { reactor, room, frame, .. } if reactor == self.id => self.deliver_local(&room, frame),
+            Effect::Deliver { reactor, room, seq, frame } => match self.shared.reactors() {
+                n if reactor < n => self.post(reactor, Mail::Deliver(Delivery { room, frame })),
+                // A peer node's members: once to its node, over the link.
+                n => {
+                    if let Some(at) = self.shared.cluster.as_ref().map(|c| c.mailbox) {
+                        let peer = (reactor - n) as u16;
+                        self.post(at, Mail::Cluster(ClusterMail::Deliver { peer, room, seq, frame }));
+                    }
+                }
+            },
+            Effect::Tap { room, frame } => {
+                if let Some(bus) = &self.shared.bus {
+                    // Full: dropped (the bus is best effort).
+                    let _ = bus.try_send((room, frame));
+                }
+            }
             Effect::Reply { to, reply } => self.answer(to, reply),
             Effect::Read(r) => self.read(r),
             Effect::Forget(room) => self.forgotten.push(room),
@@ -233,6 +257,13 @@ impl Reactor {
 
     /// The one reply path: answers `to` wherever it lives.
     pub(super) fn answer(&mut self, to: Asker, reply: Reply) {
+        if let AskerKind::Peer(peer) = to.kind {
+            // Ticket 0: the peer wants no answer (a member registered again).
+            if let (Some(at), ticket @ 1..) = (self.shared.cluster.as_ref().map(|c| c.mailbox), to.conn.key) {
+                self.post(at, Mail::Cluster(ClusterMail::Answer { peer, ticket, reply }));
+            }
+            return;
+        }
         let at = to.reactor();
         if at == self.id {
             self.take_answer(to, reply);
@@ -243,6 +274,10 @@ impl Reactor {
 
     /// An answer for one of this reactor's connections, encoded for its kind.
     fn take_answer(&mut self, to: Asker, reply: Reply) {
+        if let AskerKind::Peer(_) = to.kind {
+            // A history page read for a peer lands here: pass it on.
+            return self.answer(to, reply);
+        }
         let Some(key) = self.resolve(to.conn) else { return };
         match to.kind {
             AskerKind::Ws => self.ws_answer(key, to.r#ref.as_ref(), to.tag, reply),
@@ -250,6 +285,7 @@ impl Reactor {
                 let (status, body, retry_after) = http_reply(reply);
                 self.http_answer(key, status, body, retry_after);
             }
+            AskerKind::Peer(_) => {} // answered over the link (`answer`)
         }
     }
 
@@ -271,7 +307,7 @@ fn http_reply(reply: Reply) -> (u16, Vec<u8>, Option<u64>) {
             (200, msg::presence_json(&room, members), None)
         }
         Reply::Refused { status, code, message, .. } => {
-            (status, msg::error_json(code, &message), (code == "overloaded").then_some(1))
+            (status, msg::error_json(code, &message), matches!(code, "overloaded" | "unavailable").then_some(1))
         }
         // Joins are WebSocket only.
         Reply::Joined { .. } => (500, msg::error_json("internal", "unexpected answer"), None),

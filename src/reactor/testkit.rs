@@ -91,6 +91,8 @@ impl Harness {
             readers,
             limits: super::limits::Limits::new(&config),
             reaper: None,
+            cluster: None,
+            bus: None,
             config,
         });
         let parts = ReactorParts { id: 0, poll, inbox: Inbox { rx, sleeping }, listeners: Vec::new(), writer: None };

@@ -353,7 +353,11 @@ impl Reactor {
                         }
                     }
                 }
-                let retry = (code == "overloaded").then_some(100);
+                let retry = match code {
+                    "overloaded" => Some(100),
+                    "unavailable" => Some(crate::cluster::node::RETRY_AFTER_MS),
+                    _ => None,
+                };
                 self.reply(key, msg::encode_error(r#ref, code, &message, retry));
             }
         }

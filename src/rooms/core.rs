@@ -237,11 +237,18 @@ impl Reply {
 pub enum Effect<A> {
     /// Store this record; its commit comes back as [`Input::Committed`].
     Append(Record),
-    /// Queue `frame` on every member of `room` that lives on `reactor`.
+    /// Queue `frame` on every member of `room` that lives on `reactor`:
+    /// a `msg` (its `seq`) or a `presence_diff` (no seq).
     Deliver {
         reactor: usize,
         room: RoomName,
+        seq: Option<u64>,
         frame: Bytes,
+    },
+    /// A message was committed (only with [`Core::tap`] on): for the bus.
+    Tap {
+        room: RoomName,
+        frame: MsgFrame,
     },
     Reply {
         to: A,
@@ -328,6 +335,8 @@ struct Rules<A> {
     pending: VecDeque<Pending<A>>,
     next_ticket: u64,
     stats: CoreStats,
+    /// Every commit also makes an [`Effect::Tap`].
+    tap: bool,
 }
 
 pub struct Core<A> {
@@ -349,8 +358,14 @@ impl<A: Clone> Core<A> {
                 pending: VecDeque::new(),
                 next_ticket: 0,
                 stats: CoreStats::default(),
+                tap: false,
             },
         }
+    }
+
+    /// Every commit from now on also makes an [`Effect::Tap`].
+    pub fn tap(&mut self, on: bool) {
+        self.rules.tap = on;
     }
 
     pub fn stats(&self) -> CoreStats {
@@ -560,7 +575,11 @@ impl<A: Clone> Core<A> {
                         if let Some(r) = e.room.as_mut() {
                             r.commit(&rules.settings, p.seq, p.ts, frame.clone());
                             for reactor in r.member_reactors() {
-                                out.push(Effect::Deliver { reactor, room: p.room.clone(), frame: frame.frame.clone() });
+                                let frame = frame.frame.clone();
+                                out.push(Effect::Deliver { reactor, room: p.room.clone(), seq: Some(p.seq), frame });
+                            }
+                            if rules.tap {
+                                out.push(Effect::Tap { room: p.room.clone(), frame: frame.clone() });
                             }
                         }
                         if let Some(Wait::Replay { extras, .. }) = &mut e.wait {
@@ -811,7 +830,11 @@ impl<A: Clone> Rules<A> {
             if let Some(frame) = p.frame {
                 r.commit(&self.settings, p.seq, p.ts, frame.clone());
                 for reactor in r.member_reactors() {
-                    out.push(Effect::Deliver { reactor, room: p.room.clone(), frame: frame.frame.clone() });
+                    let frame = frame.frame.clone();
+                    out.push(Effect::Deliver { reactor, room: p.room.clone(), seq: Some(p.seq), frame });
+                }
+                if self.tap {
+                    out.push(Effect::Tap { room: p.room.clone(), frame: frame.clone() });
                 }
                 self.stats.published += 1;
             }
@@ -849,7 +872,7 @@ impl<A: Clone> Rules<A> {
     /// `frame` for every reactor with members in `r`.
     fn deliver(&self, r: &OwnedRoom, frame: Bytes, out: &mut Vec<Effect<A>>) {
         for reactor in r.member_reactors() {
-            out.push(Effect::Deliver { reactor, room: r.name.clone(), frame: frame.clone() });
+            out.push(Effect::Deliver { reactor, room: r.name.clone(), seq: None, frame: frame.clone() });
         }
     }
 

@@ -217,7 +217,7 @@ impl World {
         for e in out.drain(..) {
             match e {
                 Effect::Append(r) => self.appends.push_back(r),
-                Effect::Deliver { reactor, room, frame } => {
+                Effect::Deliver { reactor, room, frame, .. } => {
                     self.mail[reactor].push_back(ToMember::Deliver { room, frame });
                 }
                 Effect::Reply { to, reply } => {
@@ -225,6 +225,7 @@ impl World {
                     self.mail[r].push_back(ToMember::Reply { to, reply });
                 }
                 Effect::Read(r) => self.reads.push(r),
+                Effect::Tap { .. } => {}
                 Effect::Forget(room) => {
                     if room.presence().count() > 0 {
                         return Err(format!("room {} forgotten with members", room.name));

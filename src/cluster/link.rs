@@ -1,0 +1,178 @@
+//! The nng side of the cluster: one `Pull0` listener per node, whose thread
+//! decodes every frame and hands it to the node thread with the pipe it came
+//! on, and one `Push0` dialer per peer, whose thread takes everything
+//! queued for that peer into one frame (up to `wire::BATCH_BYTES` or
+//! `wire::BATCH_ITEMS`, no timer: like group commit) and sends it.
+//!
+//! nng costs tens of microseconds per message whatever its size, so
+//! batching is what makes a link fast. Nothing here blocks the node thread
+//! or a reactor: the node thread queues into an unbounded channel whose
+//! bytes it counts itself, and marks a peer lagging past its bound
+//! (`node::QUEUE_BYTES`). `Pub0`/`Bus0` are not used for the stream: they
+//! drop under load.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize, RecvTimeout, SendTimeout};
+use nng::{Protocol, Socket};
+
+use super::wire::{self, Item};
+use super::PeerStats;
+use crate::reactor::mail::{ClusterMail, Mail, Mailbox};
+
+/// How long a blocked send waits for the peer before the frame is dropped
+/// (the peer resyncs when it is back).
+const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+/// How often blocked threads look at the stop flag.
+const POLL: Duration = Duration::from_millis(200);
+
+/// The queue to one peer.
+#[derive(Clone)]
+pub struct Outbound {
+    tx: Sender<Item>,
+    /// The node thread's own handle on the queue, to empty it when the
+    /// peer lags.
+    rx: Receiver<Item>,
+    /// Bytes queued now (by `wire::size_hint`).
+    pub queued: Arc<AtomicUsize>,
+}
+
+impl Outbound {
+    pub fn push(&self, item: Item) {
+        self.queued.fetch_add(wire::size_hint(&item), Ordering::Relaxed);
+        // The sender thread holds the other end until the process stops.
+        let _ = self.tx.send(item);
+    }
+
+    /// Drops everything queued; returns how many items that was.
+    pub fn clear(&self) -> usize {
+        let mut n = 0;
+        while let Ok(item) = self.rx.try_recv() {
+            self.queued.fetch_sub(wire::size_hint(&item).min(self.queued.load(Ordering::Relaxed)), Ordering::Relaxed);
+            n += 1;
+        }
+        n
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rx.is_empty()
+    }
+}
+
+/// Starts the sender thread for the peer at `addr` (dialled in the
+/// background: any start order works, and nng reconnects).
+pub fn dial(addr: &str, stats: Arc<super::Handle>, peer: usize, stop: Arc<AtomicBool>) -> Result<Outbound, String> {
+    let socket = Socket::new(Protocol::Push0).map_err(|e| format!("cluster: push socket: {e}"))?;
+    let _ = socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(50)));
+    let _ = socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500)));
+    let _ = socket.set_opt::<SendTimeout>(Some(SEND_TIMEOUT));
+    socket.dial_async(addr).map_err(|e| format!("cluster: cannot dial {addr}: {e}"))?;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let out = Outbound { tx, rx: rx.clone(), queued: Arc::new(AtomicUsize::new(0)) };
+    let queued = out.queued.clone();
+    thread::Builder::new()
+        .name(format!("cluster-send-{peer}"))
+        .spawn(move || send_loop(socket, rx, queued, stats, peer, stop))
+        .map_err(|e| format!("cluster: cannot start a sender thread: {e}"))?;
+    Ok(out)
+}
+
+fn send_loop(
+    socket: Socket,
+    rx: Receiver<Item>,
+    queued: Arc<AtomicUsize>,
+    handle: Arc<super::Handle>,
+    peer: usize,
+    stop: Arc<AtomicBool>,
+) {
+    let stats: &PeerStats = match handle.stats.peers.get(peer) {
+        Some(s) => s,
+        None => return,
+    };
+    let mut items = Vec::with_capacity(wire::BATCH_ITEMS);
+    loop {
+        let first = match rx.recv_timeout(POLL) {
+            Ok(i) => i,
+            Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => return,
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return,
+        };
+        let mut bytes = wire::size_hint(&first);
+        items.push(first);
+        while bytes < wire::BATCH_BYTES && items.len() < wire::BATCH_ITEMS {
+            match rx.try_recv() {
+                Ok(i) => {
+                    bytes += wire::size_hint(&i);
+                    items.push(i);
+                }
+                Err(_) => break,
+            }
+        }
+        // What the node thread counted in (it may have emptied the queue
+        // meanwhile, so never below zero).
+        let _ = queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(bytes)));
+        let frame = wire::encode(&items);
+        let n = items.len() as u64;
+        items.clear();
+        match socket.send(frame.as_slice()) {
+            Ok(()) => {
+                stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                stats.records_sent.fetch_add(n, Ordering::Relaxed);
+            }
+            Err(_) => {
+                stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        if stop.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
+/// Listens at `addr` and starts the thread that hands every frame (decoded,
+/// or why not) to the node thread's mailbox.
+pub fn listen(addr: &str, node: Mailbox, stop: Arc<AtomicBool>) -> Result<thread::JoinHandle<()>, String> {
+    let socket = Socket::new(Protocol::Pull0).map_err(|e| format!("cluster: pull socket: {e}"))?;
+    let _ = socket.set_opt::<RecvMaxSize>(wire::MAX_FRAME);
+    let _ = socket.set_opt::<RecvTimeout>(Some(POLL));
+    let gone = node.clone();
+    socket
+        .pipe_notify(move |pipe, ev| {
+            if ev == nng::PipeEvent::RemovePost {
+                post(&gone, ClusterMail::PipeGone(pipe));
+            }
+        })
+        .map_err(|e| format!("cluster: {e}"))?;
+    socket.listen(addr).map_err(|e| format!("cluster: cannot listen on {addr}: {e}"))?;
+    thread::Builder::new()
+        .name("cluster-recv".into())
+        .spawn(move || loop {
+            match socket.recv() {
+                Ok(mut msg) => {
+                    let Some(pipe) = msg.pipe() else { continue };
+                    let items = wire::decode(msg.as_slice());
+                    post(&node, ClusterMail::Inbound { pipe, items });
+                }
+                Err(nng::Error::TimedOut) if !stop.load(Ordering::Relaxed) => {}
+                Err(nng::Error::TimedOut) | Err(nng::Error::Closed) => return,
+                Err(_) => {}
+            }
+        })
+        .map_err(|e| format!("cluster: cannot start the receiver thread: {e}"))
+}
+
+/// Blocking is fine here: this is not a reactor, and a node thread that
+/// falls behind pushes back on the peers through TCP.
+fn post(node: &Mailbox, m: ClusterMail) {
+    if node.tx.send(Mail::Cluster(m)).is_ok() {
+        node.wake();
+    }
+}

@@ -1,0 +1,1094 @@
+//! The node thread: this process's side of every link. It owns
+//! - the link state of each peer (hello, heartbeats, up and down);
+//! - as a non-owner: the requests it forwarded (by ticket, answered
+//!   `unavailable` if the link breaks first), the local members of rooms
+//!   other nodes own (to register them again after a reconnect), and per
+//!   such room the last seq handed to the local reactors, so that it never
+//!   delivers out of order: on a gap it holds what comes and asks the owner
+//!   for the range;
+//! - as an owner: each peer's members of the rooms this node owns, so that
+//!   a peer that goes down or restarts has its presences leave.
+//!
+//! Ordering hazards:
+//! - A link is FIFO, and an owner emits a joiner's answer after every
+//!   delivery it reports and before any later one (see `rooms::core`).
+//!   Both reach the member's reactor through this thread in arrival order,
+//!   so a remote join meets the live stream as a local one does. While a
+//!   room is held for a gap, answers for it are held too, in order.
+//! - Registering a member (at forward time) comes before its answer, so
+//!   its reactor already gets the room's deliveries when the answer lists
+//!   it there.
+//! - After a reconnect the owner may or may not still have this node's
+//!   members: they are sent again between `SyncStart` and `SyncEnd` (the
+//!   owner drops those not sent again), then every room is filled from its
+//!   last seq, holding live deliveries until the fill is in.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mio::{Events, Poll};
+use serde_json::value::RawValue;
+
+use super::link::{self, Outbound};
+use super::wire::{self, Forward, Hello, Item, WireKind};
+use super::{Handle, LinkState};
+use crate::proto::msg::{self, MsgFrame};
+use crate::reactor::mail::{Answer, Asker, AskerKind, ClusterMail, Delivery, Inbox, Mail, Mailbox};
+use crate::reactor::Shared;
+use crate::rooms::core::{self, Asked, Command, Reply};
+use crate::rooms::{owner_of, MemberId, RoomName, UserId};
+
+/// A peer's queue past this many bytes marks it lagging: what is queued is
+/// dropped and both sides resync.
+pub const QUEUE_BYTES: usize = 16 << 20;
+/// Requests forwarded and not yet answered, at most; past it new ones are
+/// refused `overloaded`.
+const MAX_INFLIGHT: usize = 64 * 1024;
+/// Bytes of deliveries held for one room while its gap is filled; past it
+/// they are dropped and fetched again by the fill.
+const HOLD_BYTES: usize = 4 << 20;
+/// Messages asked for per fill request.
+const FILL_LIMIT: u32 = msg::MAX_HISTORY_LIMIT as u32;
+/// A peer's members of this node's rooms, at most (a join past it is
+/// refused `overloaded`).
+const MAX_PEER_MEMBERS: usize = 4 << 20;
+const TICK: Duration = Duration::from_millis(50);
+const HELLO_EVERY: Duration = Duration::from_millis(200);
+const BEAT_EVERY: Duration = Duration::from_millis(250);
+const FILL_RETRY: Duration = Duration::from_millis(200);
+/// What `unavailable` tells a client to wait before retrying.
+pub const RETRY_AFTER_MS: u64 = 1000;
+/// Top bit of a member id the owner gives a peer's member, so it never
+/// meets a local one (`reactor << 32 | key`, reactors < 2^16).
+const REMOTE_MEMBER: u64 = 1 << 63;
+
+/// How a peer's link is, from this side.
+struct Peer {
+    idx: u16,
+    id: String,
+    out: Outbound,
+    /// The nonce the peer must echo for its link to be bound.
+    my_nonce: [u8; 16],
+    /// The last nonce the peer sent: our hellos echo it.
+    peer_nonce: [u8; 16],
+    /// The pipe its frames come on, once its hello proved it.
+    pipe: Option<nng::Pipe>,
+    /// Its last heartbeat said it hears us.
+    heard: bool,
+    up: bool,
+    last_rx: Option<Instant>,
+    last_hello: Option<Instant>,
+    last_beat: Option<Instant>,
+    incarnation: Option<u64>,
+    /// As owner: the peer's members of our rooms (owner-side member id)
+    /// and the sync round that last named them.
+    members: HashMap<(RoomName, MemberId), (UserId, u64)>,
+    sync_round: u64,
+}
+
+/// A local member of a room another node owns.
+struct Local {
+    user: UserId,
+    /// The owner answered its join (a refused first join unregisters it).
+    confirmed: bool,
+}
+
+/// A room another node owns, with members here.
+struct Remote {
+    owner: u16,
+    members: HashMap<MemberId, Local>,
+    /// Members per local reactor (from the member id).
+    per_reactor: Vec<u32>,
+    /// The last seq handed to the local reactors.
+    last: Option<u64>,
+    hold: Option<Hold>,
+}
+
+/// What a room waits with while its gap is filled.
+#[derive(Default)]
+struct Hold {
+    items: VecDeque<Held>,
+    bytes: usize,
+    /// A fill request is out.
+    asked: bool,
+    retry_at: Option<Instant>,
+}
+
+enum Held {
+    Deliver { seq: Option<u64>, frame: Bytes },
+    Answer { to: Asker, reply: Reply },
+}
+
+enum Pending {
+    Client { peer: u16, asker: Asker, asked: Asked, room: RoomName, member: Option<MemberId> },
+    Fill { peer: u16, room: RoomName },
+}
+
+pub struct Node {
+    shared: Arc<Shared>,
+    handle: Arc<Handle>,
+    reactors: usize,
+    peers: Vec<Option<Peer>>,
+    pipes: HashMap<nng::Pipe, u16>,
+    remotes: HashMap<RoomName, Remote>,
+    inflight: HashMap<u32, Pending>,
+    /// Tickets in the order they were given, for timeouts.
+    inflight_order: VecDeque<(Instant, u32)>,
+    next_ticket: u32,
+    outbox: Vec<Vec<Mail>>,
+    digest: [u8; 32],
+    key: aws_lc_rs::hmac::Key,
+    poll: Poll,
+    inbox: Inbox,
+    stop: Arc<AtomicBool>,
+}
+
+/// The parts made on the main thread (so that a bad address fails startup).
+pub struct NodeParts {
+    pub poll: Poll,
+    pub inbox: Inbox,
+    pub mailbox: Mailbox,
+}
+
+/// SHA-256 over the node list, in order: nodes configured differently
+/// refuse each other's links.
+pub fn nodes_digest(nodes: &[crate::config::cluster::NodeSpec]) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for n in nodes {
+        ctx.update(&(n.id.len() as u32).to_le_bytes());
+        ctx.update(n.id.as_bytes());
+        ctx.update(&(n.addr.len() as u32).to_le_bytes());
+        ctx.update(n.addr.as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// What a hello's MAC covers: every field, and who it is for (a hello for
+/// one node is no good at another).
+fn hello_input(h: &Hello, to: &str) -> Vec<u8> {
+    let mut v = Vec::with_capacity(128);
+    v.extend_from_slice(b"roomcast-cluster-hello\0");
+    v.extend_from_slice(&h.version.to_le_bytes());
+    v.extend_from_slice(&(h.node.len() as u32).to_le_bytes());
+    v.extend_from_slice(h.node.as_bytes());
+    v.extend_from_slice(&(to.len() as u32).to_le_bytes());
+    v.extend_from_slice(to.as_bytes());
+    v.extend_from_slice(&h.incarnation.to_le_bytes());
+    v.extend_from_slice(&h.nodes_digest);
+    v.extend_from_slice(&h.nonce);
+    v.extend_from_slice(&h.echo);
+    v
+}
+
+fn nonce() -> [u8; 16] {
+    let mut n = [0u8; 16];
+    let _ = getrandom::fill(&mut n);
+    n
+}
+
+/// The owner-side id of a peer's member (see `REMOTE_MEMBER`).
+fn remote_member(peer: u16, member: MemberId) -> Option<MemberId> {
+    (member < (1 << 48)).then(|| REMOTE_MEMBER | (u64::from(peer) << 48) | member)
+}
+
+fn unavailable(to: Asked, room: &RoomName, why: &str) -> Reply {
+    Reply::Refused { to, room: room.clone(), status: 503, code: "unavailable", message: why.to_string() }
+}
+
+/// A `msg` frame's seq (only fills read it, so a full parse is fine).
+fn seq_of(m: &MsgFrame) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    serde_json::from_slice::<Seq>(m.json()).ok().map(|s| s.seq)
+}
+
+impl Node {
+    /// Makes the node's sockets: fails (at startup) on an address nng refuses.
+    pub fn new(
+        shared: Arc<Shared>,
+        handle: Arc<Handle>,
+        parts: NodeParts,
+        stop: Arc<AtomicBool>,
+    ) -> Result<(Node, std::thread::JoinHandle<()>), String> {
+        let cfg = &handle.config;
+        let listen_at = cfg.listen.clone().unwrap_or_else(|| cfg.nodes[handle.me].addr.clone());
+        let receiver = link::listen(&listen_at, parts.mailbox.clone(), stop.clone())?;
+        let mut peers = Vec::with_capacity(cfg.nodes.len());
+        for (i, n) in cfg.nodes.iter().enumerate() {
+            if i == handle.me {
+                peers.push(None);
+                continue;
+            }
+            let out = link::dial(&n.addr, handle.clone(), i, stop.clone())?;
+            peers.push(Some(Peer {
+                idx: i as u16,
+                id: n.id.clone(),
+                out,
+                my_nonce: nonce(),
+                peer_nonce: [0; 16],
+                pipe: None,
+                heard: false,
+                up: false,
+                last_rx: None,
+                last_hello: None,
+                last_beat: None,
+                incarnation: None,
+                members: HashMap::new(),
+                sync_round: 0,
+            }));
+        }
+        let reactors = shared.reactors();
+        let node = Node {
+            digest: nodes_digest(&cfg.nodes),
+            key: aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &cfg.secret.0),
+            shared,
+            reactors,
+            peers,
+            pipes: HashMap::new(),
+            remotes: HashMap::new(),
+            inflight: HashMap::new(),
+            inflight_order: VecDeque::new(),
+            next_ticket: 1,
+            outbox: (0..reactors).map(|_| Vec::new()).collect(),
+            poll: parts.poll,
+            inbox: parts.inbox,
+            stop,
+            handle,
+        };
+        Ok((node, receiver))
+    }
+
+    /// The loop: mail in, a tick every `TICK`, until stopped.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(8);
+        let mut next_tick = Instant::now();
+        loop {
+            if self.stop.load(Relaxed) {
+                return;
+            }
+            let now = Instant::now();
+            if now >= next_tick {
+                self.tick(now);
+                self.flush();
+                next_tick = now.checked_add(TICK).unwrap_or(now);
+            }
+            let timeout = next_tick.saturating_duration_since(Instant::now());
+            if !self.inbox.going_to_sleep() {
+                let _ = self.poll.poll(&mut events, Some(timeout));
+            }
+            self.inbox.awake();
+            for _ in 0..4096 {
+                match self.inbox.rx.try_recv() {
+                    Ok(m) => self.mail(m),
+                    Err(_) => break,
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn mail(&mut self, m: Mail) {
+        match m {
+            Mail::Cluster(c) => self.cluster_mail(c),
+            Mail::Batch(all) => {
+                for m in all {
+                    self.mail(m);
+                }
+            }
+            // Nothing else is addressed to this thread.
+            _ => {}
+        }
+    }
+
+    fn cluster_mail(&mut self, c: ClusterMail) {
+        match c {
+            ClusterMail::Forward(c) => self.forward(c),
+            ClusterMail::Deliver { peer, room, seq, frame } => {
+                if let Some(p) = self.up_peer(peer) {
+                    p.out.push(Item::Deliver { room, seq, frame });
+                }
+            }
+            ClusterMail::Answer { peer, ticket, reply } => {
+                if ticket != 0 {
+                    if let Some(p) = self.up_peer(peer) {
+                        p.out.push(Item::Answer { ticket, reply });
+                    }
+                }
+            }
+            ClusterMail::Inbound { pipe, items } => self.inbound(pipe, items),
+            ClusterMail::PipeGone(pipe) => {
+                if let Some(p) = self.pipes.remove(&pipe) {
+                    self.link_lost(p, "its connection closed");
+                }
+            }
+        }
+        self.check_lag();
+    }
+
+    fn up_peer(&mut self, peer: u16) -> Option<&mut Peer> {
+        self.peers.get_mut(peer as usize).and_then(|p| p.as_mut()).filter(|p| p.up)
+    }
+
+    // ------------------------------------------------------- non-owner
+
+    /// A local reactor's command for a room another node owns.
+    fn forward(&mut self, c: Command<Asker>) {
+        let room = c.room().clone();
+        let Some(owner) = self.handle.owner(&room) else {
+            // Ours after all (cannot happen: the reactor asked the ring).
+            let at = owner_of(&room, self.reactors);
+            self.shared.post_from_thread(at, Mail::Owner(c));
+            return;
+        };
+        if let Command::Leave(l) = &c {
+            self.unregister(&room, l.member);
+            if let Some(p) = self.up_peer(owner) {
+                p.out.push(Item::Forward(Forward::Leave { room, user: l.user.clone(), member: l.member }));
+            }
+            return;
+        }
+        let up = self.up_peer(owner).is_some();
+        let (asker, asked) = match &c {
+            Command::Join(j) => (j.asker.clone(), Asked::Join),
+            Command::Publish(p) => (p.asker.clone(), Asked::Publish),
+            Command::History(h) => (h.asker.clone(), Asked::History),
+            Command::Presence(p) => (p.asker.clone(), Asked::Presence),
+            Command::Leave(_) => return,
+        };
+        if !up {
+            let id = self.node_id(owner);
+            return self.answer_local(
+                asker,
+                unavailable(asked, &room, &format!("node {id}, which owns the room, is unreachable")),
+            );
+        }
+        if self.inflight.len() >= MAX_INFLIGHT {
+            let reply = Reply::Refused {
+                to: asked,
+                room,
+                status: 503,
+                code: "overloaded",
+                message: "too many requests in flight to other nodes; retry".into(),
+            };
+            return self.answer_local(asker, reply);
+        }
+        let kind = match asker.kind {
+            AskerKind::Http => WireKind::Http,
+            _ => WireKind::Ws,
+        };
+        let member = match &c {
+            Command::Join(j) => Some(j.member),
+            _ => None,
+        };
+        let ticket = self.ticket(Pending::Client { peer: owner, asker, asked, room: room.clone(), member });
+        let f = match c {
+            Command::Join(j) => {
+                self.register(&room, owner, j.member, &j.user);
+                Forward::Join { ticket, room, user: j.user, member: j.member, since: j.since }
+            }
+            Command::Publish(p) => {
+                Forward::Publish { ticket, kind, room, user: p.user, body: p.body.get().into(), id: p.id }
+            }
+            Command::History(h) => Forward::History {
+                ticket,
+                kind,
+                room,
+                before: h.before,
+                after: h.after,
+                limit: h.limit.min(u32::MAX as usize) as u32,
+            },
+            Command::Presence(_) => Forward::Presence { ticket, kind, room },
+            Command::Leave(_) => return,
+        };
+        if let Some(p) = self.up_peer(owner) {
+            p.out.push(Item::Forward(f));
+        }
+    }
+
+    fn node_id(&self, idx: u16) -> String {
+        self.handle.config.nodes.get(idx as usize).map_or_else(|| "?".into(), |n| n.id.clone())
+    }
+
+    fn ticket(&mut self, p: Pending) -> u32 {
+        loop {
+            let t = self.next_ticket;
+            self.next_ticket = self.next_ticket.wrapping_add(1).max(1);
+            if let std::collections::hash_map::Entry::Vacant(v) = self.inflight.entry(t) {
+                v.insert(p);
+                self.inflight_order.push_back((Instant::now(), t));
+                return t;
+            }
+        }
+    }
+
+    fn register(&mut self, room: &RoomName, owner: u16, member: MemberId, user: &UserId) {
+        let reactors = self.reactors;
+        let r = self.remotes.entry(room.clone()).or_insert_with(|| Remote {
+            owner,
+            members: HashMap::new(),
+            per_reactor: vec![0; reactors],
+            last: None,
+            hold: None,
+        });
+        if !r.members.contains_key(&member) {
+            r.members.insert(member, Local { user: user.clone(), confirmed: false });
+            if let Some(n) = r.per_reactor.get_mut((member >> 32) as usize) {
+                *n += 1;
+            }
+        }
+    }
+
+    fn unregister(&mut self, room: &RoomName, member: MemberId) {
+        let Some(r) = self.remotes.get_mut(room) else { return };
+        if r.members.remove(&member).is_some() {
+            if let Some(n) = r.per_reactor.get_mut((member >> 32) as usize) {
+                *n = n.saturating_sub(1);
+            }
+        }
+        if r.members.is_empty() {
+            // Held answers still go out (their askers wait for them).
+            if let Some(r) = self.remotes.remove(room) {
+                for h in r.hold.into_iter().flat_map(|h| h.items) {
+                    if let Held::Answer { to, reply } = h {
+                        self.answer_local(to, reply);
+                    }
+                }
+            }
+        }
+    }
+
+    fn answer_local(&mut self, to: Asker, reply: Reply) {
+        if let Some(out) = self.outbox.get_mut(to.reactor()) {
+            out.push(Mail::Answer(Answer { to, reply }));
+        }
+    }
+
+    /// `frame` for every local member of `room`.
+    fn broadcast(outbox: &mut [Vec<Mail>], room: &RoomName, per_reactor: &[u32], frame: &Bytes) {
+        for (r, n) in per_reactor.iter().enumerate() {
+            if *n > 0 {
+                if let Some(out) = outbox.get_mut(r) {
+                    out.push(Mail::Deliver(Delivery { room: room.clone(), frame: frame.clone() }));
+                }
+            }
+        }
+    }
+
+    /// A delivery from `room`'s owner, in order or held.
+    fn remote_deliver(
+        &mut self,
+        from: u16,
+        room: RoomName,
+        seq: Option<u64>,
+        frame: Bytes,
+    ) -> Result<(), &'static str> {
+        if self.handle.owner(&room) != Some(from) {
+            return Err("a delivery for a room the sender does not own");
+        }
+        let Some(r) = self.remotes.get_mut(&room) else { return Ok(()) };
+        if let Some(h) = &mut r.hold {
+            h.bytes += frame.len();
+            h.items.push_back(Held::Deliver { seq, frame });
+            if h.bytes > HOLD_BYTES {
+                // The fill fetches them again; a held presence change is
+                // lost with them (the next one corrects the view).
+                h.items.retain(|i| matches!(i, Held::Answer { .. }));
+                h.bytes = 0;
+            }
+            return Ok(());
+        }
+        match (seq, r.last) {
+            (None, _) => Self::broadcast(&mut self.outbox, &room, &r.per_reactor, &frame),
+            (Some(s), None) => {
+                r.last = Some(s);
+                Self::broadcast(&mut self.outbox, &room, &r.per_reactor, &frame);
+            }
+            (Some(s), Some(last)) if s <= last => return Err("a seq that went backwards"),
+            (Some(s), Some(last)) if s == last + 1 => {
+                r.last = Some(s);
+                Self::broadcast(&mut self.outbox, &room, &r.per_reactor, &frame);
+            }
+            (Some(_), Some(_)) => {
+                // A gap: hold this and what follows, ask for the range.
+                let mut h = Hold::default();
+                h.bytes = frame.len();
+                h.items.push_back(Held::Deliver { seq, frame });
+                r.hold = Some(h);
+                self.fill(&room);
+            }
+        }
+        Ok(())
+    }
+
+    /// An answer from the owner for one of our clients, in order with the
+    /// room's deliveries.
+    fn client_answer(&mut self, to: Asker, member: Option<MemberId>, reply: Reply) {
+        let room = match &reply {
+            Reply::Joined { room, .. } => room.clone(),
+            _ => return self.answer_local(to, reply),
+        };
+        if let (Some(m), Some(r)) = (member, self.remotes.get_mut(&room)) {
+            if let Some(l) = r.members.get_mut(&m) {
+                l.confirmed = true;
+            }
+        }
+        let Some(r) = self.remotes.get_mut(&room) else { return self.answer_local(to, reply) };
+        if let Some(h) = &mut r.hold {
+            h.items.push_back(Held::Answer { to, reply });
+            return;
+        }
+        let Reply::Joined { last, .. } = &reply else { return };
+        match r.last {
+            None => r.last = Some(*last),
+            Some(mine) if *last > mine => {
+                // Deliveries this node missed: the others are behind the
+                // joiner. Fill first; the answer waits its turn.
+                let mut h = Hold::default();
+                h.items.push_back(Held::Answer { to, reply });
+                r.hold = Some(h);
+                return self.fill(&room);
+            }
+            Some(_) => {}
+        }
+        self.answer_local(to, reply);
+    }
+
+    /// Asks the owner for what follows the room's last seq (once at a time).
+    fn fill(&mut self, room: &RoomName) {
+        let Some(r) = self.remotes.get_mut(room) else { return };
+        let (owner, after) = (r.owner, r.last);
+        let Some(h) = r.hold.as_mut() else { return };
+        if h.asked {
+            return;
+        }
+        let Some(after) = after else {
+            // Nothing delivered yet: nothing to fill; let it all out.
+            return self.release(room);
+        };
+        if self.up_peer(owner).is_none() || self.inflight.len() >= MAX_INFLIGHT {
+            if let Some(h) = self.remotes.get_mut(room).and_then(|r| r.hold.as_mut()) {
+                h.retry_at = Instant::now().checked_add(FILL_RETRY);
+            }
+            return;
+        }
+        if let Some(h) = self.remotes.get_mut(room).and_then(|r| r.hold.as_mut()) {
+            h.asked = true;
+            h.retry_at = None;
+        }
+        let ticket = self.ticket(Pending::Fill { peer: owner, room: room.clone() });
+        let f = Forward::History {
+            ticket,
+            kind: WireKind::Ws,
+            room: room.clone(),
+            before: None,
+            after: Some(after),
+            limit: FILL_LIMIT,
+        };
+        if let Some(p) = self.up_peer(owner) {
+            p.out.push(Item::Forward(f));
+        }
+    }
+
+    fn fill_answer(&mut self, room: RoomName, reply: Reply) {
+        let Some(r) = self.remotes.get_mut(&room) else { return };
+        let Some(h) = r.hold.as_mut() else { return };
+        h.asked = false;
+        match reply {
+            Reply::History { page, more, .. } => {
+                let got = !page.is_empty();
+                for m in page {
+                    let Some(seq) = seq_of(&m) else { continue };
+                    if r.last.is_none_or(|l| seq > l) {
+                        r.last = Some(seq);
+                        Self::broadcast(&mut self.outbox, &room, &r.per_reactor, &m.frame);
+                    }
+                }
+                if more && got {
+                    self.fill(&room);
+                } else {
+                    self.release(&room);
+                }
+            }
+            _ => h.retry_at = Instant::now().checked_add(FILL_RETRY),
+        }
+    }
+
+    /// The fill is in: what was held goes through in order (and may
+    /// find another gap).
+    fn release(&mut self, room: &RoomName) {
+        let Some(r) = self.remotes.get_mut(room) else { return };
+        let Some(h) = r.hold.take() else { return };
+        let owner = r.owner;
+        for item in h.items {
+            match item {
+                Held::Deliver { seq, frame } => {
+                    let held = self.remotes.get(room).is_some_and(|r| r.hold.is_some());
+                    let stale = !held
+                        && matches!((seq, self.remotes.get(room).and_then(|r| r.last)), (Some(s), Some(l)) if s <= l);
+                    if !stale {
+                        let _ = self.remote_deliver(owner, room.clone(), seq, frame);
+                    }
+                }
+                Held::Answer { to, reply } => self.client_answer(to, None, reply),
+            }
+        }
+    }
+
+    // ----------------------------------------------------------- owner
+
+    /// A peer's request for a room this node owns.
+    fn owner_forward(&mut self, from: u16, f: Forward) -> Result<(), &'static str> {
+        let room = match &f {
+            Forward::Join { room, .. }
+            | Forward::Leave { room, .. }
+            | Forward::Publish { room, .. }
+            | Forward::History { room, .. }
+            | Forward::Presence { room, .. } => room.clone(),
+        };
+        if self.handle.owner(&room).is_some() {
+            return Err("a request for a room this node does not own");
+        }
+        let at = owner_of(&room, self.reactors);
+        let pseudo = self.reactors + from as usize;
+        let Some(peer) = self.peers.get_mut(from as usize).and_then(|p| p.as_mut()) else {
+            return Err("no such peer");
+        };
+        // How the answer is encoded is the asking node's business.
+        let kind_of = |_: WireKind, ticket: u32| Asker::peer(from, ticket);
+        let c = match f {
+            Forward::Join { ticket, room, user, member, since } => {
+                let member = remote_member(from, member).ok_or("a member id out of range")?;
+                if peer.members.len() >= MAX_PEER_MEMBERS && !peer.members.contains_key(&(room.clone(), member)) {
+                    let reply = Reply::Refused {
+                        to: Asked::Join,
+                        room,
+                        status: 503,
+                        code: "overloaded",
+                        message: "too many members from one node".into(),
+                    };
+                    peer.out.push(Item::Answer { ticket, reply });
+                    return Ok(());
+                }
+                peer.members.insert((room.clone(), member), (user.clone(), peer.sync_round));
+                Command::Join(core::Join {
+                    room,
+                    user,
+                    reactor: pseudo,
+                    member,
+                    since,
+                    asker: Asker::peer(from, ticket),
+                })
+            }
+            Forward::Leave { room, user, member } => {
+                let member = remote_member(from, member).ok_or("a member id out of range")?;
+                peer.members.remove(&(room.clone(), member));
+                Command::Leave(core::Leave { room, user, reactor: pseudo, member })
+            }
+            Forward::Publish { ticket, kind, room, user, body, id } => {
+                let body = RawValue::from_string(body.into()).map_err(|_| "a body that is not JSON")?;
+                Command::Publish(core::Publish { room, user, body, id, asker: kind_of(kind, ticket) })
+            }
+            Forward::History { ticket, kind, room, before, after, limit } => Command::History(core::History {
+                room,
+                before,
+                after,
+                limit: (limit as usize).clamp(1, msg::MAX_HISTORY_LIMIT),
+                asker: kind_of(kind, ticket),
+            }),
+            Forward::Presence { ticket, kind, room } => {
+                Command::Presence(core::Presence { room, asker: kind_of(kind, ticket) })
+            }
+        };
+        self.shared.post_from_thread(at, Mail::Owner(c));
+        Ok(())
+    }
+
+    /// The peer is gone (down, restarted): its members of our rooms leave.
+    fn drop_members(&mut self, peer: u16, only_before: Option<u64>) {
+        let pseudo = self.reactors + peer as usize;
+        let Some(p) = self.peers.get_mut(peer as usize).and_then(|p| p.as_mut()) else { return };
+        let gone: Vec<_> = match only_before {
+            None => p.members.drain().collect(),
+            Some(round) => {
+                let old: Vec<_> = p.members.iter().filter(|(_, (_, r))| *r < round).map(|(k, _)| k.clone()).collect();
+                old.into_iter().filter_map(|k| p.members.remove_entry(&k)).collect()
+            }
+        };
+        for ((room, member), (user, _)) in gone {
+            let at = owner_of(&room, self.reactors);
+            self.shared
+                .post_from_thread(at, Mail::Owner(Command::Leave(core::Leave { room, user, reactor: pseudo, member })));
+        }
+    }
+
+    // ------------------------------------------------------------ links
+
+    fn inbound(&mut self, pipe: nng::Pipe, items: Result<Vec<Item>, wire::WireError>) {
+        let items = match items {
+            Ok(i) => i,
+            Err(_) => return self.bad(pipe, "undecodable"),
+        };
+        let from = self.pipes.get(&pipe).copied();
+        if let Some(p) = from.and_then(|f| self.peers.get(f as usize)).and_then(|p| p.as_ref()) {
+            let s = &self.handle.stats.peers[p.idx as usize];
+            s.frames_received.fetch_add(1, Relaxed);
+            s.records_received.fetch_add(items.len() as u64, Relaxed);
+        }
+        for item in items {
+            if let Item::Hello(h) = item {
+                match self.hello(pipe, h) {
+                    Ok(()) => continue,
+                    Err(()) => return,
+                }
+            }
+            // Anything else only from a pipe a hello bound (a frame from an
+            // unproven pipe is dropped, not trusted).
+            let Some(from) = self.pipes.get(&pipe).copied() else {
+                self.handle.stats.hellos_refused.fetch_add(1, Relaxed);
+                return;
+            };
+            if let Some(p) = self.peers.get_mut(from as usize).and_then(|p| p.as_mut()) {
+                p.last_rx = Some(Instant::now());
+            }
+            if let Err(why) = self.item(from, item) {
+                let _ = why;
+                return self.bad(pipe, why);
+            }
+        }
+        self.update_up();
+    }
+
+    fn item(&mut self, from: u16, item: Item) -> Result<(), &'static str> {
+        match item {
+            Item::Hello(_) => Ok(()),
+            Item::Heartbeat { hears_you } => {
+                if let Some(p) = self.peers.get_mut(from as usize).and_then(|p| p.as_mut()) {
+                    p.heard = hears_you;
+                }
+                Ok(())
+            }
+            Item::Forward(f) => self.owner_forward(from, f),
+            Item::Answer { ticket, reply } => {
+                match self.inflight.remove(&ticket) {
+                    Some(Pending::Client { peer, asker, member, room, .. }) if peer == from => {
+                        if let (Some(m), Reply::Refused { .. }) = (member, &reply) {
+                            // A refused first join leaves no membership.
+                            if self.remotes.get(&room).and_then(|r| r.members.get(&m)).is_some_and(|l| !l.confirmed) {
+                                self.unregister(&room, m);
+                            }
+                        }
+                        self.client_answer(asker, member, reply);
+                    }
+                    Some(Pending::Fill { peer, room }) if peer == from => self.fill_answer(room, reply),
+                    Some(p) => {
+                        // Not that peer's ticket: put it back, refuse the frame.
+                        self.inflight.insert(ticket, p);
+                        return Err("an answer to another node's request");
+                    }
+                    None => {} // answered already (timed out): dropped
+                }
+                Ok(())
+            }
+            Item::Deliver { room, seq, frame } => self.remote_deliver(from, room, seq, frame),
+            Item::Lagged => {
+                self.resync(from);
+                Ok(())
+            }
+            Item::SyncStart => {
+                if let Some(p) = self.peers.get_mut(from as usize).and_then(|p| p.as_mut()) {
+                    p.sync_round += 1;
+                }
+                Ok(())
+            }
+            Item::SyncEnd => {
+                let round = self.peers.get(from as usize).and_then(|p| p.as_ref()).map_or(0, |p| p.sync_round);
+                self.drop_members(from, Some(round));
+                Ok(())
+            }
+        }
+    }
+
+    /// Checks a hello; binds its pipe when it echoes our nonce.
+    fn hello(&mut self, pipe: nng::Pipe, h: Hello) -> Result<(), ()> {
+        let me = self.handle.config.nodes[self.handle.me].id.clone();
+        let idx = self.handle.config.nodes.iter().position(|n| n.id == h.node);
+        let ok = h.version == wire::VERSION
+            && idx.is_some_and(|i| i != self.handle.me)
+            && h.nodes_digest == self.digest
+            && aws_lc_rs::hmac::verify(&self.key, &hello_input(&h, &me), &h.mac).is_ok();
+        let Some(idx) = idx.filter(|_| ok) else {
+            self.handle.stats.hellos_refused.fetch_add(1, Relaxed);
+            self.pipes.remove(&pipe);
+            pipe.close();
+            return Err(());
+        };
+        let restarted = {
+            let Some(p) = self.peers.get_mut(idx).and_then(|p| p.as_mut()) else { return Err(()) };
+            p.incarnation.is_some_and(|i| i != h.incarnation)
+        };
+        if restarted {
+            self.peer_down(idx as u16, "it restarted");
+        }
+        let Some(p) = self.peers.get_mut(idx).and_then(|p| p.as_mut()) else { return Err(()) };
+        p.incarnation = Some(h.incarnation);
+        p.peer_nonce = h.nonce;
+        p.last_rx = Some(Instant::now());
+        if h.echo == p.my_nonce {
+            if let Some(old) = p.pipe.replace(pipe) {
+                if old != pipe {
+                    self.pipes.remove(&old);
+                    old.close();
+                }
+            }
+            // A captured hello cannot bind another pipe.
+            p.my_nonce = nonce();
+            self.pipes.insert(pipe, idx as u16);
+        }
+        // Answer at once, so the peer can bind our link without waiting.
+        self.send_hello(idx as u16);
+        Ok(())
+    }
+
+    fn send_hello(&mut self, idx: u16) {
+        let me = &self.handle.config.nodes[self.handle.me];
+        let Some(p) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else { return };
+        let mut h = Hello {
+            version: wire::VERSION,
+            node: me.id.clone(),
+            incarnation: self.handle.incarnation,
+            nodes_digest: self.digest,
+            nonce: p.my_nonce,
+            echo: p.peer_nonce,
+            mac: [0; 32],
+        };
+        let tag = aws_lc_rs::hmac::sign(&self.key, &hello_input(&h, &p.id));
+        h.mac.copy_from_slice(tag.as_ref());
+        p.last_hello = Some(Instant::now());
+        p.out.push(Item::Hello(h));
+        let hears = p.pipe.is_some();
+        p.out.push(Item::Heartbeat { hears_you: hears });
+    }
+
+    /// A frame a peer should not have sent: counted, its link closed.
+    fn bad(&mut self, pipe: nng::Pipe, why: &str) {
+        let _ = why;
+        self.handle.stats.bad_frames.fetch_add(1, Relaxed);
+        if let Some(p) = self.pipes.remove(&pipe) {
+            self.link_lost(p, "it sent a bad frame");
+        }
+        pipe.close();
+    }
+
+    /// The peer's pipe is gone: not up until a new hello binds one. What
+    /// was in flight to it has an unknown outcome.
+    fn link_lost(&mut self, peer: u16, why: &str) {
+        if let Some(p) = self.peers.get_mut(peer as usize).and_then(|p| p.as_mut()) {
+            if let Some(old) = p.pipe.take() {
+                self.pipes.remove(&old);
+            }
+            p.heard = false;
+        }
+        self.fail_inflight(peer, why);
+        self.update_up();
+    }
+
+    /// No frame from the peer for `down_after`, or it restarted: its
+    /// members here leave and its link starts over.
+    fn peer_down(&mut self, peer: u16, why: &str) {
+        self.link_lost(peer, why);
+        if let Some(p) = self.peers.get_mut(peer as usize).and_then(|p| p.as_mut()) {
+            p.incarnation = None;
+            p.last_rx = None;
+            p.my_nonce = nonce();
+            p.peer_nonce = [0; 16];
+            p.out.clear();
+            self.handle.stats.peers[peer as usize].state.store(LinkState::Down as u8, Relaxed);
+        }
+        self.drop_members(peer, None);
+    }
+
+    fn fail_inflight(&mut self, peer: u16, why: &str) {
+        let id = self.node_id(peer);
+        let mine: Vec<u32> = self
+            .inflight
+            .iter()
+            .filter(|(_, p)| match p {
+                Pending::Client { peer: q, .. } | Pending::Fill { peer: q, .. } => *q == peer,
+            })
+            .map(|(t, _)| *t)
+            .collect();
+        for t in mine {
+            match self.inflight.remove(&t) {
+                Some(Pending::Client { asker, asked, room, .. }) => {
+                    let m = format!("the link to node {id} broke ({why}); the outcome is unknown, retry");
+                    self.answer_local(asker, unavailable(asked, &room, &m));
+                }
+                Some(Pending::Fill { room, .. }) => {
+                    if let Some(h) = self.remotes.get_mut(&room).and_then(|r| r.hold.as_mut()) {
+                        h.asked = false;
+                        h.retry_at = Instant::now().checked_add(FILL_RETRY);
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+
+    fn update_up(&mut self) {
+        let down_after = self.handle.config.down_after;
+        let now = Instant::now();
+        let mut came_up = Vec::new();
+        for p in self.peers.iter_mut().flatten() {
+            let fresh = p.last_rx.is_some_and(|t| now.saturating_duration_since(t) < down_after);
+            let up = p.pipe.is_some() && p.heard && fresh;
+            if up && !p.up {
+                came_up.push(p.idx);
+            }
+            p.up = up;
+            let s = &self.handle.stats.peers[p.idx as usize];
+            if s.state() != LinkState::Lagging || !up {
+                s.state.store(if up { LinkState::Up } else { LinkState::Down } as u8, Relaxed);
+            }
+        }
+        for p in came_up {
+            self.resync(p);
+        }
+    }
+
+    /// After a reconnect or a lagging mark: what was in flight failed, our
+    /// members of the peer's rooms are registered again, and every such
+    /// room is filled from its last seq.
+    fn resync(&mut self, peer: u16) {
+        self.handle.stats.peers[peer as usize].resyncs.fetch_add(1, Relaxed);
+        self.fail_inflight(peer, "resync");
+        let Some(p) = self.peers.get_mut(peer as usize).and_then(|p| p.as_mut()) else { return };
+        if !p.up {
+            return;
+        }
+        p.out.push(Item::SyncStart);
+        let mut rooms = Vec::new();
+        for (room, r) in self.remotes.iter_mut().filter(|(_, r)| r.owner == peer) {
+            for (member, l) in &r.members {
+                p.out.push(Item::Forward(Forward::Join {
+                    ticket: 0,
+                    room: room.clone(),
+                    user: l.user.clone(),
+                    member: *member,
+                    since: None,
+                }));
+            }
+            if r.last.is_some() {
+                let h = r.hold.get_or_insert_with(Hold::default);
+                h.asked = false;
+                rooms.push(room.clone());
+            }
+        }
+        p.out.push(Item::SyncEnd);
+        for room in rooms {
+            self.fill(&room);
+        }
+    }
+
+    /// A queue past its bound: drop it, mark the peer lagging, resync.
+    fn check_lag(&mut self) {
+        let lagging: Vec<u16> =
+            self.peers.iter().flatten().filter(|p| p.out.bytes() > QUEUE_BYTES).map(|p| p.idx).collect();
+        for idx in lagging {
+            if let Some(p) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) {
+                p.out.clear();
+                p.out.push(Item::Lagged);
+            }
+            self.handle.stats.peers[idx as usize].state.store(LinkState::Lagging as u8, Relaxed);
+            self.resync(idx);
+        }
+    }
+
+    fn tick(&mut self, now: Instant) {
+        let down_after = self.handle.config.down_after;
+        // Down: nothing heard for `down_after`.
+        let silent: Vec<u16> = self
+            .peers
+            .iter()
+            .flatten()
+            .filter(|p| p.last_rx.is_some_and(|t| now.saturating_duration_since(t) >= down_after))
+            .map(|p| p.idx)
+            .collect();
+        for idx in silent {
+            self.peer_down(idx, "it was silent too long");
+        }
+        self.update_up();
+        let idxs: Vec<u16> = self.peers.iter().flatten().map(|p| p.idx).collect();
+        for idx in idxs {
+            let Some(p) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else { continue };
+            let due = |t: Option<Instant>, every: Duration| t.is_none_or(|t| now.saturating_duration_since(t) >= every);
+            if !p.up && due(p.last_hello, HELLO_EVERY) && p.out.is_empty() {
+                self.send_hello(idx);
+            } else if p.up && due(p.last_beat, BEAT_EVERY) {
+                p.last_beat = Some(now);
+                p.out.push(Item::Heartbeat { hears_you: p.pipe.is_some() });
+            }
+            let q = self.peers.get(idx as usize).and_then(|p| p.as_ref()).map_or(0, |p| p.out.bytes());
+            let s = &self.handle.stats.peers[idx as usize];
+            s.queue_bytes.store(q as u64, Relaxed);
+            // Lagging ends once the queue has room again.
+            if s.state() == LinkState::Lagging && q < QUEUE_BYTES / 4 {
+                s.state.store(LinkState::Up as u8, Relaxed);
+            }
+        }
+        // Requests unanswered for `down_after`: the owner is not answering.
+        while let Some(&(at, t)) = self.inflight_order.front() {
+            if now.saturating_duration_since(at) < down_after {
+                break;
+            }
+            self.inflight_order.pop_front();
+            match self.inflight.remove(&t) {
+                Some(Pending::Client { asker, asked, room, .. }) => {
+                    self.answer_local(asker, unavailable(asked, &room, "the owner did not answer in time; retry"))
+                }
+                Some(Pending::Fill { room, .. }) => {
+                    if let Some(h) = self.remotes.get_mut(&room).and_then(|r| r.hold.as_mut()) {
+                        h.asked = false;
+                        h.retry_at = Some(now);
+                    }
+                }
+                None => {}
+            }
+        }
+        if self.inflight_order.len() > 2 * MAX_INFLIGHT {
+            let inflight = &self.inflight;
+            self.inflight_order.retain(|(_, t)| inflight.contains_key(t));
+        }
+        // Fills to try again.
+        let again: Vec<RoomName> = self
+            .remotes
+            .iter()
+            .filter(|(_, r)| r.hold.as_ref().is_some_and(|h| !h.asked && h.retry_at.is_some_and(|t| now >= t)))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for room in again {
+            self.fill(&room);
+        }
+    }
+
+    /// Hands each reactor what this round made for it, as one batch.
+    fn flush(&mut self) {
+        for (r, out) in self.outbox.iter_mut().enumerate() {
+            match out.len() {
+                0 => {}
+                1 => {
+                    if let Some(m) = out.pop() {
+                        self.shared.post_from_thread(r, m);
+                    }
+                }
+                _ => self.shared.post_from_thread(r, Mail::Batch(std::mem::take(out))),
+            }
+        }
+    }
+}
