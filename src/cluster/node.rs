@@ -79,6 +79,12 @@ struct Peer {
     /// Its last heartbeat said it hears us.
     heard: bool,
     up: bool,
+    /// When it was last up (or this thread started); not up for
+    /// `down_after` since then, it is down.
+    up_until: Instant,
+    /// Its members here have left and its link starts over (cleared when
+    /// it is up again).
+    down: bool,
     last_rx: Option<Instant>,
     last_hello: Option<Instant>,
     last_beat: Option<Instant>,
@@ -102,8 +108,12 @@ struct Remote {
     members: HashMap<MemberId, Local>,
     /// Members per local reactor (from the member id).
     per_reactor: Vec<u32>,
-    /// The last seq handed to the local reactors.
+    /// The last seq handed to the local reactors (by the stream or a fill).
     last: Option<u64>,
+    /// The last seq the owner's stream carried: it only ever grows (a fill
+    /// may have handed on what the stream brings later, but the stream
+    /// itself never goes back).
+    live: Option<u64>,
     hold: Option<Hold>,
 }
 
@@ -236,6 +246,8 @@ impl Node {
                 pipe: None,
                 heard: false,
                 up: false,
+                up_until: Instant::now(),
+                down: true,
                 last_rx: None,
                 last_hello: None,
                 last_beat: None,
@@ -435,6 +447,7 @@ impl Node {
             members: HashMap::new(),
             per_reactor: vec![0; reactors],
             last: None,
+            live: None,
             hold: None,
         });
         if !r.members.contains_key(&member) {
@@ -493,6 +506,12 @@ impl Node {
             return Err("a delivery for a room the sender does not own");
         }
         let Some(r) = self.remotes.get_mut(&room) else { return Ok(()) };
+        if let Some(s) = seq {
+            if r.live.is_some_and(|l| s <= l) {
+                return Err("a seq that went backwards");
+            }
+            r.live = Some(s);
+        }
         if let Some(h) = &mut r.hold {
             h.bytes += frame.len();
             h.items.push_back(Held::Deliver { seq, frame });
@@ -510,7 +529,8 @@ impl Node {
                 r.last = Some(s);
                 Self::broadcast(&mut self.outbox, &room, &r.per_reactor, &frame);
             }
-            (Some(s), Some(last)) if s <= last => return Err("a seq that went backwards"),
+            // A fill handed it on already.
+            (Some(s), Some(last)) if s <= last => {}
             (Some(s), Some(last)) if s == last + 1 => {
                 r.last = Some(s);
                 Self::broadcast(&mut self.outbox, &room, &r.per_reactor, &frame);
@@ -525,6 +545,31 @@ impl Node {
             }
         }
         Ok(())
+    }
+
+    /// A held delivery let out: as `remote_deliver`, past its checks.
+    fn pass(&mut self, owner: u16, room: &RoomName, seq: Option<u64>, frame: Bytes) {
+        let Some(r) = self.remotes.get_mut(room) else { return };
+        if let Some(h) = &mut r.hold {
+            h.bytes += frame.len();
+            return h.items.push_back(Held::Deliver { seq, frame });
+        }
+        match (seq, r.last) {
+            (Some(s), Some(last)) if s <= last => {}
+            (Some(s), Some(last)) if s > last + 1 => {
+                let mut h = Hold::default();
+                h.bytes = frame.len();
+                h.items.push_back(Held::Deliver { seq, frame });
+                r.hold = Some(h);
+                let _ = owner;
+                self.fill(room);
+            }
+            (Some(s), _) => {
+                r.last = Some(s);
+                Self::broadcast(&mut self.outbox, room, &r.per_reactor, &frame);
+            }
+            (None, _) => Self::broadcast(&mut self.outbox, room, &r.per_reactor, &frame),
+        }
     }
 
     /// An answer from the owner for one of our clients, in order with the
@@ -628,14 +673,7 @@ impl Node {
         let owner = r.owner;
         for item in h.items {
             match item {
-                Held::Deliver { seq, frame } => {
-                    let held = self.remotes.get(room).is_some_and(|r| r.hold.is_some());
-                    let stale = !held
-                        && matches!((seq, self.remotes.get(room).and_then(|r| r.last)), (Some(s), Some(l)) if s <= l);
-                    if !stale {
-                        let _ = self.remote_deliver(owner, room.clone(), seq, frame);
-                    }
-                }
+                Held::Deliver { seq, frame } => self.pass(owner, room, seq, frame),
                 Held::Answer { to, reply } => self.client_answer(to, None, reply),
             }
         }
@@ -750,10 +788,7 @@ impl Node {
             }
             // Anything else only from a pipe a hello bound (a frame from an
             // unproven pipe is dropped, not trusted).
-            let Some(from) = self.pipes.get(&pipe).copied() else {
-                self.handle.stats.hellos_refused.fetch_add(1, Relaxed);
-                return;
-            };
+            let Some(from) = self.pipes.get(&pipe).copied() else { return };
             if let Some(p) = self.peers.get_mut(from as usize).and_then(|p| p.as_mut()) {
                 p.last_rx = Some(Instant::now());
             }
@@ -906,6 +941,7 @@ impl Node {
         if let Some(p) = self.peers.get_mut(peer as usize).and_then(|p| p.as_mut()) {
             p.incarnation = None;
             p.last_rx = None;
+            p.down = true;
             p.my_nonce = nonce();
             p.peer_nonce = [0; 16];
             p.out.clear();
@@ -926,8 +962,9 @@ impl Node {
             .collect();
         for t in mine {
             match self.inflight.remove(&t) {
-                Some(Pending::Client { asker, asked, room, .. }) => {
+                Some(Pending::Client { asker, asked, room, member, peer: owner }) => {
                     let m = format!("the link to node {id} broke ({why}); the outcome is unknown, retry");
+                    self.join_failed(owner, &room, member);
                     self.answer_local(asker, unavailable(asked, &room, &m));
                 }
                 Some(Pending::Fill { room, .. }) => {
@@ -941,6 +978,22 @@ impl Node {
         }
     }
 
+    /// A join answered `unavailable` here: if the member was not a member
+    /// already it is none now, here and (should the join have got through)
+    /// at the owner.
+    fn join_failed(&mut self, owner: u16, room: &RoomName, member: Option<MemberId>) {
+        let Some(m) = member else { return };
+        let Some(l) = self.remotes.get(room).and_then(|r| r.members.get(&m)) else { return };
+        if l.confirmed {
+            return;
+        }
+        let user = l.user.clone();
+        self.unregister(room, m);
+        if let Some(p) = self.up_peer(owner) {
+            p.out.push(Item::Forward(Forward::Leave { room: room.clone(), user, member: m }));
+        }
+    }
+
     fn update_up(&mut self) {
         let down_after = self.handle.config.down_after;
         let now = Instant::now();
@@ -950,6 +1003,10 @@ impl Node {
             let up = p.pipe.is_some() && p.heard && fresh;
             if up && !p.up {
                 came_up.push(p.idx);
+                p.down = false;
+            }
+            if up || p.up {
+                p.up_until = now;
             }
             p.up = up;
             let s = &self.handle.stats.peers[p.idx as usize];
@@ -1012,18 +1069,18 @@ impl Node {
 
     fn tick(&mut self, now: Instant) {
         let down_after = self.handle.config.down_after;
-        // Down: nothing heard for `down_after`.
-        let silent: Vec<u16> = self
+        // Not up (silent, or one direction broken) for `down_after`: down.
+        self.update_up();
+        let gone: Vec<u16> = self
             .peers
             .iter()
             .flatten()
-            .filter(|p| p.last_rx.is_some_and(|t| now.saturating_duration_since(t) >= down_after))
+            .filter(|p| !p.up && !p.down && now.saturating_duration_since(p.up_until) >= down_after)
             .map(|p| p.idx)
             .collect();
-        for idx in silent {
-            self.peer_down(idx, "it was silent too long");
+        for idx in gone {
+            self.peer_down(idx, "it was unreachable too long");
         }
-        self.update_up();
         let idxs: Vec<u16> = self.peers.iter().flatten().map(|p| p.idx).collect();
         for idx in idxs {
             let Some(p) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else { continue };
@@ -1049,7 +1106,8 @@ impl Node {
             }
             self.inflight_order.pop_front();
             match self.inflight.remove(&t) {
-                Some(Pending::Client { asker, asked, room, .. }) => {
+                Some(Pending::Client { asker, asked, room, member, peer }) => {
+                    self.join_failed(peer, &room, member);
                     self.answer_local(asker, unavailable(asked, &room, "the owner did not answer in time; retry"))
                 }
                 Some(Pending::Fill { room, .. }) => {
