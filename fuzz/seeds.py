@@ -14,7 +14,9 @@ import hmac
 import json
 import os
 import random
+import shutil
 import struct
+import subprocess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SECRET = b"fuzz-secret-0123456789abcdef"  # as in fuzz_targets/jwt.rs
@@ -371,6 +373,65 @@ def ops_seeds():
     return seeds
 
 
+# ---------------------------------------------------------------- cluster
+
+
+def capnp_data(data):
+    """A Data value in Cap'n Proto's text format."""
+    return '0x"' + data.hex() + '"'
+
+
+def capnp_text(text):
+    return json.dumps(text)
+
+
+def cluster_frame(items):
+    """One Frame (schema/cluster.capnp) of `items` (text-format item values),
+    encoded by the `capnp` compiler."""
+    schema = os.path.join(HERE, "..", "schema", "cluster.capnp")
+    text = "(items = [" + ", ".join(items) + "])"
+    out = subprocess.run(["capnp", "encode", schema, "Frame"], input=text.encode(), capture_output=True, check=True)
+    return out.stdout
+
+
+def cluster_seeds():
+    def msg(seq):
+        body = j({"op": "msg", "room": "lobby", "seq": seq, "ts": 1764441600000, "from": "ann", "body": {"text": "hi"}})
+        return bytes([0x81, len(body)]) + body
+
+    def deliver(seq, room="lobby"):
+        return f"(deliver = (room = {capnp_text(room)}, hasSeq = true, seq = {seq}, frame = {capnp_data(msg(seq))}))"
+
+    hello = ("(hello = (version = 1, node = \"node-a\", incarnation = 12345, nodesDigest = "
+             + capnp_data(bytes(range(32))) + ", nonce = " + capnp_data(bytes(16)) + ", echo = "
+             + capnp_data(b"\x01" * 16) + ", mac = " + capnp_data(b"\xee" * 32) + "))")
+    join = '(forward = (join = (ticket = 1, room = "lobby", user = "ann", member = 7, hasSince = true, since = 3)))'
+    publish = ('(forward = (publish = (ticket = 2, kind = http, room = "lobby", user = "ann", body = '
+               + capnp_text(j({"text": "hello", "n": [1, 2.5, None]}).decode()) + ', id = "m-1")))')
+    history = ('(forward = (history = (ticket = 3, kind = ws, room = "lobby", hasBefore = true, before = 10, '
+               'limit = 50)))')
+    joined = ('(answer = (ticket = 1, reply = (joined = (room = "lobby", last = 2, hasRecovered = true, '
+              'recovered = true, replay = [' + capnp_data(msg(1)) + ", " + capnp_data(msg(2)) + "]))))")
+    page = ('(answer = (ticket = 3, reply = (history = (room = "lobby", more = true, page = [(frame = '
+            + capnp_data(msg(1)) + ", jsonStart = 2)]))))")
+    presence = ('(answer = (ticket = 4, reply = (presence = (room = "lobby", members = [(user = "ann", since = 1), '
+                '(user = "bo", since = 2)]))))')
+    refused = ('(answer = (ticket = 5, reply = (refused = (to = 1, room = "lobby", status = 503, code = "overloaded", '
+               'message = "storage is busy; retry"))))')
+    ack = '(answer = (ticket = 2, reply = (ack = (room = "lobby", seq = 3, ts = 1764441600000, id = "m-1"))))'
+    frames = [
+        [hello, "(heartbeat = (hearsYou = true))"],
+        [deliver(seq) for seq in range(1, 9)],
+        [deliver(1, "a"), deliver(2, "b:c"), '(deliver = (room = "lobby", frame = 0x"8102 7b7d"))'],
+        [join, publish, history, '(forward = (presence = (ticket = 4, kind = ws, room = "lobby")))',
+         '(forward = (leave = (room = "lobby", user = "ann", member = 7)))'],
+        [joined, page, presence, refused, ack],
+        ["(lagged = void)", "(syncStart = void)", join, "(syncEnd = void)"],
+        [],
+    ]
+    return [cluster_frame(items) for items in frames]
+
+
 if __name__ == "__main__":
     write("ws_decode", ws_seeds())
     write("http_parse", http_seeds())
@@ -380,3 +441,7 @@ if __name__ == "__main__":
     write("jwt", jwt_seeds())
     write("conn", conn_seeds())
     write("ops", ops_seeds())
+    if shutil.which("capnp"):
+        write("cluster_frame", cluster_seeds())
+    else:
+        print("cluster_frame: skipped (no capnp compiler, Debian package capnproto)")

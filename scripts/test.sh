@@ -39,6 +39,8 @@ setup_system() {
     command -v chromium >/dev/null 2>&1 || want+=(chromium)
     command -v python3 >/dev/null 2>&1 || want+=(python3 python3-venv)
     command -v node >/dev/null 2>&1 || want+=(nodejs npm)
+    # The cluster frames' generated code is checked against its schema with it.
+    command -v capnp >/dev/null 2>&1 || want+=(capnproto)
     if [ "${#want[@]}" -gt 0 ]; then apt_install "${want[@]}" || return 1; fi
 }
 
