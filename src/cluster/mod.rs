@@ -14,12 +14,13 @@
 //! `/v1/cluster`.
 
 pub mod bus;
-pub mod link;
-pub mod node;
 // Generated from schema/cluster.capnp (see there for how to regenerate it).
 #[rustfmt::skip]
 #[allow(clippy::all, clippy::pedantic, unused_qualifications, unreachable_pub, missing_docs)]
 pub mod cluster_capnp;
+pub mod identity;
+pub mod link;
+pub mod node;
 pub mod ring;
 pub mod wire;
 

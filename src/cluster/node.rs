@@ -228,7 +228,7 @@ impl Node {
         stop: Arc<AtomicBool>,
     ) -> Result<(Node, std::thread::JoinHandle<()>), String> {
         let cfg = &handle.config;
-        let listen_at = cfg.listen.clone().unwrap_or_else(|| cfg.nodes[handle.me].addr.clone());
+        let listen_at = cfg.listen_addr().to_string();
         let receiver = link::listen(&listen_at, parts.mailbox.clone(), stop.clone())?;
         let mut peers = Vec::with_capacity(cfg.nodes.len());
         for (i, n) in cfg.nodes.iter().enumerate() {

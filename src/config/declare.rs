@@ -182,10 +182,13 @@ pub(crate) fn from_env<T>(
 pub(crate) trait Layer: Default {
     /// Every setting's field name, in declaration order.
     const NAMES: &'static [&'static str];
+    /// The keys whose value is a table of its own (`[cluster]`), beside
+    /// the settings.
+    const TABLES: &'static [&'static str];
     /// [`Self::NAMES`] in kebab case, the same order.
     fn kebab() -> &'static [String];
-    /// Reads the value of setting `name` from `map`; a second value for the
-    /// same setting (`a-b` and `a_b` both) is an error.
+    /// Reads the value of setting (or table) `name` from `map`; a second
+    /// value for the same setting (`a-b` and `a_b` both) is an error.
     fn take_toml<'de, A: MapAccess<'de>>(&mut self, name: &str, map: &mut A) -> Result<(), A::Error>;
 }
 
@@ -240,6 +243,7 @@ impl<L: Layer> Visitor<'_> for KeySeed<L> {
             .zip(L::kebab())
             .find(|(snake, kebab)| key == **snake || key == kebab.as_str())
             .map(|(snake, _)| *snake)
+            .or_else(|| L::TABLES.iter().find(|t| key == **t).copied())
             .ok_or_else(|| E::unknown_field(key, L::NAMES))
     }
 }
@@ -373,6 +377,8 @@ macro_rules! settings {
         #[derive(Debug, Default)]
         struct Settings {
             $($field: Option<$ty>,)*
+            /// The `[cluster]` table; the file layer only.
+            cluster: Option<$crate::config::cluster::ClusterTable>,
         }
 
         impl Settings {
@@ -403,13 +409,16 @@ macro_rules! settings {
             /// flag name in upper snake case, parsed exactly as the flag
             /// would be; they are read in declaration order.
             fn from_env(env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
-                Ok(Settings {$(
-                    $field: $crate::config::declare::from_env(
-                        env,
-                        Settings::long(stringify!($field)),
-                        $crate::config::declare::kind!(parse $kind $ty),
-                    )?,
-                )*})
+                Ok(Settings {
+                    $(
+                        $field: $crate::config::declare::from_env(
+                            env,
+                            Settings::long(stringify!($field)),
+                            $crate::config::declare::kind!(parse $kind $ty),
+                        )?,
+                    )*
+                    cluster: None,
+                })
             }
 
             /// Overrides `config` with every setting this layer has.
@@ -450,6 +459,7 @@ macro_rules! settings {
 
         impl $crate::config::declare::Layer for Settings {
             const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+            const TABLES: &'static [&'static str] = &["cluster"];
 
             fn kebab() -> &'static [String] {
                 static KEBAB: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -461,6 +471,13 @@ macro_rules! settings {
                 name: &str,
                 map: &mut A,
             ) -> Result<(), A::Error> {
+                if name == "cluster" {
+                    if self.cluster.is_some() {
+                        return Err($crate::config::declare::duplicate(name));
+                    }
+                    self.cluster = Some(map.next_value()?);
+                    return Ok(());
+                }
                 $(
                     if name == stringify!($field) {
                         if self.$field.is_some() {

@@ -24,6 +24,14 @@
 //! state. The JWT secret is not a setting of any layer: it only ever comes
 //! from `ROOMCAST_JWT_SECRET` (or the data directory, see `crate::auth`).
 //!
+//! The `[cluster]` table of the file (see `cluster`) is the one table among
+//! the settings. Its `node-id`, `down-after` and `listen` are the file's
+//! values of the `cluster-node-id`, `cluster-down-after` and
+//! `cluster-listen` settings, so flags and environment override them as any
+//! other; its `nodes` and `secret` are the file's alone, except that
+//! `ROOMCAST_CLUSTER_SECRET` overrides the secret (never a flag, like the
+//! JWT secret). `serve` merges them into [`Config::cluster`].
+//!
 //! This module does not open sockets or files other than the TOML file.
 
 use std::ffi::OsString;
@@ -48,6 +56,8 @@ use values::{show_duration, show_size};
 pub const ENV_PREFIX: &str = "ROOMCAST_";
 /// The environment variable holding the HS256 secret.
 pub const ENV_JWT_SECRET: &str = "ROOMCAST_JWT_SECRET";
+/// The environment variable holding the cluster's shared secret.
+pub const ENV_CLUSTER_SECRET: &str = "ROOMCAST_CLUSTER_SECRET";
 /// The environment variable naming the TOML settings file.
 pub const ENV_CONFIG: &str = "ROOMCAST_CONFIG";
 /// Largest settings file read; a real one is a few hundred bytes.
@@ -334,6 +344,33 @@ declare::settings! {
         flag "SIZE", "Memory for the store's page cache, e.g. 64MiB", default "64MiB";
         limit Limit::Between(bounds::MIN_STORE_CACHE_BYTES, bounds::STORE_CACHE_BYTES);
         docs "memory the store's page cache may hold; history older than the in-memory tail is read through it";
+
+    cluster_node_id: String [plain optional] = None;
+        flag "ID", "This node's id among the nodes of the [cluster] table (overrides its node-id)";
+        limit Limit::NotEmpty;
+        docs "this node's id, one of the `nodes` of the [`[cluster]` table](#cluster); overrides `node-id` there; \
+              only with that table";
+
+    cluster_down_after: Duration [duration] = Duration::from_secs(5);
+        flag "DURATION", "A peer node with no frame for this long is down", default "5s";
+        limit Limit::Span(bounds::MIN_CLUSTER_DOWN_AFTER, bounds::CLUSTER_DOWN_AFTER);
+        docs "a peer node with no frame from it (heartbeats included) for this long is down; overrides \
+              `down-after` in [`[cluster]`](#cluster); only with that table";
+
+    cluster_listen: String [plain optional] = None;
+        flag "ADDR", "nng address to listen on for peers, when not this node's own address in [cluster] nodes";
+        limit Limit::NotEmpty;
+        docs "nng address (`tcp://` or `ipc://`) this node listens on for its peers when that is not its own \
+              `addr` in [`[cluster]`](#cluster) (behind a proxy, say); overrides `listen` there; only with that \
+              table";
+
+    bus_publish: String [plain optional] = None;
+        flag "ADDR",
+            "Publish every committed message of the rooms this node owns on an nng pub socket at ADDR (best effort)";
+        limit Limit::NotEmpty;
+        docs "publish every committed message of the rooms this node owns on an nng pub socket listening at this \
+              address, as `room/<name>`, a zero byte, then the `msg` JSON; best effort: pub/sub drops messages \
+              under load";
 }
 
 impl Config {
@@ -405,6 +442,9 @@ impl Config {
                 return Err(ConfigError::setting(burst_key, format!("must be at least 1 while {rate_key} is on")));
             }
         }
+        if let Some(cluster) = &self.cluster {
+            cluster.validate()?;
+        }
         Ok(())
     }
 }
@@ -442,6 +482,16 @@ pub mod bounds {
     pub const MIN_STORE_CACHE_BYTES: usize = 1 << 20;
     pub const STORE_CACHE_BYTES: usize = 64 << 30;
     pub const ROOM_IDLE_TIMEOUT: Duration = Duration::from_secs(DAY);
+    pub const MIN_CLUSTER_DOWN_AFTER: Duration = Duration::from_millis(100);
+    pub const CLUSTER_DOWN_AFTER: Duration = Duration::from_secs(HOUR);
+    /// Nodes in `[cluster]`.
+    pub const CLUSTER_NODES: usize = 64;
+    /// Longest node id.
+    pub const NODE_ID_BYTES: usize = 64;
+    /// Longest nng address of a node.
+    pub const NODE_ADDR_BYTES: usize = 256;
+    /// Shortest cluster secret.
+    pub const MIN_CLUSTER_SECRET_BYTES: usize = 16;
     /// Longest lifetime `roomcast token --ttl` mints: ten years.
     pub const TOKEN_TTL: Duration = Duration::from_secs(3650 * DAY);
 }
@@ -500,7 +550,12 @@ where
     let cli = Cli::from_arg_matches(&matches)?;
     match cli.command {
         CliCommand::Serve(serve) => {
-            let config = resolve(serve.settings, serve.config, env)?;
+            let (mut config, cluster) = resolve(serve.settings, serve.config, env)?;
+            config.cluster = cluster.build(
+                config.cluster_node_id.as_ref(),
+                config.cluster_down_after,
+                config.cluster_listen.as_ref(),
+            )?;
             config.validate()?;
             Ok(Invocation::Serve(config))
         }
@@ -511,7 +566,7 @@ where
                 jwt_issuer: token.jwt_issuer,
                 ..Settings::default()
             };
-            let config = resolve(flags, token.config, env)?;
+            let (config, _) = resolve(flags, token.config, env)?;
             // The same rule the server applies to every token it verifies.
             crate::auth::check_user_id(&token.sub).map_err(|m| ConfigError::setting("sub", m))?;
             if token.ttl.as_secs() == 0 {
@@ -536,28 +591,36 @@ where
         }
         CliCommand::Backup(b) => {
             let flags = Settings { data: b.data, ..Settings::default() };
-            let config = resolve(flags, b.config, env)?;
+            let (config, _) = resolve(flags, b.config, env)?;
             Ok(Invocation::Backup { data: config.data, out: b.out })
         }
     }
 }
 
-/// Applies the layers to the defaults, lowest first: file, environment, flags.
+/// Applies the layers to the defaults, lowest first: file, environment,
+/// flags. The cluster's pieces that are no settings come back beside the
+/// [`Config`], for `serve` to build [`Config::cluster`] from.
 fn resolve(
     flags: Settings,
     config_flag: Option<PathBuf>,
     env: &dyn Fn(&str) -> Option<String>,
-) -> Result<Config, ConfigError> {
+) -> Result<(Config, cluster::ClusterSources), ConfigError> {
     let config_path = config_flag.or_else(|| env_value(env, ENV_CONFIG).map(PathBuf::from));
     let env_layer = Settings::from_env(env)?;
     let mut config = Config::default();
+    let mut sources = cluster::ClusterSources::default();
     if let Some(path) = config_path {
-        Settings::from_file(&path)?.apply(&mut config);
+        let mut file = Settings::from_file(&path)?;
+        sources.given = file.cluster_setting();
+        sources.table = file.lift_cluster_table(&path.display().to_string())?;
+        file.apply(&mut config);
     }
+    sources.given = flags.cluster_setting().or(env_layer.cluster_setting()).or(sources.given);
     env_layer.apply(&mut config);
     flags.apply(&mut config);
     config.jwt_secret = env_value(env, ENV_JWT_SECRET).map(JwtSecret::new);
-    Ok(config)
+    sources.env_secret = env_value(env, ENV_CLUSTER_SECRET).map(|s| cluster::ClusterSecret(s.into_bytes()));
+    Ok((config, sources))
 }
 
 /// An environment variable, with an empty value read as unset so that
@@ -701,6 +764,45 @@ impl Settings {
     fn from_toml(text: &str, shown: &str) -> Result<Settings, ConfigError> {
         toml::from_str(text).map_err(|e| toml_error(&e, text, shown))
     }
+
+    /// The flag of the first `cluster-*` setting this layer has, if any.
+    fn cluster_setting(&self) -> Option<&'static str> {
+        [
+            ("cluster-node-id", self.cluster_node_id.is_some()),
+            ("cluster-down-after", self.cluster_down_after.is_some()),
+            ("cluster-listen", self.cluster_listen.is_some()),
+        ]
+        .into_iter()
+        .find_map(|(flag, set)| set.then_some(flag))
+    }
+
+    /// Moves `node-id`, `down-after` and `listen` of the file's
+    /// `[cluster]` table into this (file) layer's `cluster-*` settings and
+    /// returns the rest of the table. A setting given both at the top level
+    /// and in the table is an error.
+    fn lift_cluster_table(&mut self, shown: &str) -> Result<Option<cluster::ClusterTable>, ConfigError> {
+        let Some(mut table) = self.cluster.take() else { return Ok(None) };
+        fn lift<T>(
+            top: &mut Option<T>,
+            inner: Option<T>,
+            flag: &str,
+            key: &str,
+            shown: &str,
+        ) -> Result<(), ConfigError> {
+            if inner.is_some() {
+                if top.is_some() {
+                    let problem = format!("given both at the top level and as `{key}` in [cluster] (in {shown})");
+                    return Err(ConfigError::setting(flag, problem));
+                }
+                *top = inner;
+            }
+            Ok(())
+        }
+        lift(&mut self.cluster_node_id, table.node_id.take(), "cluster-node-id", "node-id", shown)?;
+        lift(&mut self.cluster_down_after, table.down_after.take(), "cluster-down-after", "down-after", shown)?;
+        lift(&mut self.cluster_listen, table.listen.take(), "cluster-listen", "listen", shown)?;
+        Ok(Some(table))
+    }
 }
 
 /// Turns a TOML error into one line naming the key when the failing line has
@@ -719,10 +821,22 @@ fn toml_error(e: &toml::de::Error, text: &str, shown: &str) -> ConfigError {
     let start = span.start.min(text.len());
     let line_no = text.get(..start).map_or(1, |s| s.matches('\n').count() + 1);
     let line = text.lines().nth(line_no - 1).unwrap_or("");
+    let bare = |k: &str| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    // A key inside a table is named with the table: `cluster.secret`.
+    let table = text
+        .lines()
+        .take(line_no - 1)
+        .filter_map(|l| l.trim().strip_prefix('['))
+        .last()
+        .map(|h| h.trim_matches(|c: char| c == '[' || c == ']' || c.is_whitespace()));
     let key = line
         .split_once('=')
         .map(|(k, _)| k.trim().trim_matches(|c| c == '"' || c == '\'').to_string())
-        .filter(|k| !k.is_empty() && !k.starts_with('['));
+        .filter(|k| bare(k))
+        .map(|k| match table {
+            Some(table) if bare(table) => format!("{table}.{k}"),
+            _ => k,
+        });
     match key {
         Some(key) => ConfigError::setting(key, format!("{problem} (in {shown}, line {line_no})")),
         None => ConfigError::File { path: shown.to_string(), problem: format!("line {line_no}: {problem}") },

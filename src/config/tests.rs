@@ -776,3 +776,320 @@ proptest::proptest! {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// The [cluster] table.
+
+const SECRET16: &str = "0123456789abcdef";
+
+/// A `[cluster]` table of three nodes with `lines` added to it, after any
+/// top-level `before` lines.
+fn cluster_toml(before: &str, lines: &str) -> String {
+    format!(
+        "{before}[cluster]\n\
+         nodes = [\n\
+         {{ id = \"a\", addr = \"tcp://127.0.0.1:7101\" }},\n\
+         {{ id = \"b\", addr = \"tcp://127.0.0.1:7102\" }},\n\
+         {{ id = \"c\", addr = \"ipc:///tmp/roomcast-c.ipc\" }},\n\
+         ]\n\
+         {lines}"
+    )
+}
+
+/// `roomcast serve --config FILE ARGS` with `text` as FILE.
+fn with_file(text: &str, args: &[&str], env: &dyn Fn(&str) -> Option<String>) -> Result<Config, CliError> {
+    let file = temp_file(text);
+    let mut all = vec![format!("--config={}", file.display())];
+    all.extend(args.iter().map(|a| a.to_string()));
+    let all: Vec<&str> = all.iter().map(String::as_str).collect();
+    let result = Config::from_args_and_env(&all, env);
+    std::fs::remove_file(file).unwrap();
+    result
+}
+
+fn nodes3() -> Vec<cluster::NodeSpec> {
+    [("a", "tcp://127.0.0.1:7101"), ("b", "tcp://127.0.0.1:7102"), ("c", "ipc:///tmp/roomcast-c.ipc")]
+        .iter()
+        .map(|(id, addr)| cluster::NodeSpec { id: id.to_string(), addr: addr.to_string() })
+        .collect()
+}
+
+#[test]
+fn cluster_table_parses() {
+    let text = cluster_toml(
+        "threads = 2\n",
+        &format!("node-id = \"b\"\nsecret = \"{SECRET16}\"\ndown-after = \"750ms\"\nlisten = \"tcp://0.0.0.0:7102\"\n"),
+    );
+    let c = with_file(&text, &[], &no_env).unwrap();
+    assert_eq!(c.threads, 2);
+    let cluster = c.cluster.clone().unwrap();
+    assert_eq!(
+        cluster,
+        cluster::ClusterConfig {
+            node_id: "b".into(),
+            nodes: nodes3(),
+            secret: cluster::ClusterSecret(SECRET16.as_bytes().to_vec()),
+            down_after: Duration::from_millis(750),
+            listen: Some("tcp://0.0.0.0:7102".into()),
+        }
+    );
+    assert_eq!(cluster.me(), 1);
+    assert_eq!(cluster.listen_addr(), "tcp://0.0.0.0:7102");
+    // The merged settings stay readable too.
+    assert_eq!(c.cluster_node_id.as_deref(), Some("b"));
+    assert_eq!(c.cluster_down_after, Duration::from_millis(750));
+    assert!(!format!("{c:?}").contains(SECRET16), "Debug hides the secret");
+
+    // snake_case keys, the default down-after, no listen, and nodes as an
+    // array of tables.
+    let text = format!(
+        "[cluster]\nnode_id = \"c\"\nsecret = \"{SECRET16}\"\n\
+         [[cluster.nodes]]\nid = \"a\"\naddr = \"tcp://127.0.0.1:7101\"\n\
+         [[cluster.nodes]]\nid = \"c\"\naddr = \"ipc:///tmp/c\"\n"
+    );
+    let cluster = with_file(&text, &[], &no_env).unwrap().cluster.unwrap();
+    assert_eq!(cluster.node_id, "c");
+    assert_eq!(cluster.down_after, Duration::from_secs(5));
+    assert_eq!(cluster.listen, None);
+    assert_eq!(cluster.listen_addr(), "ipc:///tmp/c");
+    assert_eq!(cluster.nodes.len(), 2);
+    let text = cluster_toml("", &format!("node-id = \"a\"\nsecret = \"{SECRET16}\"\ndown_after = 2\n"));
+    assert_eq!(with_file(&text, &[], &no_env).unwrap().cluster.unwrap().down_after, Duration::from_secs(2));
+
+    // Without a table, no cluster.
+    assert_eq!(Config::from_args_and_env(&[], &no_env).unwrap().cluster, None);
+}
+
+#[test]
+fn a_single_node_cluster_is_allowed() {
+    let text = format!(
+        "[cluster]\nnode-id = \"a\"\nsecret = \"{SECRET16}\"\nnodes = [{{ id = \"a\", addr = \"ipc:///tmp/a\" }}]\n"
+    );
+    let cluster = with_file(&text, &[], &no_env).unwrap().cluster.unwrap();
+    assert_eq!(cluster.nodes.len(), 1);
+    assert_eq!(cluster.me(), 0);
+}
+
+#[test]
+fn cluster_flags_and_environment_override_the_table() {
+    let text = cluster_toml("", &format!("node-id = \"a\"\nsecret = \"{SECRET16}\"\ndown-after = \"3s\"\n"));
+    let env = env_of(&[
+        ("ROOMCAST_CLUSTER_NODE_ID", "b"),
+        ("ROOMCAST_CLUSTER_SECRET", "from-the-environment"),
+        ("ROOMCAST_CLUSTER_DOWN_AFTER", "4s"),
+        ("ROOMCAST_CLUSTER_LISTEN", "tcp://0.0.0.0:9"),
+    ]);
+    let cluster = with_file(&text, &[], &env).unwrap().cluster.unwrap();
+    assert_eq!(cluster.node_id, "b");
+    assert_eq!(cluster.secret.0, b"from-the-environment");
+    assert_eq!(cluster.down_after, Duration::from_secs(4));
+    assert_eq!(cluster.listen.as_deref(), Some("tcp://0.0.0.0:9"));
+
+    let flags = ["--cluster-node-id=c", "--cluster-down-after=200ms", "--cluster-listen=ipc:///tmp/x"];
+    let cluster = with_file(&text, &flags, &env).unwrap().cluster.unwrap();
+    assert_eq!(cluster.node_id, "c");
+    assert_eq!(cluster.me(), 2);
+    assert_eq!(cluster.down_after, Duration::from_millis(200));
+    assert_eq!(cluster.listen.as_deref(), Some("ipc:///tmp/x"));
+    assert_eq!(cluster.secret.0, b"from-the-environment", "the secret is never a flag");
+
+    // The file's secret when the environment has none (or an empty one).
+    let env = env_of(&[("ROOMCAST_CLUSTER_SECRET", "")]);
+    let cluster = with_file(&text, &["--cluster-node-id=b"], &env).unwrap().cluster.unwrap();
+    assert_eq!(cluster.node_id, "b");
+    assert_eq!(cluster.secret.0, SECRET16.as_bytes());
+    assert_eq!(cluster.down_after, Duration::from_secs(3));
+
+    // The node id and the secret may come from outside the file alone.
+    let env = env_of(&[("ROOMCAST_CLUSTER_SECRET", SECRET16)]);
+    let cluster = with_file(&cluster_toml("", ""), &["--cluster-node-id=a"], &env).unwrap().cluster.unwrap();
+    assert_eq!(cluster.node_id, "a");
+    assert!(matches!(Config::from_args_and_env(&["--cluster-secret=x"], &no_env), Err(CliError::Usage(_))));
+}
+
+/// `(TOML text, flags, environment, key, part of the problem)`.
+type ClusterCase<'a> = (String, Vec<&'a str>, Vec<(&'a str, &'a str)>, &'a str, &'a str);
+
+/// Each way a cluster configuration is refused, with the key and problem.
+#[test]
+fn cluster_validation() {
+    let ok_secret = format!("secret = \"{SECRET16}\"\n");
+    let with = |lines: &str| cluster_toml("", &format!("node-id = \"a\"\n{ok_secret}{lines}"));
+    let table = |nodes: &str, lines: &str| format!("[cluster]\nnode-id = \"a\"\n{ok_secret}nodes = [{nodes}]\n{lines}");
+    let long_id = "x".repeat(65);
+    let long_addr = format!("tcp://{}", "h".repeat(251));
+    let many: Vec<String> = (0..65).map(|i| format!("{{ id = \"n{i}\", addr = \"ipc:///tmp/n{i}\" }}")).collect();
+    let many = format!("{{ id = \"a\", addr = \"ipc:///tmp/a\" }}, {}", many.join(", "));
+    let secret_env = [("ROOMCAST_CLUSTER_SECRET", SECRET16)];
+    let cases: Vec<ClusterCase> = vec![
+        // Cluster settings without a cluster.
+        (String::new(), vec!["--cluster-node-id=a"], vec![], "cluster-node-id", "needs a [cluster] table"),
+        (String::new(), vec!["--cluster-down-after=1s"], vec![], "cluster-down-after", "needs a [cluster] table"),
+        (String::new(), vec!["--cluster-listen=tcp://x:1"], vec![], "cluster-listen", "needs a [cluster] table"),
+        (String::new(), vec![], vec![("ROOMCAST_CLUSTER_NODE_ID", "a")], "cluster-node-id", "needs a [cluster]"),
+        (String::new(), vec![], secret_env.to_vec(), "ROOMCAST_CLUSTER_SECRET", "needs a [cluster] table"),
+        ("cluster-node-id = \"a\"\n".into(), vec![], vec![], "cluster-node-id", "needs a [cluster] table"),
+        (format!("[cluster]\nnode-id = \"a\"\n{ok_secret}"), vec![], vec![], "cluster.nodes", "missing"),
+        // Missing pieces.
+        (cluster_toml("", &ok_secret), vec![], vec![], "cluster.node-id", "missing"),
+        (cluster_toml("", "node-id = \"a\"\n"), vec![], vec![], "cluster.secret", "ROOMCAST_CLUSTER_SECRET"),
+        // This node is not one of the nodes.
+        (with(""), vec!["--cluster-node-id=d"], vec![], "cluster.node-id", "\"d\" is not one of the nodes (a, b, c)"),
+        (with(""), vec!["--cluster-node-id="], vec![], "cluster-node-id", "must not be empty"),
+        // Node ids.
+        (table("{ id = \"\", addr = \"ipc:///a\" }", ""), vec![], vec![], "cluster.nodes", "must be 1 to 64 bytes"),
+        (
+            table(&format!("{{ id = \"{long_id}\", addr = \"ipc:///a\" }}"), ""),
+            vec![],
+            vec![],
+            "cluster.nodes",
+            "1 to 64",
+        ),
+        (table("{ id = \"a b\", addr = \"ipc:///a\" }", ""), vec![], vec![], "cluster.nodes", "\"a b\""),
+        (table("{ id = \"a/\", addr = \"ipc:///a\" }", ""), vec![], vec![], "cluster.nodes", "A-Z, a-z, 0-9"),
+        (
+            table("{ id = \"a\", addr = \"ipc:///a\" }, { id = \"a\", addr = \"ipc:///b\" }", ""),
+            vec![],
+            vec![],
+            "cluster.nodes",
+            "node id \"a\" is listed twice",
+        ),
+        // Addresses.
+        (
+            table("{ id = \"a\", addr = \"ipc:///a\" }, { id = \"b\", addr = \"ipc:///a\" }", ""),
+            vec![],
+            vec![],
+            "cluster.nodes",
+            "address \"ipc:///a\" is listed for both \"a\" and \"b\"",
+        ),
+        (table("{ id = \"a\", addr = \"http://x:1\" }", ""), vec![], vec![], "cluster.nodes", "tcp:// or ipc://"),
+        (table("{ id = \"a\", addr = \"127.0.0.1:7101\" }", ""), vec![], vec![], "cluster.nodes", "tcp:// or ipc://"),
+        (table("{ id = \"a\", addr = \"tcp://\" }", ""), vec![], vec![], "cluster.nodes", "names no host"),
+        (table("{ id = \"a\", addr = \"ipc:///a\\u0000\" }", ""), vec![], vec![], "cluster.nodes", "control"),
+        (table(&format!("{{ id = \"a\", addr = \"{long_addr}\" }}"), ""), vec![], vec![], "cluster.nodes", "256 bytes"),
+        // How many nodes.
+        (table("", ""), vec![], vec![], "cluster.nodes", "must list 1 to 64 nodes"),
+        (table(&many, ""), vec![], vec![], "cluster.nodes", "must list 1 to 64 nodes"),
+        // The secret.
+        (
+            cluster_toml("", "node-id = \"a\"\nsecret = \"0123456789abcde\"\n"),
+            vec![],
+            vec![],
+            "cluster.secret",
+            "16 bytes",
+        ),
+        (with(""), vec![], vec![("ROOMCAST_CLUSTER_SECRET", "short")], "cluster.secret", "at least 16 bytes"),
+        // The timing.
+        (with("down-after = \"99ms\"\n"), vec![], vec![], "cluster-down-after", "must be from 100ms to 1h"),
+        (with(""), vec!["--cluster-down-after=2h"], vec![], "cluster-down-after", "must be from 100ms to 1h"),
+        (with(""), vec!["--cluster-down-after=0"], vec![], "cluster-down-after", "must be from 100ms to 1h"),
+        // The listener.
+        (with("listen = \"0.0.0.0:7101\"\n"), vec![], vec![], "cluster-listen", "tcp:// or ipc://"),
+        (with(""), vec!["--cluster-listen=tcp://"], vec![], "cluster-listen", "names no host"),
+        // Read errors in the table, naming the key.
+        (with("bogus = 1\n"), vec![], vec![], "cluster.bogus", "unknown key `bogus` in [cluster]"),
+        (with("node_id = \"b\"\n"), vec![], vec![], "cluster.node_id", "duplicate key `node-id`"),
+        (with("node-_id = \"b\"\n"), vec![], vec![], "cluster.node-_id", "unknown key `node-_id`"),
+        (with("secret = 5\n"), vec![], vec![], "cluster.secret", "duplicate key"),
+        (cluster_toml("", "secret = 5\n"), vec![], vec![], "cluster.secret", "invalid type"),
+        (with("down-after = \"soon\"\n"), vec![], vec![], "cluster.down-after", "invalid duration"),
+        (
+            table("{ id = \"a\", addr = \"ipc:///a\", weight = 2 }", ""),
+            vec![],
+            vec![],
+            "cluster.nodes",
+            "unknown key `weight` in a [cluster] node; the keys are id, addr",
+        ),
+        (table("{ id = \"a\" }", ""), vec![], vec![], "cluster.nodes", "\"a\" needs an `addr`"),
+        (table("{ addr = \"ipc:///a\" }", ""), vec![], vec![], "cluster.nodes", "needs an `id`"),
+        (table("\"a\"", ""), vec![], vec![], "cluster.nodes", "invalid type"),
+        (
+            cluster_toml("cluster-node-id = \"a\"\n", &format!("node-id = \"a\"\n{ok_secret}")),
+            vec![],
+            vec![],
+            "cluster-node-id",
+            "given both at the top level and as `node-id` in [cluster]",
+        ),
+        ("cluster = 1\n".into(), vec![], vec![], "cluster", "invalid type"),
+    ];
+    for (text, flags, env, want_key, want_problem) in &cases {
+        let env = env_of(env);
+        let result =
+            if text.is_empty() { Config::from_args_and_env(flags, &env) } else { with_file(text, flags, &env) };
+        let (key, problem) = setting_error(result);
+        assert_eq!(&key, want_key, "{text}{flags:?}: {problem}");
+        assert!(problem.contains(want_problem), "{text}{flags:?}: {key}: {problem}");
+        assert!(!problem.contains('\n'), "{problem}");
+    }
+}
+
+#[test]
+fn cluster_errors_in_a_multiline_node_list_name_the_line() {
+    let text = "[cluster]\nnodes = [\n  { id = \"a\", addr = \"ipc:///a\", bogus = 1 },\n]\n";
+    let err = with_file(text, &[], &no_env).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("line 3") && msg.contains("unknown key `bogus`"), "{msg}");
+    assert!(!msg.contains('\n'), "{msg}");
+}
+
+#[test]
+fn other_commands_ignore_the_cluster() {
+    // `token` reads the same file, but has no cluster to check.
+    let file = temp_file(&cluster_toml("data = \"/from/file\"\n", "node-id = \"zz\"\n"));
+    let env = env_of(&[("ROOMCAST_JWT_SECRET", "k"), ("ROOMCAST_CLUSTER_NODE_ID", "q")]);
+    let config = format!("--config={}", file.display());
+    let inv = parse_command_line(["roomcast", "token", "--sub=a", &config], &env).unwrap();
+    let Invocation::Token(t) = inv else { panic!("not a token request") };
+    assert_eq!(t.data, PathBuf::from("/from/file"));
+    let inv = parse_command_line(["roomcast", "backup", "--out=x", &config], &env).unwrap();
+    assert!(matches!(inv, Invocation::Backup { .. }));
+    // An unreadable table is still an unreadable file.
+    std::fs::write(&file, "[cluster]\nbogus = 1\n").unwrap();
+    assert!(parse_command_line(["roomcast", "token", "--sub=a", &config], &env).is_err());
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
+fn bus_publish_is_an_address() {
+    let c = Config::from_args_and_env(&["--bus-publish=tcp://127.0.0.1:7200"], &no_env).unwrap();
+    assert_eq!(c.bus_publish.as_deref(), Some("tcp://127.0.0.1:7200"));
+    let env = env_of(&[("ROOMCAST_BUS_PUBLISH", "ipc:///tmp/bus")]);
+    assert_eq!(Config::from_args_and_env(&[], &env).unwrap().bus_publish.as_deref(), Some("ipc:///tmp/bus"));
+    assert_eq!(Config::default().bus_publish, None);
+    let (key, _) = setting_error(Config::from_args_and_env(&["--bus-publish="], &no_env));
+    assert_eq!(key, "bus-publish");
+}
+
+#[test]
+fn cluster_validate_checks_a_config_built_by_hand() {
+    let mut c = cluster::ClusterConfig {
+        node_id: "a".into(),
+        nodes: nodes3(),
+        secret: cluster::ClusterSecret(SECRET16.as_bytes().to_vec()),
+        down_after: Duration::from_secs(5),
+        listen: None,
+    };
+    c.validate().unwrap();
+    assert_eq!(c.listen_addr(), "tcp://127.0.0.1:7101");
+    c.down_after = Duration::from_millis(99);
+    assert!(c.validate().is_err());
+    c.down_after = bounds::CLUSTER_DOWN_AFTER;
+    c.validate().unwrap();
+    c.listen = Some("udp://x".into());
+    assert!(c.validate().is_err());
+}
+
+/// The `[cluster]` example of docs/CONFIG.md is a valid cluster.
+#[test]
+fn the_cluster_example_is_valid() {
+    let doc = include_str!("../../docs/CONFIG.md");
+    let marker = "```toml\n# /etc/roomcast/node-a.toml";
+    let start = doc.find(marker).expect("no [cluster] example in docs/CONFIG.md") + "```toml\n".len();
+    let len = doc[start..].find("```").unwrap();
+    let env = env_of(&[("ROOMCAST_CLUSTER_SECRET", SECRET16)]);
+    let c = with_file(&doc[start..start + len], &[], &env).unwrap();
+    let cluster = c.cluster.unwrap();
+    assert_eq!(cluster.node_id, "a");
+    assert_eq!(cluster.nodes.len(), 3);
+    assert_eq!(cluster.listen_addr(), "tcp://10.0.0.1:7101");
+}

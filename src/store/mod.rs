@@ -190,6 +190,21 @@ impl Store {
         Ok(rooms.get(room)?.map_or((0, 0), |v| v.value()))
     }
 
+    /// The name of every room the store has a head for, in name order:
+    /// every room that ever committed a message, its messages pruned or not
+    /// (its seqs live on). One read transaction; the names are the whole
+    /// answer, a few bytes per room.
+    pub fn room_names(&self) -> Result<Vec<String>, StoreError> {
+        let txn = self.db.begin_read()?;
+        let rooms = txn.open_table(ROOMS)?;
+        let mut names = Vec::new();
+        for item in rooms.iter()? {
+            let (room, _) = item?;
+            names.push(room.value().to_string());
+        }
+        Ok(names)
+    }
+
     /// Messages with `after < seq < before` (either bound optional),
     /// ascending. `oldest_first == false`: the newest `limit` of that range,
     /// and `more` says older ones exist in it; `oldest_first == true`: the

@@ -76,6 +76,21 @@ fn open_reopen_keeps_data() {
 }
 
 #[test]
+fn room_names_are_every_room_with_a_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert!(store.room_names().unwrap().is_empty());
+    let recs = vec![rec("b", 1, 1, "u", None), rec("a", 1, 1, "u", None), rec("b", 2, 2, "u", None)];
+    store.write_batch(&recs, false).unwrap();
+    store.write_batch(&[rec("c/d", 1, 3, "u", None)], true).unwrap();
+    assert_eq!(store.room_names().unwrap(), ["a", "b", "c/d"]);
+    drop(store);
+    // And from the file, after a reopen.
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.room_names().unwrap(), ["a", "b", "c/d"]);
+}
+
+#[test]
 fn newer_schema_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     {
