@@ -480,8 +480,9 @@ def test_owner_killed_and_restarted_ten_rounds(make_cluster, room):
 
 def _partition(make_cluster, room, faults):
     """a's inbound link goes through each fault of `faults` in turn, then heals. a hears nothing
-    from its peers meanwhile (its own frames still reach them), so a serves its rooms to its
-    members and b its rooms to its own; afterwards every member has everything once."""
+    from its peers meanwhile (its own frames still reach them, but their heartbeats say they are
+    not heard), so a serves its rooms to its members and b its rooms to its own; afterwards
+    every member has everything once."""
     cl = make_cluster(proxied=("a",)).start()
     ra = cl.rooms("a", room + "-x")[0]
     rb = cl.rooms("b", room + "-y")[0]
@@ -499,19 +500,23 @@ def _partition(make_cluster, room, faults):
         progress(pubs, 20)
         for fault in faults:
             getattr(proxy, fault)()
-            # a hears nothing from its peers any more.
+            # a hears nothing from its peers any more, and their heartbeats tell them so: a link
+            # that works one way only is down on both sides.
             cl.wait_peer("a", "b", up=False)
             cl.wait_peer("a", "c", up=False)
+            cl.wait_peer("b", "a", up=False)
+            cl.wait_peer("c", "a", up=False)
             # Both sides go on serving their own rooms to their own members.
             seen = {k: m.last_seq() for k, m in local.items()}
             progress(pubs, 20)
             wait_for(lambda: all(m.last_seq() >= seen[k] + 10 for k, m in local.items()), 10,
                      f"{fault}: the owners' local members to get new messages")
-            c = cl["a"].ws(f"probe-{fault}")
-            r = c.call("send", room=rb, body="x", id=f"probe-{fault}")
-            c.close()
-            probes.add(f"probe-{fault}")
-            assert r.get("op") == "error" and r.get("code") == "unavailable", (fault, r)
+            for on, target in (("a", rb), ("b", ra)):
+                c = cl[on].ws(f"probe-{fault}")
+                r = c.call("send", room=target, body="x", id=f"probe-{fault}-{on}")
+                c.close()
+                probes.add(f"probe-{fault}-{on}")
+                assert r.get("op") == "error" and r.get("code") == "unavailable", (fault, on, r)
         proxy.pass_()
         cl.wait_all_up(30)
         progress(pubs, 20)
