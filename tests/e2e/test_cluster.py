@@ -590,7 +590,9 @@ def _assert_never_up(cl, seconds: float):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
         for i in cl.ids:
-            ups = cl[i].peer_up()
+            n = cl[i]
+            assert n.alive, f"node {i} exited with {n.srv.proc.poll()}; output tail:\n{n.tail(40)}"
+            ups = n.peer_up()
             others = {p for p in cl.ids if p != i}
             assert others <= set(ups), f"{i} has no peer_up line for {others - set(ups)}: {ups}"
             assert all(v == 0 for v in ups.values()), f"{i} reports a peer up despite the mismatch: {ups}"
