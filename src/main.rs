@@ -22,7 +22,15 @@ fn main() -> ExitCode {
         }
     };
     let result = match invocation {
-        Invocation::Serve(config) => roomcast::server::run(config).map_err(|e| e.to_string()),
+        Invocation::Serve(config) => match roomcast::server::run(config) {
+            // Started on the wrong data directory: a setup error, like a bad
+            // setting (a supervisor must not just restart it).
+            Err(e @ roomcast::server::ServerError::Identity(_)) => {
+                eprintln!("roomcast: {e}");
+                return ExitCode::from(2);
+            }
+            r => r.map_err(|e| e.to_string()),
+        },
         Invocation::Token(request) => token(&request),
         Invocation::DevCert(request) => dev_cert(&request),
         Invocation::Backup { data, out } => match roomcast::store::backup_offline(&data, &out) {

@@ -58,6 +58,10 @@ impl CommitSink for Sink {
 pub enum ServerError {
     #[error("{0}")]
     Startup(String),
+    /// The data directory belongs to another cluster node, or holds rooms
+    /// this node does not own (exit status 2).
+    #[error("{0}")]
+    Identity(String),
     /// A thread of the server panicked: it stopped accepting, drained
     /// briefly and ended. The exit status must say so (non-zero), or a
     /// supervisor that restarts on failure would leave it down.
@@ -161,6 +165,10 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     let (auth, secret_from_file) = Auth::from_config(&config).map_err(|e| startup(format!("jwt secret: {e}")))?;
 
     let store = Store::open_with_cache(&config.data, config.store_cache_bytes).map_err(startup)?;
+    if let Some(c) = &config.cluster {
+        let rooms = store.room_names().map_err(|e| startup(format!("store: {e}")))?;
+        crate::cluster::identity::check(c, &config.data, rooms.into_iter()).map_err(ServerError::Identity)?;
+    }
     let readers = ReaderPool::new(store.clone(), READERS).map_err(|e| startup(format!("reader threads: {e}")))?;
     let (writer_tx, writer_rx) = crossbeam_channel::bounded(WRITER_CAP);
 
@@ -277,9 +285,9 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     Ok(Running { plain_addr, tls_addr, page_token, shared, threads, writer, cluster_stop })
 }
 
-/// `--bus-publish`, once the setting exists.
-fn bus_address(_config: &Config) -> Option<String> {
-    None
+/// `--bus-publish`.
+fn bus_address(config: &Config) -> Option<String> {
+    config.bus_publish.clone()
 }
 
 fn spawn_signal_thread(shared: Arc<Shared>) -> Result<(), ServerError> {

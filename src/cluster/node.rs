@@ -859,9 +859,13 @@ impl Node {
             && h.nodes_digest == self.digest
             && aws_lc_rs::hmac::verify(&self.key, &hello_input(&h, &me), &h.mac).is_ok();
         let Some(idx) = idx.filter(|_| ok) else {
+            // The pipe is not closed (closing a pipe from this thread while
+            // nng works on its socket crashed nng-sys 1.4.0-rc.0): it stays
+            // unbound, so nothing else it sends is taken.
             self.handle.stats.hellos_refused.fetch_add(1, Relaxed);
-            self.pipes.remove(&pipe);
-            pipe.close();
+            if let Some(p) = self.pipes.remove(&pipe) {
+                self.link_lost(p, "it sent a bad hello");
+            }
             return Err(());
         };
         let restarted = {
@@ -873,21 +877,25 @@ impl Node {
         }
         let Some(p) = self.peers.get_mut(idx).and_then(|p| p.as_mut()) else { return Err(()) };
         p.incarnation = Some(h.incarnation);
+        let news = p.peer_nonce != h.nonce;
         p.peer_nonce = h.nonce;
         p.last_rx = Some(Instant::now());
-        if h.echo == p.my_nonce {
+        let mut bound = false;
+        if p.pipe != Some(pipe) && h.echo == p.my_nonce {
             if let Some(old) = p.pipe.replace(pipe) {
-                if old != pipe {
-                    self.pipes.remove(&old);
-                    old.close();
-                }
+                self.pipes.remove(&old);
             }
             // A captured hello cannot bind another pipe.
             p.my_nonce = nonce();
             self.pipes.insert(pipe, idx as u16);
+            bound = true;
         }
-        // Answer at once, so the peer can bind our link without waiting.
-        self.send_hello(idx as u16);
+        // Answer at once when the peer learnt something it needs (our
+        // echo of its new nonce, our new nonce), so the link comes up
+        // without waiting for the next round; never hello for hello.
+        if (news || bound) && !p.up {
+            self.send_hello(idx as u16);
+        }
         Ok(())
     }
 
@@ -915,10 +923,11 @@ impl Node {
     fn bad(&mut self, pipe: nng::Pipe, why: &str) {
         let _ = why;
         self.handle.stats.bad_frames.fetch_add(1, Relaxed);
+        // Unbound rather than closed (see `hello`): the peer must prove
+        // itself again before anything else it sends is taken.
         if let Some(p) = self.pipes.remove(&pipe) {
             self.link_lost(p, "it sent a bad frame");
         }
-        pipe.close();
     }
 
     /// The peer's pipe is gone: not up until a new hello binds one. What
