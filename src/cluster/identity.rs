@@ -124,6 +124,7 @@ mod tests {
             secret: ClusterSecret(vec![7; 32]),
             down_after: Duration::from_secs(5),
             listen: None,
+            queue_bytes: 16 << 20,
         }
     }
 

@@ -8,7 +8,7 @@
 //! batching is what makes a link fast. Nothing here blocks the node thread
 //! or a reactor: the node thread queues into an unbounded channel whose
 //! bytes it counts itself, and marks a peer lagging past its bound
-//! (`node::QUEUE_BYTES`). `Pub0`/`Bus0` are not used for the stream: they
+//! (`[cluster] queue-bytes`). `Pub0`/`Bus0` are not used for the stream: they
 //! drop under load.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};

@@ -41,9 +41,6 @@ use crate::reactor::Shared;
 use crate::rooms::core::{self, Asked, Command, Reply};
 use crate::rooms::{owner_of, MemberId, RoomName, UserId};
 
-/// A peer's queue past this many bytes marks it lagging: what is queued is
-/// dropped and both sides resync.
-pub const QUEUE_BYTES: usize = 16 << 20;
 /// Requests forwarded and not yet answered, at most; past it new ones are
 /// refused `overloaded`.
 const MAX_INFLIGHT: usize = 64 * 1024;
@@ -59,6 +56,8 @@ const TICK: Duration = Duration::from_millis(50);
 const HELLO_EVERY: Duration = Duration::from_millis(200);
 const BEAT_EVERY: Duration = Duration::from_millis(250);
 const FILL_RETRY: Duration = Duration::from_millis(200);
+/// One log line per peer (or for strangers) this often at most.
+const LOG_EVERY: Duration = Duration::from_secs(5);
 /// What `unavailable` tells a client to wait before retrying.
 pub const RETRY_AFTER_MS: u64 = 1000;
 /// Top bit of a member id the owner gives a peer's member, so it never
@@ -89,6 +88,10 @@ struct Peer {
     last_hello: Option<Instant>,
     last_beat: Option<Instant>,
     incarnation: Option<u64>,
+    /// Log lines about this peer: when the last went out, and how many
+    /// were held back since (at most one per `LOG_EVERY`).
+    logged: Option<Instant>,
+    quiet: u64,
     /// As owner: the peer's members of our rooms (owner-side member id)
     /// and the sync round that last named them.
     members: HashMap<(RoomName, MemberId), (UserId, u64)>,
@@ -132,6 +135,16 @@ enum Held {
     Answer { to: Asker, reply: Reply },
 }
 
+impl Hold {
+    fn with(first: Held) -> Hold {
+        let bytes = match &first {
+            Held::Deliver { frame, .. } => frame.len(),
+            Held::Answer { .. } => 0,
+        };
+        Hold { items: VecDeque::from([first]), bytes, ..Hold::default() }
+    }
+}
+
 enum Pending {
     Client { peer: u16, asker: Asker, asked: Asked, room: RoomName, member: Option<MemberId> },
     Fill { peer: u16, room: RoomName },
@@ -154,6 +167,9 @@ pub struct Node {
     poll: Poll,
     inbox: Inbox,
     stop: Arc<AtomicBool>,
+    /// Log lines about pipes no peer has proven (see `Peer::logged`).
+    strangers_logged: Option<Instant>,
+    strangers_quiet: u64,
 }
 
 /// The parts made on the main thread (so that a bad address fails startup).
@@ -180,7 +196,7 @@ pub fn nodes_digest(nodes: &[crate::config::cluster::NodeSpec]) -> [u8; 32] {
 
 /// What a hello's MAC covers: every field, and who it is for (a hello for
 /// one node is no good at another).
-fn hello_input(h: &Hello, to: &str) -> Vec<u8> {
+pub fn hello_input(h: &Hello, to: &str) -> Vec<u8> {
     let mut v = Vec::with_capacity(128);
     v.extend_from_slice(b"roomcast-cluster-hello\0");
     v.extend_from_slice(&h.version.to_le_bytes());
@@ -252,6 +268,8 @@ impl Node {
                 last_hello: None,
                 last_beat: None,
                 incarnation: None,
+                logged: None,
+                quiet: 0,
                 members: HashMap::new(),
                 sync_round: 0,
             }));
@@ -272,6 +290,8 @@ impl Node {
             poll: parts.poll,
             inbox: parts.inbox,
             stop,
+            strangers_logged: None,
+            strangers_quiet: 0,
             handle,
         };
         Ok((node, receiver))
@@ -450,8 +470,8 @@ impl Node {
             live: None,
             hold: None,
         });
-        if !r.members.contains_key(&member) {
-            r.members.insert(member, Local { user: user.clone(), confirmed: false });
+        if let std::collections::hash_map::Entry::Vacant(v) = r.members.entry(member) {
+            v.insert(Local { user: user.clone(), confirmed: false });
             if let Some(n) = r.per_reactor.get_mut((member >> 32) as usize) {
                 *n += 1;
             }
@@ -537,10 +557,7 @@ impl Node {
             }
             (Some(_), Some(_)) => {
                 // A gap: hold this and what follows, ask for the range.
-                let mut h = Hold::default();
-                h.bytes = frame.len();
-                h.items.push_back(Held::Deliver { seq, frame });
-                r.hold = Some(h);
+                r.hold = Some(Hold::with(Held::Deliver { seq, frame }));
                 self.fill(&room);
             }
         }
@@ -557,10 +574,7 @@ impl Node {
         match (seq, r.last) {
             (Some(s), Some(last)) if s <= last => {}
             (Some(s), Some(last)) if s > last + 1 => {
-                let mut h = Hold::default();
-                h.bytes = frame.len();
-                h.items.push_back(Held::Deliver { seq, frame });
-                r.hold = Some(h);
+                r.hold = Some(Hold::with(Held::Deliver { seq, frame }));
                 let _ = owner;
                 self.fill(room);
             }
@@ -595,9 +609,7 @@ impl Node {
             Some(mine) if *last > mine => {
                 // Deliveries this node missed: the others are behind the
                 // joiner. Fill first; the answer waits its turn.
-                let mut h = Hold::default();
-                h.items.push_back(Held::Answer { to, reply });
-                r.hold = Some(h);
+                r.hold = Some(Hold::with(Held::Answer { to, reply }));
                 return self.fill(&room);
             }
             Some(_) => {}
@@ -771,7 +783,17 @@ impl Node {
     fn inbound(&mut self, pipe: nng::Pipe, items: Result<Vec<Item>, wire::WireError>) {
         let items = match items {
             Ok(i) => i,
-            Err(_) => return self.bad(pipe, "undecodable"),
+            Err(e) => {
+                // From a bound pipe: that peer's link drops; from any other,
+                // only counted.
+                let from = self.pipes.get(&pipe).copied();
+                return match from {
+                    Some(f) => self.bad(pipe, f, &format!("an undecodable frame ({e})")),
+                    None => {
+                        self.handle.stats.bad_frames.fetch_add(1, Relaxed);
+                    }
+                };
+            }
         };
         let from = self.pipes.get(&pipe).copied();
         if let Some(p) = from.and_then(|f| self.peers.get(f as usize)).and_then(|p| p.as_ref()) {
@@ -779,25 +801,85 @@ impl Node {
             s.frames_received.fetch_add(1, Relaxed);
             s.records_received.fetch_add(items.len() as u64, Relaxed);
         }
-        for item in items {
+        // Hellos first (one may bind this pipe), then the rest as a whole.
+        let (hellos, rest): (Vec<Item>, Vec<Item>) = items.into_iter().partition(|i| matches!(i, Item::Hello(_)));
+        for item in hellos {
             if let Item::Hello(h) = item {
-                match self.hello(pipe, h) {
-                    Ok(()) => continue,
-                    Err(()) => return,
+                if self.hello(pipe, h).is_err() {
+                    return;
                 }
             }
+        }
+        if !rest.is_empty() {
             // Anything else only from a pipe a hello bound (a frame from an
             // unproven pipe is dropped, not trusted).
             let Some(from) = self.pipes.get(&pipe).copied() else { return };
+            // Checked whole before any of it is applied: a bad frame
+            // changes nothing.
+            if let Err(why) = self.check(from, &rest) {
+                return self.bad(pipe, from, why);
+            }
             if let Some(p) = self.peers.get_mut(from as usize).and_then(|p| p.as_mut()) {
                 p.last_rx = Some(Instant::now());
             }
-            if let Err(why) = self.item(from, item) {
-                let _ = why;
-                return self.bad(pipe, why);
+            for item in rest {
+                if let Err(why) = self.item(from, item) {
+                    return self.bad(pipe, from, why);
+                }
             }
         }
         self.update_up();
+    }
+
+    /// What a frame from `from` may not carry: requests for rooms this node
+    /// does not own, deliveries for rooms the sender does not own, a seq
+    /// at or below one its stream carried, answers to another node's
+    /// requests, member ids out of range, bodies past the depth limit.
+    fn check(&self, from: u16, items: &[Item]) -> Result<(), &'static str> {
+        let depth = self.shared.config.max_body_depth;
+        let mut live: HashMap<&RoomName, u64> = HashMap::new();
+        for item in items {
+            match item {
+                Item::Forward(f) => {
+                    let (room, member) = match f {
+                        Forward::Join { room, member, .. } | Forward::Leave { room, member, .. } => (room, Some(*member)),
+                        Forward::Publish { room, body, .. } => {
+                            if msg::check_body(body, depth).is_err() {
+                                return Err("a body past the limits");
+                            }
+                            (room, None)
+                        }
+                        Forward::History { room, .. } | Forward::Presence { room, .. } => (room, None),
+                    };
+                    if self.handle.owner(room).is_some() {
+                        return Err("a request for a room this node does not own");
+                    }
+                    if member.is_some_and(|m| remote_member(from, m).is_none()) {
+                        return Err("a member id out of range");
+                    }
+                }
+                Item::Answer { ticket, .. } => match self.inflight.get(ticket) {
+                    Some(Pending::Client { peer, .. } | Pending::Fill { peer, .. }) if *peer != from => {
+                        return Err("an answer to another node's request");
+                    }
+                    _ => {}
+                },
+                Item::Deliver { room, seq, .. } => {
+                    if self.handle.owner(room) != Some(from) {
+                        return Err("a delivery for a room the sender does not own");
+                    }
+                    if let Some(s) = seq {
+                        let last = live.get(room).copied().or_else(|| self.remotes.get(room).and_then(|r| r.live));
+                        if last.is_some_and(|l| *s <= l) {
+                            return Err("a seq that went backwards");
+                        }
+                        live.insert(room, *s);
+                    }
+                }
+                Item::Hello(_) | Item::Heartbeat { .. } | Item::Lagged | Item::SyncStart | Item::SyncEnd => {}
+            }
+        }
+        Ok(())
     }
 
     fn item(&mut self, from: u16, item: Item) -> Result<(), &'static str> {
@@ -854,11 +936,22 @@ impl Node {
     fn hello(&mut self, pipe: nng::Pipe, h: Hello) -> Result<(), ()> {
         let me = self.handle.config.nodes[self.handle.me].id.clone();
         let idx = self.handle.config.nodes.iter().position(|n| n.id == h.node);
-        let ok = h.version == wire::VERSION
-            && idx.is_some_and(|i| i != self.handle.me)
-            && h.nodes_digest == self.digest
-            && aws_lc_rs::hmac::verify(&self.key, &hello_input(&h, &me), &h.mac).is_ok();
-        let Some(idx) = idx.filter(|_| ok) else {
+        let why = if h.version != wire::VERSION {
+            Some(format!("protocol version {} (this node speaks {})", h.version, wire::VERSION))
+        } else if idx.is_none_or(|i| i == self.handle.me) {
+            Some(format!("node id {:?}, which is not a peer in the node list", h.node))
+        } else if h.nodes_digest != self.digest {
+            Some("a different node list".to_string())
+        } else if aws_lc_rs::hmac::verify(&self.key, &hello_input(&h, &me), &h.mac).is_err() {
+            Some("a bad MAC (another secret?)".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = &why {
+            let who = idx.map_or(u16::MAX, |i| i as u16);
+            self.log(who, &format!("refused a hello from {:?}: {why}", h.node));
+        }
+        let Some(idx) = idx.filter(|_| why.is_none()) else {
             // The pipe is not closed (closing a pipe from this thread while
             // nng works on its socket crashed nng-sys 1.4.0-rc.0): it stays
             // unbound, so nothing else it sends is taken.
@@ -919,10 +1012,34 @@ impl Node {
         p.out.push(Item::Heartbeat { hears_you: hears });
     }
 
-    /// A frame a peer should not have sent: counted, its link closed.
-    fn bad(&mut self, pipe: nng::Pipe, why: &str) {
-        let _ = why;
+    /// One line on stderr about `peer` (`u16::MAX`: a stranger), unless
+    /// one went out less than `LOG_EVERY` ago: a peer that misbehaves in
+    /// a loop must not flood the log.
+    fn log(&mut self, peer: u16, line: &str) {
+        let now = Instant::now();
+        let (last, quiet) = match self.peers.get_mut(peer as usize).and_then(|p| p.as_mut()) {
+            Some(p) => (&mut p.logged, &mut p.quiet),
+            None => (&mut self.strangers_logged, &mut self.strangers_quiet),
+        };
+        if last.is_some_and(|t| now.saturating_duration_since(t) < LOG_EVERY) {
+            *quiet += 1;
+            return;
+        }
+        let held = std::mem::take(quiet);
+        *last = Some(now);
+        if held > 0 {
+            eprintln!("roomcast: cluster: {line} ({held} more such lines held back)");
+        } else {
+            eprintln!("roomcast: cluster: {line}");
+        }
+    }
+
+    /// A frame a peer should not have sent: counted, logged, its link
+    /// dropped.
+    fn bad(&mut self, pipe: nng::Pipe, from: u16, why: &str) {
         self.handle.stats.bad_frames.fetch_add(1, Relaxed);
+        let id = self.node_id(from);
+        self.log(from, &format!("dropped the link from node {id}: {why}"));
         // Unbound rather than closed (see `hello`): the peer must prove
         // itself again before anything else it sends is taken.
         if let Some(p) = self.pipes.remove(&pipe) {
@@ -946,6 +1063,8 @@ impl Node {
     /// No frame from the peer for `down_after`, or it restarted: its
     /// members here leave and its link starts over.
     fn peer_down(&mut self, peer: u16, why: &str) {
+        let id = self.node_id(peer);
+        eprintln!("roomcast: cluster: node {id} is down ({why}); its members of this node's rooms left");
         self.link_lost(peer, why);
         if let Some(p) = self.peers.get_mut(peer as usize).and_then(|p| p.as_mut()) {
             p.incarnation = None;
@@ -1013,6 +1132,9 @@ impl Node {
             if up && !p.up {
                 came_up.push(p.idx);
                 p.down = false;
+                eprintln!("roomcast: cluster: node {} is up", p.id);
+            } else if p.up && !up {
+                eprintln!("roomcast: cluster: lost node {}", p.id);
             }
             if up || p.up {
                 p.up_until = now;
@@ -1064,8 +1186,8 @@ impl Node {
 
     /// A queue past its bound: drop it, mark the peer lagging, resync.
     fn check_lag(&mut self) {
-        let lagging: Vec<u16> =
-            self.peers.iter().flatten().filter(|p| p.out.bytes() > QUEUE_BYTES).map(|p| p.idx).collect();
+        let bound = self.handle.config.queue_bytes;
+        let lagging: Vec<u16> = self.peers.iter().flatten().filter(|p| p.out.bytes() > bound).map(|p| p.idx).collect();
         for idx in lagging {
             if let Some(p) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) {
                 p.out.clear();
@@ -1104,7 +1226,7 @@ impl Node {
             let s = &self.handle.stats.peers[idx as usize];
             s.queue_bytes.store(q as u64, Relaxed);
             // Lagging ends once the queue has room again.
-            if s.state() == LinkState::Lagging && q < QUEUE_BYTES / 4 {
+            if s.state() == LinkState::Lagging && q < self.handle.config.queue_bytes / 4 {
                 s.state.store(LinkState::Up as u8, Relaxed);
             }
         }

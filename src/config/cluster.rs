@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, MapAccess, Visitor};
 
-use super::values::{show_duration, TomlDuration};
+use super::values::{show_duration, TomlDuration, TomlSize};
 use super::{bounds, ConfigError};
 
 /// One configured node.
@@ -42,6 +42,9 @@ pub struct ClusterConfig {
     /// The nng address this node listens on when it is not its own entry in
     /// `nodes` (a proxy in front of it, say); `None`: that entry's.
     pub listen: Option<String>,
+    /// Bytes queued for one peer past which it is marked lagging: the
+    /// queue is dropped and both sides resync.
+    pub queue_bytes: usize,
 }
 
 impl ClusterConfig {
@@ -148,11 +151,12 @@ pub(crate) struct ClusterTable {
     pub secret: Option<ClusterSecret>,
     pub down_after: Option<Duration>,
     pub listen: Option<String>,
+    pub queue_bytes: Option<usize>,
 }
 
 /// The keys of `[cluster]`, in kebab case; each may be spelled in snake
 /// case too.
-const TABLE_KEYS: &[&str] = &["node-id", "nodes", "secret", "down-after", "listen"];
+const TABLE_KEYS: &[&str] = &["node-id", "nodes", "secret", "down-after", "listen", "queue-bytes"];
 /// The keys of one entry of `nodes`.
 const NODE_KEYS: &[&str] = &["id", "addr"];
 
@@ -238,6 +242,7 @@ impl<'de> Deserialize<'de> for ClusterTable {
                 let mut t = ClusterTable::default();
                 let mut secret: Option<String> = None;
                 let mut down_after: Option<TomlDuration> = None;
+                let mut queue_bytes: Option<TomlSize> = None;
                 while let Some(i) = map.next_key_seed(KeyOf { keys: TABLE_KEYS, table: TABLE })? {
                     let key = TABLE_KEYS.get(i).copied().unwrap_or("");
                     match i {
@@ -249,11 +254,13 @@ impl<'de> Deserialize<'de> for ClusterTable {
                         }
                         2 => take(&mut map, &mut secret, key, TABLE)?,
                         3 => take(&mut map, &mut down_after, key, TABLE)?,
-                        _ => take(&mut map, &mut t.listen, key, TABLE)?,
+                        4 => take(&mut map, &mut t.listen, key, TABLE)?,
+                        _ => take(&mut map, &mut queue_bytes, key, TABLE)?,
                     }
                 }
                 t.secret = secret.map(|s| ClusterSecret(s.into_bytes()));
                 t.down_after = down_after.map(|d| d.0);
+                t.queue_bytes = queue_bytes.map(|q| q.0);
                 Ok(t)
             }
         }
@@ -316,6 +323,7 @@ impl ClusterSources {
         node_id: Option<&String>,
         down_after: Duration,
         listen: Option<&String>,
+        queue_bytes: usize,
     ) -> Result<Option<ClusterConfig>, ConfigError> {
         let Some(table) = self.table else {
             if let Some(key) = self.given {
@@ -341,6 +349,13 @@ impl ClusterSources {
             let problem = format!("missing: set {} (or `secret` in [cluster])", super::ENV_CLUSTER_SECRET);
             return Err(ConfigError::setting("cluster.secret", problem));
         };
-        Ok(Some(ClusterConfig { node_id: node_id.clone(), nodes, secret, down_after, listen: listen.cloned() }))
+        Ok(Some(ClusterConfig {
+            node_id: node_id.clone(),
+            nodes,
+            secret,
+            down_after,
+            listen: listen.cloned(),
+            queue_bytes,
+        }))
     }
 }

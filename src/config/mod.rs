@@ -357,6 +357,13 @@ declare::settings! {
         docs "a peer node with no frame from it (heartbeats included) for this long is down; overrides \
               `down-after` in [`[cluster]`](#cluster); only with that table";
 
+    cluster_queue_bytes: usize [size] = 16 << 20;
+        flag "SIZE", "Bytes queued for one peer node before it is marked lagging and resynced", default "16MiB";
+        limit Limit::Between(bounds::MIN_CLUSTER_QUEUE_BYTES, bounds::CLUSTER_QUEUE_BYTES);
+        docs "bytes queued for one peer node; past it the peer is marked lagging, the queue is dropped and both \
+              sides resync (members get what they missed from storage); overrides `queue-bytes` in \
+              [`[cluster]`](#cluster); only with that table";
+
     cluster_listen: String [plain optional] = None;
         flag "ADDR", "nng address to listen on for peers, when not this node's own address in [cluster] nodes";
         limit Limit::NotEmpty;
@@ -484,6 +491,8 @@ pub mod bounds {
     pub const ROOM_IDLE_TIMEOUT: Duration = Duration::from_secs(DAY);
     pub const MIN_CLUSTER_DOWN_AFTER: Duration = Duration::from_millis(100);
     pub const CLUSTER_DOWN_AFTER: Duration = Duration::from_secs(HOUR);
+    pub const MIN_CLUSTER_QUEUE_BYTES: usize = 64 << 10;
+    pub const CLUSTER_QUEUE_BYTES: usize = 1 << 30;
     /// Nodes in `[cluster]`.
     pub const CLUSTER_NODES: usize = 64;
     /// Longest node id.
@@ -555,6 +564,7 @@ where
                 config.cluster_node_id.as_ref(),
                 config.cluster_down_after,
                 config.cluster_listen.as_ref(),
+                config.cluster_queue_bytes,
             )?;
             config.validate()?;
             Ok(Invocation::Serve(config))
@@ -771,6 +781,7 @@ impl Settings {
             ("cluster-node-id", self.cluster_node_id.is_some()),
             ("cluster-down-after", self.cluster_down_after.is_some()),
             ("cluster-listen", self.cluster_listen.is_some()),
+            ("cluster-queue-bytes", self.cluster_queue_bytes.is_some()),
         ]
         .into_iter()
         .find_map(|(flag, set)| set.then_some(flag))
@@ -801,6 +812,7 @@ impl Settings {
         lift(&mut self.cluster_node_id, table.node_id.take(), "cluster-node-id", "node-id", shown)?;
         lift(&mut self.cluster_down_after, table.down_after.take(), "cluster-down-after", "down-after", shown)?;
         lift(&mut self.cluster_listen, table.listen.take(), "cluster-listen", "listen", shown)?;
+        lift(&mut self.cluster_queue_bytes, table.queue_bytes.take(), "cluster-queue-bytes", "queue-bytes", shown)?;
         Ok(Some(table))
     }
 }

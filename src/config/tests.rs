@@ -831,6 +831,7 @@ fn cluster_table_parses() {
             secret: cluster::ClusterSecret(SECRET16.as_bytes().to_vec()),
             down_after: Duration::from_millis(750),
             listen: Some("tcp://0.0.0.0:7102".into()),
+            queue_bytes: 16 << 20,
         }
     );
     assert_eq!(cluster.me(), 1);
@@ -1068,6 +1069,7 @@ fn cluster_validate_checks_a_config_built_by_hand() {
         secret: cluster::ClusterSecret(SECRET16.as_bytes().to_vec()),
         down_after: Duration::from_secs(5),
         listen: None,
+        queue_bytes: 16 << 20,
     };
     c.validate().unwrap();
     assert_eq!(c.listen_addr(), "tcp://127.0.0.1:7101");

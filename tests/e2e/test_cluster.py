@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import collections
 import json
+import os
 import pathlib
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -22,7 +24,7 @@ import pytest
 
 from cluster import (
     NODE_METRICS, PEER_METRICS, SECRET, Cluster, ClusterPublisher, Member, check_room, owner,
-    owner_history, rooms_owned_by, wait_for, weight,
+    owner_history, rooms_owned_by, wait_for, weight, _runs,
 )
 from faultproxy import FaultProxy
 from helpers import HOST, assert_json_error, free_port, mint_token
@@ -831,3 +833,46 @@ def test_bus_tap_publishes_each_owners_rooms(make_cluster, room):
         for rname in want_rooms:
             seqs = [seq for x, seq, _ in lines if x == rname]
             assert seqs == sorted(set(seqs)), f"{rname}: bus order {seqs}"
+
+
+# --------------------------------------------------------------------------- a lagging peer
+
+
+@pytest.mark.timeout(120)
+def test_a_lagging_peer_is_resynced(make_cluster, room):
+    """b stops (SIGSTOP) while a publishes far more than a's queue for b holds
+    (64 KiB): a marks b lagging and drops the queue. Once b runs again, its
+    member still gets every message, in order, with no gap or duplicate
+    (filled from a's storage), and both sides count the resync."""
+    cl = make_cluster(ids=("a", "b"), down_after="5s",
+                      flags=("--send-rate", "0", "--cluster-queue-bytes", "64KiB")).start()
+    r = cl.rooms("a", room)[0]
+    member = Member(cl["b"], r, "mb")
+    before = {n: cl[n].metrics().total("roomcast_cluster_resyncs_total") for n in ("a", "b")}
+    body = "x" * 30_000
+    n = 120
+    pub = cl["a"].ws("pa")
+    os.kill(cl["b"].srv.proc.pid, signal.SIGSTOP)
+    try:
+        for i in range(n):
+            pub.send({"op": "send", "room": r, "ref": i, "body": {"i": i, "pad": body}})
+        acks = 0
+        deadline = time.monotonic() + 30
+        while acks < n and time.monotonic() < deadline:
+            m = pub.wait(lambda m: m.get("op") in ("ack", "error"), timeout=10)
+            assert m.get("op") == "ack", m
+            acks += 1
+        lag = cl["a"].cluster_view()
+        assert any(p["id"] == "b" and p["state"] in ("lagging", "up") for p in lag["peers"]), lag
+    finally:
+        os.kill(cl["b"].srv.proc.pid, signal.SIGCONT)
+    pub.close()
+    wait_for(lambda: member.last_seq() >= n, 30,
+             lambda: f"b's member at {member.last_seq()} of {n}; a: {cl['a'].tail()}\nb: {cl['b'].tail()}")
+    member.finish()
+    seqs = [m["seq"] for m in member.msgs]
+    assert seqs == list(range(1, n + 1)), f"b's member saw {_runs(seqs)}"
+    assert [m["body"]["i"] for m in member.msgs] == list(range(n))
+    after = {n_: cl[n_].metrics().total("roomcast_cluster_resyncs_total") for n_ in ("a", "b")}
+    assert after["a"] > before["a"] and after["b"] > before["b"], (before, after)
+    assert not member.problems and not member.dropped
