@@ -1232,7 +1232,10 @@ impl Node {
         }
         // Requests unanswered for `down_after`: the owner is not answering.
         while let Some(&(at, t)) = self.inflight_order.front() {
-            if now.saturating_duration_since(at) < down_after {
+            // Answered ones go at once, so the queue stays about as long as
+            // what is in flight (a ticket given again later is a new entry).
+            let answered = !self.inflight.contains_key(&t);
+            if !answered && now.saturating_duration_since(at) < down_after {
                 break;
             }
             self.inflight_order.pop_front();
