@@ -80,6 +80,7 @@ pub struct Running {
     writer: thread::JoinHandle<()>,
     /// Ends the cluster's threads once the reactors are done.
     cluster_stop: Arc<AtomicBool>,
+    cluster_thread: Option<thread::JoinHandle<()>>,
 }
 
 impl Running {
@@ -101,6 +102,12 @@ impl Running {
         if let Some(c) = &self.shared.cluster {
             if let Some(mb) = self.shared.mailboxes.get(c.mailbox) {
                 let _ = mb.waker.wake();
+            }
+        }
+        // It passes on the reactors' last mail (leaves), briefly.
+        if let Some(t) = self.cluster_thread {
+            if t.join().is_err() {
+                self.shared.fatal("the cluster thread panicked");
             }
         }
         // Every reactor dropped its sender: the writer commits what is left and ends.
@@ -263,12 +270,16 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     let writer = spawn_writer(store, writer_rx, writer_cfg, sink).map_err(|e| startup(format!("store-writer: {e}")))?;
 
     let cluster_stop = Arc::new(AtomicBool::new(false));
+    let mut cluster_thread = None;
     if let (Some(handle), Some(np)) = (cluster, node_parts) {
+        // The receiver thread is not joined: it ends at its next poll
+        // after the stop, and holds nothing that needs saving.
         let (node, _receiver) = Node::new(shared.clone(), handle, np, cluster_stop.clone()).map_err(startup)?;
-        thread::Builder::new()
+        let t = thread::Builder::new()
             .name("cluster".into())
             .spawn(move || node.run())
             .map_err(|e| startup(format!("thread: {e}")))?;
+        cluster_thread = Some(t);
     }
 
     let mut threads = Vec::with_capacity(n);
@@ -282,7 +293,7 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         threads.push(t);
     }
     spawn_signal_thread(shared.clone())?;
-    Ok(Running { plain_addr, tls_addr, page_token, shared, threads, writer, cluster_stop })
+    Ok(Running { plain_addr, tls_addr, page_token, shared, threads, writer, cluster_stop, cluster_thread })
 }
 
 /// `--bus-publish`.

@@ -11,7 +11,7 @@
 //! (`[cluster] queue-bytes`). `Pub0`/`Bus0` are not used for the stream: they
 //! drop under load.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
@@ -24,9 +24,9 @@ use super::wire::{self, Item};
 use super::PeerStats;
 use crate::reactor::mail::{ClusterMail, Mail, Mailbox};
 
-/// How long a blocked send waits for the peer before the frame is dropped
-/// (the peer resyncs when it is back).
-const SEND_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long one blocked send waits before the sender looks at its stop
+/// flag and its queue's generation; it then tries the same frame again.
+const SEND_TIMEOUT: Duration = Duration::from_millis(200);
 /// How often blocked threads look at the stop flag.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -39,6 +39,9 @@ pub struct Outbound {
     rx: Receiver<Item>,
     /// Bytes queued now (by `wire::size_hint`).
     pub queued: Arc<AtomicUsize>,
+    /// Bumped by every `clear`: a frame the sender took before it is
+    /// dropped rather than sent late (the peer resyncs anyway).
+    gen: Arc<AtomicU64>,
 }
 
 impl Outbound {
@@ -50,6 +53,7 @@ impl Outbound {
 
     /// Drops everything queued; returns how many items that was.
     pub fn clear(&self) -> usize {
+        self.gen.fetch_add(1, Ordering::SeqCst);
         let mut n = 0;
         while let Ok(item) = self.rx.try_recv() {
             self.queued.fetch_sub(wire::size_hint(&item).min(self.queued.load(Ordering::Relaxed)), Ordering::Relaxed);
@@ -76,11 +80,11 @@ pub fn dial(addr: &str, stats: Arc<super::Handle>, peer: usize, stop: Arc<Atomic
     let _ = socket.set_opt::<SendTimeout>(Some(SEND_TIMEOUT));
     socket.dial_async(addr).map_err(|e| format!("cluster: cannot dial {addr}: {e}"))?;
     let (tx, rx) = crossbeam_channel::unbounded();
-    let out = Outbound { tx, rx: rx.clone(), queued: Arc::new(AtomicUsize::new(0)) };
-    let queued = out.queued.clone();
+    let out = Outbound { tx, rx: rx.clone(), queued: Arc::new(AtomicUsize::new(0)), gen: Arc::new(AtomicU64::new(0)) };
+    let (queued, gen) = (out.queued.clone(), out.gen.clone());
     thread::Builder::new()
         .name(format!("cluster-send-{peer}"))
-        .spawn(move || send_loop(socket, rx, queued, stats, peer, stop))
+        .spawn(move || send_loop(socket, rx, queued, gen, stats, peer, stop))
         .map_err(|e| format!("cluster: cannot start a sender thread: {e}"))?;
     Ok(out)
 }
@@ -89,6 +93,7 @@ fn send_loop(
     socket: Socket,
     rx: Receiver<Item>,
     queued: Arc<AtomicUsize>,
+    gen: Arc<AtomicU64>,
     handle: Arc<super::Handle>,
     peer: usize,
     stop: Arc<AtomicBool>,
@@ -100,11 +105,14 @@ fn send_loop(
     let mut items = Vec::with_capacity(wire::BATCH_ITEMS);
     loop {
         let first = match rx.recv_timeout(POLL) {
+            // After a stop, what is queued still goes (leaves of the members
+            // that closed in the drain), until the queue is empty.
             Ok(i) => i,
             Err(RecvTimeoutError::Timeout) if stop.load(Ordering::Relaxed) => return,
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => return,
         };
+        let taken_at = gen.load(Ordering::SeqCst);
         let mut bytes = wire::size_hint(&first);
         items.push(first);
         while bytes < wire::BATCH_BYTES && items.len() < wire::BATCH_ITEMS {
@@ -119,20 +127,28 @@ fn send_loop(
         // What the node thread counted in (it may have emptied the queue
         // meanwhile, so never below zero).
         let _ = queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(bytes)));
-        let frame = wire::encode(&items);
+        let mut msg = nng::Message::from(wire::encode(&items).as_slice());
         let n = items.len() as u64;
         items.clear();
-        match socket.send(frame.as_slice()) {
-            Ok(()) => {
-                stats.frames_sent.fetch_add(1, Ordering::Relaxed);
-                stats.records_sent.fetch_add(n, Ordering::Relaxed);
+        // A frame is never dropped from the middle of a link: a lost leave
+        // or delivery would go unnoticed. It is tried until it goes, or the
+        // queue was cleared meanwhile (the peer lagged or went down: both
+        // sides resync), or the server stops.
+        loop {
+            match socket.send(msg) {
+                Ok(()) => {
+                    stats.frames_sent.fetch_add(1, Ordering::Relaxed);
+                    stats.records_sent.fetch_add(n, Ordering::Relaxed);
+                    break;
+                }
+                Err((back, _)) => {
+                    stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
+                    if gen.load(Ordering::SeqCst) != taken_at || stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    msg = back;
+                }
             }
-            Err(_) => {
-                stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        if stop.load(Ordering::Relaxed) {
-            return;
         }
     }
 }
@@ -145,10 +161,10 @@ pub fn listen(addr: &str, node: Mailbox, stop: Arc<AtomicBool>) -> Result<thread
     let _ = socket.set_opt::<RecvTimeout>(Some(POLL));
     let gone = node.clone();
     socket
-        .pipe_notify(move |pipe, ev| {
-            if ev == nng::PipeEvent::RemovePost {
-                post(&gone, ClusterMail::PipeGone(pipe));
-            }
+        .pipe_notify(move |pipe, ev| match ev {
+            nng::PipeEvent::AddPost => post(&gone, ClusterMail::PipeAdded(pipe)),
+            nng::PipeEvent::RemovePost => post(&gone, ClusterMail::PipeGone(pipe)),
+            _ => {}
         })
         .map_err(|e| format!("cluster: {e}"))?;
     socket.listen(addr).map_err(|e| format!("cluster: cannot listen on {addr}: {e}"))?;
@@ -167,6 +183,16 @@ pub fn listen(addr: &str, node: Mailbox, stop: Arc<AtomicBool>) -> Result<thread
             }
         })
         .map_err(|e| format!("cluster: cannot start the receiver thread: {e}"))
+}
+
+/// Closes `pipe`, whatever state nng has it in. `nng::Pipe::close` asserts
+/// that the close worked, but a pipe nng has dropped already (its peer hung
+/// up meanwhile) answers ENOENT: that would be a panic, and every panic is
+/// fatal to the server.
+pub fn close_pipe(pipe: nng::Pipe) {
+    // SAFETY: `nng_pipe_close` takes the pipe by value (an id into nng's
+    // table); an id that no longer names a pipe gets an error, ignored.
+    let _ = unsafe { nng::ffi::nng_pipe_close(pipe.nng_pipe()) };
 }
 
 /// Blocking is fine here: this is not a reactor, and a node thread that

@@ -67,7 +67,7 @@ pub struct PeerStats {
     pub records_received: AtomicU64,
     pub queue_bytes: AtomicU64,
     pub resyncs: AtomicU64,
-    /// Frames the sender gave up on (the peer took none for a while).
+    /// Sends that waited out their timeout (the frame is tried again).
     pub send_timeouts: AtomicU64,
 }
 
@@ -146,9 +146,12 @@ impl Handle {
             ("roomcast_cluster_resyncs_total", "counter", "Resyncs with the peer (reconnects, lagging).", |p| {
                 p.resyncs.load(Relaxed)
             }),
-            ("roomcast_cluster_send_timeouts_total", "counter", "Frames dropped because the peer took none.", |p| {
-                p.send_timeouts.load(Relaxed)
-            }),
+            (
+                "roomcast_cluster_send_timeouts_total",
+                "counter",
+                "Sends the peer took none of for 200 ms (tried again).",
+                |p| p.send_timeouts.load(Relaxed),
+            ),
         ];
         for (name, kind, help, get) in per_peer {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");

@@ -56,6 +56,10 @@ const TICK: Duration = Duration::from_millis(50);
 const HELLO_EVERY: Duration = Duration::from_millis(200);
 const BEAT_EVERY: Duration = Duration::from_millis(250);
 const FILL_RETRY: Duration = Duration::from_millis(200);
+/// Connections to the listener that have not proven themselves, at most.
+const MAX_UNPROVEN: usize = 64;
+/// How long a stopping node waits for its senders to empty their queues.
+const STOP_GRACE: Duration = Duration::from_secs(1);
 /// One log line per peer (or for strangers) this often at most.
 const LOG_EVERY: Duration = Duration::from_secs(5);
 /// What `unavailable` tells a client to wait before retrying.
@@ -137,11 +141,22 @@ enum Held {
 
 impl Hold {
     fn with(first: Held) -> Hold {
-        let bytes = match &first {
-            Held::Deliver { frame, .. } => frame.len(),
-            Held::Answer { .. } => 0,
-        };
+        let bytes = held_bytes(&first);
         Hold { items: VecDeque::from([first]), bytes, ..Hold::default() }
+    }
+
+    fn push(&mut self, item: Held) {
+        self.bytes += held_bytes(&item);
+        self.items.push_back(item);
+    }
+}
+
+/// What a held item costs (a join answer carries its replay).
+fn held_bytes(h: &Held) -> usize {
+    match h {
+        Held::Deliver { frame, .. } => frame.len(),
+        Held::Answer { reply: Reply::Joined { replay, .. }, .. } => replay.iter().map(Bytes::len).sum(),
+        Held::Answer { .. } => 0,
     }
 }
 
@@ -156,6 +171,9 @@ pub struct Node {
     reactors: usize,
     peers: Vec<Option<Peer>>,
     pipes: HashMap<nng::Pipe, u16>,
+    /// Connections that have not bound yet, since when (closed after
+    /// `down_after`, or at once past `MAX_UNPROVEN`).
+    unproven: HashMap<nng::Pipe, Instant>,
     remotes: HashMap<RoomName, Remote>,
     inflight: HashMap<u32, Pending>,
     /// Tickets in the order they were given, for timeouts.
@@ -282,6 +300,7 @@ impl Node {
             reactors,
             peers,
             pipes: HashMap::new(),
+            unproven: HashMap::new(),
             remotes: HashMap::new(),
             inflight: HashMap::new(),
             inflight_order: VecDeque::new(),
@@ -303,6 +322,20 @@ impl Node {
         let mut next_tick = Instant::now();
         loop {
             if self.stop.load(Relaxed) {
+                // The reactors are done: what they left (the leaves of the
+                // members closed in the drain) still goes to the senders.
+                while let Ok(m) = self.inbox.rx.try_recv() {
+                    self.mail(m);
+                }
+                self.flush();
+                // Give the senders a moment to pass it on (not forever: a
+                // peer that is down takes nothing).
+                let until = Instant::now().checked_add(STOP_GRACE);
+                while until.is_some_and(|t| Instant::now() < t)
+                    && self.peers.iter().flatten().any(|p| !p.out.is_empty())
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return;
             }
             let now = Instant::now();
@@ -355,7 +388,18 @@ impl Node {
                 }
             }
             ClusterMail::Inbound { pipe, items } => self.inbound(pipe, items),
+            ClusterMail::PipeAdded(pipe) => {
+                // Anyone may connect; only a few may wait to prove
+                // themselves, and not for long (see `tick`).
+                if self.unproven.len() >= MAX_UNPROVEN {
+                    self.log(u16::MAX, "too many connections that sent no good hello: closing a new one");
+                    link::close_pipe(pipe);
+                } else {
+                    self.unproven.insert(pipe, Instant::now());
+                }
+            }
             ClusterMail::PipeGone(pipe) => {
+                self.unproven.remove(&pipe);
                 if let Some(p) = self.pipes.remove(&pipe) {
                     self.link_lost(p, "its connection closed");
                 }
@@ -533,13 +577,12 @@ impl Node {
             r.live = Some(s);
         }
         if let Some(h) = &mut r.hold {
-            h.bytes += frame.len();
-            h.items.push_back(Held::Deliver { seq, frame });
+            h.push(Held::Deliver { seq, frame });
             if h.bytes > HOLD_BYTES {
-                // The fill fetches them again; a held presence change is
-                // lost with them (the next one corrects the view).
-                h.items.retain(|i| matches!(i, Held::Answer { .. }));
-                h.bytes = 0;
+                // The fill fetches the messages again; answers and
+                // presence changes (which no fill brings back) stay.
+                h.items.retain(|i| !matches!(i, Held::Deliver { seq: Some(_), .. }));
+                h.bytes = h.items.iter().map(held_bytes).sum();
             }
             return Ok(());
         }
@@ -568,8 +611,7 @@ impl Node {
     fn pass(&mut self, owner: u16, room: &RoomName, seq: Option<u64>, frame: Bytes) {
         let Some(r) = self.remotes.get_mut(room) else { return };
         if let Some(h) = &mut r.hold {
-            h.bytes += frame.len();
-            return h.items.push_back(Held::Deliver { seq, frame });
+            return h.push(Held::Deliver { seq, frame });
         }
         match (seq, r.last) {
             (Some(s), Some(last)) if s <= last => {}
@@ -600,8 +642,7 @@ impl Node {
         }
         let Some(r) = self.remotes.get_mut(&room) else { return self.answer_local(to, reply) };
         if let Some(h) = &mut r.hold {
-            h.items.push_back(Held::Answer { to, reply });
-            return;
+            return h.push(Held::Answer { to, reply });
         }
         let Reply::Joined { last, .. } = &reply else { return };
         match r.last {
@@ -662,6 +703,11 @@ impl Node {
                 let got = !page.is_empty();
                 for m in page {
                     let Some(seq) = seq_of(&m) else { continue };
+                    // What the stream had before this seq goes first: a
+                    // joiner answered at `L < seq` must be listed before
+                    // `seq` goes out, or it would miss it.
+                    self.let_out_before(&room, seq);
+                    let Some(r) = self.remotes.get_mut(&room) else { return };
                     if r.last.is_none_or(|l| seq > l) {
                         r.last = Some(seq);
                         Self::broadcast(&mut self.outbox, &room, &r.per_reactor, &m.frame);
@@ -674,6 +720,38 @@ impl Node {
                 }
             }
             _ => h.retry_at = Instant::now().checked_add(FILL_RETRY),
+        }
+    }
+
+    /// Hands on the held items the owner's stream put before `seq`: its
+    /// deliveries below it and the joins it answered at a seq below it.
+    fn let_out_before(&mut self, room: &RoomName, seq: u64) {
+        loop {
+            let Some(r) = self.remotes.get_mut(room) else { return };
+            let Some(h) = r.hold.as_mut() else { return };
+            let before = match h.items.front() {
+                Some(Held::Deliver { seq: None, .. }) => true,
+                Some(Held::Deliver { seq: Some(s), .. }) => *s < seq,
+                Some(Held::Answer { reply: Reply::Joined { last, .. }, .. }) => *last < seq,
+                Some(Held::Answer { .. }) => true,
+                None => false,
+            };
+            if !before {
+                return;
+            }
+            let Some(item) = h.items.pop_front() else { return };
+            h.bytes = h.bytes.saturating_sub(held_bytes(&item));
+            match item {
+                Held::Deliver { seq, frame } => {
+                    if seq.is_none_or(|s| r.last.is_none_or(|l| s > l)) {
+                        if seq.is_some() {
+                            r.last = seq;
+                        }
+                        Self::broadcast(&mut self.outbox, room, &r.per_reactor, &frame);
+                    }
+                }
+                Held::Answer { to, reply } => self.answer_local(to, reply),
+            }
         }
     }
 
@@ -842,7 +920,9 @@ impl Node {
             match item {
                 Item::Forward(f) => {
                     let (room, member) = match f {
-                        Forward::Join { room, member, .. } | Forward::Leave { room, member, .. } => (room, Some(*member)),
+                        Forward::Join { room, member, .. } | Forward::Leave { room, member, .. } => {
+                            (room, Some(*member))
+                        }
                         Forward::Publish { room, body, .. } => {
                             if msg::check_body(body, depth).is_err() {
                                 return Err("a body past the limits");
@@ -951,36 +1031,50 @@ impl Node {
             let who = idx.map_or(u16::MAX, |i| i as u16);
             self.log(who, &format!("refused a hello from {:?}: {why}", h.node));
         }
+        // A pipe proven as one node does not speak for another.
+        let bound_to = self.pipes.get(&pipe).copied();
+        let why = why.or_else(|| {
+            bound_to.filter(|b| idx.is_some_and(|i| i != *b as usize)).map(|_| "a pipe bound to another node".into())
+        });
         let Some(idx) = idx.filter(|_| why.is_none()) else {
-            // The pipe is not closed (closing a pipe from this thread while
-            // nng works on its socket crashed nng-sys 1.4.0-rc.0): it stays
-            // unbound, so nothing else it sends is taken.
             self.handle.stats.hellos_refused.fetch_add(1, Relaxed);
+            self.unproven.remove(&pipe);
             if let Some(p) = self.pipes.remove(&pipe) {
                 self.link_lost(p, "it sent a bad hello");
             }
+            link::close_pipe(pipe);
             return Err(());
         };
-        let restarted = {
+        // Only a hello that echoes our current nonce (or comes on the pipe
+        // it proved) is acted on: a replayed one may teach us a stale nonce
+        // (the next real hello corrects it) but cannot mark the peer
+        // restarted, keep it fresh or bind a pipe.
+        let (fresh, restarted) = {
             let Some(p) = self.peers.get_mut(idx).and_then(|p| p.as_mut()) else { return Err(()) };
-            p.incarnation.is_some_and(|i| i != h.incarnation)
+            let fresh = h.echo == p.my_nonce;
+            (fresh, fresh && p.incarnation.is_some_and(|i| i != h.incarnation))
         };
         if restarted {
             self.peer_down(idx as u16, "it restarted");
         }
+        let on_bound = bound_to == Some(idx as u16);
         let Some(p) = self.peers.get_mut(idx).and_then(|p| p.as_mut()) else { return Err(()) };
-        p.incarnation = Some(h.incarnation);
         let news = p.peer_nonce != h.nonce;
         p.peer_nonce = h.nonce;
-        p.last_rx = Some(Instant::now());
+        if fresh || on_bound {
+            p.incarnation = Some(h.incarnation);
+            p.last_rx = Some(Instant::now());
+        }
         let mut bound = false;
-        if p.pipe != Some(pipe) && h.echo == p.my_nonce {
+        if p.pipe != Some(pipe) && fresh {
             if let Some(old) = p.pipe.replace(pipe) {
                 self.pipes.remove(&old);
+                link::close_pipe(old);
             }
             // A captured hello cannot bind another pipe.
             p.my_nonce = nonce();
             self.pipes.insert(pipe, idx as u16);
+            self.unproven.remove(&pipe);
             bound = true;
         }
         // Answer at once when the peer learnt something it needs (our
@@ -1040,11 +1134,11 @@ impl Node {
         self.handle.stats.bad_frames.fetch_add(1, Relaxed);
         let id = self.node_id(from);
         self.log(from, &format!("dropped the link from node {id}: {why}"));
-        // Unbound rather than closed (see `hello`): the peer must prove
-        // itself again before anything else it sends is taken.
         if let Some(p) = self.pipes.remove(&pipe) {
             self.link_lost(p, "it sent a bad frame");
         }
+        // Its peer dials again and must prove itself again.
+        link::close_pipe(pipe);
     }
 
     /// The peer's pipe is gone: not up until a new hello binds one. What
@@ -1126,6 +1220,7 @@ impl Node {
         let down_after = self.handle.config.down_after;
         let now = Instant::now();
         let mut came_up = Vec::new();
+        let mut went = Vec::new();
         for p in self.peers.iter_mut().flatten() {
             let fresh = p.last_rx.is_some_and(|t| now.saturating_duration_since(t) < down_after);
             let up = p.pipe.is_some() && p.heard && fresh;
@@ -1135,6 +1230,7 @@ impl Node {
                 eprintln!("roomcast: cluster: node {} is up", p.id);
             } else if p.up && !up {
                 eprintln!("roomcast: cluster: lost node {}", p.id);
+                went.push(p.idx);
             }
             if up || p.up {
                 p.up_until = now;
@@ -1144,6 +1240,10 @@ impl Node {
             if s.state() != LinkState::Lagging || !up {
                 s.state.store(if up { LinkState::Up } else { LinkState::Down } as u8, Relaxed);
             }
+        }
+        // Either direction broke: what was in flight may be lost.
+        for p in went {
+            self.fail_inflight(p, "the link broke");
         }
         for p in came_up {
             self.resync(p);
@@ -1229,6 +1329,17 @@ impl Node {
             if s.state() == LinkState::Lagging && q < self.handle.config.queue_bytes / 4 {
                 s.state.store(LinkState::Up as u8, Relaxed);
             }
+        }
+        // Connections that did not prove themselves in time.
+        let late: Vec<nng::Pipe> = self
+            .unproven
+            .iter()
+            .filter(|(_, t)| now.saturating_duration_since(**t) >= down_after)
+            .map(|(p, _)| *p)
+            .collect();
+        for pipe in late {
+            self.unproven.remove(&pipe);
+            link::close_pipe(pipe);
         }
         // Requests unanswered for `down_after`: the owner is not answering.
         while let Some(&(at, t)) = self.inflight_order.front() {

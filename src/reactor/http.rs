@@ -9,7 +9,7 @@ use crate::metrics::CloseReason;
 use crate::proto::http::{self, HttpError, Method, Request, UpgradeError};
 use crate::proto::msg;
 use crate::proto::ws::{accept_key, Decoder};
-use crate::rooms::{owner_of, RoomName, UserId};
+use crate::rooms::{RoomName, UserId};
 
 use super::conn::{Pending, State, TokenBucket, WsKind, WsState};
 use super::mail::{Asker, HttpAnswer, Mail};
@@ -261,7 +261,7 @@ impl Reactor {
         }
         let room: RoomName = RoomName::from(room);
         let asker = Asker::http(self.conn_ref(key));
-        let owner = owner_of(&room, self.shared.reactors());
+        let owner = Reactor::owner_at(&self.shared, &room);
         let command = match (what, req.method) {
             ("presence", _) => Command::Presence(Presence { room, asker }),
             ("messages", Method::Post) => {

@@ -77,12 +77,25 @@ pub enum ClusterMail {
     /// connection that asked.
     Forward(Command<Asker>),
     /// From an owner: a frame for the members of `room` on `peer`.
-    Deliver { peer: u16, room: RoomName, seq: Option<u64>, frame: Bytes },
+    Deliver {
+        peer: u16,
+        room: RoomName,
+        seq: Option<u64>,
+        frame: Bytes,
+    },
     /// From an owner: the answer to a request `peer` forwarded.
-    Answer { peer: u16, ticket: u32, reply: Reply },
+    Answer {
+        peer: u16,
+        ticket: u32,
+        reply: Reply,
+    },
     /// From the link's receiver thread: a frame that came on `pipe`.
-    Inbound { pipe: nng::Pipe, items: Result<Vec<crate::cluster::wire::Item>, crate::cluster::wire::WireError> },
-    /// A peer's connection went away.
+    Inbound {
+        pipe: nng::Pipe,
+        items: Result<Vec<crate::cluster::wire::Item>, crate::cluster::wire::WireError>,
+    },
+    /// A connection to the listener came (not proven yet) or went away.
+    PipeAdded(nng::Pipe),
     PipeGone(nng::Pipe),
 }
 

@@ -80,6 +80,16 @@ impl Reactor {
         }
     }
 
+    /// The mailbox a command for `room` goes to: its owner reactor's, or
+    /// the cluster node thread's when another node owns the room (so that
+    /// `backed_up` looks at the right queue).
+    pub(super) fn owner_at(shared: &super::Shared, room: &str) -> usize {
+        match &shared.cluster {
+            Some(cl) if cl.owner(room).is_some() => cl.mailbox,
+            _ => crate::rooms::owner_of(room, shared.reactors()),
+        }
+    }
+
     /// Sends `c` to the room's owner: a plain call when that is this
     /// reactor, the cluster node thread when another node owns the room.
     pub(super) fn ask_owner(&mut self, owner: usize, c: core::Command<Asker>) {
@@ -204,7 +214,11 @@ impl Reactor {
                 Box::new(move |store| {
                     let page = store.page(&room, after, before, limit, oldest_first).map_err(|e| e.to_string());
                     let reply = core::page_reply(&room, page, oldest_first, budget);
-                    let to = asker.reactor();
+                    // A peer's page goes back through this owner: its node
+                    // then gets it after every delivery the page holds (the
+                    // page stops at what was delivered when it was asked
+                    // for), on the same FIFO link (see `cluster::node`).
+                    let to = if matches!(asker.kind, AskerKind::Peer(_)) { me } else { asker.reactor() };
                     shared.post_from_thread(to, Mail::Answer(Answer { to: asker, reply }));
                 })
             }

@@ -221,7 +221,7 @@ impl Reactor {
                 if let Err(e) = msg::check_body(body.get(), max_depth) {
                     return self.reply(key, msg::encode_error(r#ref.as_ref(), "bad_request", &e.to_string(), None));
                 }
-                let owner = owner_of(&room, reactors);
+                let owner = Reactor::owner_at(&self.shared, &room);
                 if owner != self.id && !self.overflow[owner].is_empty() {
                     // The owner's mailbox is backed up (see `backed_up`).
                     let e =
