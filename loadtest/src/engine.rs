@@ -117,18 +117,22 @@ pub enum Role {
     Idle { room: Option<u32> },
 }
 
-/// One connection to set up: its role and user id.
+/// One connection to set up: its role, user id and target.
 #[derive(Debug, Clone)]
 pub struct ConnSpec {
     pub role: Role,
     pub user: String,
     /// Index for source-address spreading.
     pub index: usize,
+    /// Which of the plan's targets it connects to (wraps around).
+    pub target: usize,
 }
 
 /// Everything a worker thread needs.
 pub struct Plan {
-    pub target: Target,
+    /// Every server URL of the run (at least one); a connection picks one by
+    /// its spec's `target`.
+    pub targets: Arc<Vec<Target>>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub sources: u32,
     pub creds: Arc<Credentials>,
@@ -141,6 +145,18 @@ pub struct Plan {
     /// Connect scenario: total connections over all threads.
     pub connect_total: u64,
     pub setup_concurrency: usize,
+}
+
+impl Plan {
+    /// The target for index `i`, wrapping around; `None` only for a plan
+    /// built without targets.
+    pub fn target(&self, i: usize) -> Option<&Target> {
+        let n = self.targets.len();
+        if n == 0 {
+            return None;
+        }
+        self.targets.get(i % n)
+    }
 }
 
 /// State shared between the coordinator and the workers.
@@ -197,6 +213,9 @@ pub struct Tally {
     pub ack_hist: Histogram<u64>,
     /// Time to the 101 answer (connect scenario, ns).
     pub upgrade_hist: Histogram<u64>,
+    /// Members' delivery latency (ns) by the index of the target they are
+    /// connected to (grown on first use; empty for other scenarios).
+    pub hist_by_target: Vec<Histogram<u64>>,
     pub violations: Violations,
     /// Units inside the window (deliveries, round trips, connections, acks).
     pub units: u64,
@@ -213,6 +232,7 @@ impl Tally {
             hist: new_hist(),
             ack_hist: new_hist(),
             upgrade_hist: new_hist(),
+            hist_by_target: Vec::new(),
             violations: Violations::default(),
             units: 0,
             sent_in_window: 0,
@@ -230,6 +250,11 @@ impl Tally {
         let _ = self.hist.add(&other.hist);
         let _ = self.ack_hist.add(&other.ack_hist);
         let _ = self.upgrade_hist.add(&other.upgrade_hist);
+        for (i, h) in other.hist_by_target.iter().enumerate() {
+            if let Some(mine) = self.target_hist(i) {
+                let _ = mine.add(h);
+            }
+        }
         self.violations.gaps += other.violations.gaps;
         self.violations.missing += other.violations.missing;
         self.violations.dups += other.violations.dups;
@@ -245,6 +270,18 @@ impl Tally {
     pub fn empty() -> Tally {
         Tally::new()
     }
+
+    /// The histogram of target `i`, grown to it; `None` past 64 targets
+    /// (the vector is sized by what the plan names, never by the server).
+    fn target_hist(&mut self, i: usize) -> Option<&mut Histogram<u64>> {
+        if i >= 64 {
+            return None;
+        }
+        while self.hist_by_target.len() <= i {
+            self.hist_by_target.push(new_hist());
+        }
+        self.hist_by_target.get_mut(i)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +295,8 @@ struct Conn {
     t: Transport,
     phase: Phase,
     role: Role,
+    /// Index of its target in the plan.
+    target: usize,
     out: Vec<u8>,
     out_pos: usize,
     /// The unfinished frame (or response head) from the last read.
@@ -421,7 +460,8 @@ impl Worker<'_> {
             if n >= self.plan.connect_total {
                 return;
             }
-            let spec = ConnSpec { role: Role::Connect, user: "lt-connect".to_string(), index: n as usize };
+            let spec =
+                ConnSpec { role: Role::Connect, user: "lt-connect".to_string(), index: n as usize, target: n as usize };
             if let Err(e) = self.open(&spec) {
                 self.shared.note_error(format!("connect: {e}"));
                 self.shared.failed.fetch_add(1, Ordering::AcqRel);
@@ -432,7 +472,9 @@ impl Worker<'_> {
 
     fn open(&mut self, spec: &ConnSpec) -> io::Result<usize> {
         let plan = self.plan;
-        let mut sock = net::connect(&plan.target, spec.index, plan.sources)?;
+        let target = plan.target(spec.target).ok_or_else(|| io::Error::other("no target"))?;
+        let target_ix = spec.target % plan.targets.len().max(1);
+        let mut sock = net::connect(target, spec.index, plan.sources)?;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         self.poll.registry().register(&mut sock, Token(key), Interest::READABLE | Interest::WRITABLE)?;
@@ -447,12 +489,13 @@ impl Worker<'_> {
             ),
             Credentials::Anonymous => (format!("user={}", spec.user), None),
         };
-        let t = Transport::new(sock, plan.tls.as_ref(), &plan.target)?;
+        let t = Transport::new(sock, plan.tls.as_ref(), target)?;
         entry.insert(Conn {
             t,
             phase: Phase::Connecting,
             role: spec.role,
-            out: net::upgrade_request(&plan.target, &query, bearer.as_deref()),
+            target: target_ix,
+            out: net::upgrade_request(target, &query, bearer.as_deref()),
             out_pos: 0,
             left: Vec::new(),
             check: SeqCheck::default(),
@@ -863,8 +906,13 @@ impl Worker<'_> {
                     }
                     SeqVerdict::Dup | SeqVerdict::BeforeJoin => self.tally.violations.dups += 1,
                 }
+                let target = conn.target;
                 if in_window {
-                    self.tally.hist.saturating_record(latency_ns(t, now));
+                    let ns = latency_ns(t, now);
+                    self.tally.hist.saturating_record(ns);
+                    if let Some(h) = self.tally.target_hist(target) {
+                        h.saturating_record(ns);
+                    }
                     self.tally.units += 1;
                     self.unreported_units += 1;
                 }
@@ -973,5 +1021,41 @@ mod tests {
         assert_eq!(a.hist.len(), 2);
         assert_eq!(a.units, 3);
         assert_eq!(a.violations.gaps, 1);
+    }
+
+    #[test]
+    fn per_target_histograms_merge_by_index() {
+        let mut a = Tally::empty();
+        let mut b = Tally::empty();
+        if let Some(h) = a.target_hist(0) {
+            h.saturating_record(5);
+        }
+        if let Some(h) = b.target_hist(2) {
+            h.saturating_record(7);
+        }
+        a.merge(&b);
+        let lens: Vec<u64> = a.hist_by_target.iter().map(Histogram::len).collect();
+        assert_eq!(lens, vec![1, 0, 1]);
+        assert!(a.target_hist(64).is_none());
+    }
+
+    #[test]
+    fn plan_targets_wrap_around() {
+        let t = |port: u16| net::parse_url(&format!("ws://127.0.0.1:{port}/v1/ws")).ok();
+        let targets: Vec<Target> = [t(1), t(2), t(3)].into_iter().flatten().collect();
+        let plan = Plan {
+            targets: Arc::new(targets),
+            tls: None,
+            sources: 1,
+            creds: Arc::new(Credentials::Anonymous),
+            rooms: Arc::new(Vec::new()),
+            body_bytes: 0,
+            specs: Vec::new(),
+            connect_slots: 0,
+            connect_total: 0,
+            setup_concurrency: 1,
+        };
+        let port = |i| plan.target(i).map(|t| t.addr.port());
+        assert_eq!([port(0), port(1), port(2), port(3), port(7)], [Some(1), Some(2), Some(3), Some(1), Some(2)]);
     }
 }
