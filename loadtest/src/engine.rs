@@ -140,6 +140,9 @@ pub struct Plan {
     pub body_bytes: usize,
     /// Connections to set up before `go`.
     pub specs: Vec<ConnSpec>,
+    /// Per room, the group its delivery and ack latency is also recorded
+    /// under (a fanout's publish URL); empty: no groups.
+    pub room_groups: Arc<Vec<usize>>,
     /// Connect scenario: connections cycled concurrently by this thread.
     pub connect_slots: usize,
     /// Connect scenario: total connections over all threads.
@@ -216,6 +219,9 @@ pub struct Tally {
     /// Members' delivery latency (ns) by the index of the target they are
     /// connected to (grown on first use; empty for other scenarios).
     pub hist_by_target: Vec<Histogram<u64>>,
+    /// Delivery and ack latency (ns) by the room's group (`Plan::room_groups`).
+    pub hist_by_group: Vec<Histogram<u64>>,
+    pub ack_hist_by_group: Vec<Histogram<u64>>,
     pub violations: Violations,
     /// Units inside the window (deliveries, round trips, connections, acks).
     pub units: u64,
@@ -233,6 +239,8 @@ impl Tally {
             ack_hist: new_hist(),
             upgrade_hist: new_hist(),
             hist_by_target: Vec::new(),
+            hist_by_group: Vec::new(),
+            ack_hist_by_group: Vec::new(),
             violations: Violations::default(),
             units: 0,
             sent_in_window: 0,
@@ -250,9 +258,15 @@ impl Tally {
         let _ = self.hist.add(&other.hist);
         let _ = self.ack_hist.add(&other.ack_hist);
         let _ = self.upgrade_hist.add(&other.upgrade_hist);
-        for (i, h) in other.hist_by_target.iter().enumerate() {
-            if let Some(mine) = self.target_hist(i) {
-                let _ = mine.add(h);
+        for (mine, theirs) in [
+            (&mut self.hist_by_target, &other.hist_by_target),
+            (&mut self.hist_by_group, &other.hist_by_group),
+            (&mut self.ack_hist_by_group, &other.ack_hist_by_group),
+        ] {
+            for (i, h) in theirs.iter().enumerate() {
+                if let Some(m) = grown(mine, i) {
+                    let _ = m.add(h);
+                }
             }
         }
         self.violations.gaps += other.violations.gaps;
@@ -271,17 +285,30 @@ impl Tally {
         Tally::new()
     }
 
-    /// The histogram of target `i`, grown to it; `None` past 64 targets
-    /// (the vector is sized by what the plan names, never by the server).
+    /// The histogram of target `i`, grown to it.
     fn target_hist(&mut self, i: usize) -> Option<&mut Histogram<u64>> {
-        if i >= 64 {
-            return None;
-        }
-        while self.hist_by_target.len() <= i {
-            self.hist_by_target.push(new_hist());
-        }
-        self.hist_by_target.get_mut(i)
+        grown(&mut self.hist_by_target, i)
     }
+}
+
+/// The latency group of a member's or publisher's room, if the plan has groups.
+fn room_group(plan: &Plan, role: Role) -> Option<usize> {
+    match role {
+        Role::Member { room } | Role::Publisher { room, .. } => plan.room_groups.get(room as usize).copied(),
+        _ => None,
+    }
+}
+
+/// Histogram `i` of `v`, growing `v` to it; `None` past 64 (the vectors are
+/// sized by what the plan names, never by what a server sends).
+fn grown(v: &mut Vec<Histogram<u64>>, i: usize) -> Option<&mut Histogram<u64>> {
+    if i >= 64 {
+        return None;
+    }
+    while v.len() <= i {
+        v.push(new_hist());
+    }
+    v.get_mut(i)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -907,10 +934,14 @@ impl Worker<'_> {
                     SeqVerdict::Dup | SeqVerdict::BeforeJoin => self.tally.violations.dups += 1,
                 }
                 let target = conn.target;
+                let group = room_group(self.plan, conn.role);
                 if in_window {
                     let ns = latency_ns(t, now);
                     self.tally.hist.saturating_record(ns);
                     if let Some(h) = self.tally.target_hist(target) {
+                        h.saturating_record(ns);
+                    }
+                    if let Some(h) = group.and_then(|g| grown(&mut self.tally.hist_by_group, g)) {
                         h.saturating_record(ns);
                     }
                     self.tally.units += 1;
@@ -922,8 +953,13 @@ impl Worker<'_> {
                 let in_window = self.in_window(intended);
                 let conn = self.conns.get_mut(key)?;
                 conn.inflight = conn.inflight.saturating_sub(1);
+                let group = room_group(self.plan, conn.role);
                 if in_window {
-                    self.tally.ack_hist.saturating_record(latency_ns(intended, now));
+                    let ns = latency_ns(intended, now);
+                    self.tally.ack_hist.saturating_record(ns);
+                    if let Some(h) = group.and_then(|g| grown(&mut self.tally.ack_hist_by_group, g)) {
+                        h.saturating_record(ns);
+                    }
                     self.tally.acks_in_window += 1;
                     if !self.has_members {
                         // No members: acks are the unit (durable).
@@ -1051,6 +1087,7 @@ mod tests {
             rooms: Arc::new(Vec::new()),
             body_bytes: 0,
             specs: Vec::new(),
+            room_groups: Arc::new(Vec::new()),
             connect_slots: 0,
             connect_total: 0,
             setup_concurrency: 1,

@@ -158,10 +158,12 @@ pub struct FanoutArgs {
     /// diffs to the room while members join).
     #[arg(long)]
     pub distinct_users: bool,
-    /// Connect every publisher here instead of spreading them over `--url`
-    /// (a cluster: publish through one chosen node).
-    #[arg(long)]
-    pub publish_url: Option<String>,
+    /// Connect publishers here instead of spreading them over `--url` (a
+    /// cluster: publish through a chosen node). Repeated (or a list), room
+    /// `r`'s publishers use the `r % k`-th, and latency is also reported per
+    /// publish URL, measured in the same window.
+    #[arg(long, value_delimiter = ',', action = ArgAction::Append)]
+    pub publish_url: Vec<String>,
     /// Use these room names (comma-separated) instead of fresh ones; their
     /// number replaces `--rooms` (a cluster: rooms owned by one chosen node).
     #[arg(long, value_delimiter = ',', action = ArgAction::Append)]
@@ -308,6 +310,7 @@ fn plans(common: &Common, env: &Env, rooms: Vec<String>, body_bytes: usize, spec
             rooms: rooms.clone(),
             body_bytes,
             specs,
+            room_groups: Arc::new(Vec::new()),
             connect_slots: 0,
             connect_total: 0,
             setup_concurrency: common.setup_concurrency,
@@ -574,9 +577,12 @@ fn params<T: Serialize>(common: &Common, args: &T) -> serde_json::Value {
 pub struct FanoutLayout {
     pub rooms: Vec<String>,
     pub specs: Vec<ConnSpec>,
-    /// The URLs by target index: the `--url`s, then `--publish-url` when it
-    /// is not one of them.
+    /// The URLs by target index: the `--url`s, then each `--publish-url`
+    /// that is not one of them.
     pub urls: Vec<String>,
+    /// Per room, the index in `--publish-url` its publishers use (empty
+    /// without `--publish-url`).
+    pub room_groups: Vec<usize>,
 }
 
 /// Rooms and connections of a fanout run. Member `m` of every room goes to
@@ -591,13 +597,19 @@ pub fn fanout_layout(urls: &[String], a: &FanoutArgs, tag: &str) -> FanoutLayout
     };
     let mut urls = urls.to_vec();
     let n = urls.len().max(1);
-    let publish_target = a.publish_url.as_ref().map(|p| match urls.iter().position(|u| u == p) {
-        Some(i) => i,
-        None => {
-            urls.push(p.clone());
-            urls.len() - 1
-        }
-    });
+    let mut publish_targets = Vec::new();
+    for p in &a.publish_url {
+        let t = match urls.iter().position(|u| u == p) {
+            Some(i) => i,
+            None => {
+                urls.push(p.clone());
+                urls.len() - 1
+            }
+        };
+        publish_targets.push(t);
+    }
+    let k = publish_targets.len();
+    let room_groups: Vec<usize> = if k == 0 { Vec::new() } else { (0..rooms.len()).map(|r| r % k).collect() };
     let n_rooms = rooms.len() as u32;
     let mut specs = Vec::new();
     for r in 0..n_rooms {
@@ -619,12 +631,16 @@ pub fn fanout_layout(urls: &[String], a: &FanoutArgs, tag: &str) -> FanoutLayout
                 role: Role::Publisher { room: r, schedule, window: a.window.max(1) },
                 user: format!("lt-p{r}-{p}"),
                 index: specs.len(),
-                target: publish_target.unwrap_or(j as usize % n),
+                target: room_groups
+                    .get(r as usize)
+                    .and_then(|&g| publish_targets.get(g))
+                    .copied()
+                    .unwrap_or(j as usize % n),
             });
             j += 1;
         }
     }
-    FanoutLayout { rooms, specs, urls }
+    FanoutLayout { rooms, specs, urls, room_groups }
 }
 
 /// `fanout`: members per room, publishers on a schedule or flat out.
@@ -633,7 +649,11 @@ pub fn fanout(common: &Common, a: &FanoutArgs) -> Result<RunResult, RunError> {
     let layout = fanout_layout(&common.url, a, &tag);
     let extra: Vec<&str> = layout.urls.iter().skip(common.url.len()).map(String::as_str).collect();
     let env = env_with(common, false, &extra)?;
-    let plans = plans(common, &env, layout.rooms, a.body_bytes, layout.specs);
+    let mut plans = plans(common, &env, layout.rooms, a.body_bytes, layout.specs);
+    let groups = Arc::new(layout.room_groups);
+    for p in &mut plans {
+        p.room_groups = groups.clone();
+    }
     let m = coordinate(common, plans, common.warmup.unwrap_or(Duration::from_secs(2)), None)?;
     let expected = m.tally.sent_in_window * u64::from(a.members);
     let units = m.tally.units;
@@ -651,8 +671,26 @@ pub fn fanout(common: &Common, a: &FanoutArgs) -> Result<RunResult, RunError> {
         }
         map
     });
+    let by_publish_url = (a.publish_url.len() > 1).then(|| {
+        // Delivery and ack latency by the URL the room's publishers use.
+        let mut map = serde_json::Map::new();
+        for (g, url) in a.publish_url.iter().enumerate() {
+            let p = m.tally.hist_by_group.get(g).map(percentiles).unwrap_or_default();
+            let ack = m.tally.ack_hist_by_group.get(g).map(percentiles).unwrap_or_default();
+            map.insert(
+                url.clone(),
+                serde_json::json!({"count": p.count, "p50_us": p.p50_us, "p99_us": p.p99_us,
+                                   "p999_us": p.p999_us, "max_us": p.max_us,
+                                   "ack_count": ack.count, "ack_p50_us": ack.p50_us, "ack_p99_us": ack.p99_us}),
+            );
+        }
+        map
+    });
     let mut r = finish_result("fanout", "delivery", common, params(common, a), m, units);
     r.counts.insert("deliveries_expected".into(), expected.into());
+    if let Some(map) = by_publish_url {
+        r.counts.insert("latency_by_publish_url".into(), map.into());
+    }
     r.counts.insert("undelivered".into(), expected.saturating_sub(units).into());
     if let Some(map) = by_url {
         r.counts.insert("latency_by_url".into(), map.into());
@@ -980,7 +1018,7 @@ mod tests {
         let cli = parse(&["--rooms", "2", "--members", "3", "--publishers", "2"]);
         assert_eq!(cli.common.url, vec!["ws://127.0.0.1:8080/v1/ws".to_string()]);
         assert!(cli.common.server_pid.is_empty());
-        assert_eq!(cli.args.publish_url, None);
+        assert!(cli.args.publish_url.is_empty());
         let l = fanout_layout(&cli.common.url, &cli.args, "t");
         assert_eq!(l.urls, cli.common.url);
         assert_eq!(l.rooms, vec!["t-r0".to_string(), "t-r1".to_string()]);
@@ -1030,6 +1068,34 @@ mod tests {
         assert_eq!(l.urls, vec![A.to_string(), B.to_string(), other.to_string()]);
         assert_eq!(targets(&l, publisher), vec![2, 2, 2]);
         assert!(targets(&l, member).iter().all(|&t| t < 2));
+        assert_eq!(l.room_groups, vec![0]);
+    }
+
+    #[test]
+    fn several_publish_urls_alternate_by_room() {
+        let cli = parse(&[
+            "--url",
+            A,
+            "--url",
+            B,
+            "--url",
+            C,
+            "--publish-url",
+            &format!("{A},{B}"),
+            "--rooms",
+            "3",
+            "--members",
+            "3",
+            "--publishers",
+            "2",
+        ]);
+        let l = fanout_layout(&cli.common.url, &cli.args, "t");
+        assert_eq!(l.urls.len(), 3);
+        // Room r's publishers use publish URL r % 2: rooms 0 and 2 through A, room 1 through B.
+        assert_eq!(l.room_groups, vec![0, 1, 0]);
+        assert_eq!(targets(&l, publisher), vec![0, 0, 1, 1, 0, 0]);
+        // Members are spread as without it.
+        assert_eq!(targets(&l, member), vec![0, 1, 2, 0, 1, 2, 0, 1, 2]);
     }
 
     #[test]
