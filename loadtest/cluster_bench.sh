@@ -5,7 +5,7 @@
 # The work is done by cluster_bench.py (standard library only); it writes
 # docs/bench/results/cluster-latency.txt and cluster-scale.txt.
 #
-#   loadtest/cluster_bench.sh                  # about 10 minutes
+#   loadtest/cluster_bench.sh                  # about 5 minutes
 #   loadtest/cluster_bench.sh --quick          # short; results in the --out directory
 #   loadtest/cluster_bench.sh --help           # every option
 set -euo pipefail
