@@ -895,6 +895,9 @@ pub fn run(common: &Common, a: &ColdArgs) -> Result<(RunResult, String), RunErro
     if env.target.tls {
         return Err(RunError::Setup("cold-rooms speaks plain ws:// only".into()));
     }
+    if env.targets.len() > 1 {
+        return Err(RunError::Setup("cold-rooms drives one server: give one --url".into()));
+    }
     let target = env.target.clone();
     let loadavg_start = loadavg();
     let Some(loaded_at_start) = rooms_loaded(&target) else {
@@ -985,13 +988,13 @@ pub fn run(common: &Common, a: &ColdArgs) -> Result<(RunResult, String), RunErro
     // 4. Calm, then the storm.
     let calm_start = psh.now_ns();
     std::thread::sleep(a.calm);
-    let cpu_before = common.server_pid.and_then(|p| procfs::cpu_us(Some(p), false));
+    let cpu_before = common.primary_pid().and_then(|p| procfs::cpu_us(Some(p), false));
     let t0 = storm.start_storm();
     let complete = storm.pump(later(a.storm_timeout), Fleet::storm_done)?;
     let t_end = storm.now_ns();
     std::thread::sleep(a.after);
     let after_end = psh.now_ns();
-    let cpu_after = common.server_pid.and_then(|p| procfs::cpu_us(Some(p), false));
+    let cpu_after = common.primary_pid().and_then(|p| procfs::cpu_us(Some(p), false));
     psh.stop.store(true, Ordering::Release);
     let log = handle.join().unwrap_or_default();
     let loaded_after_storm = rooms_loaded(&target);
@@ -1075,7 +1078,7 @@ pub fn run(common: &Common, a: &ColdArgs) -> Result<(RunResult, String), RunErro
         // mostly be theirs.
         server_cpu_us_per_unit: None,
         server_rss_before_bytes: None,
-        server_rss_after_bytes: common.server_pid.and_then(procfs::rss_bytes),
+        server_rss_after_bytes: common.primary_pid().and_then(procfs::rss_bytes),
         loadgen_cpu_us,
         loadgen_cpu_us_per_unit: None,
     };
@@ -1106,7 +1109,7 @@ pub fn run(common: &Common, a: &ColdArgs) -> Result<(RunResult, String), RunErro
     let result = RunResult {
         scenario: "cold-rooms".into(),
         label: common.label.clone(),
-        url: common.url.clone(),
+        url: common.primary_url().to_string(),
         params,
         unit: "join".into(),
         units,

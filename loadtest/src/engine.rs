@@ -117,18 +117,22 @@ pub enum Role {
     Idle { room: Option<u32> },
 }
 
-/// One connection to set up: its role and user id.
+/// One connection to set up: its role, user id and target.
 #[derive(Debug, Clone)]
 pub struct ConnSpec {
     pub role: Role,
     pub user: String,
     /// Index for source-address spreading.
     pub index: usize,
+    /// Which of the plan's targets it connects to (wraps around).
+    pub target: usize,
 }
 
 /// Everything a worker thread needs.
 pub struct Plan {
-    pub target: Target,
+    /// Every server URL of the run (at least one); a connection picks one by
+    /// its spec's `target`.
+    pub targets: Arc<Vec<Target>>,
     pub tls: Option<Arc<rustls::ClientConfig>>,
     pub sources: u32,
     pub creds: Arc<Credentials>,
@@ -136,11 +140,26 @@ pub struct Plan {
     pub body_bytes: usize,
     /// Connections to set up before `go`.
     pub specs: Vec<ConnSpec>,
+    /// Per room, the group its delivery and ack latency is also recorded
+    /// under (a fanout's publish URL); empty: no groups.
+    pub room_groups: Arc<Vec<usize>>,
     /// Connect scenario: connections cycled concurrently by this thread.
     pub connect_slots: usize,
     /// Connect scenario: total connections over all threads.
     pub connect_total: u64,
     pub setup_concurrency: usize,
+}
+
+impl Plan {
+    /// The target for index `i`, wrapping around; `None` only for a plan
+    /// built without targets.
+    pub fn target(&self, i: usize) -> Option<&Target> {
+        let n = self.targets.len();
+        if n == 0 {
+            return None;
+        }
+        self.targets.get(i % n)
+    }
 }
 
 /// State shared between the coordinator and the workers.
@@ -197,6 +216,12 @@ pub struct Tally {
     pub ack_hist: Histogram<u64>,
     /// Time to the 101 answer (connect scenario, ns).
     pub upgrade_hist: Histogram<u64>,
+    /// Members' delivery latency (ns) by the index of the target they are
+    /// connected to (grown on first use; empty for other scenarios).
+    pub hist_by_target: Vec<Histogram<u64>>,
+    /// Delivery and ack latency (ns) by the room's group (`Plan::room_groups`).
+    pub hist_by_group: Vec<Histogram<u64>>,
+    pub ack_hist_by_group: Vec<Histogram<u64>>,
     pub violations: Violations,
     /// Units inside the window (deliveries, round trips, connections, acks).
     pub units: u64,
@@ -213,6 +238,9 @@ impl Tally {
             hist: new_hist(),
             ack_hist: new_hist(),
             upgrade_hist: new_hist(),
+            hist_by_target: Vec::new(),
+            hist_by_group: Vec::new(),
+            ack_hist_by_group: Vec::new(),
             violations: Violations::default(),
             units: 0,
             sent_in_window: 0,
@@ -230,6 +258,17 @@ impl Tally {
         let _ = self.hist.add(&other.hist);
         let _ = self.ack_hist.add(&other.ack_hist);
         let _ = self.upgrade_hist.add(&other.upgrade_hist);
+        for (mine, theirs) in [
+            (&mut self.hist_by_target, &other.hist_by_target),
+            (&mut self.hist_by_group, &other.hist_by_group),
+            (&mut self.ack_hist_by_group, &other.ack_hist_by_group),
+        ] {
+            for (i, h) in theirs.iter().enumerate() {
+                if let Some(m) = grown(mine, i) {
+                    let _ = m.add(h);
+                }
+            }
+        }
         self.violations.gaps += other.violations.gaps;
         self.violations.missing += other.violations.missing;
         self.violations.dups += other.violations.dups;
@@ -245,6 +284,31 @@ impl Tally {
     pub fn empty() -> Tally {
         Tally::new()
     }
+
+    /// The histogram of target `i`, grown to it.
+    fn target_hist(&mut self, i: usize) -> Option<&mut Histogram<u64>> {
+        grown(&mut self.hist_by_target, i)
+    }
+}
+
+/// The latency group of a member's or publisher's room, if the plan has groups.
+fn room_group(plan: &Plan, role: Role) -> Option<usize> {
+    match role {
+        Role::Member { room } | Role::Publisher { room, .. } => plan.room_groups.get(room as usize).copied(),
+        _ => None,
+    }
+}
+
+/// Histogram `i` of `v`, growing `v` to it; `None` past 64 (the vectors are
+/// sized by what the plan names, never by what a server sends).
+fn grown(v: &mut Vec<Histogram<u64>>, i: usize) -> Option<&mut Histogram<u64>> {
+    if i >= 64 {
+        return None;
+    }
+    while v.len() <= i {
+        v.push(new_hist());
+    }
+    v.get_mut(i)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -258,6 +322,8 @@ struct Conn {
     t: Transport,
     phase: Phase,
     role: Role,
+    /// Index of its target in the plan.
+    target: usize,
     out: Vec<u8>,
     out_pos: usize,
     /// The unfinished frame (or response head) from the last read.
@@ -421,7 +487,8 @@ impl Worker<'_> {
             if n >= self.plan.connect_total {
                 return;
             }
-            let spec = ConnSpec { role: Role::Connect, user: "lt-connect".to_string(), index: n as usize };
+            let spec =
+                ConnSpec { role: Role::Connect, user: "lt-connect".to_string(), index: n as usize, target: n as usize };
             if let Err(e) = self.open(&spec) {
                 self.shared.note_error(format!("connect: {e}"));
                 self.shared.failed.fetch_add(1, Ordering::AcqRel);
@@ -432,7 +499,9 @@ impl Worker<'_> {
 
     fn open(&mut self, spec: &ConnSpec) -> io::Result<usize> {
         let plan = self.plan;
-        let mut sock = net::connect(&plan.target, spec.index, plan.sources)?;
+        let target = plan.target(spec.target).ok_or_else(|| io::Error::other("no target"))?;
+        let target_ix = spec.target % plan.targets.len().max(1);
+        let mut sock = net::connect(target, spec.index, plan.sources)?;
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         self.poll.registry().register(&mut sock, Token(key), Interest::READABLE | Interest::WRITABLE)?;
@@ -447,12 +516,13 @@ impl Worker<'_> {
             ),
             Credentials::Anonymous => (format!("user={}", spec.user), None),
         };
-        let t = Transport::new(sock, plan.tls.as_ref(), &plan.target)?;
+        let t = Transport::new(sock, plan.tls.as_ref(), target)?;
         entry.insert(Conn {
             t,
             phase: Phase::Connecting,
             role: spec.role,
-            out: net::upgrade_request(&plan.target, &query, bearer.as_deref()),
+            target: target_ix,
+            out: net::upgrade_request(target, &query, bearer.as_deref()),
             out_pos: 0,
             left: Vec::new(),
             check: SeqCheck::default(),
@@ -863,8 +933,17 @@ impl Worker<'_> {
                     }
                     SeqVerdict::Dup | SeqVerdict::BeforeJoin => self.tally.violations.dups += 1,
                 }
+                let target = conn.target;
+                let group = room_group(self.plan, conn.role);
                 if in_window {
-                    self.tally.hist.saturating_record(latency_ns(t, now));
+                    let ns = latency_ns(t, now);
+                    self.tally.hist.saturating_record(ns);
+                    if let Some(h) = self.tally.target_hist(target) {
+                        h.saturating_record(ns);
+                    }
+                    if let Some(h) = group.and_then(|g| grown(&mut self.tally.hist_by_group, g)) {
+                        h.saturating_record(ns);
+                    }
                     self.tally.units += 1;
                     self.unreported_units += 1;
                 }
@@ -874,8 +953,13 @@ impl Worker<'_> {
                 let in_window = self.in_window(intended);
                 let conn = self.conns.get_mut(key)?;
                 conn.inflight = conn.inflight.saturating_sub(1);
+                let group = room_group(self.plan, conn.role);
                 if in_window {
-                    self.tally.ack_hist.saturating_record(latency_ns(intended, now));
+                    let ns = latency_ns(intended, now);
+                    self.tally.ack_hist.saturating_record(ns);
+                    if let Some(h) = group.and_then(|g| grown(&mut self.tally.ack_hist_by_group, g)) {
+                        h.saturating_record(ns);
+                    }
                     self.tally.acks_in_window += 1;
                     if !self.has_members {
                         // No members: acks are the unit (durable).
@@ -973,5 +1057,42 @@ mod tests {
         assert_eq!(a.hist.len(), 2);
         assert_eq!(a.units, 3);
         assert_eq!(a.violations.gaps, 1);
+    }
+
+    #[test]
+    fn per_target_histograms_merge_by_index() {
+        let mut a = Tally::empty();
+        let mut b = Tally::empty();
+        if let Some(h) = a.target_hist(0) {
+            h.saturating_record(5);
+        }
+        if let Some(h) = b.target_hist(2) {
+            h.saturating_record(7);
+        }
+        a.merge(&b);
+        let lens: Vec<u64> = a.hist_by_target.iter().map(Histogram::len).collect();
+        assert_eq!(lens, vec![1, 0, 1]);
+        assert!(a.target_hist(64).is_none());
+    }
+
+    #[test]
+    fn plan_targets_wrap_around() {
+        let t = |port: u16| net::parse_url(&format!("ws://127.0.0.1:{port}/v1/ws")).ok();
+        let targets: Vec<Target> = [t(1), t(2), t(3)].into_iter().flatten().collect();
+        let plan = Plan {
+            targets: Arc::new(targets),
+            tls: None,
+            sources: 1,
+            creds: Arc::new(Credentials::Anonymous),
+            rooms: Arc::new(Vec::new()),
+            body_bytes: 0,
+            specs: Vec::new(),
+            room_groups: Arc::new(Vec::new()),
+            connect_slots: 0,
+            connect_total: 0,
+            setup_concurrency: 1,
+        };
+        let port = |i| plan.target(i).map(|t| t.addr.port());
+        assert_eq!([port(0), port(1), port(2), port(3), port(7)], [Some(1), Some(2), Some(3), Some(1), Some(2)]);
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::{ArgAction, Args};
 use serde::Serialize;
 use thiserror::Error;
 
@@ -53,9 +53,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Flags every scenario takes.
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct Common {
-    /// Target WebSocket URL (loopback only).
-    #[arg(long, default_value = "ws://127.0.0.1:8080/v1/ws")]
-    pub url: String,
+    /// Target WebSocket URL (loopback only). Repeat it, or give a
+    /// comma-separated list, to spread connections round-robin over several
+    /// servers (the nodes of a cluster).
+    #[arg(long, default_value = "ws://127.0.0.1:8080/v1/ws", value_delimiter = ',', action = ArgAction::Append)]
+    pub url: Vec<String>,
     /// One token for every connection (wins over --secret).
     #[arg(long, conflicts_with = "anonymous")]
     #[serde(skip)]
@@ -78,9 +80,11 @@ pub struct Common {
     /// Write the result as JSON here.
     #[arg(long)]
     pub json: Option<String>,
-    /// The server's pid, for its CPU time and memory from /proc.
-    #[arg(long)]
-    pub server_pid: Option<u32>,
+    /// The server's pid, for its CPU time and memory from /proc. Repeat it
+    /// for several servers: CPU and memory are then summed, and reported per
+    /// pid beside the sums.
+    #[arg(long, action = ArgAction::Append)]
+    pub server_pid: Vec<u32>,
     /// Spread connections over source addresses 127.0.0.1..127.0.0.N.
     #[arg(long, default_value_t = 1)]
     pub sources: u32,
@@ -100,6 +104,23 @@ pub struct Common {
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     #[serde(serialize_with = "ser_dur")]
     pub setup_timeout: Duration,
+}
+
+impl Common {
+    /// The first `--url` (the only one for most runs).
+    pub fn primary_url(&self) -> &str {
+        self.url.first().map_or("", String::as_str)
+    }
+
+    /// The first `--server-pid`, for scenarios that watch one server.
+    pub fn primary_pid(&self) -> Option<u32> {
+        self.server_pid.first().copied()
+    }
+
+    /// Every `--url`, for reports.
+    pub fn urls_joined(&self) -> String {
+        self.url.join(",")
+    }
 }
 
 pub(crate) fn ser_dur<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -137,6 +158,16 @@ pub struct FanoutArgs {
     /// diffs to the room while members join).
     #[arg(long)]
     pub distinct_users: bool,
+    /// Connect publishers here instead of spreading them over `--url` (a
+    /// cluster: publish through a chosen node). Repeated (or a list), room
+    /// `r`'s publishers use the `r % k`-th, and latency is also reported per
+    /// publish URL, measured in the same window.
+    #[arg(long, value_delimiter = ',', action = ArgAction::Append)]
+    pub publish_url: Vec<String>,
+    /// Use these room names (comma-separated) instead of fresh ones; their
+    /// number replaces `--rooms` (a cluster: rooms owned by one chosen node).
+    #[arg(long, value_delimiter = ',', action = ArgAction::Append)]
+    pub room_names: Vec<String>,
 }
 
 /// `durable` settings.
@@ -210,15 +241,33 @@ pub struct IdleWorkerArgs {
 
 /// Settings shared by every worker, derived from [`Common`].
 pub(crate) struct Env {
+    /// The first target (the only one for scenarios that drive one server).
     pub(crate) target: Target,
+    /// Every target, in `--url` order.
+    pub(crate) targets: Vec<Target>,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
     pub(crate) creds: Arc<Credentials>,
 }
 
 pub(crate) fn env(common: &Common, force_tls: bool) -> Result<Env, RunError> {
-    let mut target = net::parse_url(&common.url)?;
-    if force_tls {
-        target.tls = true;
+    env_with(common, force_tls, &[])
+}
+
+/// [`env`] with `extra` URLs after the `--url` ones (a fanout's `--publish-url`).
+pub(crate) fn env_with(common: &Common, force_tls: bool, extra: &[&str]) -> Result<Env, RunError> {
+    let mut targets = Vec::new();
+    for url in common.url.iter().map(String::as_str).chain(extra.iter().copied()) {
+        let mut t = net::parse_url(url)?;
+        if force_tls {
+            t.tls = true;
+        }
+        targets.push(t);
+    }
+    let Some(target) = targets.first().cloned() else {
+        return Err(RunError::Setup("give at least one --url".into()));
+    };
+    if targets.iter().any(|t| t.tls != target.tls) {
+        return Err(RunError::Setup("every --url must use the same scheme (ws:// or wss://)".into()));
     }
     let tls = if target.tls { Some(net::tls_config(common.ca.as_deref())?) } else { None };
     let creds = if let Some(t) = &common.token {
@@ -232,7 +281,7 @@ pub(crate) fn env(common: &Common, force_tls: bool) -> Result<Env, RunError> {
     } else {
         return Err(RunError::Auth("give --token, --secret (or ROOMCAST_JWT_SECRET) or --anonymous".into()));
     };
-    Ok(Env { target, tls, creds: Arc::new(creds) })
+    Ok(Env { target, targets, tls, creds: Arc::new(creds) })
 }
 
 /// A tag that keeps one run's rooms apart from earlier runs' history.
@@ -245,6 +294,7 @@ pub(crate) fn run_tag() -> String {
 fn plans(common: &Common, env: &Env, rooms: Vec<String>, body_bytes: usize, specs: Vec<ConnSpec>) -> Vec<Plan> {
     let threads = common.threads.max(1);
     let rooms = Arc::new(rooms);
+    let targets = Arc::new(env.targets.clone());
     let mut per: Vec<Vec<ConnSpec>> = (0..threads).map(|_| Vec::new()).collect();
     for (i, s) in specs.into_iter().enumerate() {
         if let Some(v) = per.get_mut(i % threads) {
@@ -253,13 +303,14 @@ fn plans(common: &Common, env: &Env, rooms: Vec<String>, body_bytes: usize, spec
     }
     per.into_iter()
         .map(|specs| Plan {
-            target: env.target.clone(),
+            targets: targets.clone(),
             tls: env.tls.clone(),
             sources: common.sources.max(1),
             creds: env.creds.clone(),
             rooms: rooms.clone(),
             body_bytes,
             specs,
+            room_groups: Arc::new(Vec::new()),
             connect_slots: 0,
             connect_total: 0,
             setup_concurrency: common.setup_concurrency,
@@ -272,10 +323,62 @@ struct Measured {
     tally: Tally,
     measured_s: f64,
     resources: Resources,
+    /// Per server pid (with more than one `--server-pid`): CPU over the
+    /// window and RSS at its edges.
+    servers: Vec<serde_json::Value>,
 }
 
-fn sample(pid: Option<u32>) -> (Option<f64>, Option<u64>, Option<f64>) {
-    (pid.and_then(|p| procfs::cpu_us(Some(p), false)), pid.and_then(procfs::rss_bytes), procfs::cpu_us(None, false))
+/// The servers' CPU and memory and the load generator's own CPU at one instant.
+struct Sample {
+    /// Per pid: CPU µs and RSS bytes.
+    per_pid: Vec<(u32, Option<f64>, Option<u64>)>,
+    own_cpu: Option<f64>,
+}
+
+impl Sample {
+    /// CPU summed over the pids; `None` without pids or when one could not be read.
+    fn cpu(&self) -> Option<f64> {
+        if self.per_pid.is_empty() {
+            return None;
+        }
+        self.per_pid.iter().map(|p| p.1).sum()
+    }
+
+    /// RSS summed over the pids, like [`Sample::cpu`].
+    fn rss(&self) -> Option<u64> {
+        if self.per_pid.is_empty() {
+            return None;
+        }
+        self.per_pid.iter().map(|p| p.2).sum()
+    }
+}
+
+fn sample(pids: &[u32]) -> Sample {
+    Sample {
+        per_pid: pids.iter().map(|&p| (p, procfs::cpu_us(Some(p), false), procfs::rss_bytes(p))).collect(),
+        own_cpu: procfs::cpu_us(None, false),
+    }
+}
+
+/// One JSON object per pid: CPU over the window and RSS before and after
+/// (empty with fewer than two pids: the totals already say it).
+fn per_server(before: &Sample, after: &Sample) -> Vec<serde_json::Value> {
+    if before.per_pid.len() < 2 {
+        return Vec::new();
+    }
+    before
+        .per_pid
+        .iter()
+        .zip(&after.per_pid)
+        .map(|(b, a)| {
+            serde_json::json!({
+                "pid": b.0,
+                "cpu_us": a.1.zip(b.1).map(|(a, b)| a - b),
+                "rss_before_bytes": b.2,
+                "rss_after_bytes": a.2,
+            })
+        })
+        .collect()
 }
 
 fn sleep_until(shared: &Shared, t_ns: u64) {
@@ -358,7 +461,7 @@ fn coordinate(
     shared.go_ns.store(go, Ordering::Release);
 
     sleep_until(&shared, mstart);
-    let before = sample(common.server_pid);
+    let before = sample(&common.server_pid);
     let units0 = shared.units.load(Ordering::Relaxed);
     let t_start = shared.now_ns();
     let mut last_units = units0;
@@ -384,7 +487,7 @@ fn coordinate(
         }
         std::thread::sleep(Duration::from_millis(10).min(Duration::from_nanos(mend - now)));
     }
-    let after = sample(common.server_pid);
+    let after = sample(&common.server_pid);
     let measured_s = (end_ns.saturating_sub(t_start)) as f64 / 1e9;
 
     // Drain: wait until deliveries stop arriving (at most 2 s).
@@ -407,17 +510,17 @@ fn coordinate(
         _ => None,
     };
     let resources = Resources {
-        server_cpu_us: diff(before.0, after.0),
+        server_cpu_us: diff(before.cpu(), after.cpu()),
         server_cpu_us_per_unit: None,
-        server_rss_before_bytes: before.1,
-        server_rss_after_bytes: after.1,
-        loadgen_cpu_us: diff(before.2, after.2).unwrap_or(0.0),
+        server_rss_before_bytes: before.rss(),
+        server_rss_after_bytes: after.rss(),
+        loadgen_cpu_us: diff(before.own_cpu, after.own_cpu).unwrap_or(0.0),
         loadgen_cpu_us_per_unit: None,
     };
     if let Some(e) = shared.first_error.lock().ok().and_then(|g| g.clone()) {
         eprintln!("first error: {e}");
     }
-    Ok(Measured { tally, measured_s, resources })
+    Ok(Measured { tally, measured_s, resources, servers: per_server(&before, &after) })
 }
 
 fn finish_result(
@@ -440,10 +543,13 @@ fn finish_result(
     counts.insert("acks_in_window".into(), t.acks_in_window.into());
     counts.insert("msgs_received_total".into(), t.msgs_received_total.into());
     counts.insert("closed_by_server".into(), t.closed_by_server.into());
+    if !m.servers.is_empty() {
+        counts.insert("servers".into(), m.servers.into());
+    }
     RunResult {
         scenario: scenario.into(),
         label: common.label.clone(),
-        url: common.url.clone(),
+        url: common.urls_joined(),
         params,
         unit: unit.into(),
         units,
@@ -466,23 +572,57 @@ fn params<T: Serialize>(common: &Common, args: &T) -> serde_json::Value {
     v
 }
 
-/// `fanout`: members per room, publishers on a schedule or flat out.
-pub fn fanout(common: &Common, a: &FanoutArgs) -> Result<RunResult, RunError> {
-    let env = env(common, false)?;
-    let tag = run_tag();
-    let rooms: Vec<String> = (0..a.rooms).map(|r| format!("{tag}-r{r}")).collect();
+/// Who connects where in a fanout run.
+#[derive(Debug)]
+pub struct FanoutLayout {
+    pub rooms: Vec<String>,
+    pub specs: Vec<ConnSpec>,
+    /// The URLs by target index: the `--url`s, then each `--publish-url`
+    /// that is not one of them.
+    pub urls: Vec<String>,
+    /// Per room, the index in `--publish-url` its publishers use (empty
+    /// without `--publish-url`).
+    pub room_groups: Vec<usize>,
+}
+
+/// Rooms and connections of a fanout run. Member `m` of every room goes to
+/// URL `m % n` (so each room has members on every server), publishers to
+/// `--publish-url` when given, else round-robin over the URLs; with one URL
+/// everything goes there, as before.
+pub fn fanout_layout(urls: &[String], a: &FanoutArgs, tag: &str) -> FanoutLayout {
+    let rooms: Vec<String> = if a.room_names.is_empty() {
+        (0..a.rooms).map(|r| format!("{tag}-r{r}")).collect()
+    } else {
+        a.room_names.clone()
+    };
+    let mut urls = urls.to_vec();
+    let n = urls.len().max(1);
+    let mut publish_targets = Vec::new();
+    for p in &a.publish_url {
+        let t = match urls.iter().position(|u| u == p) {
+            Some(i) => i,
+            None => {
+                urls.push(p.clone());
+                urls.len() - 1
+            }
+        };
+        publish_targets.push(t);
+    }
+    let k = publish_targets.len();
+    let room_groups: Vec<usize> = if k == 0 { Vec::new() } else { (0..rooms.len()).map(|r| r % k).collect() };
+    let n_rooms = rooms.len() as u32;
     let mut specs = Vec::new();
-    for r in 0..a.rooms {
+    for r in 0..n_rooms {
         for m in 0..a.members {
             let user = if a.distinct_users { format!("lt-m{r}-{m}") } else { format!("lt-m{r}") };
-            specs.push(ConnSpec { role: Role::Member { room: r }, user, index: specs.len() });
+            specs.push(ConnSpec { role: Role::Member { room: r }, user, index: specs.len(), target: m as usize % n });
         }
     }
-    let total_pubs = u64::from(a.rooms) * u64::from(a.publishers);
+    let total_pubs = u64::from(n_rooms) * u64::from(a.publishers);
     let interval =
         if a.rate > 0.0 && total_pubs > 0 { ((total_pubs as f64) * 1e9 / a.rate).max(1.0) as u64 } else { 0 };
     let mut j = 0u64;
-    for r in 0..a.rooms {
+    for r in 0..n_rooms {
         for p in 0..a.publishers {
             // Schedules start relative to `go`, staggered so the total rate is even.
             let schedule =
@@ -491,18 +631,70 @@ pub fn fanout(common: &Common, a: &FanoutArgs) -> Result<RunResult, RunError> {
                 role: Role::Publisher { room: r, schedule, window: a.window.max(1) },
                 user: format!("lt-p{r}-{p}"),
                 index: specs.len(),
+                target: room_groups
+                    .get(r as usize)
+                    .and_then(|&g| publish_targets.get(g))
+                    .copied()
+                    .unwrap_or(j as usize % n),
             });
             j += 1;
         }
     }
-    let plans = plans(common, &env, rooms, a.body_bytes, specs);
+    FanoutLayout { rooms, specs, urls, room_groups }
+}
+
+/// `fanout`: members per room, publishers on a schedule or flat out.
+pub fn fanout(common: &Common, a: &FanoutArgs) -> Result<RunResult, RunError> {
+    let tag = run_tag();
+    let layout = fanout_layout(&common.url, a, &tag);
+    let extra: Vec<&str> = layout.urls.iter().skip(common.url.len()).map(String::as_str).collect();
+    let env = env_with(common, false, &extra)?;
+    let mut plans = plans(common, &env, layout.rooms, a.body_bytes, layout.specs);
+    let groups = Arc::new(layout.room_groups);
+    for p in &mut plans {
+        p.room_groups = groups.clone();
+    }
     let m = coordinate(common, plans, common.warmup.unwrap_or(Duration::from_secs(2)), None)?;
     let expected = m.tally.sent_in_window * u64::from(a.members);
     let units = m.tally.units;
     let ack = percentiles(&m.tally.ack_hist);
+    let by_url = (layout.urls.len() > 1).then(|| {
+        // Members' delivery latency by the server they are connected to.
+        let mut map = serde_json::Map::new();
+        for (url, h) in layout.urls.iter().zip(&m.tally.hist_by_target) {
+            let p = percentiles(h);
+            map.insert(
+                url.clone(),
+                serde_json::json!({"count": p.count, "p50_us": p.p50_us, "p99_us": p.p99_us,
+                                   "p999_us": p.p999_us, "max_us": p.max_us}),
+            );
+        }
+        map
+    });
+    let by_publish_url = (a.publish_url.len() > 1).then(|| {
+        // Delivery and ack latency by the URL the room's publishers use.
+        let mut map = serde_json::Map::new();
+        for (g, url) in a.publish_url.iter().enumerate() {
+            let p = m.tally.hist_by_group.get(g).map(percentiles).unwrap_or_default();
+            let ack = m.tally.ack_hist_by_group.get(g).map(percentiles).unwrap_or_default();
+            map.insert(
+                url.clone(),
+                serde_json::json!({"count": p.count, "p50_us": p.p50_us, "p99_us": p.p99_us,
+                                   "p999_us": p.p999_us, "max_us": p.max_us,
+                                   "ack_count": ack.count, "ack_p50_us": ack.p50_us, "ack_p99_us": ack.p99_us}),
+            );
+        }
+        map
+    });
     let mut r = finish_result("fanout", "delivery", common, params(common, a), m, units);
     r.counts.insert("deliveries_expected".into(), expected.into());
+    if let Some(map) = by_publish_url {
+        r.counts.insert("latency_by_publish_url".into(), map.into());
+    }
     r.counts.insert("undelivered".into(), expected.saturating_sub(units).into());
+    if let Some(map) = by_url {
+        r.counts.insert("latency_by_url".into(), map.into());
+    }
     r.ack_latency = Some(ack);
     Ok(r)
 }
@@ -519,6 +711,7 @@ pub fn durable(common: &Common, a: &DurableArgs) -> Result<RunResult, RunError> 
                 role: Role::Publisher { room: r, schedule: None, window: a.window.max(1) },
                 user: format!("lt-p{r}-{p}"),
                 index: specs.len(),
+                target: specs.len(),
             });
         }
     }
@@ -540,6 +733,7 @@ pub fn echo(common: &Common, a: &EchoArgs) -> Result<RunResult, RunError> {
             role: Role::Echo { inflight: a.inflight.max(1) },
             user: format!("lt-e{i}"),
             index: i as usize,
+            target: i as usize,
         })
         .collect();
     let plans = plans(common, &env, Vec::new(), 0, specs);
@@ -578,6 +772,7 @@ pub fn idle_worker(common: &Common, a: &IdleWorkerArgs) -> Result<(), RunError> 
             role: Role::Idle { room: joined.then_some(0) },
             user: "lt-idle".into(),
             index: (a.offset + i) as usize,
+            target: (a.offset + i) as usize,
         })
         .collect();
     let plans = plans(common, &env, rooms, 0, specs);
@@ -619,8 +814,7 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
     env(common, false)?;
     let exe = std::env::current_exe()?;
     let room = a.join.then(|| format!("{}-idle", run_tag()));
-    let before_rss = common.server_pid.and_then(procfs::rss_bytes);
-    let before_cpu = common.server_pid.and_then(|p| procfs::cpu_us(Some(p), false));
+    let before = sample(&common.server_pid);
     let t0 = Instant::now();
     let per = a.per_worker.clamp(1, 18_000);
     let mut children = Vec::new();
@@ -630,7 +824,7 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
         let mut cmd = Command::new(&exe);
         cmd.arg("idle-worker")
             .args(["--count", &count.to_string(), "--offset", &offset.to_string()])
-            .args(["--url", &common.url])
+            .args(common.url.iter().flat_map(|u| ["--url", u.as_str()]))
             .args(["--sources", &common.sources.to_string()])
             .args(["--threads", &common.threads.to_string()])
             .args(["--setup-concurrency", &common.setup_concurrency.to_string()])
@@ -675,8 +869,7 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
     let setup_s = t0.elapsed().as_secs_f64();
     eprintln!("idle: {ready} connections held, {failed} failed, in {setup_s:.2} s");
     std::thread::sleep(a.settle);
-    let after_rss = common.server_pid.and_then(procfs::rss_bytes);
-    let after_cpu = common.server_pid.and_then(|p| procfs::cpu_us(Some(p), false));
+    let after = sample(&common.server_pid);
     for child in &mut children {
         // Closing stdin tells the worker to let go.
         drop(child.stdin.take());
@@ -685,8 +878,9 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
         let _ = child.wait();
     }
     let loadgen_cpu = procfs::cpu_us(None, true).unwrap_or(0.0);
+    let (before_rss, after_rss) = (before.rss(), after.rss());
     let mut res = Resources {
-        server_cpu_us: after_cpu.zip(before_cpu).map(|(a, b)| a - b),
+        server_cpu_us: after.cpu().zip(before.cpu()).map(|(a, b)| a - b),
         server_cpu_us_per_unit: None,
         server_rss_before_bytes: before_rss,
         server_rss_after_bytes: after_rss,
@@ -704,6 +898,10 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
     if !first_err.is_empty() {
         counts.insert("first_error".into(), first_err.into());
     }
+    let servers = per_server(&before, &after);
+    if !servers.is_empty() {
+        counts.insert("servers".into(), idle_per_server(servers, &common.url, a.connections, failed).into());
+    }
     let per_conn = match (before_rss, after_rss) {
         (Some(b), Some(a)) if ready > 0 => Some((a as f64 - b as f64) / ready as f64),
         _ => None,
@@ -712,7 +910,7 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
     Ok(RunResult {
         scenario: "idle".into(),
         label: common.label.clone(),
-        url: common.url.clone(),
+        url: common.urls_joined(),
         params: params(common, a),
         unit: "connection".into(),
         units: ready,
@@ -727,6 +925,47 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
     })
 }
 
+/// Connections of an idle run that go to URL `i` of `n`: connection `k`
+/// goes to URL `k % n`.
+pub fn idle_share(connections: u32, n: usize, i: usize) -> u32 {
+    let n = n.max(1) as u32;
+    let i = i as u32;
+    if i >= n {
+        return 0;
+    }
+    connections / n + u32::from(i < connections % n)
+}
+
+/// Adds to each per-pid figure of an idle run its URL, its share of the
+/// connections and the memory per connection, when there is one pid per URL
+/// (the i-th pid serving the i-th URL) and nothing failed; otherwise only
+/// the URL-less figures stay.
+fn idle_per_server(
+    mut servers: Vec<serde_json::Value>,
+    urls: &[String],
+    connections: u32,
+    failed: u64,
+) -> Vec<serde_json::Value> {
+    if servers.len() != urls.len() || failed > 0 {
+        return servers;
+    }
+    for (i, (s, url)) in servers.iter_mut().zip(urls).enumerate() {
+        let share = idle_share(connections, urls.len(), i);
+        let b = s.get("rss_before_bytes").and_then(serde_json::Value::as_f64);
+        let a = s.get("rss_after_bytes").and_then(serde_json::Value::as_f64);
+        let per = match (b, a) {
+            (Some(b), Some(a)) if share > 0 => Some((a - b) / f64::from(share)),
+            _ => None,
+        };
+        if let Some(obj) = s.as_object_mut() {
+            obj.insert("url".into(), url.clone().into());
+            obj.insert("connections".into(), share.into());
+            obj.insert("rss_per_connection_bytes".into(), per.into());
+        }
+    }
+    servers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -739,5 +978,187 @@ mod tests {
         assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
         assert!(parse_duration("x").is_err());
         assert!(parse_duration("-1s").is_err());
+    }
+
+    /// The fanout command line as `main` flattens it.
+    #[derive(clap::Parser)]
+    struct FanoutCli {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        args: FanoutArgs,
+    }
+
+    fn parse(argv: &[&str]) -> FanoutCli {
+        use clap::Parser;
+        match FanoutCli::try_parse_from(std::iter::once("fanout").chain(argv.iter().copied())) {
+            Ok(c) => c,
+            Err(e) => panic!("{argv:?}: {e}"),
+        }
+    }
+
+    fn targets(l: &FanoutLayout, role: fn(&Role) -> bool) -> Vec<usize> {
+        l.specs.iter().filter(|s| role(&s.role)).map(|s| s.target).collect()
+    }
+
+    fn member(r: &Role) -> bool {
+        matches!(r, Role::Member { .. })
+    }
+
+    fn publisher(r: &Role) -> bool {
+        matches!(r, Role::Publisher { .. })
+    }
+
+    const A: &str = "ws://127.0.0.1:9001/v1/ws";
+    const B: &str = "ws://127.0.0.1:9002/v1/ws";
+    const C: &str = "ws://127.0.0.1:9003/v1/ws";
+
+    #[test]
+    fn one_url_by_default_and_everything_goes_there() {
+        let cli = parse(&["--rooms", "2", "--members", "3", "--publishers", "2"]);
+        assert_eq!(cli.common.url, vec!["ws://127.0.0.1:8080/v1/ws".to_string()]);
+        assert!(cli.common.server_pid.is_empty());
+        assert!(cli.args.publish_url.is_empty());
+        let l = fanout_layout(&cli.common.url, &cli.args, "t");
+        assert_eq!(l.urls, cli.common.url);
+        assert_eq!(l.rooms, vec!["t-r0".to_string(), "t-r1".to_string()]);
+        assert_eq!(l.specs.len(), 2 * 3 + 2 * 2);
+        assert!(l.specs.iter().all(|s| s.target == 0));
+        // Source-address indexes stay the position in the list, as before.
+        assert!(l.specs.iter().enumerate().all(|(i, s)| s.index == i));
+    }
+
+    #[test]
+    fn repeated_and_listed_urls_are_the_same() {
+        let repeated = parse(&["--url", A, "--url", B, "--url", C]);
+        let listed = parse(&["--url", &format!("{A},{B},{C}")]);
+        let mixed = parse(&["--url", &format!("{A},{B}"), "--url", C]);
+        let want: Vec<String> = [A, B, C].iter().map(|s| s.to_string()).collect();
+        assert_eq!(repeated.common.url, want);
+        assert_eq!(listed.common.url, want);
+        assert_eq!(mixed.common.url, want);
+        assert_eq!(repeated.common.primary_url(), A);
+        assert_eq!(repeated.common.urls_joined(), format!("{A},{B},{C}"));
+    }
+
+    #[test]
+    fn members_spread_round_robin_in_every_room() {
+        let cli = parse(&["--url", A, "--url", B, "--url", C, "--rooms", "2", "--members", "4", "--publishers", "2"]);
+        let l = fanout_layout(&cli.common.url, &cli.args, "t");
+        // Member m of each room goes to URL m % 3: every room has members on every server.
+        assert_eq!(targets(&l, member), vec![0, 1, 2, 0, 0, 1, 2, 0]);
+        // Without --publish-url, publishers are spread too.
+        assert_eq!(targets(&l, publisher), vec![0, 1, 2, 0]);
+        assert_eq!(l.urls.len(), 3);
+    }
+
+    #[test]
+    fn publish_url_takes_every_publisher() {
+        let cli = parse(&["--url", A, "--url", B, "--url", C, "--publish-url", B, "--members", "3", "--rooms", "2"]);
+        let l = fanout_layout(&cli.common.url, &cli.args, "t");
+        // One of the member URLs: no new target.
+        assert_eq!(l.urls.len(), 3);
+        assert_eq!(targets(&l, publisher), vec![1, 1]);
+        assert_eq!(targets(&l, member), vec![0, 1, 2, 0, 1, 2]);
+
+        let other = "ws://127.0.0.1:9004/v1/ws";
+        let cli = parse(&["--url", A, "--url", B, "--publish-url", other, "--publishers", "3"]);
+        let l = fanout_layout(&cli.common.url, &cli.args, "t");
+        // A URL of its own: appended after the member URLs.
+        assert_eq!(l.urls, vec![A.to_string(), B.to_string(), other.to_string()]);
+        assert_eq!(targets(&l, publisher), vec![2, 2, 2]);
+        assert!(targets(&l, member).iter().all(|&t| t < 2));
+        assert_eq!(l.room_groups, vec![0]);
+    }
+
+    #[test]
+    fn several_publish_urls_alternate_by_room() {
+        let cli = parse(&[
+            "--url",
+            A,
+            "--url",
+            B,
+            "--url",
+            C,
+            "--publish-url",
+            &format!("{A},{B}"),
+            "--rooms",
+            "3",
+            "--members",
+            "3",
+            "--publishers",
+            "2",
+        ]);
+        let l = fanout_layout(&cli.common.url, &cli.args, "t");
+        assert_eq!(l.urls.len(), 3);
+        // Room r's publishers use publish URL r % 2: rooms 0 and 2 through A, room 1 through B.
+        assert_eq!(l.room_groups, vec![0, 1, 0]);
+        assert_eq!(targets(&l, publisher), vec![0, 0, 1, 1, 0, 0]);
+        // Members are spread as without it.
+        assert_eq!(targets(&l, member), vec![0, 1, 2, 0, 1, 2, 0, 1, 2]);
+    }
+
+    #[test]
+    fn room_names_replace_the_room_count() {
+        let cli = parse(&["--rooms", "5", "--room-names", "x1,x2", "--room-names", "x3", "--members", "1"]);
+        let l = fanout_layout(&cli.common.url, &cli.args, "t");
+        assert_eq!(l.rooms, vec!["x1".to_string(), "x2".to_string(), "x3".to_string()]);
+        let rooms: Vec<u32> = l
+            .specs
+            .iter()
+            .filter_map(|s| match s.role {
+                Role::Member { room } => Some(room),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(rooms, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn server_pids_repeat() {
+        let cli = parse(&["--server-pid", "10", "--server-pid", "11"]);
+        assert_eq!(cli.common.server_pid, vec![10, 11]);
+        assert_eq!(cli.common.primary_pid(), Some(10));
+    }
+
+    #[test]
+    fn mixed_schemes_and_remote_urls_are_refused() {
+        let cli = parse(&["--url", A, "--url", "wss://127.0.0.1:9443/v1/ws", "--anonymous"]);
+        assert!(env(&cli.common, false).is_err());
+        let cli = parse(&["--url", A, "--url", "ws://10.0.0.1:9000/v1/ws", "--anonymous"]);
+        assert!(env(&cli.common, false).is_err());
+        let cli = parse(&["--url", A, "--url", B, "--anonymous"]);
+        let e = env_with(&cli.common, false, &[C]).map(|e| e.targets.len());
+        assert_eq!(e.ok(), Some(3));
+    }
+
+    #[test]
+    fn idle_shares_add_up() {
+        for (conns, n) in [(90_000u32, 5usize), (10, 3), (2, 5), (7, 1)] {
+            let shares: Vec<u32> = (0..n).map(|i| idle_share(conns, n, i)).collect();
+            assert_eq!(shares.iter().sum::<u32>(), conns);
+            // Connection k goes to k % n.
+            for (i, s) in shares.iter().enumerate() {
+                assert_eq!(*s as usize, (0..conns as usize).filter(|k| k % n == i).count());
+            }
+        }
+        assert_eq!(idle_share(10, 3, 3), 0);
+    }
+
+    #[test]
+    fn idle_per_server_divides_by_each_share() {
+        let servers = vec![
+            serde_json::json!({"pid": 1, "rss_before_bytes": 1000, "rss_after_bytes": 3000}),
+            serde_json::json!({"pid": 2, "rss_before_bytes": 1000, "rss_after_bytes": 1500}),
+        ];
+        let urls = vec![A.to_string(), B.to_string()];
+        let out = idle_per_server(servers.clone(), &urls, 3, 0);
+        assert_eq!(out[0]["connections"], 2);
+        assert_eq!(out[0]["rss_per_connection_bytes"], 1000.0);
+        assert_eq!(out[1]["connections"], 1);
+        assert_eq!(out[1]["rss_per_connection_bytes"], 500.0);
+        assert_eq!(out[1]["url"], B);
+        // A failed connection leaves the shares unknown: no per-connection figure.
+        assert!(idle_per_server(servers, &urls, 3, 1)[0].get("rss_per_connection_bytes").is_none());
     }
 }
