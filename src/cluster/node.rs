@@ -58,6 +58,16 @@ const BEAT_EVERY: Duration = Duration::from_millis(250);
 const FILL_RETRY: Duration = Duration::from_millis(200);
 /// Connections to the listener that have not proven themselves, at most.
 const MAX_UNPROVEN: usize = 64;
+/// Why pipes are unbound rather than closed, save under pressure: nng-sys
+/// 1.4.0-rc.0 (the newest there is) has a race in its push protocol — a
+/// send that completes just as the pipe closes puts the freed pipe back on
+/// the socket's ready list — so a node whose pipe the other side closes
+/// while it sends can crash (seen within seconds when every refused hello
+/// closed its pipe). A peer refused or dropped here keeps its connection,
+/// and everything it sends is ignored until a hello proves it; only a crowd
+/// of unproven connections (an attack) is closed.
+#[allow(dead_code)]
+const CLOSE_HAZARD: () = ();
 /// How long a stopping node waits for its senders to empty their queues.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 /// One log line per peer (or for strangers) this often at most.
@@ -1042,7 +1052,7 @@ impl Node {
             if let Some(p) = self.pipes.remove(&pipe) {
                 self.link_lost(p, "it sent a bad hello");
             }
-            link::close_pipe(pipe);
+            // Not closed: see `CLOSE_HAZARD`.
             return Err(());
         };
         // Only a hello that echoes our current nonce (or comes on the pipe
@@ -1069,7 +1079,6 @@ impl Node {
         if p.pipe != Some(pipe) && fresh {
             if let Some(old) = p.pipe.replace(pipe) {
                 self.pipes.remove(&old);
-                link::close_pipe(old);
             }
             // A captured hello cannot bind another pipe.
             p.my_nonce = nonce();
@@ -1134,11 +1143,11 @@ impl Node {
         self.handle.stats.bad_frames.fetch_add(1, Relaxed);
         let id = self.node_id(from);
         self.log(from, &format!("dropped the link from node {id}: {why}"));
+        // Unbound, not closed (see `CLOSE_HAZARD`): nothing else it sends
+        // is taken until a new hello proves it again.
         if let Some(p) = self.pipes.remove(&pipe) {
             self.link_lost(p, "it sent a bad frame");
         }
-        // Its peer dials again and must prove itself again.
-        link::close_pipe(pipe);
     }
 
     /// The peer's pipe is gone: not up until a new hello binds one. What
@@ -1330,11 +1339,13 @@ impl Node {
                 s.state.store(LinkState::Up as u8, Relaxed);
             }
         }
-        // Connections that did not prove themselves in time.
+        // Connections that did not prove themselves in time, once there
+        // are many (see `CLOSE_HAZARD`).
+        let crowded = self.unproven.len() > MAX_UNPROVEN / 2;
         let late: Vec<nng::Pipe> = self
             .unproven
             .iter()
-            .filter(|(_, t)| now.saturating_duration_since(**t) >= down_after)
+            .filter(|(_, t)| crowded && now.saturating_duration_since(**t) >= down_after)
             .map(|(p, _)| *p)
             .collect();
         for pipe in late {
