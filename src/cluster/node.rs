@@ -254,6 +254,44 @@ fn unavailable(to: Asked, room: &RoomName, why: &str) -> Reply {
     Reply::Refused { to, room: room.clone(), status: 503, code: "unavailable", message: why.to_string() }
 }
 
+/// The JSON of `frame` if it is exactly one complete, unmasked WebSocket
+/// text frame of valid UTF-8, as an owner encodes every frame it delivers.
+fn text_frame(frame: &[u8]) -> Option<&[u8]> {
+    let (&b0, &b1) = (frame.first()?, frame.get(1)?);
+    if b0 != 0x81 || b1 & 0x80 != 0 {
+        return None;
+    }
+    let (len, at) = match b1 & 0x7f {
+        126 => (u64::from(u16::from_be_bytes([*frame.get(2)?, *frame.get(3)?])), 4),
+        127 => (u64::from_be_bytes(frame.get(2..10)?.try_into().ok()?), 10),
+        n => (u64::from(n), 2),
+    };
+    let json = frame.get(at..)?;
+    (json.len() as u64 == len && std::str::from_utf8(json).is_ok()).then_some(json)
+}
+
+/// A peer's answer is of the kind, and for the room, of what was asked.
+fn fits(asked: Asked, room: &RoomName, reply: &Reply) -> bool {
+    match (asked, reply) {
+        (_, Reply::Refused { to, room: r, .. }) => *to == asked && r == room,
+        (Asked::Join, Reply::Joined { room: r, .. })
+        | (Asked::Publish, Reply::Ack { room: r, .. })
+        | (Asked::History, Reply::History { room: r, .. })
+        | (Asked::Presence, Reply::Presence { room: r, .. }) => r == room,
+        _ => false,
+    }
+}
+
+/// Every frame an answer carries to clients is a `msg` frame.
+fn frames_ok(reply: &Reply) -> bool {
+    let msg = |f: &[u8]| text_frame(f).is_some_and(|j| j.starts_with(b"{\"op\":\"msg\","));
+    match reply {
+        Reply::Joined { replay, .. } => replay.iter().all(|f| msg(f)),
+        Reply::History { page, .. } => page.iter().all(|m| msg(&m.frame)),
+        _ => true,
+    }
+}
+
 /// A `msg` frame's seq (only fills read it, so a full parse is fine).
 fn seq_of(m: &MsgFrame) -> Option<u64> {
     #[derive(serde::Deserialize)]
@@ -948,15 +986,27 @@ impl Node {
                         return Err("a member id out of range");
                     }
                 }
-                Item::Answer { ticket, .. } => match self.inflight.get(ticket) {
+                Item::Answer { ticket, reply } => match self.inflight.get(ticket) {
                     Some(Pending::Client { peer, .. } | Pending::Fill { peer, .. }) if *peer != from => {
                         return Err("an answer to another node's request");
                     }
+                    Some(Pending::Client { asked, room, .. }) if !fits(*asked, room, reply) => {
+                        return Err("an answer that does not fit its request");
+                    }
+                    Some(Pending::Fill { room, .. }) if !fits(Asked::History, room, reply) => {
+                        return Err("an answer that does not fit its request");
+                    }
+                    Some(_) if !frames_ok(reply) => return Err("an answer with frames that are not messages"),
                     _ => {}
                 },
-                Item::Deliver { room, seq, .. } => {
+                Item::Deliver { room, seq, frame } => {
                     if self.handle.owner(room) != Some(from) {
                         return Err("a delivery for a room the sender does not own");
+                    }
+                    // These bytes go to clients as they are.
+                    let want: &[u8] = if seq.is_some() { b"{\"op\":\"msg\"," } else { b"{\"op\":\"presence_diff\"," };
+                    if !text_frame(frame).is_some_and(|j| j.starts_with(want)) {
+                        return Err("a delivery that is not a message frame");
                     }
                     if let Some(s) = seq {
                         let last = live.get(room).copied().or_else(|| self.remotes.get(room).and_then(|r| r.live));
