@@ -106,6 +106,11 @@ struct Peer {
     /// were held back since (at most one per `LOG_EVERY`).
     logged: Option<Instant>,
     quiet: u64,
+    /// Bytes the last resync queued (its members named again): they do not
+    /// count against `queue-bytes`, or a large resync would mark the peer
+    /// lagging, which resyncs again, for ever. Cleared once the queue is
+    /// empty.
+    sync_bytes: usize,
     /// As owner: the peer's members of our rooms (owner-side member id)
     /// and the sync round that last named them.
     members: HashMap<(RoomName, MemberId), (UserId, u64)>,
@@ -336,6 +341,7 @@ impl Node {
                 incarnation: None,
                 logged: None,
                 quiet: 0,
+                sync_bytes: 0,
                 members: HashMap::new(),
                 sync_round: 0,
             }));
@@ -502,6 +508,19 @@ impl Node {
                 message: "too many requests in flight to other nodes; retry".into(),
             };
             return self.answer_local(asker, reply);
+        }
+        if let Command::Publish(p) = &c {
+            // One frame carries it whole; nng drops larger frames.
+            if p.body.get().len() > wire::MAX_FRAME / 2 {
+                let reply = Reply::Refused {
+                    to: asked,
+                    room,
+                    status: 413,
+                    code: "too_large",
+                    message: format!("a message for another node's room is at most {} bytes", wire::MAX_FRAME / 2),
+                };
+                return self.answer_local(asker, reply);
+            }
         }
         let kind = match asker.kind {
             AskerKind::Http => WireKind::Http,
@@ -1226,7 +1245,14 @@ impl Node {
             p.my_nonce = nonce();
             p.peer_nonce = [0; 16];
             p.out.clear();
+            p.sync_bytes = 0;
             self.handle.stats.peers[peer as usize].state.store(LinkState::Down as u8, Relaxed);
+        }
+        // It may come back having lost its newest commits (`--durability
+        // none`) and number them again: its stream starts over here, and
+        // seqs already handed on are skipped rather than taken as a bad peer.
+        for r in self.remotes.values_mut().filter(|r| r.owner == peer) {
+            r.live = None;
         }
         self.drop_members(peer, None);
     }
@@ -1319,6 +1345,7 @@ impl Node {
         if !p.up {
             return;
         }
+        let before = p.out.bytes();
         p.out.push(Item::SyncStart);
         let mut rooms = Vec::new();
         for (room, r) in self.remotes.iter_mut().filter(|(_, r)| r.owner == peer) {
@@ -1338,6 +1365,7 @@ impl Node {
             }
         }
         p.out.push(Item::SyncEnd);
+        p.sync_bytes += p.out.bytes().saturating_sub(before);
         for room in rooms {
             self.fill(&room);
         }
@@ -1346,7 +1374,13 @@ impl Node {
     /// A queue past its bound: drop it, mark the peer lagging, resync.
     fn check_lag(&mut self) {
         let bound = self.handle.config.queue_bytes;
-        let lagging: Vec<u16> = self.peers.iter().flatten().filter(|p| p.out.bytes() > bound).map(|p| p.idx).collect();
+        let lagging: Vec<u16> = self
+            .peers
+            .iter()
+            .flatten()
+            .filter(|p| p.out.bytes() > bound.saturating_add(p.sync_bytes))
+            .map(|p| p.idx)
+            .collect();
         for idx in lagging {
             if let Some(p) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) {
                 p.out.clear();
@@ -1380,6 +1414,11 @@ impl Node {
             } else if p.up && due(p.last_beat, BEAT_EVERY) {
                 p.last_beat = Some(now);
                 p.out.push(Item::Heartbeat { hears_you: p.pipe.is_some() });
+            }
+            if let Some(p) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) {
+                if p.out.is_empty() {
+                    p.sync_bytes = 0;
+                }
             }
             let q = self.peers.get(idx as usize).and_then(|p| p.as_ref()).map_or(0, |p| p.out.bytes());
             let s = &self.handle.stats.peers[idx as usize];
