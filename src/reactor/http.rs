@@ -320,6 +320,20 @@ impl Reactor {
         Outcome::Done
     }
 
+    /// The request carries a valid token with role admin; else its 401, or
+    /// a 403 saying "`what` a token with role admin".
+    fn admin(&self, req: &Request, what: &str) -> Result<(), Answer> {
+        let claims = match self.credentials(req) {
+            Ok(Some(c)) => c,
+            Ok(None) => return Err(Answer::error(401, "unauthorized", "an admin token is required")),
+            Err(a) => return Err(a),
+        };
+        if claims.role.as_deref() != Some("admin") {
+            return Err(Answer::error(403, "forbidden", &format!("{what} a token with role admin")));
+        }
+        Ok(())
+    }
+
     /// `GET /v1/cluster` (admin token): this node's view of the cluster.
     fn cluster_view(&mut self, req: &Request) -> Outcome {
         if !matches!(req.method, Method::Get | Method::Head) {
@@ -327,13 +341,8 @@ impl Reactor {
             a.extra.push(("Allow", "GET, HEAD".to_string()));
             return Outcome::Answer(a);
         }
-        let claims = match self.credentials(req) {
-            Ok(Some(c)) => c,
-            Ok(None) => return Outcome::Answer(Answer::error(401, "unauthorized", "an admin token is required")),
-            Err(a) => return Outcome::Answer(a),
-        };
-        if claims.role.as_deref() != Some("admin") {
-            return Outcome::Answer(Answer::error(403, "forbidden", "the cluster view needs a token with role admin"));
+        if let Err(a) = self.admin(req, "the cluster view needs") {
+            return Outcome::Answer(a);
         }
         let Some(c) = &self.shared.cluster else {
             return Outcome::Answer(Answer::error(404, "not_found", "this node is not in a cluster"));
@@ -357,13 +366,8 @@ impl Reactor {
             a.extra.push(("Allow", "POST".to_string()));
             return Outcome::Answer(a);
         }
-        let claims = match self.credentials(req) {
-            Ok(Some(c)) => c,
-            Ok(None) => return Outcome::Answer(Answer::error(401, "unauthorized", "an admin token is required")),
-            Err(a) => return Outcome::Answer(a),
-        };
-        if claims.role.as_deref() != Some("admin") {
-            return Outcome::Answer(Answer::error(403, "forbidden", "backups need a token with role admin"));
+        if let Err(a) = self.admin(req, "backups need") {
+            return Outcome::Answer(a);
         }
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
