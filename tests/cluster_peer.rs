@@ -769,3 +769,226 @@ fn an_answer_that_does_not_fit_its_request() {
         "{v}"
     );
 }
+
+// ------------------------------------------- ordering of a room "b" owns
+
+/// Message `seq` of `r` as "b" encodes it, the same bytes as `deliver`'s.
+fn msg_of(r: &RoomName, seq: u64) -> roomcast::proto::msg::MsgFrame {
+    let body = format!("{{\"n\":{seq}}}");
+    roomcast::proto::msg::encode_msg_raw(r, seq, 1_700_000_000_000, "bo", body.as_bytes(), None)
+}
+
+/// A fill page of `r`: messages `seqs`.
+fn page(r: &RoomName, seqs: std::ops::RangeInclusive<u64>, more: bool) -> Reply {
+    Reply::History { room: r.clone(), page: seqs.map(|s| msg_of(r, s)).collect(), more }
+}
+
+/// Waits for the fill "a" asks of `r` and checks it asks from `after`.
+fn expect_fill(b: &mut Peer, r: &RoomName, after: u64) -> u32 {
+    b.expect("a fill", |i| match i {
+        Item::Forward(Forward::History { ticket, room, after: a, before, .. }) if room == r => {
+            assert_eq!((*a, *before), (Some(after), None), "the fill asks for the wrong range");
+            Some(*ticket)
+        }
+        _ => None,
+    })
+}
+
+/// Opens a client `user` on "a" and sends its join of `r` (`since`, if
+/// any); returns it and the ticket of the join "a" forwards to "b".
+fn join_forwarded(a: &NodeA, b: &mut Peer, r: &RoomName, user: &str, since: Option<u64>) -> (Ws, u32) {
+    let mut ws = ws_connect(a, user);
+    let since = since.map_or(String::new(), |s| format!(r#","since":{s}"#));
+    ws.send(tungstenite::Message::text(format!(r#"{{"op":"join","room":"{r}","ref":1{since}}}"#))).unwrap();
+    let ticket = b.expect("the forwarded join", |i| match i {
+        Item::Forward(Forward::Join { ticket, room, user: u, .. }) if room == r && &**u == user => Some(*ticket),
+        _ => None,
+    });
+    (ws, ticket)
+}
+
+/// The seqs of the next `n` messages `ws` gets; anything else but a
+/// presence change fails.
+fn ws_seqs(ws: &mut Ws, n: usize) -> Vec<u64> {
+    (0..n)
+        .map(|_| {
+            let v = ws_next_op(ws);
+            assert_eq!(v["op"], "msg", "{v}");
+            v["seq"].as_u64().unwrap()
+        })
+        .collect()
+}
+
+/// The next `joined` of `ws`: its seq.
+fn ws_joined(ws: &mut Ws) -> u64 {
+    let v = ws_next_op(ws);
+    assert_eq!(v["op"], "joined", "{v}");
+    v["seq"].as_u64().unwrap()
+}
+
+/// A gap in "b"'s stream, and a join answered while the fill is out. "b"
+/// delivers 1, then 3: "a" holds 3 and asks from 1. Y's join reaches "b"
+/// after 3, so its answer lists it at 3 with the replay since 1 (2, 3),
+/// and is held behind 3. The page 2..4 hands 2 and 3 to X, then Y's
+/// answer (at 3, below 4), then 4 to both: Y gets 2 and 3 once, from its
+/// replay, and X every seq once.
+#[test]
+fn a_join_answered_while_a_gap_is_filled() {
+    let a = NodeA::start(&["a", "b"]);
+    let mut b = Peer::new(&a, 1);
+    let theirs = a.room_of(1, "owned-by-b");
+    b.bring_up(&a);
+    let mut x = join_remote(&a, &mut b, &theirs);
+    let bad = a.bad_frames();
+
+    b.send(&[deliver(&theirs, 1)]);
+    assert_eq!(ws_seqs(&mut x, 1), [1]);
+    b.send(&[deliver(&theirs, 3)]);
+    let fill = expect_fill(&mut b, &theirs, 1);
+
+    let (mut y, join) = join_forwarded(&a, &mut b, &theirs, "yan", Some(1));
+    let replay = vec![msg_of(&theirs, 2).frame, msg_of(&theirs, 3).frame];
+    let joined = Reply::Joined { room: theirs.clone(), last: 3, recovered: Some(true), replay };
+    b.send(&[Item::Answer { ticket: join, reply: joined }]);
+    b.send(&[Item::Answer { ticket: fill, reply: page(&theirs, 2..=4, false) }]);
+    b.send(&[deliver(&theirs, 5)]);
+
+    assert_eq!(ws_seqs(&mut x, 4), [2, 3, 4, 5]);
+    assert_eq!(ws_joined(&mut y), 3);
+    assert_eq!(ws_seqs(&mut y, 4), [2, 3, 4, 5]);
+    // Nothing more came before the next one.
+    b.send(&[deliver(&theirs, 6)]);
+    assert_eq!(ws_seqs(&mut x, 1), [6]);
+    assert_eq!(ws_seqs(&mut y, 1), [6]);
+    assert_eq!(a.bad_frames(), bad);
+    assert_eq!(a.peer_up("b"), 1);
+}
+
+/// A join answered ahead of this node's stream: "a" has 1 when Y's answer
+/// says 2 (with the replay of 2), so "a" holds the answer, asks from 1 and
+/// holds 3 behind it. The page 2..4 hands 2 to X, then Y's answer (at 2,
+/// below 3), then 3 and 4 to both: Y gets 2 once (its replay) and 3, 4, 5
+/// live.
+#[test]
+fn a_join_answer_ahead_of_the_stream_waits_for_the_fill() {
+    let a = NodeA::start(&["a", "b"]);
+    let mut b = Peer::new(&a, 1);
+    let theirs = a.room_of(1, "owned-by-b");
+    b.bring_up(&a);
+    let mut x = join_remote(&a, &mut b, &theirs);
+    let bad = a.bad_frames();
+
+    let (mut y, join) = join_forwarded(&a, &mut b, &theirs, "yan", Some(1));
+    b.send(&[deliver(&theirs, 1)]);
+    assert_eq!(ws_seqs(&mut x, 1), [1]);
+    let joined =
+        Reply::Joined { room: theirs.clone(), last: 2, recovered: Some(true), replay: vec![msg_of(&theirs, 2).frame] };
+    b.send(&[Item::Answer { ticket: join, reply: joined }]);
+    let fill = expect_fill(&mut b, &theirs, 1);
+    b.send(&[deliver(&theirs, 3)]);
+    b.send(&[Item::Answer { ticket: fill, reply: page(&theirs, 2..=4, false) }]);
+    b.send(&[deliver(&theirs, 5)]);
+
+    assert_eq!(ws_seqs(&mut x, 4), [2, 3, 4, 5]);
+    assert_eq!(ws_joined(&mut y), 2);
+    assert_eq!(ws_seqs(&mut y, 4), [2, 3, 4, 5]);
+    b.send(&[deliver(&theirs, 6)]);
+    assert_eq!(ws_seqs(&mut x, 1), [6]);
+    assert_eq!(ws_seqs(&mut y, 1), [6]);
+    assert_eq!(a.bad_frames(), bad);
+    assert_eq!(a.peer_up("b"), 1);
+}
+
+/// A fill page with `more`: "a" asks again from the page's last seq (and
+/// not before the page is in); the deliveries held meanwhile (3, 6) go
+/// out after the second page, each seq once.
+#[test]
+fn a_fill_of_more_than_one_page() {
+    let a = NodeA::start(&["a", "b"]);
+    let mut b = Peer::new(&a, 1);
+    let theirs = a.room_of(1, "owned-by-b");
+    b.bring_up(&a);
+    let mut x = join_remote(&a, &mut b, &theirs);
+    let bad = a.bad_frames();
+
+    b.send(&[deliver(&theirs, 1)]);
+    assert_eq!(ws_seqs(&mut x, 1), [1]);
+    b.send(&[deliver(&theirs, 3)]);
+    let first = expect_fill(&mut b, &theirs, 1);
+    b.send(&[deliver(&theirs, 6)]);
+    b.send(&[Item::Answer { ticket: first, reply: page(&theirs, 2..=3, true) }]);
+    let second = expect_fill(&mut b, &theirs, 3);
+    assert_ne!(first, second, "the second fill reused the spent ticket");
+    b.send(&[Item::Answer { ticket: second, reply: page(&theirs, 4..=5, false) }]);
+    b.send(&[deliver(&theirs, 7)]);
+
+    assert_eq!(ws_seqs(&mut x, 6), [2, 3, 4, 5, 6, 7]);
+    b.send(&[deliver(&theirs, 8)]);
+    assert_eq!(ws_seqs(&mut x, 1), [8]);
+    assert_eq!(a.bad_frames(), bad);
+    assert_eq!(a.peer_up("b"), 1);
+}
+
+/// A fill page read ahead of the stream: 4 comes in the page and then from
+/// the stream. The stream's copy is skipped (handed on already), which is
+/// no bad frame: the link stays up, and 5 follows 4 once.
+#[test]
+fn a_seq_from_a_fill_and_then_the_stream_goes_out_once() {
+    let a = NodeA::start(&["a", "b"]);
+    let mut b = Peer::new(&a, 1);
+    let theirs = a.room_of(1, "owned-by-b");
+    b.bring_up(&a);
+    let mut x = join_remote(&a, &mut b, &theirs);
+    let bad = a.bad_frames();
+
+    b.send(&[deliver(&theirs, 1)]);
+    assert_eq!(ws_seqs(&mut x, 1), [1]);
+    b.send(&[deliver(&theirs, 3)]);
+    let fill = expect_fill(&mut b, &theirs, 1);
+    b.send(&[Item::Answer { ticket: fill, reply: page(&theirs, 2..=4, false) }]);
+    assert_eq!(ws_seqs(&mut x, 3), [2, 3, 4]);
+    b.send(&[deliver(&theirs, 4)]);
+    b.send(&[deliver(&theirs, 5)]);
+    assert_eq!(ws_seqs(&mut x, 1), [5]);
+    assert_eq!(a.bad_frames(), bad);
+    assert_eq!(a.peer_up("b"), 1);
+}
+
+/// Presence changes held with the messages of a fill keep their place in
+/// the stream: "b" sends 3 (a gap), a presence change, 4; the page 2..5
+/// hands on 2, 3, the change, 4, 5 in that order (the change, which no
+/// fill brings back, between the 3 and 4 around it); the stream's 5 is
+/// then skipped.
+#[test]
+fn a_presence_change_held_by_a_fill_keeps_its_place() {
+    let a = NodeA::start(&["a", "b"]);
+    let mut b = Peer::new(&a, 1);
+    let theirs = a.room_of(1, "owned-by-b");
+    b.bring_up(&a);
+    let mut x = join_remote(&a, &mut b, &theirs);
+    let bad = a.bad_frames();
+
+    let diff = roomcast::proto::msg::encode_presence_diff(&theirs, &["zed"], &[]);
+    b.send(&[deliver(&theirs, 1)]);
+    assert_eq!(ws_seqs(&mut x, 1), [1]);
+    b.send(&[deliver(&theirs, 3)]);
+    let fill = expect_fill(&mut b, &theirs, 1);
+    b.send(&[Item::Deliver { room: theirs.clone(), seq: None, frame: diff }, deliver(&theirs, 4)]);
+    b.send(&[Item::Answer { ticket: fill, reply: page(&theirs, 2..=5, false) }]);
+    b.send(&[deliver(&theirs, 5), deliver(&theirs, 6)]);
+
+    // What X gets, in order: seqs, and "zed" for the change.
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let v = ws_next(&mut x);
+        match v["op"].as_str() {
+            Some("msg") => got.push(v["seq"].to_string()),
+            Some("presence_diff") if v["joins"] == serde_json::json!(["zed"]) => got.push("zed".into()),
+            Some("presence_diff") => {}
+            _ => panic!("unexpected {v}"),
+        }
+    }
+    assert_eq!(got, ["2", "3", "zed", "4", "5", "6"]);
+    assert_eq!(a.bad_frames(), bad);
+    assert_eq!(a.peer_up("b"), 1);
+}
