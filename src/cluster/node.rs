@@ -57,17 +57,16 @@ const HELLO_EVERY: Duration = Duration::from_millis(200);
 const BEAT_EVERY: Duration = Duration::from_millis(250);
 const FILL_RETRY: Duration = Duration::from_millis(200);
 /// Connections to the listener that have not proven themselves, at most.
+///
+/// Why pipes are unbound rather than closed, save under such a crowd:
+/// nng-sys 1.4.0-rc.0 (the newest there is) has a race in its push
+/// protocol — a send that completes just as the pipe closes puts the freed
+/// pipe back on the socket's ready list — so a node whose pipe the other
+/// side closes while it sends can crash (seen within seconds when every
+/// refused hello closed its pipe). A peer refused or dropped here keeps its
+/// connection, and everything it sends is ignored until a hello proves it;
+/// only a crowd of unproven connections (an attack) is closed.
 const MAX_UNPROVEN: usize = 64;
-/// Why pipes are unbound rather than closed, save under pressure: nng-sys
-/// 1.4.0-rc.0 (the newest there is) has a race in its push protocol — a
-/// send that completes just as the pipe closes puts the freed pipe back on
-/// the socket's ready list — so a node whose pipe the other side closes
-/// while it sends can crash (seen within seconds when every refused hello
-/// closed its pipe). A peer refused or dropped here keeps its connection,
-/// and everything it sends is ignored until a hello proves it; only a crowd
-/// of unproven connections (an attack) is closed.
-#[allow(dead_code)]
-const CLOSE_HAZARD: () = ();
 /// How long a stopping node waits for its senders to empty their queues.
 const STOP_GRACE: Duration = Duration::from_secs(1);
 /// One log line per peer (or for strangers) this often at most.
@@ -1121,7 +1120,7 @@ impl Node {
             if let Some(p) = self.pipes.remove(&pipe) {
                 self.link_lost(p, "it sent a bad hello");
             }
-            // Not closed: see `CLOSE_HAZARD`.
+            // Not closed: see `MAX_UNPROVEN`.
             return Err(());
         };
         // Only a hello that echoes our current nonce (or comes on the pipe
@@ -1212,7 +1211,7 @@ impl Node {
         self.handle.stats.bad_frames.fetch_add(1, Relaxed);
         let id = self.node_id(from);
         self.log(from, &format!("dropped the link from node {id}: {why}"));
-        // Unbound, not closed (see `CLOSE_HAZARD`): nothing else it sends
+        // Unbound, not closed (see `MAX_UNPROVEN`): nothing else it sends
         // is taken until a new hello proves it again.
         if let Some(p) = self.pipes.remove(&pipe) {
             self.link_lost(p, "it sent a bad frame");
@@ -1429,7 +1428,7 @@ impl Node {
             }
         }
         // Connections that did not prove themselves in time, once there
-        // are many (see `CLOSE_HAZARD`).
+        // are many (see `MAX_UNPROVEN`).
         let crowded = self.unproven.len() > MAX_UNPROVEN / 2;
         let late: Vec<nng::Pipe> = self
             .unproven
