@@ -12,7 +12,7 @@
 //! drop under load.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
@@ -74,30 +74,73 @@ impl Outbound {
 /// Starts the sender thread for the peer at `addr` (dialled in the
 /// background: any start order works, and nng reconnects).
 pub fn dial(addr: &str, stats: Arc<super::Handle>, peer: usize, stop: Arc<AtomicBool>) -> Result<Outbound, String> {
-    let socket = Socket::new(Protocol::Push0).map_err(|e| format!("cluster: push socket: {e}"))?;
-    let _ = socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(50)));
-    let _ = socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500)));
-    let _ = socket.set_opt::<SendTimeout>(Some(SEND_TIMEOUT));
-    socket.dial_async(addr).map_err(|e| format!("cluster: cannot dial {addr}: {e}"))?;
+    let socket = Dialer::new(addr)?;
     let (tx, rx) = crossbeam_channel::unbounded();
     let out = Outbound { tx, rx: rx.clone(), queued: Arc::new(AtomicUsize::new(0)), gen: Arc::new(AtomicU64::new(0)) };
     let (queued, gen) = (out.queued.clone(), out.gen.clone());
     thread::Builder::new()
         .name(format!("cluster-send-{peer}"))
-        .spawn(move || send_loop(socket, rx, queued, gen, stats, peer, stop))
+        .spawn({
+            let addr = addr.to_string();
+            move || send_loop(SendLoop { addr, socket, rx, queued, gen, handle: stats, peer, stop })
+        })
         .map_err(|e| format!("cluster: cannot start a sender thread: {e}"))?;
     Ok(out)
 }
 
-fn send_loop(
+/// One `Push0` socket dialling a peer, and whether one of its pipes went
+/// away since it was made.
+///
+/// nng-sys 1.4.0-rc.0's push protocol has a race: a send that completes
+/// just as its pipe closes puts the pipe back on the socket's ready list,
+/// after the close took it off, and the pipe is then freed; the next send
+/// picks it and crashes the process (seen when a peer was killed while
+/// this node sent to it). So a socket that lost a pipe is never sent on
+/// again: it is dropped and a new one dials. The pipe-removed callback
+/// runs before nng frees the pipe and takes the same lock a send holds, so
+/// no send can start on the old socket once the pipe may be freed.
+struct Dialer {
     socket: Socket,
+    broken: Arc<Mutex<bool>>,
+}
+
+impl Dialer {
+    fn new(addr: &str) -> Result<Dialer, String> {
+        let socket = Socket::new(Protocol::Push0).map_err(|e| format!("cluster: push socket: {e}"))?;
+        let _ = socket.set_opt::<ReconnectMinTime>(Some(Duration::from_millis(50)));
+        let _ = socket.set_opt::<ReconnectMaxTime>(Some(Duration::from_millis(500)));
+        let _ = socket.set_opt::<SendTimeout>(Some(SEND_TIMEOUT));
+        let broken = Arc::new(Mutex::new(false));
+        let flag = broken.clone();
+        socket
+            .pipe_notify(move |_, ev| {
+                if ev == nng::PipeEvent::RemovePost {
+                    // A poisoned lock: a sender panicked (fatal anyway).
+                    if let Ok(mut b) = flag.lock() {
+                        *b = true;
+                    }
+                }
+            })
+            .map_err(|e| format!("cluster: {e}"))?;
+        socket.dial_async(addr).map_err(|e| format!("cluster: cannot dial {addr}: {e}"))?;
+        Ok(Dialer { socket, broken })
+    }
+}
+
+/// What one sender thread owns.
+struct SendLoop {
+    addr: String,
+    socket: Dialer,
     rx: Receiver<Item>,
     queued: Arc<AtomicUsize>,
     gen: Arc<AtomicU64>,
     handle: Arc<super::Handle>,
     peer: usize,
     stop: Arc<AtomicBool>,
-) {
+}
+
+fn send_loop(l: SendLoop) {
+    let SendLoop { addr, mut socket, rx, queued, gen, handle, peer, stop } = l;
     let stats: &PeerStats = match handle.stats.peers.get(peer) {
         Some(s) => s,
         None => return,
@@ -127,26 +170,46 @@ fn send_loop(
         // What the node thread counted in (it may have emptied the queue
         // meanwhile, so never below zero).
         let _ = queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(bytes)));
-        let mut msg = nng::Message::from(wire::encode(&items).as_slice());
+        let mut msg = Some(nng::Message::from(wire::encode(&items).as_slice()));
         let n = items.len() as u64;
         items.clear();
         // A frame is never dropped from the middle of a link: a lost leave
         // or delivery would go unnoticed. It is tried until it goes, or the
         // queue was cleared meanwhile (the peer lagged or went down: both
         // sides resync), or the server stops.
-        loop {
-            match socket.send(msg) {
-                Ok(()) => {
+        while let Some(m) = msg.take() {
+            let sent = {
+                // Held for the send (see `Dialer`).
+                let broken = socket.broken.lock();
+                match broken {
+                    Ok(b) if !*b => Ok(socket.socket.send(m)),
+                    _ => Err(m),
+                }
+            };
+            match sent {
+                Err(m) => {
+                    // The socket lost a pipe: a new one dials, and the frame
+                    // goes on it (the peer takes nothing from the new pipe
+                    // before a hello, and resyncs for what the old one lost).
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    match Dialer::new(&addr) {
+                        Ok(d) => socket = d,
+                        Err(_) => thread::sleep(POLL),
+                    }
+                    msg = Some(m);
+                }
+                Ok(Ok(())) => {
                     stats.frames_sent.fetch_add(1, Ordering::Relaxed);
                     stats.records_sent.fetch_add(n, Ordering::Relaxed);
-                    break;
                 }
-                Err((back, _)) => {
+                Ok(Err((back, _))) => {
                     stats.send_timeouts.fetch_add(1, Ordering::Relaxed);
                     if gen.load(Ordering::SeqCst) != taken_at || stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    msg = back;
+                    msg = Some(back);
                 }
             }
         }
