@@ -170,7 +170,10 @@ fn send_loop(l: SendLoop) {
         // What the node thread counted in (it may have emptied the queue
         // meanwhile, so never below zero).
         let _ = queued.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |q| Some(q.saturating_sub(bytes)));
-        let mut msg = Some(nng::Message::from(wire::encode(&items).as_slice()));
+        let mut out = MessageWriter(nng::Message::with_capacity(bytes + 64));
+        // Appending to an nng message cannot fail.
+        let _ = wire::encode_into(&items, &mut out);
+        let mut msg = Some(out.0);
         let n = items.len() as u64;
         items.clear();
         // A frame is never dropped from the middle of a link: a lost leave
@@ -213,6 +216,20 @@ fn send_loop(l: SendLoop) {
                 }
             }
         }
+    }
+}
+
+/// Writes into an nng message (so a frame is encoded where it is sent).
+struct MessageWriter(nng::Message);
+
+impl std::io::Write for MessageWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.push_back(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

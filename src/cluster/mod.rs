@@ -196,10 +196,9 @@ impl Handle {
                 })
             })
             .collect();
-        let me = &self.config.nodes[self.me];
         serde_json::to_vec(&serde_json::json!({
-            "node": me.id,
-            "addr": me.addr,
+            "node": self.config.node_id,
+            "addr": self.config.nodes.get(self.me).map(|n| n.addr.as_str()),
             "incarnation": format!("{:016x}", self.incarnation),
             "hellos_refused": self.stats.hellos_refused.load(Relaxed),
             "bad_frames": self.stats.bad_frames.load(Relaxed),

@@ -254,8 +254,12 @@ fn remote_member(peer: u16, member: MemberId) -> Option<MemberId> {
     (member < (1 << 48)).then(|| REMOTE_MEMBER | (u64::from(peer) << 48) | member)
 }
 
+fn refused(to: Asked, room: RoomName, status: u16, code: &'static str, message: impl Into<String>) -> Reply {
+    Reply::Refused { to, room, status, code, message: message.into() }
+}
+
 fn unavailable(to: Asked, room: &RoomName, why: &str) -> Reply {
-    Reply::Refused { to, room: room.clone(), status: 503, code: "unavailable", message: why.to_string() }
+    refused(to, room.clone(), 503, "unavailable", why)
 }
 
 /// The JSON of `frame` if it is exactly one complete, unmasked WebSocket
@@ -499,26 +503,14 @@ impl Node {
             );
         }
         if self.inflight.len() >= MAX_INFLIGHT {
-            let reply = Reply::Refused {
-                to: asked,
-                room,
-                status: 503,
-                code: "overloaded",
-                message: "too many requests in flight to other nodes; retry".into(),
-            };
+            let reply = refused(asked, room, 503, "overloaded", "too many requests in flight to other nodes; retry");
             return self.answer_local(asker, reply);
         }
         if let Command::Publish(p) = &c {
             // One frame carries it whole; nng drops larger frames.
             if p.body.get().len() > wire::MAX_FRAME / 2 {
-                let reply = Reply::Refused {
-                    to: asked,
-                    room,
-                    status: 413,
-                    code: "too_large",
-                    message: format!("a message for another node's room is at most {} bytes", wire::MAX_FRAME / 2),
-                };
-                return self.answer_local(asker, reply);
+                let m = format!("a message for another node's room is at most {} bytes", wire::MAX_FRAME / 2);
+                return self.answer_local(asker, refused(asked, room, 413, "too_large", m));
             }
         }
         let kind = match asker.kind {
@@ -624,24 +616,20 @@ impl Node {
         }
     }
 
-    /// A delivery from `room`'s owner, in order or held.
-    fn remote_deliver(
-        &mut self,
-        from: u16,
-        room: RoomName,
-        seq: Option<u64>,
-        frame: Bytes,
-    ) -> Result<(), &'static str> {
-        if self.handle.owner(&room) != Some(from) {
-            return Err("a delivery for a room the sender does not own");
+    /// A delivery from `room`'s owner (`check` proved the sender owns it
+    /// and the seq grows): the stream's position moves, then it goes on.
+    fn remote_deliver(&mut self, room: RoomName, seq: Option<u64>, frame: Bytes) {
+        let Some(r) = self.remotes.get_mut(&room) else { return };
+        if seq.is_some() {
+            r.live = seq;
         }
-        let Some(r) = self.remotes.get_mut(&room) else { return Ok(()) };
-        if let Some(s) = seq {
-            if r.live.is_some_and(|l| s <= l) {
-                return Err("a seq that went backwards");
-            }
-            r.live = Some(s);
-        }
+        self.pass(&room, seq, frame);
+    }
+
+    /// A delivery handed on in order, held behind a fill, or the start of
+    /// a gap (held, and the range asked for).
+    fn pass(&mut self, room: &RoomName, seq: Option<u64>, frame: Bytes) {
+        let Some(r) = self.remotes.get_mut(room) else { return };
         if let Some(h) = &mut r.hold {
             h.push(Held::Deliver { seq, frame });
             if h.bytes > HOLD_BYTES {
@@ -650,40 +638,13 @@ impl Node {
                 h.items.retain(|i| !matches!(i, Held::Deliver { seq: Some(_), .. }));
                 h.bytes = h.items.iter().map(held_bytes).sum();
             }
-            return Ok(());
+            return;
         }
         match (seq, r.last) {
-            (None, _) => Self::broadcast(&mut self.outbox, &room, &r.per_reactor, &frame),
-            (Some(s), None) => {
-                r.last = Some(s);
-                Self::broadcast(&mut self.outbox, &room, &r.per_reactor, &frame);
-            }
             // A fill handed it on already.
-            (Some(s), Some(last)) if s <= last => {}
-            (Some(s), Some(last)) if s == last + 1 => {
-                r.last = Some(s);
-                Self::broadcast(&mut self.outbox, &room, &r.per_reactor, &frame);
-            }
-            (Some(_), Some(_)) => {
-                // A gap: hold this and what follows, ask for the range.
-                r.hold = Some(Hold::with(Held::Deliver { seq, frame }));
-                self.fill(&room);
-            }
-        }
-        Ok(())
-    }
-
-    /// A held delivery let out: as `remote_deliver`, past its checks.
-    fn pass(&mut self, owner: u16, room: &RoomName, seq: Option<u64>, frame: Bytes) {
-        let Some(r) = self.remotes.get_mut(room) else { return };
-        if let Some(h) = &mut r.hold {
-            return h.push(Held::Deliver { seq, frame });
-        }
-        match (seq, r.last) {
             (Some(s), Some(last)) if s <= last => {}
             (Some(s), Some(last)) if s > last + 1 => {
                 r.hold = Some(Hold::with(Held::Deliver { seq, frame }));
-                let _ = owner;
                 self.fill(room);
             }
             (Some(s), _) => {
@@ -826,10 +787,9 @@ impl Node {
     fn release(&mut self, room: &RoomName) {
         let Some(r) = self.remotes.get_mut(room) else { return };
         let Some(h) = r.hold.take() else { return };
-        let owner = r.owner;
         for item in h.items {
             match item {
-                Held::Deliver { seq, frame } => self.pass(owner, room, seq, frame),
+                Held::Deliver { seq, frame } => self.pass(room, seq, frame),
                 Held::Answer { to, reply } => self.client_answer(to, None, reply),
             }
         }
@@ -838,7 +798,9 @@ impl Node {
     // ----------------------------------------------------------- owner
 
     /// A peer's request for a room this node owns.
-    fn owner_forward(&mut self, from: u16, f: Forward) -> Result<(), &'static str> {
+    fn owner_forward(&mut self, from: u16, f: Forward) {
+        // `check` proved the room ours, the member id in range and the
+        // body within the limits.
         let room = match &f {
             Forward::Join { room, .. }
             | Forward::Leave { room, .. }
@@ -846,62 +808,42 @@ impl Node {
             | Forward::History { room, .. }
             | Forward::Presence { room, .. } => room.clone(),
         };
-        if self.handle.owner(&room).is_some() {
-            return Err("a request for a room this node does not own");
-        }
         let at = owner_of(&room, self.reactors);
         let pseudo = self.reactors + from as usize;
-        let Some(peer) = self.peers.get_mut(from as usize).and_then(|p| p.as_mut()) else {
-            return Err("no such peer");
-        };
-        // How the answer is encoded is the asking node's business.
-        let kind_of = |_: WireKind, ticket: u32| Asker::peer(from, ticket);
+        let Some(peer) = self.peers.get_mut(from as usize).and_then(|p| p.as_mut()) else { return };
+        // How an answer is encoded is the asking node's business (`kind`).
         let c = match f {
             Forward::Join { ticket, room, user, member, since } => {
-                let member = remote_member(from, member).ok_or("a member id out of range")?;
+                let Some(member) = remote_member(from, member) else { return };
                 if peer.members.len() >= MAX_PEER_MEMBERS && !peer.members.contains_key(&(room.clone(), member)) {
-                    let reply = Reply::Refused {
-                        to: Asked::Join,
-                        room,
-                        status: 503,
-                        code: "overloaded",
-                        message: "too many members from one node".into(),
-                    };
-                    peer.out.push(Item::Answer { ticket, reply });
-                    return Ok(());
+                    let reply = refused(Asked::Join, room, 503, "overloaded", "too many members from one node");
+                    return peer.out.push(Item::Answer { ticket, reply });
                 }
                 peer.members.insert((room.clone(), member), (user.clone(), peer.sync_round));
-                Command::Join(core::Join {
-                    room,
-                    user,
-                    reactor: pseudo,
-                    member,
-                    since,
-                    asker: Asker::peer(from, ticket),
-                })
+                let asker = Asker::peer(from, ticket);
+                Command::Join(core::Join { room, user, reactor: pseudo, member, since, asker })
             }
             Forward::Leave { room, user, member } => {
-                let member = remote_member(from, member).ok_or("a member id out of range")?;
+                let Some(member) = remote_member(from, member) else { return };
                 peer.members.remove(&(room.clone(), member));
                 Command::Leave(core::Leave { room, user, reactor: pseudo, member })
             }
-            Forward::Publish { ticket, kind, room, user, body, id } => {
-                let body = RawValue::from_string(body.into()).map_err(|_| "a body that is not JSON")?;
-                Command::Publish(core::Publish { room, user, body, id, asker: kind_of(kind, ticket) })
+            Forward::Publish { ticket, room, user, body, id, .. } => {
+                let Ok(body) = RawValue::from_string(body.into()) else { return };
+                Command::Publish(core::Publish { room, user, body, id, asker: Asker::peer(from, ticket) })
             }
-            Forward::History { ticket, kind, room, before, after, limit } => Command::History(core::History {
+            Forward::History { ticket, room, before, after, limit, .. } => Command::History(core::History {
                 room,
                 before,
                 after,
                 limit: (limit as usize).clamp(1, msg::MAX_HISTORY_LIMIT),
-                asker: kind_of(kind, ticket),
+                asker: Asker::peer(from, ticket),
             }),
-            Forward::Presence { ticket, kind, room } => {
-                Command::Presence(core::Presence { room, asker: kind_of(kind, ticket) })
+            Forward::Presence { ticket, room, .. } => {
+                Command::Presence(core::Presence { room, asker: Asker::peer(from, ticket) })
             }
         };
         self.shared.post_from_thread(at, Mail::Owner(c));
-        Ok(())
     }
 
     /// The peer is gone (down, restarted): its members of our rooms leave.
@@ -967,9 +909,7 @@ impl Node {
                 p.last_rx = Some(Instant::now());
             }
             for item in rest {
-                if let Err(why) = self.item(from, item) {
-                    return self.bad(pipe, from, why);
-                }
+                self.item(from, item);
             }
         }
         self.update_up();
@@ -1040,59 +980,49 @@ impl Node {
         Ok(())
     }
 
-    fn item(&mut self, from: u16, item: Item) -> Result<(), &'static str> {
+    /// One item of a frame `check` passed.
+    fn item(&mut self, from: u16, item: Item) {
         match item {
-            Item::Hello(_) => Ok(()),
+            Item::Hello(_) => {}
             Item::Heartbeat { hears_you } => {
                 if let Some(p) = self.peers.get_mut(from as usize).and_then(|p| p.as_mut()) {
                     p.heard = hears_you;
                 }
-                Ok(())
             }
             Item::Forward(f) => self.owner_forward(from, f),
-            Item::Answer { ticket, reply } => {
-                match self.inflight.remove(&ticket) {
-                    Some(Pending::Client { peer, asker, member, room, .. }) if peer == from => {
-                        if let (Some(m), Reply::Refused { .. }) = (member, &reply) {
-                            // A refused first join leaves no membership.
-                            if self.remotes.get(&room).and_then(|r| r.members.get(&m)).is_some_and(|l| !l.confirmed) {
-                                self.unregister(&room, m);
-                            }
+            // `check` proved the ticket, if still in flight, was this
+            // peer's, and the answer fits it; one answered already (timed
+            // out) is dropped.
+            Item::Answer { ticket, reply } => match self.inflight.remove(&ticket) {
+                Some(Pending::Client { asker, member, room, .. }) => {
+                    if let (Some(m), Reply::Refused { .. }) = (member, &reply) {
+                        // A refused first join leaves no membership.
+                        if self.remotes.get(&room).and_then(|r| r.members.get(&m)).is_some_and(|l| !l.confirmed) {
+                            self.unregister(&room, m);
                         }
-                        self.client_answer(asker, member, reply);
                     }
-                    Some(Pending::Fill { peer, room }) if peer == from => self.fill_answer(room, reply),
-                    Some(p) => {
-                        // Not that peer's ticket: put it back, refuse the frame.
-                        self.inflight.insert(ticket, p);
-                        return Err("an answer to another node's request");
-                    }
-                    None => {} // answered already (timed out): dropped
+                    self.client_answer(asker, member, reply);
                 }
-                Ok(())
-            }
-            Item::Deliver { room, seq, frame } => self.remote_deliver(from, room, seq, frame),
-            Item::Lagged => {
-                self.resync(from);
-                Ok(())
-            }
+                Some(Pending::Fill { room, .. }) => self.fill_answer(room, reply),
+                None => {}
+            },
+            Item::Deliver { room, seq, frame } => self.remote_deliver(room, seq, frame),
+            Item::Lagged => self.resync(from),
             Item::SyncStart => {
                 if let Some(p) = self.peers.get_mut(from as usize).and_then(|p| p.as_mut()) {
                     p.sync_round += 1;
                 }
-                Ok(())
             }
             Item::SyncEnd => {
                 let round = self.peers.get(from as usize).and_then(|p| p.as_ref()).map_or(0, |p| p.sync_round);
                 self.drop_members(from, Some(round));
-                Ok(())
             }
         }
     }
 
     /// Checks a hello; binds its pipe when it echoes our nonce.
     fn hello(&mut self, pipe: nng::Pipe, h: Hello) -> Result<(), ()> {
-        let me = self.handle.config.nodes[self.handle.me].id.clone();
+        let me = self.handle.config.node_id.clone();
         let idx = self.handle.config.nodes.iter().position(|n| n.id == h.node);
         let why = if h.version != wire::VERSION {
             Some(format!("protocol version {} (this node speaks {})", h.version, wire::VERSION))
@@ -1164,11 +1094,10 @@ impl Node {
     }
 
     fn send_hello(&mut self, idx: u16) {
-        let me = &self.handle.config.nodes[self.handle.me];
         let Some(p) = self.peers.get_mut(idx as usize).and_then(|p| p.as_mut()) else { return };
         let mut h = Hello {
             version: wire::VERSION,
-            node: me.id.clone(),
+            node: self.handle.config.node_id.clone(),
             incarnation: self.handle.incarnation,
             nodes_digest: self.digest,
             nonce: p.my_nonce,

@@ -170,6 +170,15 @@ const NESTING_LIMIT: i32 = 16;
 /// The caller keeps frames under [`MAX_FRAME`] (batching by [`size_hint`]);
 /// a larger one is encoded, and refused by the receiver.
 pub fn encode(items: &[Item]) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing to a Vec cannot fail.
+    let _ = encode_into(items, &mut out);
+    out
+}
+
+/// [`encode`], written straight into `out` (a link writes it into the nng
+/// message it sends, with no copy in between).
+pub fn encode_into<W: std::io::Write>(items: &[Item], out: &mut W) -> std::io::Result<()> {
     // One segment sized from the hints: no reallocation while building, and
     // the flat output is that segment plus its 8-byte table.
     let hint = FRAME_OVERHEAD + items.iter().map(size_hint).sum::<usize>();
@@ -180,7 +189,7 @@ pub fn encode(items: &[Item]) -> Vec<u8> {
     for (i, item) in items.iter().enumerate() {
         encode_item(item, list.reborrow().get(i as u32));
     }
-    capnp::serialize::write_message_to_words(&message)
+    capnp::serialize::write_message(out, &message).map_err(|e| std::io::Error::other(e.to_string()))
 }
 
 /// A list length as Cap'n Proto counts it. Lists here are bounded far below

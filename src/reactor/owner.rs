@@ -92,12 +92,10 @@ impl Reactor {
 
     /// Sends `c` to the room's owner: a plain call when that is this
     /// reactor, the cluster node thread when another node owns the room.
+    /// `owner` is what [`Reactor::owner_at`] gave for the room.
     pub(super) fn ask_owner(&mut self, owner: usize, c: core::Command<Asker>) {
-        if let Some(cl) = &self.shared.cluster {
-            if cl.owner(c.room()).is_some() {
-                let at = cl.mailbox;
-                return self.post(at, Mail::Cluster(ClusterMail::Forward(c)));
-            }
+        if self.shared.cluster.as_ref().is_some_and(|cl| owner == cl.mailbox) {
+            return self.post(owner, Mail::Cluster(ClusterMail::Forward(c)));
         }
         if owner == self.id {
             self.owner_command(c);

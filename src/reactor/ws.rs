@@ -15,7 +15,7 @@ use crate::metrics::CloseReason;
 use crate::proto::msg::{self, Member, Op, Ref};
 use crate::proto::ws::{self as wsproto, Event};
 use crate::rooms::core::{Asked, Command, History, Join, Leave, Presence, Publish, Reply};
-use crate::rooms::{owner_of, RoomName};
+use crate::rooms::RoomName;
 
 use super::conn::{Slot, State, WsKind};
 use super::mail::Asker;
@@ -153,7 +153,6 @@ impl Reactor {
         let (rate, burst) = (cfg.send_rate, cfg.send_burst);
         let (req_rate, req_burst) = (cfg.request_rate, cfg.request_burst);
         let max_depth = cfg.max_body_depth;
-        let reactors = self.shared.reactors();
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -190,7 +189,7 @@ impl Reactor {
                     }
                 }
                 ws.heavy += 1;
-                let owner = owner_of(&room, reactors);
+                let owner = Reactor::owner_at(&self.shared, &room);
                 let asker = Asker { tag, ..Asker::ws(me, r#ref) };
                 let member = member_id(me);
                 let join = Join { room, user, reactor: self.id, member, since, asker };
@@ -208,7 +207,7 @@ impl Reactor {
                     self.unlist(&room, key, slot);
                 }
                 self.reply(key, msg::encode_left(r#ref.as_ref(), &room));
-                let owner = owner_of(&room, reactors);
+                let owner = Reactor::owner_at(&self.shared, &room);
                 let leave = Leave { room, user, reactor: self.id, member: member_id(me) };
                 self.ask_owner(owner, Command::Leave(leave));
             }
@@ -234,13 +233,13 @@ impl Reactor {
             }
             OwnedOp::History { room, before, after, limit } => {
                 ws.heavy += 1;
-                let owner = owner_of(&room, reactors);
+                let owner = Reactor::owner_at(&self.shared, &room);
                 let history = History { room, before, after, limit, asker: Asker::ws(me, r#ref) };
                 self.ask_owner(owner, Command::History(history));
             }
             OwnedOp::Presence { room } => {
                 ws.heavy += 1;
-                let owner = owner_of(&room, reactors);
+                let owner = Reactor::owner_at(&self.shared, &room);
                 self.ask_owner(owner, Command::Presence(Presence { room, asker: Asker::ws(me, r#ref) }));
             }
         }
@@ -277,13 +276,12 @@ impl Reactor {
         }
         let rooms = std::mem::take(&mut ws.rooms);
         let user = ws.user.clone();
-        let reactors = self.shared.reactors();
         let member = member_id(self.conn_ref(key));
         for (room, slot) in rooms {
             if let Slot::Listed(slot) = slot {
                 self.unlist(&room, key, slot);
             }
-            let owner = owner_of(&room, reactors);
+            let owner = Reactor::owner_at(&self.shared, &room);
             let leave = Leave { room, user: user.clone(), reactor: self.id, member };
             self.ask_owner(owner, Command::Leave(leave));
         }
