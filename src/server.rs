@@ -110,6 +110,10 @@ impl Running {
                 self.shared.fatal("the cluster thread panicked");
             }
         }
+        // The auth workers hold senders of the writer's channel too.
+        if let Some(pool) = &self.shared.auth_pool {
+            pool.stop();
+        }
         // Every reactor dropped its sender: the writer commits what is left and ends.
         if self.writer.join().is_err() {
             self.shared.fatal("the store-writer thread panicked");
@@ -251,6 +255,10 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         auth,
         store: Some(store.clone()),
         readers: Some(readers),
+        auth_pool: Some(
+            crate::auth::service::AuthPool::new(config.auth_workers, &writer_tx)
+                .map_err(|e| startup(format!("auth threads: {e}")))?,
+        ),
         limits: crate::reactor::limits::Limits::new(&config),
         reaper: Some(crate::reactor::reaper::spawn().map_err(|e| startup(format!("reaper thread: {e}")))?),
         cluster: cluster.clone(),

@@ -23,6 +23,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
 use crate::config::Config;
 
+pub mod accounts;
+pub mod oauth;
+pub mod passkey;
+pub mod service;
+
 /// The file, inside the data directory, holding the generated secret as hex.
 pub const SECRET_FILE: &str = "jwt-secret";
 /// Bytes of randomness in a generated secret.

@@ -371,6 +371,12 @@ declare::settings! {
               `addr` in [`[cluster]`](#cluster) (behind a proxy, say); overrides `listen` there; only with that \
               table";
 
+    auth_workers: usize [plain] = 2;
+        flag "N", "Threads that hash passwords and talk to identity providers, off the event loops", default "2";
+        limit Limit::Between(1, bounds::AUTH_WORKERS);
+        docs "threads for the `/v1/auth/` endpoints (password hashing, refresh tokens, identity providers), so no \
+              event loop waits on them; each queues at most 32 requests, and a full queue answers 503";
+
     bus_publish: String [plain optional] = None;
         flag "ADDR",
             "Publish every committed message of the rooms this node owns on an nng pub socket at ADDR (best effort)";
@@ -467,6 +473,7 @@ pub mod bounds {
     const DAY: u64 = 24 * HOUR;
 
     pub const THREADS: usize = 1024;
+    pub const AUTH_WORKERS: usize = 64;
     pub const MAX_MESSAGE_BYTES: usize = 64 << 20;
     pub const MAX_QUEUE_BYTES: usize = 1 << 30;
     pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(HOUR);

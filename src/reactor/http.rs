@@ -141,6 +141,23 @@ impl Reactor {
 
     /// The answer to a request that waited on a room owner.
     pub(super) fn http_answer(&mut self, key: u32, status: u16, body: Vec<u8>, retry_after: Option<u64>) {
+        let mut a = Answer::json(status, body);
+        if let Some(s) = retry_after {
+            a.extra.push(("Retry-After", s.to_string()));
+        }
+        self.answer_waiting(key, a);
+    }
+
+    /// The answer to a request that waited on another thread.
+    pub(super) fn http_mail(&mut self, key: u32, h: HttpAnswer) {
+        let mut a = Answer { status: h.status, content_type: h.content_type, body: h.body, extra: h.headers };
+        if let Some(s) = h.retry_after {
+            a.extra.push(("Retry-After", s.to_string()));
+        }
+        self.answer_waiting(key, a);
+    }
+
+    fn answer_waiting(&mut self, key: u32, a: Answer) {
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -148,10 +165,6 @@ impl Reactor {
             return;
         };
         let Some(p) = h.awaiting.take() else { return };
-        let mut a = Answer::json(status, body);
-        if let Some(s) = retry_after {
-            a.extra.push(("Retry-After", s.to_string()));
-        }
         let p = Pending { keep_alive: p.keep_alive && !self.draining(), ..p };
         self.write_answer(key, a, p);
         // Pipelined requests behind this one may go on now, and the socket
@@ -209,6 +222,7 @@ impl Reactor {
             "/v1/admin/backup" => self.admin_backup(key, req, p),
             "/v1/cluster" => self.cluster_view(req),
             "/v1/echo" if self.shared.config.echo => self.upgrade(key, req, WsKind::Echo),
+            _ if path.starts_with("/v1/auth/") => self.auth_route(key, req, p),
             _ => match path.strip_prefix("/v1/rooms/") {
                 Some(rest) => self.room_route(key, req, rest, p),
                 None => Outcome::Answer(Answer::error(404, "not_found", "no such endpoint")),
@@ -411,20 +425,14 @@ impl Reactor {
             let mail = match result.and_then(|()| store.backup_to(&out)) {
                 Ok(n) => {
                     let body = serde_json::json!({ "path": out.display().to_string(), "messages": n });
-                    HttpAnswer { conn: me, status: 200, body: body.to_string().into_bytes(), retry_after: None }
+                    HttpAnswer::json(me, 200, body.to_string().into_bytes())
                 }
-                Err(crate::store::StoreError::Exists(_)) => HttpAnswer {
-                    conn: me,
-                    status: 409,
-                    body: msg::error_json("bad_request", &format!("backup {name} exists already; pick another name")),
-                    retry_after: None,
-                },
-                Err(e) => HttpAnswer {
-                    conn: me,
-                    status: 500,
-                    body: msg::error_json("internal", &format!("backup failed: {e}")),
-                    retry_after: None,
-                },
+                Err(crate::store::StoreError::Exists(_)) => HttpAnswer::json(
+                    me,
+                    409,
+                    msg::error_json("bad_request", &format!("backup {name} exists already; pick another name")),
+                ),
+                Err(e) => HttpAnswer::json(me, 500, msg::error_json("internal", &format!("backup failed: {e}"))),
             };
             shared.post_from_thread(me.reactor as usize, Mail::Http(mail));
         });
@@ -432,6 +440,47 @@ impl Reactor {
             self.set_awaiting(key, None);
             return Outcome::Answer(Answer::error(503, "overloaded", "cannot start a backup now"));
         }
+        Outcome::Done
+    }
+
+    /// `/v1/auth/*`: handed to the auth workers (hashing, storage and
+    /// providers never run here); the answer comes back as mail.
+    fn auth_route(&mut self, key: u32, req: &Request, p: Pending) -> Outcome {
+        let Some(pool) = &self.shared.auth_pool else {
+            return Outcome::Answer(Answer::error(404, "not_found", "accounts need storage"));
+        };
+        let me = self.conn_ref(key);
+        let (ip, tls) = self.conns.get(key as usize).map_or((None, false), |c| (c.ip, c.transport.is_tls()));
+        let job = crate::auth::service::AuthRequest { req: req.clone(), ip, tls };
+        let shared = self.shared.clone();
+        let queued = pool.submit(move |writer| {
+            let reply = match &shared.store {
+                Some(store) => {
+                    let ctx = crate::auth::service::Ctx { auth: &shared.auth, config: &shared.config, store, writer };
+                    crate::auth::service::handle(&ctx, &job)
+                }
+                None => crate::auth::service::AuthReply::error(404, "not_found", "accounts need storage"),
+            };
+            let mut headers = reply.headers;
+            // Tokens and ceremony state must never sit in a cache.
+            headers.push(("Cache-Control", "no-store".to_string()));
+            let answer = HttpAnswer {
+                conn: me,
+                status: reply.status,
+                body: reply.body,
+                retry_after: None,
+                content_type: reply.content_type,
+                headers,
+            };
+            shared.post_from_thread(me.reactor as usize, Mail::Http(answer));
+        });
+        if !queued {
+            let mut a = Answer::error(503, "overloaded", "too many sign-ins at once; try again shortly");
+            a.extra.push(("Retry-After", "1".to_string()));
+            a.extra.push(("Cache-Control", "no-store".to_string()));
+            return Outcome::Answer(a);
+        }
+        self.set_awaiting(key, Some(p));
         Outcome::Done
     }
 

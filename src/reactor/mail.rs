@@ -111,12 +111,22 @@ pub struct Answer {
     pub reply: Reply,
 }
 
-/// An HTTP answer made off a reactor (a backup thread).
+/// An HTTP answer made off a reactor (a backup thread, an auth worker).
 pub struct HttpAnswer {
     pub conn: ConnRef,
     pub status: u16,
     pub body: Vec<u8>,
     pub retry_after: Option<u64>,
+    pub content_type: &'static str,
+    /// Headers beyond the usual ones (`Location`, `Cache-Control`, ...).
+    pub headers: Vec<(&'static str, String)>,
+}
+
+impl HttpAnswer {
+    /// A JSON answer with no extra headers.
+    pub fn json(conn: ConnRef, status: u16, body: Vec<u8>) -> HttpAnswer {
+        HttpAnswer { conn, status, body, retry_after: None, content_type: "application/json", headers: Vec::new() }
+    }
 }
 
 pub enum Mail {

@@ -120,6 +120,8 @@ pub struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub store: Option<Store>,
     pub readers: Option<ReaderPool>,
+    /// The threads serving `/v1/auth/*`; `None` without a store.
+    pub auth_pool: Option<crate::auth::service::AuthPool>,
     /// Per-IP and per-user limits (see `limits`).
     pub limits: limits::Limits,
     /// Where large buffers of closed connections go to be freed off the

@@ -47,7 +47,7 @@ impl Reactor {
             Mail::Answer(a) => self.take_answer(a.to, a.reply),
             Mail::Http(h) => {
                 if let Some(key) = self.resolve(h.conn) {
-                    self.http_answer(key, h.status, h.body, h.retry_after);
+                    self.http_mail(key, h);
                 }
             }
             Mail::Batch(all) => {
@@ -177,8 +177,9 @@ impl Reactor {
             if let Err(e) = w.try_send(WriterCmd::Append { reactor: self.id as u16, recs }) {
                 let (crossbeam_channel::TrySendError::Full(cmd) | crossbeam_channel::TrySendError::Disconnected(cmd)) =
                     e;
-                let WriterCmd::Append { recs, .. } = cmd;
-                self.append_backlog.push_front(recs);
+                if let WriterCmd::Append { recs, .. } = cmd {
+                    self.append_backlog.push_front(recs);
+                }
                 // Try again shortly, without spinning: store-writer needs
                 // the CPU to catch up.
                 self.append_retry = Some(later(self.now, APPEND_RETRY));

@@ -89,6 +89,7 @@ impl Harness {
             tls: None,
             store,
             readers,
+            auth_pool: None,
             limits: super::limits::Limits::new(&config),
             reaper: None,
             cluster: None,

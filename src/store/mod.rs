@@ -17,8 +17,11 @@
 //! - `dedup`: `(room, user, client id)` -> `(seq, ts, expires_ms)`.
 //! - `dedup_expiry`: `(expires_ms, room, user, client id)` -> `()`, an index
 //!   so expired dedup entries are pruned without scanning `dedup`.
+//! - `auth`, `auth_expiry`: identity state (accounts, refresh tokens, rate
+//!   counters, ceremony state), see [`kv`].
 
 pub(crate) mod codec;
+pub mod kv;
 mod reader;
 mod writer;
 
@@ -34,8 +37,9 @@ use std::sync::Arc;
 
 use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
+pub(crate) use reader::lower_priority;
 pub use reader::{ReadWork, ReaderPool};
-pub use writer::{spawn_writer, CommitSink, Record, WriterCmd, WriterConfig};
+pub use writer::{spawn_writer, write_job, CommitSink, Record, WriteJob, WriterCmd, WriterConfig};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "roomcast.redb";
@@ -174,6 +178,8 @@ impl Store {
             txn.open_table(ROOMS)?;
             txn.open_table(DEDUP)?;
             txn.open_table(DEDUP_EXPIRY)?;
+            txn.open_table(kv::AUTH)?;
+            txn.open_table(kv::AUTH_EXPIRY)?;
         }
         txn.commit()?;
         Ok(Store {
@@ -344,6 +350,8 @@ impl Store {
             copy_table(&snapshot, &dst, ROOMS)?;
             copy_table(&snapshot, &dst, DEDUP)?;
             copy_table(&snapshot, &dst, DEDUP_EXPIRY)?;
+            copy_table(&snapshot, &dst, kv::AUTH)?;
+            copy_table(&snapshot, &dst, kv::AUTH_EXPIRY)?;
             // The meta table goes last, in the one durable commit: a copy cut
             // short by a crash has no schema version and opens as Foreign.
             let mut txn = dst.begin_write()?;
@@ -410,6 +418,19 @@ impl Store {
         }
         txn.commit()?;
         Ok(())
+    }
+
+    /// One [`WriteJob`] in a transaction of its own (store-writer only).
+    pub(crate) fn run_job(&self, job: &mut dyn WriteJob, durable: bool) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(if durable { Durability::Immediate } else { Durability::None })?;
+        match job.run(&txn) {
+            Ok(()) => Ok(txn.commit()?),
+            Err(e) => {
+                let _ = txn.abort();
+                Err(e)
+            }
+        }
     }
 
     /// An empty durable commit: persists every earlier non-durable one.

@@ -109,7 +109,7 @@ impl Drop for ReaderPool {
 /// the event loops, and it is the loops' latency that everyone feels. On
 /// Linux the nice value of `setpriority(PRIO_PROCESS, 0, ..)` is the calling
 /// thread's own. Failure leaves the default priority, which is only slower.
-fn lower_priority() {
+pub(crate) fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority takes plain integers and touches no memory of ours.
     unsafe {

@@ -42,7 +42,60 @@ pub struct Record {
 pub enum WriterCmd {
     /// One reactor's appends of one loop iteration, in seq order per room.
     Append { reactor: u16, recs: Vec<Record> },
+    /// A write of the identity tables (accounts, refresh tokens, rate
+    /// counters, ceremony state), in a transaction of its own, between two
+    /// batches of appends. See [`write_job`].
+    Job(Box<dyn WriteJob>),
 }
+
+/// A write that runs on `store-writer` in one transaction of its own: a
+/// read-check-write (spend a refresh token, count a failed login) is then
+/// atomic, since no other thread writes. `run` must be short: every append
+/// waits behind it.
+pub trait WriteJob: Send {
+    /// The transaction's work; an error aborts it.
+    fn run(&mut self, txn: &redb::WriteTransaction) -> Result<(), StoreError>;
+    /// Called once after the commit (or the abort) with its outcome.
+    fn done(self: Box<Self>, committed: Result<(), StoreError>);
+}
+
+/// Runs `f` on `store-writer` in one write transaction and waits for the
+/// commit: for threads that may block (the auth workers), never a reactor.
+/// `Err(StoreError::Db)` when the writer is gone or its queue stays full.
+pub fn write_job<T, F>(writer: &crossbeam_channel::Sender<WriterCmd>, f: F) -> Result<T, StoreError>
+where
+    T: Send + 'static,
+    F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
+{
+    struct Job<T, F> {
+        f: Option<F>,
+        value: Option<T>,
+        tx: crossbeam_channel::Sender<Result<T, StoreError>>,
+    }
+    impl<T: Send, F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send> WriteJob for Job<T, F> {
+        fn run(&mut self, txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+            let f = self.f.take().ok_or_else(|| StoreError::Db("job ran twice".into()))?;
+            self.value = Some(f(txn)?);
+            Ok(())
+        }
+        fn done(self: Box<Self>, committed: Result<(), StoreError>) {
+            let Job { value, tx, .. } = *self;
+            let out = committed.and_then(|()| value.ok_or_else(|| StoreError::Db("job did not run".into())));
+            let _ = tx.send(out);
+        }
+    }
+    let (tx, rx) = crossbeam_channel::bounded(1);
+    let job = Box::new(Job { f: Some(f), value: None, tx });
+    writer
+        .send_timeout(WriterCmd::Job(job), JOB_WAIT)
+        .map_err(|_| StoreError::Db("the store writer is not taking writes".into()))?;
+    rx.recv_timeout(JOB_WAIT).map_err(|_| StoreError::Db("the store writer did not answer".into()))?
+}
+
+/// How long a job waits to be queued, and then for its commit: far more
+/// than a commit takes, and short enough that a stuck disk gives the
+/// client an error instead of a hung request.
+const JOB_WAIT: Duration = Duration::from_secs(10);
 
 /// Where the writer reports commits; implemented by the reactor side (it
 /// posts mail and wakes the reactor). `n` is the number of this reactor's
@@ -180,6 +233,10 @@ impl Writer {
                 } else {
                     self.recs.extend(recs);
                 }
+            }
+            WriterCmd::Job(mut job) => {
+                let result = self.store.run_job(job.as_mut(), self.cfg.durable);
+                job.done(result);
             }
         }
     }
@@ -452,6 +509,11 @@ impl Pruner {
                         dedup.remove(key)?;
                     }
                 }
+                // Expired identity state (spent refresh tokens, old
+                // ceremony state, rate windows) on the same schedule.
+                let gone = super::kv::prune(&txn, now, budget)?;
+                self.dedup_backlog |= gone == budget;
+                budget -= gone;
                 self.next_dedup_ms = now + DEDUP_PRUNE_EVERY_MS;
             }
         }
