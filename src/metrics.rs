@@ -75,6 +75,7 @@ pub struct Counters {
     pub http_requests: u64,
     pub rooms_loaded: u64,
     pub rate_limited: u64,
+    pub origin_refused: u64,
 }
 
 impl Counters {
@@ -100,6 +101,7 @@ pub struct Shared {
     http_requests: AtomicU64,
     rooms_loaded: AtomicU64,
     rate_limited: AtomicU64,
+    origin_refused: AtomicU64,
 }
 
 impl Shared {
@@ -119,6 +121,7 @@ impl Shared {
         self.http_requests.store(c.http_requests, Relaxed);
         self.rooms_loaded.store(c.rooms_loaded, Relaxed);
         self.rate_limited.store(c.rate_limited, Relaxed);
+        self.origin_refused.store(c.origin_refused, Relaxed);
     }
 }
 
@@ -126,7 +129,7 @@ impl Shared {
 pub fn render(all: &[Shared]) -> String {
     let mut out = String::with_capacity(4096);
     type Get = fn(&Shared) -> &AtomicU64;
-    let simple: [(&str, &str, &str, Get); 12] = [
+    let simple: [(&str, &str, &str, Get); 13] = [
         ("roomcast_connections_open", "gauge", "Connections open now.", |s| &s.open),
         ("roomcast_connections_accepted_total", "counter", "Connections accepted.", |s| &s.accepted),
         ("roomcast_frames_in_total", "counter", "WebSocket frames received.", |s| &s.frames_in),
@@ -146,6 +149,9 @@ pub fn render(all: &[Shared]) -> String {
         ("roomcast_rooms_loaded", "gauge", "Rooms this reactor owns that are in memory now.", |s| &s.rooms_loaded),
         ("roomcast_rate_limited_total", "counter", "Requests answered rate_limited (WebSocket) or 429 (HTTP).", |s| {
             &s.rate_limited
+        }),
+        ("roomcast_origin_refused_total", "counter", "Requests to /v1/ refused for their Origin (403).", |s| {
+            &s.origin_refused
         }),
     ];
     for (name, kind, help, get) in simple {

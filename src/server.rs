@@ -255,6 +255,7 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         auth,
         store: Some(store.clone()),
         readers: Some(readers),
+        origins: crate::reactor::browser::Origins::parse(config.allowed_origins.as_deref()).map_err(startup)?,
         auth_pool: Some(
             crate::auth::service::AuthPool::new(config.auth_workers, &writer_tx)
                 .map_err(|e| startup(format!("auth threads: {e}")))?,

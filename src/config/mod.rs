@@ -371,6 +371,13 @@ declare::settings! {
               `addr` in [`[cluster]`](#cluster) (behind a proxy, say); overrides `listen` there; only with that \
               table";
 
+    allowed_origins: String [plain optional] = None;
+        flag "ORIGINS", "Web origins (scheme://host[:port], comma-separated, or *) allowed besides the server's own";
+        limit Limit::NotEmpty;
+        docs "web pages of these origins may open WebSockets and call `/v1/*` (CORS), besides the server's own \
+              origin; `*` allows any; a request with another `Origin` gets 403, one without `Origin` (not a \
+              browser) is allowed";
+
     auth_workers: usize [plain] = 2;
         flag "N", "Threads that hash passwords and talk to identity providers, off the event loops", default "2";
         limit Limit::Between(1, bounds::AUTH_WORKERS);
@@ -423,6 +430,9 @@ impl Config {
             (Some(_), None, _) => return bad("tls-listen", "needs --tls-cert and --tls-key"),
             (Some(_), _, None) => return bad("tls-listen", "needs --tls-key as well"),
             (None, _, _) => return bad("tls-cert", "--tls-cert and --tls-key need --tls-listen"),
+        }
+        if let Err(e) = crate::reactor::browser::Origins::parse(self.allowed_origins.as_deref()) {
+            return bad("allowed-origins", &e);
         }
         // Port 0 asks for any free port, so two port-0 listeners do not clash.
         if let Some(tls) = self.tls_listen {

@@ -65,6 +65,9 @@ pub struct HttpState {
     /// The whole request's length once its head is in and its body has a
     /// `Content-Length`: nothing is parsed again before that much is here.
     pub wanted: Option<usize>,
+    /// The allowed `Origin` of the request being answered, echoed in its
+    /// CORS headers (`None`: no `Origin`, or not a `/v1/` request).
+    pub cors_origin: Option<String>,
     /// Limiter of room reads (`GET .../messages`, `.../presence`), like the
     /// request bucket of a WebSocket.
     pub requests: TokenBucket,
@@ -75,6 +78,9 @@ pub struct HttpState {
 pub struct Pending {
     pub keep_alive: bool,
     pub head_only: bool,
+    /// A `/v1/` request: its answer says `Vary: Origin` (and echoes an
+    /// allowed origin, see `HttpState::cors_origin`).
+    pub cors: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,6 +11,7 @@ use crate::proto::msg;
 use crate::proto::ws::{accept_key, Decoder};
 use crate::rooms::{RoomName, UserId};
 
+use super::browser;
 use super::conn::{Pending, State, TokenBucket, WsKind, WsState};
 use super::mail::{Asker, HttpAnswer, Mail};
 use super::timer::later;
@@ -108,14 +109,66 @@ impl Reactor {
     fn request(&mut self, key: u32, req: Request) {
         let keep_alive = req.keep_alive && !self.draining();
         let head_only = req.method == Method::Head;
-        let p = Pending { keep_alive, head_only };
+        let cors = req.path.starts_with("/v1/");
+        let p = Pending { keep_alive, head_only, cors };
+        if cors {
+            if let Some(a) = self.check_origin(key, &req) {
+                self.write_answer(key, a, p);
+                return;
+            }
+        }
         match self.route(key, &req, p) {
             Outcome::Answer(a) => self.write_answer(key, a, p),
             Outcome::Done => {}
         }
     }
 
-    fn write_answer(&mut self, key: u32, a: Answer, p: Pending) {
+    /// The `Origin` rule of `/v1/*` (see `browser`): `Some` answer when
+    /// the request stops here (a refused origin, a CORS preflight). An
+    /// allowed origin is kept for the answer's CORS headers.
+    fn check_origin(&mut self, key: u32, req: &Request) -> Option<Answer> {
+        let tls = self.conns.get(key as usize).is_some_and(|c| c.transport.is_tls());
+        let origin = match req.header("origin") {
+            None => None,
+            Some(o) if self.shared.origins.allows(o, req, tls) => Some(String::from_utf8_lossy(o).trim().to_string()),
+            Some(_) => {
+                self.counters.origin_refused += 1;
+                return Some(Answer::error(
+                    403,
+                    "forbidden",
+                    "this origin may not use this server (--allowed-origins)",
+                ));
+            }
+        };
+        let preflight = req.method == Method::Options;
+        if let Some(conn) = self.conns.get_mut(key as usize) {
+            if let State::Http(h) = &mut conn.state {
+                h.cors_origin = origin;
+            }
+        }
+        preflight.then(|| {
+            let mut a = Answer { status: 204, content_type: "text/plain", body: Vec::new(), extra: Vec::new() };
+            a.extra.push(("Allow", format!("{}, OPTIONS", browser::CORS_METHODS)));
+            a.extra.push(("Access-Control-Allow-Methods", browser::CORS_METHODS.to_string()));
+            a.extra.push(("Access-Control-Allow-Headers", browser::CORS_HEADERS.to_string()));
+            a.extra.push(("Access-Control-Max-Age", browser::CORS_MAX_AGE.to_string()));
+            a
+        })
+    }
+
+    fn write_answer(&mut self, key: u32, mut a: Answer, p: Pending) {
+        if p.cors {
+            a.extra.push(("Vary", "Origin".to_string()));
+            a.extra.push(("X-Content-Type-Options", "nosniff".to_string()));
+            let origin = self.conns.get_mut(key as usize).and_then(|c| match &mut c.state {
+                State::Http(h) => h.cors_origin.take(),
+                _ => None,
+            });
+            if let Some(o) = origin {
+                a.extra.push(("Access-Control-Allow-Origin", o));
+                a.extra.push(("Access-Control-Expose-Headers", "Retry-After".to_string()));
+            }
+        }
         let extra: Vec<(&str, &str)> = a.extra.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let mut out = Vec::with_capacity(160 + a.body.len());
         http::write_response(&mut out, a.status, a.content_type, &a.body, p.keep_alive, &extra, p.head_only);
@@ -212,7 +265,13 @@ impl Reactor {
                 status: 200,
                 content_type: "text/html; charset=utf-8",
                 body: PAGE.as_bytes().to_vec(),
-                extra: vec![("Cache-Control", "no-cache".to_string())],
+                extra: vec![
+                    ("Cache-Control", "no-cache".to_string()),
+                    ("Content-Security-Policy", browser::page_csp(PAGE).to_string()),
+                    ("X-Content-Type-Options", "nosniff".to_string()),
+                    ("X-Frame-Options", "DENY".to_string()),
+                    ("Referrer-Policy", "no-referrer".to_string()),
+                ],
             }),
             "/healthz" | "/metrics" | "/" | "/index.html" => allow("GET, HEAD"),
             // Test builds only: the way to make a reactor thread panic.

@@ -15,6 +15,7 @@
 //!
 //! This module knows connections and bytes; room rules live in `rooms`.
 
+pub mod browser;
 mod conn;
 mod http;
 pub mod limits;
@@ -120,6 +121,8 @@ pub struct Shared {
     pub tls: Option<Arc<rustls::ServerConfig>>,
     pub store: Option<Store>,
     pub readers: Option<ReaderPool>,
+    /// `--allowed-origins`, parsed.
+    pub origins: browser::Origins,
     /// The threads serving `/v1/auth/*`; `None` without a store.
     pub auth_pool: Option<crate::auth::service::AuthPool>,
     /// Per-IP and per-user limits (see `limits`).
@@ -594,6 +597,7 @@ impl Reactor {
                 scanned: 0,
                 wanted: None,
                 requests,
+                cors_origin: None,
             }),
             flush_queued: false,
             timer_tick: None,

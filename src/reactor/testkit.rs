@@ -90,6 +90,7 @@ impl Harness {
             store,
             readers,
             auth_pool: None,
+            origins: super::browser::Origins::Own,
             limits: super::limits::Limits::new(&config),
             reaper: None,
             cluster: None,
