@@ -243,6 +243,15 @@ fn exchange<S: Read + Write>(mut s: S, out: &[u8], max: usize, head_only: bool) 
     read_response(&mut s, max, head_only)
 }
 
+/// An answer's head, once complete.
+struct Head {
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// Where the body starts in the buffer.
+    start: usize,
+    framing: Framing,
+}
+
 /// How the body of an answer ends.
 enum Framing {
     None,
@@ -255,19 +264,20 @@ enum Framing {
 fn read_response<R: Read>(s: &mut R, max: usize, head_only: bool) -> Result<Response, ClientError> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
-    let mut parsed: Option<(u16, Vec<(String, String)>, usize, Framing)> = None;
+    let mut parsed: Option<Head> = None;
     loop {
-        if let Some((_, _, start, framing)) = &parsed {
-            let body = buf.get(*start..).unwrap_or(&[]);
-            let done = match framing {
+        if let Some(head) = &parsed {
+            let body = buf.get(head.start..).unwrap_or(&[]);
+            let done = match &head.framing {
                 Framing::None => Some(Vec::new()),
                 Framing::Length(n) if body.len() >= *n => Some(body.get(..*n).unwrap_or(&[]).to_vec()),
                 Framing::Chunked => decode_chunked(body)?,
                 _ => None,
             };
             if let Some(body) = done {
-                let (status, headers, _, _) = parsed.take().unwrap_or((0, Vec::new(), 0, Framing::None));
-                return Ok(Response { status, headers, body });
+                if let Some(head) = parsed.take() {
+                    return Ok(Response { status: head.status, headers: head.headers, body });
+                }
             }
         }
         let n = match s.read(&mut chunk) {
@@ -279,7 +289,7 @@ fn read_response<R: Read>(s: &mut R, max: usize, head_only: bool) -> Result<Resp
         };
         if n == 0 {
             return match parsed {
-                Some((status, headers, start, Framing::Close)) => {
+                Some(Head { status, headers, start, framing: Framing::Close }) => {
                     Ok(Response { status, headers, body: buf.get(start..).unwrap_or(&[]).to_vec() })
                 }
                 _ => Err(ClientError::Protocol("the connection closed before the answer was complete".into())),
@@ -295,12 +305,8 @@ fn read_response<R: Read>(s: &mut R, max: usize, head_only: bool) -> Result<Resp
     }
 }
 
-/// The status, headers, body offset and framing once the head is complete.
-#[allow(clippy::type_complexity)]
-fn parse_head(
-    buf: &[u8],
-    head_only: bool,
-) -> Result<Option<(u16, Vec<(String, String)>, usize, Framing)>, ClientError> {
+/// The head once it is complete; `None` while it is not.
+fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, ClientError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut storage);
     let start = match resp.parse(buf) {
@@ -331,7 +337,7 @@ fn parse_head(
             _ => return Err(ClientError::Protocol("more than one Content-Length".into())),
         }
     };
-    Ok(Some((status, headers, start, framing)))
+    Ok(Some(Head { status, headers, start, framing }))
 }
 
 /// The decoded body once `raw` holds all of a chunked body (trailers
