@@ -476,4 +476,33 @@ mod tests {
         assert!(sent.contains("\r\nContent-Length: 3\r\n"));
         assert!(request("GET", &url, &[("X", "a\r\nInjected: 1")], None, Duration::from_secs(1), 10).is_err());
     }
+
+    /// https goes through rustls, and a certificate outside the compiled-in
+    /// roots (a self-signed one) fails the handshake.
+    #[test]
+    fn an_untrusted_certificate_is_refused() {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let cert = certified.cert.der().clone();
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der()).unwrap();
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let cfg = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert], key)
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("https://localhost:{}/x", listener.local_addr().unwrap().port());
+        let server = std::thread::spawn(move || {
+            let (tcp, _) = listener.accept().unwrap();
+            let conn = rustls::ServerConnection::new(Arc::new(cfg)).unwrap();
+            let mut tls = rustls::StreamOwned::new(conn, tcp);
+            let mut b = [0u8; 64];
+            // The client gives up during the handshake.
+            tls.read(&mut b).is_err()
+        });
+        let e = request("GET", &url, &[], None, Duration::from_secs(10), 1 << 16).unwrap_err();
+        assert!(matches!(e, ClientError::Tls(_)), "{e}");
+        assert!(server.join().unwrap());
+    }
 }
