@@ -73,6 +73,11 @@ setup_node() {
         say "installing Node test dependencies (npm ci in tests/node)"
         quietly npm npm ci --prefix tests/node --no-audit --no-fund --loglevel=error || return 1
     fi
+    # The OpenID provider of tests/e2e/test_oauth.py (oidc-provider wants node >= 20).
+    if [ ! -d tests/oauth/node_modules/oidc-provider ] || [ tests/oauth/package-lock.json -nt tests/oauth/node_modules/.package-lock.json ]; then
+        say "installing the OpenID provider for the OAuth tests (npm ci in tests/oauth)"
+        quietly npm-oauth npm ci --prefix tests/oauth --no-audit --no-fund --loglevel=error || return 1
+    fi
 }
 
 # Autobahn|Testsuite is Python 2 code: use pyenv's 2.7.18 when there is one.

@@ -269,7 +269,7 @@ fn decode_secret(text: &str, path: &Path) -> Result<Vec<u8>, AuthError> {
     Ok(bytes)
 }
 
-fn hex_encode(bytes: &[u8]) -> String {
+pub(crate) fn hex_encode(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {

@@ -162,9 +162,9 @@ const NODE_KEYS: &[&str] = &["id", "addr"];
 
 /// A key of `keys`, in either spelling, as its index; any other key fails
 /// while it is read (so that toml can say which line it is on), naming it.
-struct KeyOf {
-    keys: &'static [&'static str],
-    table: &'static str,
+pub(super) struct KeyOf {
+    pub keys: &'static [&'static str],
+    pub table: &'static str,
 }
 
 impl<'de> DeserializeSeed<'de> for KeyOf {
@@ -214,7 +214,7 @@ impl<'de> DeserializeSeed<'de> for Twice<'_> {
 }
 
 /// Reads the next value into `slot`, refusing a second one.
-fn take<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+pub(super) fn take<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
     map: &mut A,
     slot: &mut Option<T>,
     key: &str,

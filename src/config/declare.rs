@@ -349,11 +349,14 @@ macro_rules! settings {
             /// The `[cluster]` table (with its flags and environment
             /// variables); `None`: a single node.
             pub cluster: Option<$crate::config::cluster::ClusterConfig>,
+            /// The `[oauth.NAME]` tables, with their secrets from the
+            /// environment; empty: no providers.
+            pub oauth: Vec<$crate::config::oauth::OauthProvider>,
         }
 
         impl Default for Config {
             fn default() -> Self {
-                Config { $($field: $default,)* jwt_secret: None, cluster: None }
+                Config { $($field: $default,)* jwt_secret: None, cluster: None, oauth: Vec::new() }
             }
         }
 
@@ -379,6 +382,8 @@ macro_rules! settings {
             $($field: Option<$ty>,)*
             /// The `[cluster]` table; the file layer only.
             cluster: Option<$crate::config::cluster::ClusterTable>,
+            /// The `[oauth.NAME]` tables; the file layer only.
+            oauth: Option<$crate::config::oauth::OauthTable>,
         }
 
         impl Settings {
@@ -418,6 +423,7 @@ macro_rules! settings {
                         )?,
                     )*
                     cluster: None,
+                    oauth: None,
                 })
             }
 
@@ -459,7 +465,7 @@ macro_rules! settings {
 
         impl $crate::config::declare::Layer for Settings {
             const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
-            const TABLES: &'static [&'static str] = &["cluster"];
+            const TABLES: &'static [&'static str] = &["cluster", "oauth"];
 
             fn kebab() -> &'static [String] {
                 static KEBAB: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -476,6 +482,13 @@ macro_rules! settings {
                         return Err($crate::config::declare::duplicate(name));
                     }
                     self.cluster = Some(map.next_value()?);
+                    return Ok(());
+                }
+                if name == "oauth" {
+                    if self.oauth.is_some() {
+                        return Err($crate::config::declare::duplicate(name));
+                    }
+                    self.oauth = Some(map.next_value()?);
                     return Ok(());
                 }
                 $(

@@ -46,6 +46,7 @@ use serde::Deserialize;
 
 pub mod cluster;
 mod declare;
+pub mod oauth;
 mod values;
 
 use declare::Limit;
@@ -378,6 +379,18 @@ declare::settings! {
               origin; `*` allows any; a request with another `Origin` gets 403, one without `Origin` (not a \
               browser) is allowed";
 
+    oauth_state_ttl: Duration [duration] = Duration::from_secs(600);
+        flag "DURATION", "How long an OAuth sign-in may take between start and callback", default "10m";
+        limit Limit::Span(bounds::MIN_OAUTH_STATE_TTL, bounds::OAUTH_STATE_TTL);
+        docs "how long the state of an OAuth sign-in (see [`[oauth.NAME]`](#oauth)) stays valid between \
+              `/start` and the provider's callback; it is single-use either way";
+
+    oauth_timeout: Duration [duration] = Duration::from_secs(5);
+        flag "DURATION", "Time allowed for each request to an OAuth provider, connect to last byte", default "5s";
+        limit Limit::Span(bounds::MIN_OAUTH_TIMEOUT, bounds::OAUTH_TIMEOUT);
+        docs "time allowed for each request roomcast makes to an OAuth provider (discovery, code exchange, \
+              userinfo), from connecting to the last byte of the answer; past it the sign-in fails with `504`";
+
     auth_workers: usize [plain] = 2;
         flag "N", "Threads that hash passwords and talk to identity providers, off the event loops", default "2";
         limit Limit::Between(1, bounds::AUTH_WORKERS);
@@ -468,6 +481,7 @@ impl Config {
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;
         }
+        oauth::validate(&self.oauth)?;
         Ok(())
     }
 }
@@ -510,6 +524,10 @@ pub mod bounds {
     pub const CLUSTER_DOWN_AFTER: Duration = Duration::from_secs(HOUR);
     pub const MIN_CLUSTER_QUEUE_BYTES: usize = 64 << 10;
     pub const CLUSTER_QUEUE_BYTES: usize = 1 << 30;
+    pub const MIN_OAUTH_STATE_TTL: Duration = Duration::from_secs(1);
+    pub const OAUTH_STATE_TTL: Duration = Duration::from_secs(HOUR);
+    pub const MIN_OAUTH_TIMEOUT: Duration = Duration::from_millis(100);
+    pub const OAUTH_TIMEOUT: Duration = Duration::from_secs(60);
     /// Nodes in `[cluster]`.
     pub const CLUSTER_NODES: usize = 64;
     /// Longest node id.
@@ -640,6 +658,9 @@ fn resolve(
         let mut file = Settings::from_file(&path)?;
         sources.given = file.cluster_setting();
         sources.table = file.lift_cluster_table(&path.display().to_string())?;
+        if let Some(table) = file.oauth.take() {
+            config.oauth = table.build(&|name| env_value(env, name));
+        }
         file.apply(&mut config);
     }
     sources.given = flags.cluster_setting().or(env_layer.cluster_setting()).or(sources.given);
