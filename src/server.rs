@@ -307,8 +307,8 @@ fn bus_address(config: &Config) -> Option<String> {
 /// the old keys in place when the new files are bad.
 fn spawn_signal_thread(shared: Arc<Shared>) -> Result<(), ServerError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .map_err(|e| startup(format!("signals: {e}")))?;
+    let mut signals =
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| startup(format!("signals: {e}")))?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {

@@ -74,7 +74,7 @@ impl Key {
 /// The keys of one `kid` in the JWKS.
 pub(crate) enum Kid {
     /// One key, for the configured issuer.
-    Unbound(Key),
+    Unbound(Box<Key>),
     /// One key per issuer, by `iss`.
     Bound(Vec<(String, Key)>),
 }
@@ -335,7 +335,7 @@ fn jwks(text: &[u8], options: &Options) -> Result<(HashMap<String, Kid>, usize),
                     return Err(at("given twice (or both with and without `iss`)".into()));
                 }
                 let key = Key::new(alg, decoding, options, options.issuer.as_deref());
-                by_kid.insert(kid.clone(), Kid::Unbound(key));
+                by_kid.insert(kid.clone(), Kid::Unbound(Box::new(key)));
             }
         }
         count += 1;
@@ -345,11 +345,13 @@ fn jwks(text: &[u8], options: &Options) -> Result<(HashMap<String, Kid>, usize),
 
 /// The key of one JWK and its algorithm, which the key type fixes.
 fn jwk_key(entry: &Entry) -> Result<(Algorithm, DecodingKey), String> {
-    let member = |name: &str, v: &Option<String>| v.clone().ok_or_else(|| format!("{} key without `{name}`", entry.kty));
+    let member =
+        |name: &str, v: &Option<String>| v.clone().ok_or_else(|| format!("{} key without `{name}`", entry.kty));
     let b64 = |e: jsonwebtoken::errors::Error| format!("bad base64url: {e}");
     let (alg, decoding) = match entry.kty.as_str() {
         "RSA" => {
-            let key = DecodingKey::from_rsa_components(&member("n", &entry.n)?, &member("e", &entry.e)?).map_err(b64)?;
+            let key =
+                DecodingKey::from_rsa_components(&member("n", &entry.n)?, &member("e", &entry.e)?).map_err(b64)?;
             if let DecodingKeyKind::RsaModulusExponent { n, e } = key.kind() {
                 rsa_sizes_ok(strip_zeros(n), strip_zeros(e))?;
             }

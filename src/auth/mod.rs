@@ -50,8 +50,8 @@ pub mod testkeys;
 #[cfg(test)]
 mod tests;
 
-pub use keys::{Loaded, MAX_JWKS_KEYS, MAX_KEY_FILE_BYTES};
 use keys::{Key, Kid, PublicKeys};
+pub use keys::{Loaded, MAX_JWKS_KEYS, MAX_KEY_FILE_BYTES};
 
 /// The file, inside the data directory, holding the generated secret as hex.
 pub const SECRET_FILE: &str = "jwt-secret";
@@ -219,10 +219,7 @@ impl Auth {
     /// The secret, and the key files `options` names, read now.
     pub fn new(secret: &[u8], options: Options) -> Result<Auth, AuthError> {
         if secret.len() < MIN_SECRET_BYTES {
-            return Err(AuthError::Secret(format!(
-                "{} bytes; at least {MIN_SECRET_BYTES} are needed",
-                secret.len()
-            )));
+            return Err(AuthError::Secret(format!("{} bytes; at least {MIN_SECRET_BYTES} are needed", secret.len())));
         }
         let encoding = EncodingKey::from_secret(secret).map_err(|e| AuthError::Secret(e.to_string()))?;
         let decoding = DecodingKey::from_secret(secret).map_err(|e| AuthError::Secret(e.to_string()))?;
@@ -283,7 +280,7 @@ impl Auth {
         let key = match header.kid.as_deref() {
             Some(kid) => match keys.jwks.get(kid) {
                 None => return Err(AuthError::Invalid("unknown kid".into())),
-                Some(Kid::Unbound(key)) => key,
+                Some(Kid::Unbound(key)) => key.as_ref(),
                 Some(Kid::Bound(list)) => {
                     let iss = match list.as_slice() {
                         // One issuer: its key; the issuer check below refuses others.
@@ -292,9 +289,7 @@ impl Auth {
                     };
                     let claimed = match iss {
                         Some(_) => None,
-                        None => jsonwebtoken::dangerous::insecure_decode_claims::<Issuer>(token)
-                            .map_err(invalid)?
-                            .iss,
+                        None => jsonwebtoken::dangerous::insecure_decode_claims::<Issuer>(token).map_err(invalid)?.iss,
                     };
                     let wanted = iss.or(claimed.as_deref());
                     match list.iter().find(|(i, _)| Some(i.as_str()) == wanted) {
@@ -312,10 +307,11 @@ impl Auth {
         if header.alg != key.alg {
             return Err(AuthError::Invalid(format!("alg {:?} is not the key's, which is {:?}", header.alg, key.alg)));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation).map_err(|e| match e.kind() {
-            ErrorKind::ExpiredSignature => AuthError::Expired,
-            _ => AuthError::Invalid(e.to_string()),
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &key.decoding, &key.validation).map_err(|e| match e.kind() {
+                ErrorKind::ExpiredSignature => AuthError::Expired,
+                _ => AuthError::Invalid(e.to_string()),
+            })?;
         check_user_id(&data.claims.sub).map_err(|m| AuthError::Invalid(format!("sub claim: {m}")))?;
         Ok(data.claims)
     }

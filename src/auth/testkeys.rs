@@ -130,7 +130,8 @@ fn base64(bytes: &[u8], alphabet: &[u8; 64], pad: bool) -> String {
     let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
     for chunk in bytes.chunks(3) {
         let b = [chunk.first().copied(), chunk.get(1).copied(), chunk.get(2).copied()];
-        let n = (u32::from(b[0].unwrap_or(0)) << 16) | (u32::from(b[1].unwrap_or(0)) << 8) | u32::from(b[2].unwrap_or(0));
+        let n =
+            (u32::from(b[0].unwrap_or(0)) << 16) | (u32::from(b[1].unwrap_or(0)) << 8) | u32::from(b[2].unwrap_or(0));
         let digits = 1 + b.iter().filter(|x| x.is_some()).count();
         for i in 0..4 {
             if i < digits {

@@ -24,8 +24,7 @@ fn temp_dir() -> PathBuf {
 }
 
 fn encode(secret: &[u8], claims: &Claims) -> String {
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret).unwrap())
-        .unwrap()
+    jsonwebtoken::encode(&Header::new(Algorithm::HS256), claims, &EncodingKey::from_secret(secret).unwrap()).unwrap()
 }
 
 fn claims(sub: &str, exp: u64) -> Claims {
@@ -250,10 +249,8 @@ fn audience_and_issuer() {
     assert!(matches!(strict.verify(&plain), Err(AuthError::Invalid(_))));
 
     let exp = now_unix() + 60;
-    let wrong_aud =
-        Claims { aud: Some(Audience::One("other".into())), iss: Some("me".into()), ..claims("ann", exp) };
-    let wrong_iss =
-        Claims { aud: Some(Audience::One("rc".into())), iss: Some("them".into()), ..claims("ann", exp) };
+    let wrong_aud = Claims { aud: Some(Audience::One("other".into())), iss: Some("me".into()), ..claims("ann", exp) };
+    let wrong_iss = Claims { aud: Some(Audience::One("rc".into())), iss: Some("them".into()), ..claims("ann", exp) };
     let array_aud = Claims {
         aud: Some(Audience::Many(vec!["x".into(), "rc".into()])),
         iss: Some("me".into()),
@@ -288,7 +285,8 @@ fn secret_file_is_created_private_and_reused() {
     assert_eq!(fs::read_dir(&data).unwrap().count(), 1);
 
     // The environment's secret wins and touches no file.
-    let (env_auth, from_file) = Auth::load_or_create(&dir.join("unused"), Some(std::str::from_utf8(OTHER).unwrap()), None, None).unwrap();
+    let (env_auth, from_file) =
+        Auth::load_or_create(&dir.join("unused"), Some(std::str::from_utf8(OTHER).unwrap()), None, None).unwrap();
     assert!(!from_file);
     assert!(!dir.join("unused").exists());
     assert!(matches!(env_auth.verify(&token), Err(AuthError::Invalid(_))));
@@ -455,7 +453,8 @@ fn hs256_signed_with_the_public_key_is_refused() {
         let pem = key.public_pem();
         let set = [key.jwk("k1", None)];
         let (by_kid, _jwks) = with_jwks(&set, Options::default());
-        let secrets: [&[u8]; 3] = [pem.as_bytes(), pem.trim_end().as_bytes(), &key.jwk("k1", None).to_string().into_bytes()];
+        let secrets: [&[u8]; 3] =
+            [pem.as_bytes(), pem.trim_end().as_bytes(), &key.jwk("k1", None).to_string().into_bytes()];
         for secret in secrets {
             let token = sign_hs256(secret, &json!({"alg": "HS256", "typ": "JWT"}), &good("ann"));
             assert!(refused(&auth, &token).contains("InvalidSignature"));
@@ -657,11 +656,9 @@ fn audience_and_issuer_bind_public_keys_too() {
     let pem = KeyFile::new("key.pem", &ed().public_pem());
     let set = [rsa().jwk("plain", None), with_iss(ec().jwk("theirs", None), "them")];
     let jwks = KeyFile::new("keys.json", &jwks_text(&set));
-    let auth = Auth::new(
-        SECRET,
-        Options { public_key: Some(pem.path.clone()), jwks: Some(jwks.path.clone()), ..options },
-    )
-    .unwrap();
+    let auth =
+        Auth::new(SECRET, Options { public_key: Some(pem.path.clone()), jwks: Some(jwks.path.clone()), ..options })
+            .unwrap();
     let exp = now_unix() + 600;
     let c = |aud: &str, iss: &str| json!({"sub": "ann", "exp": exp, "aud": aud, "iss": iss});
     assert!(auth.verify(&ed().token(None, &c("rc", "me")).unwrap()).is_ok());

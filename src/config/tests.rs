@@ -243,7 +243,9 @@ fn a_short_secret_is_a_config_error() {
         assert_eq!(key, "ROOMCAST_JWT_SECRET");
         assert!(problem.contains("at least 32 bytes") && !problem.contains(short), "{problem}");
         let token = parse_command_line(["roomcast", "token", "--sub", "ann"], &env);
-        assert!(matches!(token, Err(CliError::Config(ConfigError::Setting { ref key, .. })) if key == "ROOMCAST_JWT_SECRET"));
+        assert!(
+            matches!(token, Err(CliError::Config(ConfigError::Setting { ref key, .. })) if key == "ROOMCAST_JWT_SECRET")
+        );
     }
     // An empty one is no secret: the data directory's is used.
     let env = env_of(&[("ROOMCAST_JWT_SECRET", "")]);
@@ -255,11 +257,8 @@ fn key_files_and_leeway() {
     let c = Config::from_args_and_env(&[], &no_env).unwrap();
     assert_eq!((c.jwt_public_key.as_ref(), c.jwks.as_ref()), (None, None));
     assert_eq!(c.jwt_leeway, Duration::from_secs(30));
-    let c = Config::from_args_and_env(
-        &["--jwt-public-key=/k.pem", "--jwks", "/keys.json", "--jwt-leeway=2m"],
-        &no_env,
-    )
-    .unwrap();
+    let c = Config::from_args_and_env(&["--jwt-public-key=/k.pem", "--jwks", "/keys.json", "--jwt-leeway=2m"], &no_env)
+        .unwrap();
     assert_eq!(c.jwt_public_key, Some(PathBuf::from("/k.pem")));
     assert_eq!(c.jwks, Some(PathBuf::from("/keys.json")));
     assert_eq!(c.jwt_leeway, Duration::from_secs(120));
