@@ -55,7 +55,7 @@ from compare import f_bytes, f_lat, f_num, free_port, g, kill_group, loadavg, ma
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "docs", "bench", "results")
-JWT_SECRET = "cluster-bench-jwt-secret"
+JWT_SECRET = "cluster-bench-jwt-secret-0123456789"
 CLUSTER_SECRET = "cluster-bench-shared-secret-0123456789"
 SERVER_CORE = "1"
 LOADGEN_CORE = "0"

@@ -32,7 +32,7 @@ import time
 import websockets
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-SECRET = "stall-secret"
+SECRET = "stall-secret-of-32-bytes-or-more-0"
 FIRST_SEQ = re.compile(r'"messages":\[\{"room":"[^"]*","seq":(\d+)')
 
 

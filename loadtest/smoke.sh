@@ -18,7 +18,7 @@ LT="$root/target/release/roomcast-loadtest"
 PORT="${PORT:-$((20000 + RANDOM % 20000))}"
 URL="ws://127.0.0.1:$PORT/v1/ws"
 work="$(mktemp -d)"
-export ROOMCAST_JWT_SECRET="smoke-secret"
+export ROOMCAST_JWT_SECRET="smoke-secret-of-32-bytes-or-more"
 
 # One load generator from one address: the request and per-address limits are off.
 # Idle rooms are forgotten after 1 s so that cold-rooms can make them cold.

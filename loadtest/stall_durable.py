@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from compare import f_lat, f_num, free_port, kill_group, loadavg, run_loadgen  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SECRET = "stall-durable-secret"
+SECRET = "stall-durable-secret-0123456789abc"
 SERVER_CORE = "0"
 LOADGEN_CORE = "1"
 

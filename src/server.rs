@@ -3,8 +3,9 @@
 //! starts the reactor threads and the signal thread, prints where it
 //! listens, and waits for the drain to finish.
 //!
-//! Everything that can fail at startup (data directory, secret, TLS files,
-//! bind) fails here, on the main thread, before any reactor runs.
+//! Everything that can fail at startup (data directory, secret, key files,
+//! TLS files, bind) fails here, on the main thread, before any reactor
+//! runs. SIGHUP re-reads the key files while the server runs.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -173,7 +174,7 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     crate::reactor::reaper::tune_allocator();
     std::fs::create_dir_all(&config.data)
         .map_err(|e| startup(format!("data directory {}: {e}", config.data.display())))?;
-    let (auth, secret_from_file) = Auth::from_config(&config).map_err(|e| startup(format!("jwt secret: {e}")))?;
+    let (auth, secret_from_file) = Auth::from_config(&config).map_err(startup)?;
 
     let store = Store::open_with_cache(&config.data, config.store_cache_bytes).map_err(startup)?;
     if let Some(c) = &config.cluster {
@@ -310,15 +311,27 @@ fn bus_address(config: &Config) -> Option<String> {
     config.bus_publish.clone()
 }
 
+/// SIGINT and SIGTERM drain (a second one exits at once); SIGHUP re-reads
+/// the key files (`Auth::reload`), leaving every connection as it is and
+/// the old keys in place when the new files are bad.
 fn spawn_signal_thread(shared: Arc<Shared>) -> Result<(), ServerError> {
-    use signal_hook::consts::{SIGINT, SIGTERM};
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
-        signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| startup(format!("signals: {e}")))?;
+        signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP]).map_err(|e| startup(format!("signals: {e}")))?;
     thread::Builder::new()
         .name("signals".into())
         .spawn(move || {
             let mut seen = 0;
-            for _ in signals.forever() {
+            for signal in signals.forever() {
+                if signal == SIGHUP {
+                    // Reading the files here, off the reactors, is what keeps
+                    // them from waiting on a disk.
+                    match shared.auth.reload() {
+                        Ok(loaded) => eprintln!("roomcast: keys reloaded ({loaded})"),
+                        Err(e) => eprintln!("roomcast: keys not reloaded, the old ones stay: {e}"),
+                    }
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     eprintln!("roomcast: draining (again to stop at once)");

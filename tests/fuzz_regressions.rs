@@ -6,7 +6,7 @@
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use roomcast::auth::{Auth, AuthError};
 
-const SECRET: &[u8] = b"fuzz-secret-0123456789abcdef";
+const SECRET: &[u8] = b"fuzz-secret-0123456789abcdef-0123";
 
 fn signed(claims: &serde_json::Value) -> String {
     let key = EncodingKey::from_secret(SECRET).expect("an HMAC key");

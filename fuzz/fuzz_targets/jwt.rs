@@ -20,9 +20,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use libfuzzer_sys::fuzz_target;
-use roomcast::auth::{now_unix, Audience, Auth, AuthError, Claims, LEEWAY_SECS};
+use roomcast::auth::{now_unix, Audience, Auth, AuthError, Claims, DEFAULT_LEEWAY};
 
-const SECRET: &[u8] = b"fuzz-secret-0123456789abcdef";
+const SECRET: &[u8] = b"fuzz-secret-0123456789abcdef-0123";
 const OTHER_SECRET: &[u8] = b"fuzz-secret-other-key";
 const AUDIENCE: &str = "roomcast-fuzz";
 const ISSUER: &str = "fuzz-issuer";
@@ -62,7 +62,7 @@ fn check_accepted(c: &Claims, aud: bool, iss: bool) {
     assert!(!c.sub.is_empty() && c.sub.len() <= 128, "sub of {} bytes accepted", c.sub.len());
     assert!(!c.sub.chars().any(char::is_control), "sub with a control character accepted: {:?}", c.sub);
     let now = now_unix();
-    assert!(c.exp.saturating_add(LEEWAY_SECS) >= now, "expired token accepted: exp {} now {now}", c.exp);
+    assert!(c.exp.saturating_add(DEFAULT_LEEWAY.as_secs()) >= now, "expired token accepted: exp {} now {now}", c.exp);
     if aud {
         let ok = match &c.aud {
             Some(Audience::One(a)) => a == AUDIENCE,
@@ -106,6 +106,6 @@ fuzz_target!(|data: &[u8]| {
             check_accepted(&claims, *aud, *iss);
         }
         Err(AuthError::Invalid(_) | AuthError::Expired) => {}
-        Err(AuthError::Secret(e)) => panic!("verify reported a secret problem: {e}"),
+        Err(AuthError::Secret(e) | AuthError::Keys(e)) => panic!("verify reported a key problem: {e}"),
     }
 });

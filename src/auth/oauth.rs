@@ -295,7 +295,7 @@ fn link(ctx: &Ctx, p: &OauthProvider, sub: &str) -> Result<String, OauthError> {
     // its users, and pointing a name at another issuer cannot reach them.
     let key = format!("{} {sub}", p.issuer);
     let preferred = preferred_user(&p.name, sub);
-    let fallback = format!("{}:~{}", p.name, crate::auth::hex_encode(&random_bytes::<12>()?));
+    let fallback = format!("{}:~{}", p.name, crate::auth::secret::hex_encode(&random_bytes::<12>()?));
     let now = crate::proto::now_ms();
     let user = crate::store::write_job(ctx.writer, move |txn| {
         let mut kv = Kv::open(txn, now)?;

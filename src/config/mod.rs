@@ -22,7 +22,8 @@
 //! only overrides what it names. The process environment is never read here
 //! directly: callers pass a lookup function, which keeps tests free of global
 //! state. The JWT secret is not a setting of any layer: it only ever comes
-//! from `ROOMCAST_JWT_SECRET` (or the data directory, see `crate::auth`).
+//! from `ROOMCAST_JWT_SECRET` (at least 32 bytes, else a config error) or
+//! the data directory (see `crate::auth`).
 //!
 //! The `[cluster]` table of the file (see `cluster`) is the one table among
 //! the settings. Its `node-id`, `down-after` and `listen` are the file's
@@ -214,6 +215,24 @@ declare::settings! {
         flag "ISS", "Require this `iss` claim in tokens";
         limit Limit::NotEmpty;
         docs "when set, tokens must carry this `iss`; `roomcast token` mints it";
+
+    jwt_public_key: PathBuf [plain optional] = None;
+        flag "PEM", "PEM public key (RSA, EC P-256 or Ed25519) that verifies tokens without a kid; re-read on SIGHUP";
+        limit Limit::NotEmpty;
+        docs "PEM `PUBLIC KEY` (RSA, EC P-256 or Ed25519) that verifies tokens without a `kid`; its type fixes \
+              the algorithm (RS256, ES256, EdDSA); re-read on SIGHUP, see [Keys](#keys)";
+
+    jwks: PathBuf [plain optional] = None;
+        flag "FILE", "JSON Web Key Set file whose keys verify tokens by kid; re-read on SIGHUP";
+        limit Limit::NotEmpty;
+        docs "JSON Web Key Set file; a token with a `kid` is verified by that key only; re-read on SIGHUP, see \
+              [Keys](#keys)";
+
+    jwt_leeway: Duration [duration] = crate::auth::DEFAULT_LEEWAY;
+        flag "DURATION", "Clock skew allowed on a token's exp and nbf (whole seconds)", default "30s";
+        limit Limit::AtMost(bounds::JWT_LEEWAY);
+        docs "clock skew allowed on a token's `exp` and `nbf`, in whole seconds; a connection is closed with \
+              4001 once its token's `exp` plus this has passed";
 
     drain_timeout: Duration [duration] = Duration::from_secs(10);
         flag "DURATION", "How long shutdown waits for connections before closing them", default "10s";
@@ -430,6 +449,7 @@ impl Config {
     /// the rules between settings; the first problem is the one reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_each()?;
+        check_jwt_secret(self.jwt_secret.as_ref())?;
         self.check_combinations()
     }
 
@@ -461,6 +481,9 @@ impl Config {
                 "must be at least max-message-bytes (a largest message must fit in the queue)",
             );
         }
+        if self.jwt_leeway.subsec_nanos() != 0 {
+            return bad("jwt-leeway", "must be a whole number of seconds");
+        }
         if self.ping_interval >= self.idle_timeout {
             return bad(
                 "ping-interval",
@@ -483,6 +506,20 @@ impl Config {
         }
         oauth::validate(&self.oauth)?;
         Ok(())
+    }
+}
+
+/// An HS256 secret from `ROOMCAST_JWT_SECRET` must be at least
+/// [`crate::auth::MIN_SECRET_BYTES`] long: a shorter one can be guessed
+/// offline from any token it signed.
+fn check_jwt_secret(secret: Option<&JwtSecret>) -> Result<(), ConfigError> {
+    let min = crate::auth::MIN_SECRET_BYTES;
+    match secret {
+        Some(s) if s.expose().len() < min => Err(ConfigError::setting(
+            ENV_JWT_SECRET,
+            format!("must be at least {min} bytes (it is {}); 32 random bytes as hex will do", s.expose().len()),
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -536,6 +573,7 @@ pub mod bounds {
     pub const NODE_ADDR_BYTES: usize = 256;
     /// Shortest cluster secret.
     pub const MIN_CLUSTER_SECRET_BYTES: usize = 16;
+    pub const JWT_LEEWAY: Duration = Duration::from_secs(HOUR);
     /// Longest lifetime `roomcast token --ttl` mints: ten years.
     pub const TOKEN_TTL: Duration = Duration::from_secs(3650 * DAY);
 }
@@ -612,6 +650,7 @@ where
                 ..Settings::default()
             };
             let (config, _) = resolve(flags, token.config, env)?;
+            check_jwt_secret(config.jwt_secret.as_ref())?;
             // The same rule the server applies to every token it verifies.
             crate::auth::check_user_id(&token.sub).map_err(|m| ConfigError::setting("sub", m))?;
             if token.ttl.as_secs() == 0 {

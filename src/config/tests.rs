@@ -217,17 +217,66 @@ fn precedence_flag_over_env_over_file_over_default() {
     std::fs::remove_file(file).unwrap();
 }
 
+/// A JWT secret of the shortest length accepted.
+const K32: &str = "kkkkkkkkkkkkkkkkkkkkkkkkkkkkkkkk";
+
 #[test]
 fn secret_comes_from_the_environment_only() {
-    let env = env_of(&[("ROOMCAST_JWT_SECRET", "s3cret")]);
+    let long = "s3cret-s3cret-s3cret-s3cret-s3cr";
+    let env = env_of(&[("ROOMCAST_JWT_SECRET", long)]);
     let c = Config::from_args_and_env(&[], &env).unwrap();
-    assert_eq!(c.jwt_secret.as_ref().map(JwtSecret::expose), Some("s3cret"));
-    assert!(!format!("{c:?}").contains("s3cret"), "Debug hides the secret");
+    assert_eq!(c.jwt_secret.as_ref().map(JwtSecret::expose), Some(long));
+    assert!(!format!("{c:?}").contains(long), "Debug hides the secret");
     assert!(matches!(Config::from_args_and_env(&["--jwt-secret=x"], &no_env), Err(CliError::Usage(_))));
     let file = temp_file("jwt-secret = \"x\"\n");
     let (key, problem) = setting_error(Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env));
     assert_eq!(key, "jwt-secret");
     assert!(problem.contains("unknown key"), "{problem}");
+    std::fs::remove_file(file).unwrap();
+}
+
+#[test]
+fn a_short_secret_is_a_config_error() {
+    for short in ["k", "s3cret", &K32[1..]] {
+        let env = env_of(&[("ROOMCAST_JWT_SECRET", short)]);
+        let (key, problem) = setting_error(Config::from_args_and_env(&[], &env));
+        assert_eq!(key, "ROOMCAST_JWT_SECRET");
+        assert!(problem.contains("at least 32 bytes") && !problem.contains(short), "{problem}");
+        let token = parse_command_line(["roomcast", "token", "--sub", "ann"], &env);
+        assert!(
+            matches!(token, Err(CliError::Config(ConfigError::Setting { ref key, .. })) if key == "ROOMCAST_JWT_SECRET")
+        );
+    }
+    // An empty one is no secret: the data directory's is used.
+    let env = env_of(&[("ROOMCAST_JWT_SECRET", "")]);
+    assert_eq!(Config::from_args_and_env(&[], &env).unwrap().jwt_secret, None);
+}
+
+#[test]
+fn key_files_and_leeway() {
+    let c = Config::from_args_and_env(&[], &no_env).unwrap();
+    assert_eq!((c.jwt_public_key.as_ref(), c.jwks.as_ref()), (None, None));
+    assert_eq!(c.jwt_leeway, Duration::from_secs(30));
+    let c = Config::from_args_and_env(&["--jwt-public-key=/k.pem", "--jwks", "/keys.json", "--jwt-leeway=2m"], &no_env)
+        .unwrap();
+    assert_eq!(c.jwt_public_key, Some(PathBuf::from("/k.pem")));
+    assert_eq!(c.jwks, Some(PathBuf::from("/keys.json")));
+    assert_eq!(c.jwt_leeway, Duration::from_secs(120));
+    let env = env_of(&[("ROOMCAST_JWKS", "/env.json"), ("ROOMCAST_JWT_LEEWAY", "0")]);
+    let c = Config::from_args_and_env(&[], &env).unwrap();
+    assert_eq!(c.jwks, Some(PathBuf::from("/env.json")));
+    assert_eq!(c.jwt_leeway, Duration::ZERO);
+    for (args, key, needle) in [
+        (&["--jwt-leeway=1500ms"][..], "jwt-leeway", "whole number of seconds"),
+        (&["--jwt-leeway=2h"][..], "jwt-leeway", "at most 1h"),
+    ] {
+        let (k, problem) = setting_error(Config::from_args_and_env(args, &no_env));
+        assert_eq!(k, key);
+        assert!(problem.contains(needle), "{problem}");
+    }
+    let file = temp_file("jwks = \"\"\n");
+    let (k, problem) = setting_error(Config::from_args_and_env(&[&format!("--config={}", file.display())], &no_env));
+    assert_eq!((k.as_str(), problem.as_str()), ("jwks", "must not be empty"));
     std::fs::remove_file(file).unwrap();
 }
 
@@ -485,7 +534,7 @@ fn validation() {
 fn token_command() {
     let file = temp_file("data = \"/from/file\"\njwt-issuer = \"file-iss\"\n");
     let path = file.display().to_string();
-    let env = env_of(&[("ROOMCAST_JWT_SECRET", "k"), ("ROOMCAST_CONFIG", &path), ("ROOMCAST_JWT_AUDIENCE", "env-aud")]);
+    let env = env_of(&[("ROOMCAST_JWT_SECRET", K32), ("ROOMCAST_CONFIG", &path), ("ROOMCAST_JWT_AUDIENCE", "env-aud")]);
     let inv = parse_command_line(["roomcast", "token", "--sub", "ann"], &env).unwrap();
     let Invocation::Token(t) = inv else { panic!("not a token request") };
     assert_eq!(t.sub, "ann");
@@ -494,7 +543,7 @@ fn token_command() {
     assert_eq!(t.data, PathBuf::from("/from/file"));
     assert_eq!(t.jwt_issuer.as_deref(), Some("file-iss"));
     assert_eq!(t.jwt_audience.as_deref(), Some("env-aud"));
-    assert_eq!(t.jwt_secret.as_ref().map(JwtSecret::expose), Some("k"));
+    assert_eq!(t.jwt_secret.as_ref().map(JwtSecret::expose), Some(K32));
 
     let env = env_of(&[("ROOMCAST_DATA", "/from/env")]);
     let inv = parse_command_line(["roomcast", "token", "--sub", "bo", "--ttl", "60", "--role", "admin"], &env).unwrap();
@@ -706,7 +755,7 @@ fn bound_texts_read_back_as_their_bounds() {
 
 #[test]
 fn token_ttl_is_bounded() {
-    let env = env_of(&[("ROOMCAST_JWT_SECRET", "k")]);
+    let env = env_of(&[("ROOMCAST_JWT_SECRET", K32)]);
     for ttl in ["18446744073709551615", "3651d", "315360001", "18446744073709551615ms"] {
         match parse_command_line(["roomcast", "token", "--sub=a", &format!("--ttl={ttl}")], &env) {
             Err(CliError::Config(ConfigError::Setting { key, problem })) => {
@@ -1037,7 +1086,7 @@ fn cluster_errors_in_a_multiline_node_list_name_the_line() {
 fn other_commands_ignore_the_cluster() {
     // `token` reads the same file, but has no cluster to check.
     let file = temp_file(&cluster_toml("data = \"/from/file\"\n", "node-id = \"zz\"\n"));
-    let env = env_of(&[("ROOMCAST_JWT_SECRET", "k"), ("ROOMCAST_CLUSTER_NODE_ID", "q")]);
+    let env = env_of(&[("ROOMCAST_JWT_SECRET", K32), ("ROOMCAST_CLUSTER_NODE_ID", "q")]);
     let config = format!("--config={}", file.display());
     let inv = parse_command_line(["roomcast", "token", "--sub=a", &config], &env).unwrap();
     let Invocation::Token(t) = inv else { panic!("not a token request") };

@@ -4,7 +4,7 @@
   built once with `cargo build --release` when missing).
 - `start_server(*flags, env=None, listen=True, data_dir=None)`: starts
   `roomcast serve --listen 127.0.0.1:PORT --data DIR --threads 2 FLAGS...` with
-  ROOMCAST_JWT_SECRET=test-secret and waits until it listens; every server it
+  ROOMCAST_JWT_SECRET=helpers.SECRET (32 bytes or more) and waits until it listens; every server it
   started is stopped with SIGTERM at teardown, and the test fails unless it exits 0
   within 15 s.
 - `server`: one shared server per test module with the default flags plus

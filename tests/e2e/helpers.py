@@ -28,7 +28,7 @@ from websockets.sync.client import connect as ws_connect
 # websockets >= 17 wants `legacy=True` to return the connection directly (older ones lack the flag).
 _WS_EXTRA = {"legacy": True} if "legacy" in inspect.signature(ws_connect).parameters else {}
 
-SECRET = "test-secret"
+SECRET = "test-secret-of-the-e2e-tests-0123456789"
 HOST = "127.0.0.1"
 
 

@@ -170,7 +170,8 @@ def test_secret_kept_in_data_dir(roomcast_bin, start_server, tmp_path, room):
     assert c.wait(op="msg", room=room)["from"] == "local"
     c.close()
     # A token made elsewhere (another secret) is refused.
-    other = run_bin(roomcast_bin, ["token", "--sub", "local"], env={"ROOMCAST_JWT_SECRET": "different"})
+    other = run_bin(roomcast_bin, ["token", "--sub", "local"], env={"ROOMCAST_JWT_SECRET": "a-different-secret-of-32-bytes-or-more"})
+    assert other.returncode == 0, other
     status = srv.request("GET", "/v1/ws", headers={
         "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
         "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==", "Authorization": f"Bearer {find_jwt(other.stdout)}"}).status

@@ -29,7 +29,7 @@ from cdp import CHROMIUM, Browser  # noqa: E402
 from websockets.sync.client import connect  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-SECRET = "page-secret"
+SECRET = "page-secret-of-the-e2e-tests-0123456789"
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(CHROMIUM),
