@@ -23,6 +23,8 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 
 use crate::config::Config;
 
+pub mod rules;
+
 /// The file, inside the data directory, holding the generated secret as hex.
 pub const SECRET_FILE: &str = "jwt-secret";
 /// Bytes of randomness in a generated secret.
@@ -57,6 +59,14 @@ pub struct Claims {
     pub aud: Option<Audience>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// Room patterns this token may join, page and list presence of (see
+    /// [`rules`]); `None`: the server's `--default-rooms`. Bounded and
+    /// checked while the token is decoded: a bad one makes it invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "rules::rooms_claim")]
+    pub rooms: Option<Vec<String>>,
+    /// Room patterns this token may send to; `None`: the `rooms` list.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "rules::send_claim")]
+    pub send: Option<Vec<String>>,
 }
 
 /// The `aud` claim, which RFC 7519 allows as one string or an array.
@@ -164,6 +174,8 @@ impl Auth {
             role: role.map(str::to_string),
             aud: self.audience.clone().map(Audience::One),
             iss: self.issuer.clone(),
+            rooms: None,
+            send: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Secret(format!("cannot sign: {e}")))
@@ -319,7 +331,7 @@ mod tests {
     }
 
     fn claims(sub: &str, exp: u64) -> Claims {
-        Claims { sub: sub.to_string(), exp, role: None, aud: None, iss: None }
+        Claims { sub: sub.to_string(), exp, role: None, aud: None, iss: None, rooms: None, send: None }
     }
 
     #[test]

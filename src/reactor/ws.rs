@@ -11,6 +11,7 @@
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::auth::rules::Rules;
 use crate::metrics::CloseReason;
 use crate::proto::msg::{self, Member, Op, Ref};
 use crate::proto::ws::{self as wsproto, Event};
@@ -46,6 +47,7 @@ enum OwnedOp {
     History { room: RoomName, before: Option<u64>, after: Option<u64>, limit: usize },
     Presence { room: RoomName },
     Ping,
+    Refresh { token: Box<str> },
 }
 
 fn own(op: Op<'_>) -> OwnedOp {
@@ -62,6 +64,27 @@ fn own(op: Op<'_>) -> OwnedOp {
         }
         Op::Presence { room } => OwnedOp::Presence { room: RoomName::from(room.as_ref()) },
         Op::Ping => OwnedOp::Ping,
+        Op::Refresh { token } => OwnedOp::Refresh { token: Box::from(token.as_ref()) },
+    }
+}
+
+/// Whether `rules` allow `op` (a `leave`, a `ping` and a `refresh` are
+/// always allowed: none of them reads or writes a room).
+fn permitted(rules: &Rules, op: &OwnedOp) -> bool {
+    match op {
+        OwnedOp::Join { room, .. } | OwnedOp::History { room, .. } | OwnedOp::Presence { room } => {
+            rules.may_read(room)
+        }
+        OwnedOp::Send { room, .. } => rules.may_send(room),
+        OwnedOp::Leave { .. } | OwnedOp::Ping | OwnedOp::Refresh { .. } => true,
+    }
+}
+
+/// The message of a `forbidden` for `op` (one `permitted` refused).
+fn forbidden_message(op: &OwnedOp) -> &'static str {
+    match op {
+        OwnedOp::Send { .. } => "this token may not send to this room",
+        _ => "this token may not read this room",
     }
 }
 
@@ -169,9 +192,17 @@ impl Reactor {
                 return self.reply(key, e);
             }
         }
+        // The rules are checked here, on the reactor the client is
+        // connected to, before anything goes to a room's owner (which, in a
+        // cluster, may be another node that trusts this one).
+        if !permitted(&ws.rules, &op) {
+            let e = msg::encode_error(r#ref.as_ref(), "forbidden", forbidden_message(&op), None);
+            return self.reply(key, e);
+        }
         let user = ws.user.clone();
         match op {
             OwnedOp::Ping => self.reply(key, msg::encode_pong(r#ref.as_ref())),
+            OwnedOp::Refresh { token } => self.refresh(key, r#ref, &token),
             OwnedOp::Join { room, since } => {
                 ws.joins = ws.joins.wrapping_add(1);
                 let tag = ws.joins;
@@ -206,7 +237,7 @@ impl Reactor {
                 if let Slot::Listed(slot) = slot {
                     self.unlist(&room, key, slot);
                 }
-                self.reply(key, msg::encode_left(r#ref.as_ref(), &room));
+                self.reply(key, msg::encode_left(r#ref.as_ref(), &room, None));
                 let owner = Reactor::owner_at(&self.shared, &room);
                 let leave = Leave { room, user, reactor: self.id, member: member_id(me) };
                 self.ask_owner(owner, Command::Leave(leave));
@@ -243,6 +274,54 @@ impl Reactor {
                 self.ask_owner(owner, Command::Presence(Presence { room, asker: Asker::ws(me, r#ref) }));
             }
         }
+    }
+
+    /// `refresh`: the connection goes on with a new token of the same user.
+    /// Refused (`unauthorized`, `forbidden`), nothing changes: it stays on
+    /// its old token until that one expires. Accepted, the rules and the
+    /// expiry are the new token's, and every room those rules no longer
+    /// allow is left as a `leave` would leave it, with a `left` frame whose
+    /// reason is `forbidden`; those frames come before `refreshed`, so a
+    /// client holding the reply has seen every consequence of the swap.
+    fn refresh(&mut self, key: u32, r#ref: Option<Ref>, token: &str) {
+        let unauthorized = |m: &str| msg::encode_error(r#ref.as_ref(), "unauthorized", m, None);
+        let claims = match self.shared.auth.verify(token) {
+            Ok(c) => c,
+            Err(e) => return self.reply(key, unauthorized(&e.to_string())),
+        };
+        let rules = match Rules::for_claims(&claims, &self.default_rules) {
+            Ok(r) => r,
+            Err(e) => return self.reply(key, unauthorized(&format!("invalid token: {e}"))),
+        };
+        let me = self.conn_ref(key);
+        let Some(State::Ws(ws)) = self.conns.get_mut(key as usize).map(|c| &mut c.state) else {
+            return;
+        };
+        if *ws.user != *claims.sub {
+            let m = "a refresh token must be for the connection's own user (`sub`)";
+            return self.reply(key, msg::encode_error(r#ref.as_ref(), "forbidden", m, None));
+        }
+        ws.exp = Some(claims.exp);
+        ws.rules = rules.clone();
+        let (kept, gone): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut ws.rooms).into_iter().partition(|(room, _)| rules.may_read(room));
+        ws.rooms = kept;
+        let user = ws.user.clone();
+        for (room, slot) in gone {
+            if let Slot::Listed(slot) = slot {
+                self.unlist(&room, key, slot);
+            }
+            self.reply(key, msg::encode_left(None, &room, Some("forbidden")));
+            let owner = Reactor::owner_at(&self.shared, &room);
+            let leave = Leave { room, user: user.clone(), reactor: self.id, member: member_id(me) };
+            self.ask_owner(owner, Command::Leave(leave));
+        }
+        self.reply(key, msg::encode_refreshed(r#ref.as_ref(), claims.exp));
+        // The expiry timer is filed anew: `schedule` keeps the earlier of
+        // two deadlines, and a later one is found when the earlier fires
+        // (`on_timer` computes deadlines from `exp`, never remembers them).
+        let left = super::token_left(claims.exp, super::leeway_secs(&self.shared));
+        self.schedule(key, super::timer::later(self.now, left));
     }
 
     /// Takes `key` out of the local member list of `room` (its slot there is
@@ -307,6 +386,18 @@ impl Reactor {
             ws.inflight = ws.inflight.saturating_sub(1);
         } else {
             ws.heavy = ws.heavy.saturating_sub(1);
+        }
+        // A `refresh` may have taken the room away while this answer was on
+        // its way: nothing read from it reaches the client then (the join,
+        // if this is one, was already left at the owner).
+        let read = match &reply {
+            Reply::Joined { room, .. } | Reply::History { room, .. } | Reply::Presence { room, .. } => Some(room),
+            Reply::Ack { .. } | Reply::Refused { .. } => None,
+        };
+        if read.is_some_and(|room| !ws.rules.may_read(room)) {
+            let e = msg::encode_error(r#ref, "forbidden", "this token may not read this room", None);
+            self.reply(key, e);
+            return self.maybe_resume(key);
         }
         match reply {
             Reply::Joined { room, last, recovered, replay } => {
