@@ -474,6 +474,34 @@ mod tests {
         assert_eq!(decode(&just).unwrap().rooms.map(|r| r.len()), Some(MAX_PATTERNS));
     }
 
+    /// Through the real verifier: a token whose claims are not patterns is
+    /// an invalid token, and the message says which claim.
+    #[test]
+    fn verify_refuses_bad_claims() {
+        let auth = super::super::Auth::from_secret(b"secret", None, None).unwrap();
+        let key = jsonwebtoken::EncodingKey::from_secret(b"secret").unwrap();
+        let sign = |extra: serde_json::Value| {
+            let mut c = serde_json::json!({"sub": "ann", "exp": super::super::now_unix() + 60});
+            if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+                c.extend(e.clone());
+            }
+            jsonwebtoken::encode(&jsonwebtoken::Header::default(), &c, &key).unwrap()
+        };
+        let ok = auth.verify(&sign(serde_json::json!({"rooms": ["a", "b-*"], "send": ["a"]}))).unwrap();
+        assert_eq!(ok.rooms, Some(vec!["a".to_string(), "b-*".to_string()]));
+        assert_eq!(ok.send, Some(vec!["a".to_string()]));
+        for (bad, claim) in [
+            (serde_json::json!({"rooms": ["a*b"]}), "`rooms` claim"),
+            (serde_json::json!({"send": "a"}), "`send` claim"),
+            (serde_json::json!({"rooms": vec!["a"; MAX_PATTERNS + 1]}), "`rooms` claim"),
+        ] {
+            match auth.verify(&sign(bad.clone())) {
+                Err(super::super::AuthError::Invalid(m)) => assert!(m.contains(claim), "{bad}: {m}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
     proptest! {
         /// A prefix pattern matches exactly the names starting with it; an
         /// exact one only itself.
@@ -481,7 +509,7 @@ mod tests {
         fn prefix_semantics(prefix in "[a-z:._-]{1,8}", room in "[a-z:._-]{1,12}") {
             let p = Patterns::parse(&[format!("{prefix}*")]).unwrap();
             prop_assert_eq!(p.matches(&room), room.starts_with(&prefix));
-            let e = Patterns::parse(&[prefix.clone()]).unwrap();
+            let e = Patterns::parse(std::slice::from_ref(&prefix)).unwrap();
             prop_assert_eq!(e.matches(&room), room == prefix);
         }
 

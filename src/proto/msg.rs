@@ -1033,11 +1033,26 @@ mod tests {
             (r#"{"op":"refresh","ref":"k"}"#.to_string(), "missing token"),
             (r#"{"op":"refresh","token":null,"ref":"k"}"#.to_string(), "token must be a string"),
             (r#"{"op":"refresh","token":7,"ref":"k"}"#.to_string(), "token must be a string"),
-            (r#"{"op":"refresh","token":"","ref":"k"}"#.to_string(), "token must be 1 to 16384 bytes of printable ASCII"),
-            (r#"{"op":"refresh","token":"a b","ref":"k"}"#.to_string(), "token must be 1 to 16384 bytes of printable ASCII"),
-            (r#"{"op":"refresh","token":"a\nb","ref":"k"}"#.to_string(), "token must be 1 to 16384 bytes of printable ASCII"),
-            (r#"{"op":"refresh","token":"é","ref":"k"}"#.to_string(), "token must be 1 to 16384 bytes of printable ASCII"),
-            (format!(r#"{{"op":"refresh","token":"{too_long}","ref":"k"}}"#), "token must be 1 to 16384 bytes of printable ASCII"),
+            (
+                r#"{"op":"refresh","token":"","ref":"k"}"#.to_string(),
+                "token must be 1 to 16384 bytes of printable ASCII",
+            ),
+            (
+                r#"{"op":"refresh","token":"a b","ref":"k"}"#.to_string(),
+                "token must be 1 to 16384 bytes of printable ASCII",
+            ),
+            (
+                r#"{"op":"refresh","token":"a\nb","ref":"k"}"#.to_string(),
+                "token must be 1 to 16384 bytes of printable ASCII",
+            ),
+            (
+                r#"{"op":"refresh","token":"é","ref":"k"}"#.to_string(),
+                "token must be 1 to 16384 bytes of printable ASCII",
+            ),
+            (
+                format!(r#"{{"op":"refresh","token":"{too_long}","ref":"k"}}"#),
+                "token must be 1 to 16384 bytes of printable ASCII",
+            ),
         ] {
             let e = err(&text);
             assert_eq!(e.message, why, "{text:.80}");
@@ -1376,7 +1391,10 @@ mod tests {
             payload(&encode_left(None, "lobby", Some("forbidden"))),
             json!({"op":"left","room":"lobby","reason":"forbidden"})
         );
-        assert_eq!(payload(&encode_refreshed(Some(&k), 1_764_441_600)), json!({"op":"refreshed","ref":"a7","exp":1_764_441_600u64}));
+        assert_eq!(
+            payload(&encode_refreshed(Some(&k), 1_764_441_600)),
+            json!({"op":"refreshed","ref":"a7","exp":1_764_441_600u64})
+        );
         assert_eq!(payload(&encode_refreshed(None, u64::MAX)), json!({"op":"refreshed","exp":u64::MAX}));
         assert_eq!(payload(&encode_pong(Some(&n))), json!({"op":"pong","ref":12}));
         assert_eq!(payload(&encode_pong(None)), json!({"op":"pong"}));
