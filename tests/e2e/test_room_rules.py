@@ -247,3 +247,74 @@ def test_narrowing_refresh_leaves_rooms(srv, room):
     assert any(m.get("op") == "msg" and m["room"] == a for m in got), got
     c.close()
     peer.close()
+
+
+# --------------------------------------------------------------------------- the built-in page
+
+
+def _browser():
+    import os
+
+    from cdp import CHROMIUM, Browser
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is missing (scripts/test.sh installs it with apt-get install chromium)")
+    return Browser()
+
+
+def _page_connect(browser, srv, token, room):
+    """Loads the page, puts `token` in its field (as pasting it would), connects and joins `room`."""
+    browser.navigate(f"{srv.http_base}/?room={room}")
+    browser.evaluate(f"document.querySelector('#token').value = {json.dumps(token)}")
+    browser.click("#connect")
+    browser.wait_for("!document.querySelector('#join').disabled")
+    browser.click("#join")
+    browser.wait_for("!document.querySelector('#send').disabled")
+
+
+def _status(browser):
+    return browser.evaluate("document.querySelector('#status').textContent")
+
+
+@pytest.mark.timeout(90)
+def test_page_renews_its_token_before_expiry(srv, room, leeway):
+    """The page gets a fresh token a little before `exp` and hands it to the open connection with
+    `refresh`; the connection outlives the first token. The refresh endpoint the page asks is
+    answered here by the test (the server has none yet): `fetch` is replaced in the page."""
+    lw = leeway[0]
+    with _browser() as browser:
+        first = mint_token("pat", ttl=4, rooms=[room])
+        _page_connect(browser, srv, first, room)
+        fresh = mint_token("pat", ttl=3600, rooms=[room])
+        browser.evaluate(
+            "window.fetch = async (url, opts) => (String(url) === '/v1/auth/refresh' && opts.method === 'POST')"
+            f" ? new Response(JSON.stringify({{access_token: {json.dumps(fresh)}}}), {{status: 200}})"
+            " : new Response('{}', {status: 404})"
+        )
+        browser.wait_for("document.querySelector('#status').textContent.startsWith('token renewed')", timeout=10)
+        assert browser.evaluate("document.querySelector('#token').value") == fresh
+        # Past the first token's exp + leeway: still connected, still in the room.
+        time.sleep(4 + lw + 1)
+        assert not browser.evaluate("document.querySelector('#send').disabled"), _status(browser)
+        browser.type_text("#text", "after renewal")
+        browser.click("#send")
+        browser.wait_for(
+            "Array.from(document.querySelectorAll('#messages .msg .body')).some(e => e.textContent === 'after renewal')"
+        )
+
+        # Without a fresh token anywhere the page says so, and the connection ends with 4001.
+        _page_connect(browser, srv, mint_token("pat", ttl=3, rooms=[room]), room)
+        browser.wait_for("document.querySelector('#status').textContent.includes('paste a new one')", timeout=10)
+        browser.wait_for("document.querySelector('#status').textContent.includes('4001')", timeout=3 + lw + 10)
+
+        # A token pasted while connected is switched to in place (Enter in the field).
+        short = mint_token("pat", ttl=3, rooms=[room])
+        _page_connect(browser, srv, short, room)
+        pasted = mint_token("pat", ttl=3600, rooms=[room])
+        browser.evaluate(
+            f"(() => {{ const f = document.querySelector('#token'); f.value = {json.dumps(pasted)};"
+            " f.dispatchEvent(new KeyboardEvent('keydown', {key: 'Enter'})); })()"
+        )
+        browser.wait_for("document.querySelector('#status').textContent.startsWith('token renewed')")
+        time.sleep(3 + lw + 1)
+        assert not browser.evaluate("document.querySelector('#send').disabled"), _status(browser)
