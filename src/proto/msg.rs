@@ -26,6 +26,8 @@
 //!   owned string, otherwise borrowed from the input.
 //! - `limit` is any integer, clamped to 1..=1000 (negative gives 1, beyond
 //!   u64 gives 1000); a non-integer `limit` is an error.
+//! - `refresh`'s `token` is 1 to [`MAX_TOKEN_BYTES`] bytes of printable
+//!   ASCII; whether it is a valid token is the verifier's question.
 //!
 //! Replies to a message without `ref` carry no `ref` member.
 //!

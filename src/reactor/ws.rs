@@ -2,6 +2,11 @@
 //! protocol ops out to room owners, owners' work, and frames delivered to
 //! local members.
 //!
+//! The connection's room rules (`auth::rules`) are checked here, before an
+//! op goes to a room's owner, and again on answers that read a room (a
+//! `refresh` may have narrowed them meanwhile); `refresh` itself swaps the
+//! rules and the token expiry in place.
+//!
 //! Ordering hazard: a connection becomes a local member of a room only when
 //! the owner's `Joined` is handled here. The owner sends `Joined` after every
 //! `Deliver` of a seq at or below the one `joined` reports and before any
