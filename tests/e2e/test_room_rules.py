@@ -318,3 +318,37 @@ def test_page_renews_its_token_before_expiry(srv, room, leeway):
         browser.wait_for("document.querySelector('#status').textContent.startsWith('token renewed')")
         time.sleep(3 + lw + 1)
         assert not browser.evaluate("document.querySelector('#send').disabled"), _status(browser)
+
+
+# --------------------------------------------------------------------------- a cluster
+
+
+@pytest.mark.timeout(90)
+def test_rules_hold_on_the_node_the_client_is_on(start_server, tmp_path, room):
+    """Two nodes: a client on `a` with rules is refused rooms that `b` owns before anything is
+    forwarded, is served the ones it may use, and a narrowing refresh on `a` leaves a room at
+    its owner on `b` (a member connected to `b` sees the user leave)."""
+    from cluster import Cluster
+
+    cl = Cluster(start_server, tmp_path, ("a", "b")).start()
+    allowed, denied = cl.rooms("b", f"{room}-", 2)
+    c = cl["a"].ws(None, token=mint_token("ann", rooms=[allowed]))
+    assert forbidden(c.call("join", room=denied, ref="d"), "d")
+    assert forbidden(c.call("send", room=denied, body=1))
+    c.join(allowed)
+    peer = cl["b"].ws(None, token=mint_token("bo"))
+    peer.join(allowed)
+    assert c.call("send", room=allowed, body="over the link")["op"] == "ack"
+    assert peer.wait(op="msg", room=allowed)["body"] == "over the link"
+    status, _ = http(cl["a"].srv, "GET", f"/v1/rooms/{denied}/messages", mint_token("ann", rooms=[allowed]))
+    assert status == 403
+    r = c.call("refresh", token=mint_token("ann", rooms=[]), ref="n")
+    assert r["op"] == "refreshed", r
+    assert [m for m in c.pending if m.get("op") == "left"] == [{"op": "left", "room": allowed, "reason": "forbidden"}]
+    c.pending.clear()
+    d = peer.wait(op="presence_diff", room=allowed, timeout=10)
+    assert d["leaves"] == ["ann"], d
+    assert forbidden(c.call("send", room=allowed, body=2))
+    c.close()
+    peer.close()
+    cl.stop_all()
