@@ -1075,8 +1075,8 @@ impl Reactor {
             }
             State::Ws(ws) => {
                 let leeway = leeway_secs(&self.shared);
-                let token_left = ws.exp.map(|exp| token_left(exp, leeway));
-                if token_left == Some(Duration::ZERO) {
+                let left = ws.exp.map(|exp| token_left(exp, leeway));
+                if left == Some(Duration::ZERO) {
                     self.ws_close(key, 4001, "token expired", CloseReason::TokenExpired);
                     return;
                 }
@@ -1093,7 +1093,7 @@ impl Reactor {
                 } else if !ws.ping_sent {
                     next = next.min(later(ws.last_rx, ping_interval));
                 }
-                if let Some(left) = token_left {
+                if let Some(left) = left {
                     next = next.min(later(now, left));
                 }
                 next
