@@ -44,11 +44,11 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header};
 use crate::config::Config;
 
 pub mod accounts;
+mod keys;
 pub mod oauth;
 pub mod passkey;
-pub mod service;
-mod keys;
 pub(crate) mod secret;
+pub mod service;
 #[doc(hidden)]
 pub mod testkeys;
 #[cfg(test)]
@@ -56,6 +56,7 @@ mod tests;
 
 use keys::{Key, Kid, PublicKeys};
 pub use keys::{Loaded, MAX_JWKS_KEYS, MAX_KEY_FILE_BYTES};
+pub mod rules;
 
 /// The file, inside the data directory, holding the generated secret as hex.
 pub const SECRET_FILE: &str = "jwt-secret";
@@ -95,6 +96,14 @@ pub struct Claims {
     pub aud: Option<Audience>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iss: Option<String>,
+    /// Room patterns this token may join, page and list presence of (see
+    /// [`rules`]); `None`: the server's `--default-rooms`. Bounded and
+    /// checked while the token is decoded: a bad one makes it invalid.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "rules::rooms_claim")]
+    pub rooms: Option<Vec<String>>,
+    /// Room patterns this token may send to; `None`: the `rooms` list.
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "rules::send_claim")]
+    pub send: Option<Vec<String>>,
 }
 
 /// The `aud` claim, which RFC 7519 allows as one string or an array.
@@ -265,6 +274,8 @@ impl Auth {
             role: role.map(str::to_string),
             aud: self.options.audience.clone().map(Audience::One),
             iss: self.options.issuer.clone(),
+            rooms: None,
+            send: None,
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Secret(format!("cannot sign: {e}")))

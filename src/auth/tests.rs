@@ -28,7 +28,7 @@ fn encode(secret: &[u8], claims: &Claims) -> String {
 }
 
 fn claims(sub: &str, exp: u64) -> Claims {
-    Claims { sub: sub.to_string(), exp, role: None, aud: None, iss: None }
+    Claims { sub: sub.to_string(), exp, role: None, aud: None, iss: None, rooms: None, send: None }
 }
 
 #[test]

@@ -234,6 +234,12 @@ declare::settings! {
         docs "clock skew allowed on a token's `exp` and `nbf`, in whole seconds; a connection is closed with \
               4001 once its token's `exp` plus this has passed";
 
+    default_rooms: String [plain] = "*".to_string();
+        flag "PATTERNS", "Rooms a token without a `rooms` claim (or an anonymous user) may use", default "*";
+        docs "comma-separated room patterns (a room name, a prefix ending in `*`, or `*` for every room) that a \
+              token without a `rooms` claim, and an anonymous user, may join, page, list presence of and send \
+              to; empty: none; at most 64 patterns";
+
     drain_timeout: Duration [duration] = Duration::from_secs(10);
         flag "DURATION", "How long shutdown waits for connections before closing them", default "10s";
         limit Limit::AtMost(bounds::DRAIN_TIMEOUT);
@@ -500,6 +506,9 @@ impl Config {
             if rate > 0.0 && burst == 0 {
                 return Err(ConfigError::setting(burst_key, format!("must be at least 1 while {rate_key} is on")));
             }
+        }
+        if let Err(e) = crate::auth::rules::Patterns::parse_list(&self.default_rooms) {
+            return bad("default-rooms", &e.to_string());
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;

@@ -26,6 +26,8 @@
 //!   owned string, otherwise borrowed from the input.
 //! - `limit` is any integer, clamped to 1..=1000 (negative gives 1, beyond
 //!   u64 gives 1000); a non-integer `limit` is an error.
+//! - `refresh`'s `token` is 1 to [`MAX_TOKEN_BYTES`] bytes of printable
+//!   ASCII; whether it is a valid token is the verifier's question.
 //!
 //! Replies to a message without `ref` carry no `ref` member.
 //!
@@ -51,6 +53,9 @@ pub const MAX_REF_BYTES: usize = 64;
 pub const MAX_ID_BYTES: usize = 64;
 /// Longest room name, in bytes.
 pub const MAX_ROOM_BYTES: usize = 128;
+/// Longest `refresh` token, in bytes: as long as a token in the largest
+/// request head an upgrade may have.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
 /// `history` page size when the client gives no `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 50;
 /// Largest `history` page size; larger limits are clamped to it.
@@ -99,6 +104,11 @@ pub enum Op<'a> {
         room: Cow<'a, str>,
     },
     Ping,
+    /// A new token for the connection (same user): borrowed unless written
+    /// with JSON escapes.
+    Refresh {
+        token: Cow<'a, str>,
+    },
 }
 
 /// A decoded client message.
@@ -140,6 +150,7 @@ struct Fields<'a> {
     limit: Option<&'a RawValue>,
     body: Option<&'a RawValue>,
     id: Option<&'a RawValue>,
+    token: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -154,6 +165,7 @@ enum Key {
     Limit,
     Body,
     Id,
+    Token,
     #[serde(other)]
     Other,
 }
@@ -181,6 +193,7 @@ impl<'de> Deserialize<'de> for Fields<'de> {
                         Key::Limit => &mut f.limit,
                         Key::Body => &mut f.body,
                         Key::Id => &mut f.id,
+                        Key::Token => &mut f.token,
                         Key::Other => {
                             map.next_value::<IgnoredAny>()?;
                             continue;
@@ -301,6 +314,17 @@ fn optional_id(v: Option<&RawValue>) -> Result<Option<Cow<'_, str>>, &'static st
     }
 }
 
+/// A `refresh` token: a string of 1 to [`MAX_TOKEN_BYTES`] printable ASCII
+/// bytes (a JWT is base64url and dots); what it says is the verifier's
+/// business.
+fn required_token(v: Option<&RawValue>) -> Result<Cow<'_, str>, &'static str> {
+    let t = as_str(v.ok_or("missing token")?).ok_or("token must be a string")?;
+    if t.is_empty() || t.len() > MAX_TOKEN_BYTES || !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("token must be 1 to 16384 bytes of printable ASCII");
+    }
+    Ok(t)
+}
+
 fn history_limit(v: Option<&RawValue>) -> Result<usize, &'static str> {
     let Some(v) = v.filter(|v| !is_null(v)) else {
         return Ok(DEFAULT_HISTORY_LIMIT);
@@ -335,6 +359,7 @@ fn decode_op<'a>(f: &Fields<'a>) -> Result<Op<'a>, &'static str> {
         },
         "presence" => Op::Presence { room: required_room(f.room)? },
         "ping" => Op::Ping,
+        "refresh" => Op::Refresh { token: required_token(f.token)? },
         _ => return Err("unknown op"),
     })
 }
@@ -724,12 +749,29 @@ pub fn encode_joined(r: Option<&Ref>, room: &str, seq: u64, recovered: Option<bo
     out.finish_frame_bytes()
 }
 
-/// `{"op":"left","ref":..,"room":..}`.
-pub fn encode_left(r: Option<&Ref>, room: &str) -> Bytes {
-    let mut out = Out::frame(96 + room.len());
+/// `{"op":"left","ref":..,"room":..,"reason":..}`: `ref` when answering a
+/// `leave`, `reason` when the server left the room for the client (such as
+/// `forbidden` after a `refresh` whose token no longer allows it).
+pub fn encode_left(r: Option<&Ref>, room: &str, reason: Option<&str>) -> Bytes {
+    let mut out = Out::frame(96 + room.len() + reason.map_or(0, str::len));
     out.open_op("left", r);
     out.key("room");
     out.str(room);
+    if let Some(reason) = reason {
+        out.key("reason");
+        out.str(reason);
+    }
+    out.raw(b"}");
+    out.finish_frame_bytes()
+}
+
+/// `{"op":"refreshed","ref":..,"exp":..}`: the connection now runs on the
+/// new token, which expires at `exp` (seconds since the Unix epoch).
+pub fn encode_refreshed(r: Option<&Ref>, exp: u64) -> Bytes {
+    let mut out = Out::frame(96);
+    out.open_op("refreshed", r);
+    out.key("exp");
+    out.u64(exp);
     out.raw(b"}");
     out.finish_frame_bytes()
 }
@@ -924,7 +966,7 @@ mod tests {
             | Op::Send { room, .. }
             | Op::History { room, .. }
             | Op::Presence { room } => Some(room),
-            Op::Ping => None,
+            Op::Ping | Op::Refresh { .. } => None,
         }
     }
 
@@ -968,6 +1010,56 @@ mod tests {
         // Extra members are ignored, whatever they hold.
         let m = ok(r#" { "op" : "ping" , "room" : 5, "x": {"y": [1, 2, {}]} } "#);
         assert!(matches!(m.op, Op::Ping));
+    }
+
+    #[test]
+    fn decodes_refresh() {
+        let m = ok(r#"{"op":"refresh","token":"eyJ.eyJ.sig-_","ref":4}"#);
+        assert_eq!(m.r#ref, r("4"));
+        match m.op {
+            Op::Refresh { token } => {
+                assert_eq!(token, "eyJ.eyJ.sig-_");
+                assert!(matches!(token, Cow::Borrowed(_)));
+            }
+            op => panic!("{op:?}"),
+        }
+        // Escapes are undone (a JWT never needs them, but JSON allows them).
+        match ok(r#"{"op":"refresh","token":"a\u002eb"}"#).op {
+            Op::Refresh { token } => assert_eq!(token, "a.b"),
+            op => panic!("{op:?}"),
+        }
+        let longest = "t".repeat(MAX_TOKEN_BYTES);
+        assert!(matches!(ok(&format!(r#"{{"op":"refresh","token":"{longest}"}}"#)).op, Op::Refresh { .. }));
+        let too_long = "t".repeat(MAX_TOKEN_BYTES + 1);
+        for (text, why) in [
+            (r#"{"op":"refresh","ref":"k"}"#.to_string(), "missing token"),
+            (r#"{"op":"refresh","token":null,"ref":"k"}"#.to_string(), "token must be a string"),
+            (r#"{"op":"refresh","token":7,"ref":"k"}"#.to_string(), "token must be a string"),
+            (
+                r#"{"op":"refresh","token":"","ref":"k"}"#.to_string(),
+                "token must be 1 to 16384 bytes of printable ASCII",
+            ),
+            (
+                r#"{"op":"refresh","token":"a b","ref":"k"}"#.to_string(),
+                "token must be 1 to 16384 bytes of printable ASCII",
+            ),
+            (
+                r#"{"op":"refresh","token":"a\nb","ref":"k"}"#.to_string(),
+                "token must be 1 to 16384 bytes of printable ASCII",
+            ),
+            (
+                r#"{"op":"refresh","token":"é","ref":"k"}"#.to_string(),
+                "token must be 1 to 16384 bytes of printable ASCII",
+            ),
+            (
+                format!(r#"{{"op":"refresh","token":"{too_long}","ref":"k"}}"#),
+                "token must be 1 to 16384 bytes of printable ASCII",
+            ),
+        ] {
+            let e = err(&text);
+            assert_eq!(e.message, why, "{text:.80}");
+            assert_eq!(e.r#ref, r(r#""k""#), "{text:.80}");
+        }
     }
 
     #[test]
@@ -1296,7 +1388,16 @@ mod tests {
         );
         assert_eq!(payload(&encode_joined(None, "lobby", 0, None)), json!({"op":"joined","room":"lobby","seq":0}));
         assert_eq!(payload(&encode_joined(None, "l", 5, Some(false)))["recovered"], false);
-        assert_eq!(payload(&encode_left(Some(&k), "lobby")), json!({"op":"left","ref":"a7","room":"lobby"}));
+        assert_eq!(payload(&encode_left(Some(&k), "lobby", None)), json!({"op":"left","ref":"a7","room":"lobby"}));
+        assert_eq!(
+            payload(&encode_left(None, "lobby", Some("forbidden"))),
+            json!({"op":"left","room":"lobby","reason":"forbidden"})
+        );
+        assert_eq!(
+            payload(&encode_refreshed(Some(&k), 1_764_441_600)),
+            json!({"op":"refreshed","ref":"a7","exp":1_764_441_600u64})
+        );
+        assert_eq!(payload(&encode_refreshed(None, u64::MAX)), json!({"op":"refreshed","exp":u64::MAX}));
         assert_eq!(payload(&encode_pong(Some(&n))), json!({"op":"pong","ref":12}));
         assert_eq!(payload(&encode_pong(None)), json!({"op":"pong"}));
         assert_eq!(
@@ -1634,11 +1735,11 @@ mod tests {
             parts in proptest::collection::vec(
                 (
                     prop::sample::select(vec![
-                        "op", "ref", "room", "since", "before", "after", "limit", "body", "id", "x",
+                        "op", "ref", "room", "since", "before", "after", "limit", "body", "id", "token", "x",
                     ]),
                     prop::sample::select(vec![
                         "\"join\"", "\"leave\"", "\"send\"", "\"history\"", "\"presence\"",
-                        "\"ping\"", "\"lobby\"", "\"\"", "\"a\\u0062\"", "\"\\ud800\"", "0", "-1",
+                        "\"ping\"", "\"refresh\"", "\"lobby\"", "\"\"", "\"a\\u0062\"", "\"\\ud800\"", "0", "-1",
                         "1.5", "1e3", "18446744073709551616", "null", "true", "[]", "{}",
                         "\"é\"", "{\"a\":[1,{}]}",
                     ]),
@@ -1654,6 +1755,9 @@ mod tests {
                 // Anything accepted names a valid room, when it names one.
                 if let Some(room) = op_room(&m.op) {
                     prop_assert!(valid_room(room));
+                }
+                if let Op::Refresh { token } = &m.op {
+                    prop_assert!(!token.is_empty() && token.bytes().all(|b| b.is_ascii_graphic()));
                 }
             }
             let cut = cut.min(text.len());

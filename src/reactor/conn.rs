@@ -7,8 +7,10 @@
 //! connection is dropped once it is written and, for WebSocket, the peer's
 //! close frame has arrived or the close deadline has passed).
 
+use std::sync::Arc;
 use std::time::Instant;
 
+use crate::auth::rules::Rules;
 use crate::metrics::CloseReason;
 use crate::proto::ws::Decoder;
 use crate::rooms::{RoomName, UserId};
@@ -120,8 +122,12 @@ pub struct WsState {
     pub kind: WsKind,
     pub decoder: Decoder,
     pub user: UserId,
-    /// Token expiry (Unix seconds), if the connection authenticated.
+    /// Token expiry (Unix seconds), if the connection authenticated; a
+    /// `refresh` moves it.
     pub exp: Option<u64>,
+    /// Which rooms it may read and send to (the token's claims, else the
+    /// default); a `refresh` replaces them.
+    pub rules: Arc<Rules>,
     /// Rooms joined, each with where its join stands (see [`Slot`]).
     pub rooms: Vec<(RoomName, Slot)>,
     /// Tags joins, so an answer to a join made before a leave is not taken

@@ -3,8 +3,11 @@
 //! room endpoints (answered by the room's owner, which pauses parsing until
 //! the answer is back) or the WebSocket upgrade.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
+use crate::auth::rules::{Patterns, Rules};
 use crate::metrics::CloseReason;
 use crate::proto::http::{self, HttpError, Method, Request, UpgradeError};
 use crate::proto::msg;
@@ -309,7 +312,7 @@ impl Reactor {
             a.extra.push(("Allow", allowed.to_string()));
             return Outcome::Answer(a);
         }
-        let user = match self.http_user(req) {
+        let (user, rules) = match self.http_user(req) {
             Ok(u) => u,
             Err(a) => return Outcome::Answer(a),
         };
@@ -319,6 +322,16 @@ impl Reactor {
                 "bad_request",
                 "room names are 1 to 128 bytes of [A-Za-z0-9_.:-]",
             ));
+        }
+        // Checked here, before anything goes to the room's owner (in a
+        // cluster, another node that trusts this one's checks).
+        let refused = match req.method {
+            Method::Post if !rules.may_send(room) => Some("this token may not send to this room"),
+            Method::Get | Method::Head if !rules.may_read(room) => Some("this token may not read this room"),
+            _ => None,
+        };
+        if let Some(m) = refused {
+            return Outcome::Answer(Answer::error(403, "forbidden", m));
         }
         if req.method != Method::Post {
             let (rate, burst) = (self.shared.config.request_rate, self.shared.config.request_burst);
@@ -401,7 +414,7 @@ impl Reactor {
             Ok(None) => return Err(Answer::error(401, "unauthorized", "an admin token is required")),
             Err(a) => return Err(a),
         };
-        if claims.role.as_deref() != Some("admin") {
+        if !crate::auth::rules::is_admin(&claims) {
             return Err(Answer::error(403, "forbidden", &format!("{what} a token with role admin")));
         }
         Ok(())
@@ -543,20 +556,28 @@ impl Reactor {
         Outcome::Done
     }
 
-    /// The user an HTTP request acts as: the token's subject, or in
-    /// anonymous mode the `user` query parameter (else `anonymous`).
-    fn http_user(&self, req: &Request) -> Result<UserId, Answer> {
+    /// The user an HTTP request acts as, and its room rules: the token's
+    /// subject and claims, or in anonymous mode the `user` query parameter
+    /// (else `anonymous`) and the default rules.
+    fn http_user(&self, req: &Request) -> Result<(UserId, Arc<Rules>), Answer> {
         match self.credentials(req)? {
-            Some(c) => Ok(UserId::from(c.sub.as_str())),
+            Some(c) => Ok((UserId::from(c.sub.as_str()), self.rules_of(&c)?)),
             None if self.shared.config.anonymous => {
                 let u = req.query_param("user").unwrap_or_else(|| "anonymous".to_string());
                 crate::auth::check_user_id(&u).map_err(|m| Answer::error(400, "bad_request", m))?;
-                Ok(UserId::from(u.as_str()))
+                Ok((UserId::from(u.as_str()), self.default_rules.clone()))
             }
             None => {
                 Err(Answer::error(401, "unauthorized", "a token is required (Authorization: Bearer, or access_token)"))
             }
         }
+    }
+
+    /// The room rules of verified `claims`, or the 401 for claims that are
+    /// not rules.
+    fn rules_of(&self, claims: &crate::auth::Claims) -> Result<Arc<Rules>, Answer> {
+        Rules::for_claims(claims, &self.default_rules)
+            .map_err(|e| Answer::error(401, "unauthorized", &format!("invalid token: {e}")))
     }
 
     /// The verified claims of the token a request carries, `None` when it
@@ -620,18 +641,21 @@ impl Reactor {
                 "the only subprotocol spoken here is roomcast.v1",
             ));
         };
-        let (user, exp) = if kind == WsKind::Echo {
-            (UserId::from("echo"), None)
+        let (user, exp, rules) = if kind == WsKind::Echo {
+            (UserId::from("echo"), None, Arc::new(Rules::default_from(Patterns::none())))
         } else {
             match self.credentials(req) {
                 Err(a) => return Outcome::Answer(a),
-                Ok(Some(c)) => (UserId::from(c.sub.as_str()), Some(c.exp)),
+                Ok(Some(c)) => match self.rules_of(&c) {
+                    Ok(rules) => (UserId::from(c.sub.as_str()), Some(c.exp), rules),
+                    Err(a) => return Outcome::Answer(a),
+                },
                 Ok(None) if self.shared.config.anonymous => {
                     let u = req.query_param("user").unwrap_or_else(anonymous_name);
                     if let Err(m) = crate::auth::check_user_id(&u) {
                         return Outcome::Answer(Answer::error(400, "bad_request", m));
                     }
-                    (UserId::from(u.as_str()), None)
+                    (UserId::from(u.as_str()), None, self.default_rules.clone())
                 }
                 Ok(None) => {
                     return Outcome::Answer(Answer::error(
@@ -651,6 +675,7 @@ impl Reactor {
             decoder: Decoder::new(cfg.max_message_bytes),
             user,
             exp,
+            rules,
             rooms: Vec::new(),
             joins: 0,
             bucket: TokenBucket::new(cfg.send_burst, self.now),
@@ -663,8 +688,8 @@ impl Reactor {
         let mut first = later(self.now, cfg.ping_interval.min(cfg.idle_timeout));
         if let Some(exp) = exp {
             // The token's expiry has a deadline of its own (close 4001).
-            let left = exp.saturating_sub(crate::auth::now_unix());
-            first = first.min(later(self.now, std::time::Duration::from_secs(left)));
+            let left = super::token_left(exp, super::leeway_secs(&self.shared));
+            first = first.min(later(self.now, left));
         }
         if let Some(conn) = self.conns.get_mut(key as usize) {
             conn.state = State::Ws(Box::new(ws));

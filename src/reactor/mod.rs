@@ -39,6 +39,7 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token};
 use slab::Slab;
 
+use crate::auth::rules::{Patterns, Rules};
 use crate::auth::Auth;
 use crate::config::Config;
 use crate::metrics::{self, CloseReason, Counters};
@@ -272,6 +273,27 @@ pub struct Reactor {
     /// clock only moves when told).
     coalesce: bool,
     writer: Option<crossbeam_channel::Sender<WriterCmd>>,
+    /// The rules of identities without claims of their own
+    /// (`--default-rooms`), shared by all their connections.
+    default_rules: Arc<Rules>,
+}
+
+/// Seconds a token is still honoured past its `exp`, on connections (the
+/// close 4001) as on the upgrade.
+fn leeway_secs(shared: &Shared) -> u64 {
+    shared.auth.leeway().as_secs()
+}
+
+/// How long until a token expiring at `exp` (Unix seconds) is past `exp` +
+/// `leeway`, to the millisecond (zero once it is): `exp` is whole seconds,
+/// the wall clock is not, and the close should come when it is due rather
+/// than up to a second later. Any `exp` is fine (`u64::MAX` is "never").
+fn token_left(exp: u64, leeway: u64) -> Duration {
+    let due = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(exp.saturating_add(leeway)));
+    match due {
+        Some(due) => due.duration_since(std::time::SystemTime::now()).unwrap_or(Duration::ZERO),
+        None => timer::FAR,
+    }
 }
 
 /// Whether a connection's input may be read and parsed now: its queued
@@ -312,7 +334,12 @@ impl Reactor {
         let mut core =
             Core::new(settings, n + pseudo, shared.store.is_some(), room_core::page_budget(c.max_queue_bytes));
         core.tap(shared.bus.is_some());
+        // The setting was checked when the configuration was; should it
+        // still not parse, nothing is allowed rather than everything.
+        let default_rooms = Patterns::parse_list(&c.default_rooms).unwrap_or_else(|_| Patterns::none());
+        let default_rules = Arc::new(Rules::default_from(default_rooms));
         Ok(Reactor {
+            default_rules,
             id: parts.id,
             poll: parts.poll,
             inbox: parts.inbox,
@@ -1053,7 +1080,9 @@ impl Reactor {
                 }
             }
             State::Ws(ws) => {
-                if ws.exp.is_some_and(|exp| crate::auth::now_unix() >= exp) {
+                let leeway = leeway_secs(&self.shared);
+                let left = ws.exp.map(|exp| token_left(exp, leeway));
+                if left == Some(Duration::ZERO) {
                     self.ws_close(key, 4001, "token expired", CloseReason::TokenExpired);
                     return;
                 }
@@ -1070,14 +1099,8 @@ impl Reactor {
                 } else if !ws.ping_sent {
                     next = next.min(later(ws.last_rx, ping_interval));
                 }
-                let Some(conn) = self.conns.get_mut(key as usize) else {
-                    return;
-                };
-                if let State::Ws(ws) = &conn.state {
-                    if let Some(exp) = ws.exp {
-                        let left = exp.saturating_sub(crate::auth::now_unix());
-                        next = next.min(later(now, Duration::from_secs(left)));
-                    }
+                if let Some(left) = left {
+                    next = next.min(later(now, left));
                 }
                 next
             }

@@ -2,6 +2,11 @@
 //! protocol ops out to room owners, owners' work, and frames delivered to
 //! local members.
 //!
+//! The connection's room rules (`auth::rules`) are checked here, before an
+//! op goes to a room's owner, and again on answers that read a room (a
+//! `refresh` may have narrowed them meanwhile); `refresh` itself swaps the
+//! rules and the token expiry in place.
+//!
 //! Ordering hazard: a connection becomes a local member of a room only when
 //! the owner's `Joined` is handled here. The owner sends `Joined` after every
 //! `Deliver` of a seq at or below the one `joined` reports and before any
@@ -11,6 +16,7 @@
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
+use crate::auth::rules::Rules;
 use crate::metrics::CloseReason;
 use crate::proto::msg::{self, Member, Op, Ref};
 use crate::proto::ws::{self as wsproto, Event};
@@ -46,6 +52,7 @@ enum OwnedOp {
     History { room: RoomName, before: Option<u64>, after: Option<u64>, limit: usize },
     Presence { room: RoomName },
     Ping,
+    Refresh { token: Box<str> },
 }
 
 fn own(op: Op<'_>) -> OwnedOp {
@@ -62,6 +69,25 @@ fn own(op: Op<'_>) -> OwnedOp {
         }
         Op::Presence { room } => OwnedOp::Presence { room: RoomName::from(room.as_ref()) },
         Op::Ping => OwnedOp::Ping,
+        Op::Refresh { token } => OwnedOp::Refresh { token: Box::from(token.as_ref()) },
+    }
+}
+
+/// Whether `rules` allow `op` (a `leave`, a `ping` and a `refresh` are
+/// always allowed: none of them reads or writes a room).
+fn permitted(rules: &Rules, op: &OwnedOp) -> bool {
+    match op {
+        OwnedOp::Join { room, .. } | OwnedOp::History { room, .. } | OwnedOp::Presence { room } => rules.may_read(room),
+        OwnedOp::Send { room, .. } => rules.may_send(room),
+        OwnedOp::Leave { .. } | OwnedOp::Ping | OwnedOp::Refresh { .. } => true,
+    }
+}
+
+/// The message of a `forbidden` for `op` (one `permitted` refused).
+fn forbidden_message(op: &OwnedOp) -> &'static str {
+    match op {
+        OwnedOp::Send { .. } => "this token may not send to this room",
+        _ => "this token may not read this room",
     }
 }
 
@@ -169,9 +195,17 @@ impl Reactor {
                 return self.reply(key, e);
             }
         }
+        // The rules are checked here, on the reactor the client is
+        // connected to, before anything goes to a room's owner (which, in a
+        // cluster, may be another node that trusts this one).
+        if !permitted(&ws.rules, &op) {
+            let e = msg::encode_error(r#ref.as_ref(), "forbidden", forbidden_message(&op), None);
+            return self.reply(key, e);
+        }
         let user = ws.user.clone();
         match op {
             OwnedOp::Ping => self.reply(key, msg::encode_pong(r#ref.as_ref())),
+            OwnedOp::Refresh { token } => self.refresh(key, r#ref, &token),
             OwnedOp::Join { room, since } => {
                 ws.joins = ws.joins.wrapping_add(1);
                 let tag = ws.joins;
@@ -206,7 +240,7 @@ impl Reactor {
                 if let Slot::Listed(slot) = slot {
                     self.unlist(&room, key, slot);
                 }
-                self.reply(key, msg::encode_left(r#ref.as_ref(), &room));
+                self.reply(key, msg::encode_left(r#ref.as_ref(), &room, None));
                 let owner = Reactor::owner_at(&self.shared, &room);
                 let leave = Leave { room, user, reactor: self.id, member: member_id(me) };
                 self.ask_owner(owner, Command::Leave(leave));
@@ -243,6 +277,54 @@ impl Reactor {
                 self.ask_owner(owner, Command::Presence(Presence { room, asker: Asker::ws(me, r#ref) }));
             }
         }
+    }
+
+    /// `refresh`: the connection goes on with a new token of the same user.
+    /// Refused (`unauthorized`, `forbidden`), nothing changes: it stays on
+    /// its old token until that one expires. Accepted, the rules and the
+    /// expiry are the new token's, and every room those rules no longer
+    /// allow is left as a `leave` would leave it, with a `left` frame whose
+    /// reason is `forbidden`; those frames come before `refreshed`, so a
+    /// client holding the reply has seen every consequence of the swap.
+    fn refresh(&mut self, key: u32, r#ref: Option<Ref>, token: &str) {
+        let unauthorized = |m: &str| msg::encode_error(r#ref.as_ref(), "unauthorized", m, None);
+        let claims = match self.shared.auth.verify(token) {
+            Ok(c) => c,
+            Err(e) => return self.reply(key, unauthorized(&e.to_string())),
+        };
+        let rules = match Rules::for_claims(&claims, &self.default_rules) {
+            Ok(r) => r,
+            Err(e) => return self.reply(key, unauthorized(&format!("invalid token: {e}"))),
+        };
+        let me = self.conn_ref(key);
+        let Some(State::Ws(ws)) = self.conns.get_mut(key as usize).map(|c| &mut c.state) else {
+            return;
+        };
+        if *ws.user != *claims.sub {
+            let m = "a refresh token must be for the connection's own user (`sub`)";
+            return self.reply(key, msg::encode_error(r#ref.as_ref(), "forbidden", m, None));
+        }
+        ws.exp = Some(claims.exp);
+        ws.rules = rules.clone();
+        let (kept, gone): (Vec<_>, Vec<_>) =
+            std::mem::take(&mut ws.rooms).into_iter().partition(|(room, _)| rules.may_read(room));
+        ws.rooms = kept;
+        let user = ws.user.clone();
+        for (room, slot) in gone {
+            if let Slot::Listed(slot) = slot {
+                self.unlist(&room, key, slot);
+            }
+            self.reply(key, msg::encode_left(None, &room, Some("forbidden")));
+            let owner = Reactor::owner_at(&self.shared, &room);
+            let leave = Leave { room, user: user.clone(), reactor: self.id, member: member_id(me) };
+            self.ask_owner(owner, Command::Leave(leave));
+        }
+        self.reply(key, msg::encode_refreshed(r#ref.as_ref(), claims.exp));
+        // The expiry timer is filed anew: `schedule` keeps the earlier of
+        // two deadlines, and a later one is found when the earlier fires
+        // (`on_timer` computes deadlines from `exp`, never remembers them).
+        let left = super::token_left(claims.exp, super::leeway_secs(&self.shared));
+        self.schedule(key, super::timer::later(self.now, left));
     }
 
     /// Takes `key` out of the local member list of `room` (its slot there is
@@ -307,6 +389,18 @@ impl Reactor {
             ws.inflight = ws.inflight.saturating_sub(1);
         } else {
             ws.heavy = ws.heavy.saturating_sub(1);
+        }
+        // A `refresh` may have taken the room away while this answer was on
+        // its way: nothing read from it reaches the client then (the join,
+        // if this is one, was already left at the owner).
+        let read = match &reply {
+            Reply::Joined { room, .. } | Reply::History { room, .. } | Reply::Presence { room, .. } => Some(room),
+            Reply::Ack { .. } | Reply::Refused { .. } => None,
+        };
+        if read.is_some_and(|room| !ws.rules.may_read(room)) {
+            let e = msg::encode_error(r#ref, "forbidden", "this token may not read this room", None);
+            self.reply(key, e);
+            return self.maybe_resume(key);
         }
         match reply {
             Reply::Joined { room, last, recovered, replay } => {
@@ -457,5 +551,197 @@ fn act(kind: WsKind, ev: Event<'_>) -> Action {
             Ok(inc) => Action::Op { r#ref: inc.r#ref, op: own(inc.op) },
             Err(e) => Action::Reply(msg::encode_error(e.r#ref.as_ref(), e.code, &e.message, None)),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use serde_json::{json, Value};
+
+    use crate::config::Config;
+    use crate::reactor::testkit::{client_frame, server_frames, upgrade_request, ConnId, Harness, SECRET};
+
+    /// A token signed with the harness's secret carrying `claims` (and a
+    /// `sub` and an `exp` an hour away unless `claims` has them).
+    fn token(claims: Value) -> String {
+        let mut c = json!({"sub": "ann", "exp": crate::auth::now_unix() + 3600});
+        if let (Some(c), Some(extra)) = (c.as_object_mut(), claims.as_object()) {
+            c.extend(extra.clone());
+        }
+        let key = jsonwebtoken::EncodingKey::from_secret(SECRET).unwrap();
+        jsonwebtoken::encode(&jsonwebtoken::Header::default(), &c, &key).unwrap()
+    }
+
+    fn ws(h: &mut Harness, token: &str) -> ConnId {
+        let c = h.connect();
+        h.input(c, &upgrade_request(token));
+        let head = String::from_utf8_lossy(&h.take_output(c)).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        c
+    }
+
+    /// Sends `op` and returns every frame that came back, as JSON.
+    fn call(h: &mut Harness, c: ConnId, op: Value) -> Vec<Value> {
+        h.input(c, &client_frame(true, 1, op.to_string().as_bytes()));
+        frames(h, c)
+    }
+
+    fn frames(h: &mut Harness, c: ConnId) -> Vec<Value> {
+        let out = h.take_output(c);
+        server_frames(&out)
+            .0
+            .into_iter()
+            .filter(|(op, _)| *op == 1)
+            .map(|(_, p)| serde_json::from_slice(&p).unwrap())
+            .collect()
+    }
+
+    fn forbidden(got: &[Value], r: &str) -> bool {
+        got.iter().any(|f| f["op"] == "error" && f["code"] == "forbidden" && f["ref"] == r)
+    }
+
+    fn op_of(got: &[Value], op: &str, r: &str) -> bool {
+        got.iter().any(|f| f["op"] == op && f["ref"] == r)
+    }
+
+    fn http(h: &mut Harness, req: &str) -> String {
+        let c = h.connect();
+        h.input(c, req.as_bytes());
+        String::from_utf8_lossy(&h.take_output(c)).into_owned()
+    }
+
+    #[test]
+    fn rooms_and_send_claims_over_websocket() {
+        let mut h = Harness::new(Config { send_rate: 0.0, ..Config::default() }).unwrap();
+        let c = ws(&mut h, &token(json!({"rooms": ["a", "t-*"], "send": ["a"]})));
+        assert!(op_of(&call(&mut h, c, json!({"op":"join","room":"a","ref":"1"})), "joined", "1"));
+        assert!(op_of(&call(&mut h, c, json!({"op":"join","room":"t-1","ref":"2"})), "joined", "2"));
+        assert!(forbidden(&call(&mut h, c, json!({"op":"join","room":"b","ref":"3"})), "3"));
+        assert!(forbidden(&call(&mut h, c, json!({"op":"join","room":"t","ref":"3b"})), "3b"));
+        assert!(forbidden(&call(&mut h, c, json!({"op":"send","room":"t-1","body":1,"ref":"4"})), "4"));
+        assert!(forbidden(&call(&mut h, c, json!({"op":"send","room":"b","body":1,"ref":"5"})), "5"));
+        assert!(op_of(&call(&mut h, c, json!({"op":"send","room":"a","body":1,"ref":"6"})), "ack", "6"));
+        assert!(forbidden(&call(&mut h, c, json!({"op":"history","room":"b","ref":"7"})), "7"));
+        assert!(forbidden(&call(&mut h, c, json!({"op":"presence","room":"b","ref":"8"})), "8"));
+        assert!(op_of(&call(&mut h, c, json!({"op":"history","room":"t-2","ref":"9"})), "history", "9"));
+        assert!(op_of(&call(&mut h, c, json!({"op":"presence","room":"t-1","ref":"10"})), "presence", "10"));
+        // Refusals leave the connection as it was.
+        assert!(h.is_open(c));
+        assert!(op_of(&call(&mut h, c, json!({"op":"ping","ref":"11"})), "pong", "11"));
+        h.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn default_rooms_admin_and_bad_claims() {
+        let cfg = Config { default_rooms: "lobby, pub-*".into(), anonymous: true, ..Config::default() };
+        let mut h = Harness::new(cfg).unwrap();
+        // No claim: the default.
+        let plain = ws(&mut h, &token(json!({})));
+        assert!(op_of(&call(&mut h, plain, json!({"op":"join","room":"pub-1","ref":"1"})), "joined", "1"));
+        assert!(forbidden(&call(&mut h, plain, json!({"op":"join","room":"x","ref":"2"})), "2"));
+        // Anonymous: the default too.
+        let anon = h.connect();
+        let req = "GET /v1/ws?user=zed HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                   Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        h.input(anon, req.as_bytes());
+        h.take_output(anon);
+        assert!(op_of(&call(&mut h, anon, json!({"op":"join","room":"lobby","ref":"1"})), "joined", "1"));
+        assert!(forbidden(&call(&mut h, anon, json!({"op":"send","room":"x","body":0,"ref":"2"})), "2"));
+        // Admin: everything, whatever its rooms say.
+        let admin = ws(&mut h, &token(json!({"role": "admin", "rooms": []})));
+        assert!(op_of(&call(&mut h, admin, json!({"op":"join","room":"x","ref":"1"})), "joined", "1"));
+        // A claim that is not patterns is an invalid token: 401 before the upgrade.
+        for bad in [json!({"rooms": ["a*b"]}), json!({"rooms": "lobby"}), json!({"send": [""]})] {
+            let c = h.connect();
+            h.input(c, &upgrade_request(&token(bad.clone())));
+            let out = String::from_utf8_lossy(&h.take_output(c)).into_owned();
+            assert!(out.starts_with("HTTP/1.1 401") && out.contains("claim"), "{bad}: {out}");
+        }
+        h.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn room_endpoints_answer_403_outside_the_rules() {
+        let mut h = Harness::new(Config::default()).unwrap();
+        let t = token(json!({"rooms": ["r"], "send": []}));
+        let get = |room: &str| {
+            format!("GET /v1/rooms/{room}/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\n\r\n")
+        };
+        let post = |room: &str| {
+            format!(
+                "POST /v1/rooms/{room}/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\n\
+                 Content-Length: 10\r\n\r\n{{\"body\":1}}"
+            )
+        };
+        assert!(http(&mut h, &get("r")).starts_with("HTTP/1.1 200"));
+        let out = http(&mut h, &get("s"));
+        assert!(out.starts_with("HTTP/1.1 403") && out.contains(r#""code":"forbidden""#), "{out}");
+        let presence = format!("GET /v1/rooms/s/presence HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {t}\r\n\r\n");
+        assert!(http(&mut h, &presence).starts_with("HTTP/1.1 403"));
+        assert!(http(&mut h, &post("r")).starts_with("HTTP/1.1 403"));
+        let admin = token(json!({"role": "admin"}));
+        let req = format!(
+            "POST /v1/rooms/s/messages HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {admin}\r\n\
+             Content-Length: 10\r\n\r\n{{\"body\":1}}"
+        );
+        assert!(http(&mut h, &req).starts_with("HTTP/1.1 201"));
+    }
+
+    #[test]
+    fn refresh_swaps_rules_and_leaves_rooms() {
+        let mut h = Harness::new(Config { send_rate: 0.0, ..Config::default() }).unwrap();
+        let c = ws(&mut h, &token(json!({"rooms": ["a", "b", "t-*"]})));
+        let other = ws(&mut h, &token(json!({"sub": "bo"})));
+        for (i, room) in ["a", "b", "t-1"].iter().enumerate() {
+            assert!(op_of(
+                &call(&mut h, c, json!({"op":"join","room":room,"ref":i.to_string()})),
+                "joined",
+                &i.to_string()
+            ));
+        }
+        call(&mut h, other, json!({"op":"join","room":"b"}));
+        frames(&mut h, c);
+
+        // Refused refreshes change nothing.
+        let got = call(&mut h, c, json!({"op":"refresh","token":token(json!({"sub":"bo"})),"ref":"x1"}));
+        assert!(forbidden(&got, "x1"), "{got:?}");
+        let expired = token(json!({"exp": crate::auth::now_unix() - 3600}));
+        let got = call(&mut h, c, json!({"op":"refresh","token":expired,"ref":"x2"}));
+        assert!(got.iter().any(|f| f["code"] == "unauthorized" && f["ref"] == "x2"), "{got:?}");
+        let got = call(&mut h, c, json!({"op":"refresh","token":"not.a.jwt","ref":"x3"}));
+        assert!(got.iter().any(|f| f["code"] == "unauthorized" && f["ref"] == "x3"), "{got:?}");
+        let got = call(&mut h, c, json!({"op":"refresh","token":token(json!({"rooms":["a*b"]})),"ref":"x4"}));
+        assert!(got.iter().any(|f| f["code"] == "unauthorized" && f["ref"] == "x4"), "{got:?}");
+        assert!(op_of(&call(&mut h, c, json!({"op":"send","room":"b","body":0,"ref":"x5"})), "ack", "x5"));
+
+        // Narrowing: `b` and `t-1` are left (before `refreshed`), `a` kept.
+        let exp = crate::auth::now_unix() + 7200;
+        let got = call(&mut h, c, json!({"op":"refresh","token":token(json!({"rooms":["a"],"exp":exp})),"ref":"n"}));
+        let left: Vec<&Value> = got.iter().filter(|f| f["op"] == "left").collect();
+        assert_eq!(left.len(), 2, "{got:?}");
+        assert!(left.iter().all(|f| f["reason"] == "forbidden" && f.get("ref").is_none()), "{got:?}");
+        let rooms: Vec<&str> = left.iter().filter_map(|f| f["room"].as_str()).collect();
+        assert!(rooms.contains(&"b") && rooms.contains(&"t-1"), "{got:?}");
+        let at = got.iter().position(|f| f["op"] == "refreshed").unwrap();
+        assert_eq!(got[at], json!({"op":"refreshed","ref":"n","exp":exp}));
+        assert!(got.iter().take(at).filter(|f| f["op"] == "left").count() == 2, "{got:?}");
+        h.check_invariants().unwrap();
+        // The other member saw the user leave `b`.
+        let seen = frames(&mut h, other);
+        assert!(seen.iter().any(|f| f["op"] == "presence_diff" && f["leaves"] == json!(["ann"])), "{seen:?}");
+        // Sends there are forbidden now, and its messages no longer arrive.
+        assert!(forbidden(&call(&mut h, c, json!({"op":"send","room":"b","body":0,"ref":"s"})), "s"));
+        call(&mut h, other, json!({"op":"send","room":"b","body":"after"}));
+        assert!(!frames(&mut h, c).iter().any(|f| f["op"] == "msg"));
+        assert!(op_of(&call(&mut h, c, json!({"op":"send","room":"a","body":0,"ref":"s2"})), "ack", "s2"));
+        // Widening again: the room may be joined again.
+        let got = call(&mut h, c, json!({"op":"refresh","token":token(json!({})),"ref":"w"}));
+        assert!(op_of(&got, "refreshed", "w") && !got.iter().any(|f| f["op"] == "left"), "{got:?}");
+        assert!(op_of(&call(&mut h, c, json!({"op":"join","room":"b","ref":"j"})), "joined", "j"));
+        h.advance(Duration::from_secs(1));
+        assert!(h.is_open(c));
+        h.check_invariants().unwrap();
     }
 }
