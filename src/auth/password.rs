@@ -133,4 +133,29 @@ mod tests {
             assert!(!p.verify(phc, b"password"), "{phc}");
         }
     }
+
+    /// Prints the cost of one hash and one verification (a figure, not a
+    /// check): `cargo test --release --lib password::tests::hash_time -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn hash_time() {
+        let p = Argon2id::default();
+        let mut hashes = Vec::new();
+        let mut verifies = Vec::new();
+        let h = p.hash(b"a password").unwrap();
+        for _ in 0..20 {
+            let t = std::time::Instant::now();
+            let _ = p.hash(b"a password").unwrap();
+            hashes.push(t.elapsed());
+            let t = std::time::Instant::now();
+            assert!(p.verify(&h, b"a password"));
+            verifies.push(t.elapsed());
+        }
+        hashes.sort();
+        verifies.sort();
+        println!(
+            "argon2id m=19456 t=2 p=1: hash median {:?} min {:?}; verify median {:?} min {:?}",
+            hashes[10], hashes[0], verifies[10], verifies[0]
+        );
+    }
 }
