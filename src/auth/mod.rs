@@ -47,6 +47,8 @@ pub mod accounts;
 mod keys;
 pub mod oauth;
 pub mod passkey;
+pub mod password;
+pub mod ratelimit;
 pub(crate) mod secret;
 pub mod service;
 #[doc(hidden)]
