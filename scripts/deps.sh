@@ -43,7 +43,7 @@ apt_install() {
     rm -f "$log"
 }
 
-# Build dependencies of the crate: a C compiler (aws-lc), cmake and pkg-config.
+# Build dependencies of the crate: a C compiler (aws-lc), cmake, pkg-config and OpenSSL's headers.
 ensure_build_deps() {
     local want=()
     # cc for aws-lc; c++ for libFuzzer in the fuzz build.
@@ -51,6 +51,8 @@ ensure_build_deps() {
     command -v cmake >/dev/null 2>&1 || want+=(cmake)
     command -v pkg-config >/dev/null 2>&1 || want+=(pkg-config)
     command -v git >/dev/null 2>&1 || want+=(git)
+    # OpenSSL headers: webauthn-rs (passkeys) links OpenSSL, found through pkg-config.
+    pkg-config --exists openssl 2>/dev/null || want+=(libssl-dev)
     if [ "${#want[@]}" -gt 0 ]; then apt_install "${want[@]}"; fi
     if ! command -v cargo >/dev/null 2>&1; then
         if [ -x "$HOME/.cargo/bin/cargo" ]; then

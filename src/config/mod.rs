@@ -422,6 +422,21 @@ declare::settings! {
         docs "threads for the `/v1/auth/` endpoints (password hashing, refresh tokens, identity providers), so no \
               event loop waits on them; each queues at most 32 requests, and a full queue answers 503";
 
+    webauthn_rp_id: String [plain] = "localhost".to_string();
+        flag "DOMAIN", "Relying party id of passkeys: the site's domain, which every passkey is bound to",
+            default "localhost";
+        limit Limit::NotEmpty;
+        docs "relying party id of passkeys (`/v1/auth/passkey/`): the domain of the site, without scheme or port; \
+              every registered passkey is bound to it, so changing it later orphans them";
+
+    webauthn_origin: String [plain optional] = None;
+        flag "URL", "Origin the browser shows during passkey ceremonies (default: http://localhost:PORT of --listen \
+            for rp id localhost, else https://RP-ID)";
+        limit Limit::NotEmpty;
+        docs "origin (`scheme://host[:port]`) the browser reports in passkey ceremonies, checked on every finish; \
+              its host must be `webauthn-rp-id` or under it; unset, it is `http://localhost:PORT` with the port of \
+              `--listen` when the rp id is `localhost` (browsers treat that as secure), else `https://RP-ID`";
+
     bus_publish: String [plain optional] = None;
         flag "ADDR",
             "Publish every committed message of the rooms this node owns on an nng pub socket at ADDR (best effort)";
@@ -509,6 +524,9 @@ impl Config {
         }
         if let Err(e) = crate::auth::rules::Patterns::parse_list(&self.default_rooms) {
             return bad("default-rooms", &e.to_string());
+        }
+        if let Err(problem) = crate::auth::passkey::relying_party(self) {
+            return bad(if self.webauthn_origin.is_some() { "webauthn-origin" } else { "webauthn-rp-id" }, &problem);
         }
         if let Some(cluster) = &self.cluster {
             cluster.validate()?;

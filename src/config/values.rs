@@ -135,7 +135,7 @@ impl<'de> Deserialize<'de> for TomlSize {
 pub(crate) fn show_duration(d: Duration) -> String {
     let ms = d.as_millis();
     for (unit, per) in [("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)] {
-        if ms >= per && ms % per == 0 {
+        if ms >= per && ms.is_multiple_of(per) {
             return format!("{}{unit}", ms / per);
         }
     }
@@ -146,7 +146,7 @@ pub(crate) fn show_duration(d: Duration) -> String {
 pub(crate) fn show_size(n: usize) -> String {
     for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
         let per = 1usize << shift;
-        if n >= per && n % per == 0 {
+        if n >= per && n.is_multiple_of(per) {
             return format!("{}{unit}", n / per);
         }
     }
