@@ -97,10 +97,7 @@ impl Refusal {
             Refusal::Bad(m) => AuthReply::error(400, "bad_request", m),
             Refusal::Unauthorized(m) => AuthReply::error(401, "unauthorized", m),
             Refusal::Taken => AuthReply::error(409, "conflict", "that username is taken"),
-            Refusal::Limited(l) => {
-                AuthReply::error(429, "rate_limited", &format!("too many attempts; retry in {} s", l.retry_after_secs))
-                    .with_header("Retry-After", l.retry_after_secs.to_string())
-            }
+            Refusal::Limited(l) => l.reply(),
             Refusal::Store(e) => AuthReply::error(500, "internal", &format!("storage: {e}")),
             Refusal::Internal(m) => AuthReply::error(500, "internal", &m),
         }
@@ -246,6 +243,16 @@ fn session_json(ctx: &Ctx, user: &str, refresh: &str) -> Result<serde_json::Valu
 
 /// Creates user `name` without a password (one who signs in through a
 /// provider or a passkey) unless it exists; inside a write job.
+/// Whether user `name` exists (with a password or not), inside a write job.
+pub fn user_exists(kv: &Kv, name: &str) -> Result<bool, StoreError> {
+    Ok(kv.get(USER, name)?.is_some())
+}
+
+/// [`user_exists`] in a read of its own, on any thread.
+pub fn user_exists_now(store: &crate::store::Store, name: &str, now_ms: u64) -> Result<bool, StoreError> {
+    Ok(crate::store::kv::get(store, USER, name, now_ms)?.is_some())
+}
+
 pub fn ensure_user(kv: &mut Kv, name: &str) -> Result<(), StoreError> {
     if kv.get(USER, name)?.is_none() {
         kv.put(USER, name, &encode(&UserRec { pw: None })?, 0)?;

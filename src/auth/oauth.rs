@@ -29,6 +29,7 @@ use crate::proto::http::Method;
 use crate::store::kv::{self, Kv};
 use crate::store::StoreError;
 
+use super::ratelimit;
 use super::service::{AuthReply, AuthRequest, Ctx};
 
 pub mod client;
@@ -37,13 +38,7 @@ pub mod client;
 const STATE_KIND: &str = "oauth-state";
 const LINK_KIND: &str = "oauth-link";
 const DISCOVERY_KIND: &str = "oauth-discovery";
-/// Where accounts keeps its users (to avoid taking over a name a password
-/// account holds already).
-const USER_KIND: &str = "user";
 
-/// Sign-ins in progress at once (their states wait in redb until spent or
-/// expired); past it `/start` answers 503.
-const MAX_PENDING: usize = 4096;
 /// Random bytes in a state and in a PKCE verifier (256 bits each; the
 /// verifier's 43 base64url characters are RFC 7636's minimum length).
 const RANDOM_BYTES: usize = 32;
@@ -78,8 +73,8 @@ enum OauthError {
     Provider(String),
     #[error("the provider did not answer within {0:?}")]
     Timeout(Duration),
-    #[error("too many sign-ins in progress; try again later")]
-    Busy,
+    #[error("too many sign-ins started from this address")]
+    Limited(super::ratelimit::Limited),
     #[error("{0}")]
     Store(#[from] StoreError),
 }
@@ -94,7 +89,7 @@ impl OauthError {
             OauthError::Refused(_) => (400, "oauth_refused"),
             OauthError::Provider(_) => (502, "provider_error"),
             OauthError::Timeout(_) => (504, "provider_timeout"),
-            OauthError::Busy => (503, "busy"),
+            OauthError::Limited(l) => return l.reply(),
             OauthError::Store(_) => (500, "internal"),
         };
         let reply = AuthReply::error(status, code, &self.to_string());
@@ -161,17 +156,17 @@ fn start(ctx: &Ctx, r: &AuthRequest, p: &OauthProvider) -> Result<AuthReply, Oau
     let ttl = u64::try_from(ctx.config.oauth_state_ttl.as_millis()).unwrap_or(u64::MAX);
     let expires = now.saturating_add(ttl).max(1);
     let key = state.clone();
-    let stored = crate::store::write_job(ctx.writer, move |txn| {
+    let ipk = ratelimit::ip_key(r.ip);
+    crate::store::write_job(ctx.writer, move |txn| {
         let mut kv = Kv::open(txn, now)?;
-        if kv.keys_with_prefix(STATE_KIND, "", MAX_PENDING)?.len() >= MAX_PENDING {
-            return Ok(false);
+        if let Err(l) = ratelimit::hit(&mut kv, ratelimit::SCOPE_CEREMONY_IP, &ipk, ratelimit::CEREMONIES_PER_IP, now)?
+        {
+            return Ok(Err(l));
         }
         kv.put(STATE_KIND, &key, &value, expires)?;
-        Ok(true)
-    })?;
-    if !stored {
-        return Err(OauthError::Busy);
-    }
+        Ok(Ok(()))
+    })?
+    .map_err(OauthError::Limited)?;
     let mut q = FormBody::default();
     q.add("response_type", "code");
     q.add("client_id", &p.client_id);
@@ -307,7 +302,7 @@ fn link(ctx: &Ctx, p: &OauthProvider, sub: &str) -> Result<String, OauthError> {
         let name = match preferred {
             // A name someone holds already (a password account, say) is
             // never taken over.
-            Some(name) if kv.get(USER_KIND, &name)?.is_none() => name,
+            Some(name) if !super::accounts::user_exists(&kv, &name)? => name,
             _ => fallback,
         };
         super::accounts::ensure_user(&mut kv, &name)?;

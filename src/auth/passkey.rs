@@ -37,6 +37,7 @@ use crate::proto::http::Method;
 use crate::store::kv::{self, Kv};
 use crate::store::StoreError;
 
+use super::ratelimit;
 use super::service::{AuthReply, AuthRequest, Ctx};
 use super::{accounts, check_user_id, AuthError};
 
@@ -54,8 +55,6 @@ const KIND_CEREMONY: &str = "passkey_ceremony";
 const KIND_HANDLE: &str = "passkey_user";
 const KIND_KEY: &str = "passkey";
 const KIND_KEY_OWNER: &str = "passkey_id";
-/// The kind the accounts keep users under: a name taken there is taken.
-const KIND_USER: &str = "user";
 
 /// The relying party id and origin the settings give, checked: the id is a
 /// lower-case domain name, the origin an `http(s)://host[:port]` whose host
@@ -279,18 +278,30 @@ fn load_keys(ctx: &Ctx, user: &str, now: u64) -> Result<Vec<StoredKey>, AuthRepl
 }
 
 fn taken(ctx: &Ctx, user: &str, now: u64) -> Result<bool, AuthReply> {
-    Ok(kv::get(ctx.store, KIND_USER, user, now).map_err(store_error)?.is_some()
+    Ok(accounts::user_exists_now(ctx.store, user, now).map_err(store_error)?
         || kv::get(ctx.store, KIND_HANDLE, user, now).map_err(store_error)?.is_some())
 }
 
-fn put_ceremony(ctx: &Ctx, ceremony: &Ceremony, now: u64) -> Result<String, AuthReply> {
+/// Keeps `ceremony` until it expires, counted against the address's
+/// ceremony limit (each one is state the store holds).
+fn put_ceremony(ctx: &Ctx, ip: Option<std::net::IpAddr>, ceremony: &Ceremony, now: u64) -> Result<String, AuthReply> {
     let id = new_ceremony_id()?;
     let value = serde_json::to_vec(ceremony)
         .map_err(|e| AuthReply::error(500, "internal", &format!("cannot keep the ceremony: {e}")))?;
     let key = id.clone();
     let expires = now.saturating_add(CEREMONY_TTL_MS);
-    crate::store::write_job(ctx.writer, move |txn| Kv::open(txn, now)?.put(KIND_CEREMONY, &key, &value, expires))
-        .map_err(store_error)?;
+    let ipk = ratelimit::ip_key(ip);
+    crate::store::write_job(ctx.writer, move |txn| {
+        let mut kv = Kv::open(txn, now)?;
+        if let Err(l) = ratelimit::hit(&mut kv, ratelimit::SCOPE_CEREMONY_IP, &ipk, ratelimit::CEREMONIES_PER_IP, now)?
+        {
+            return Ok(Err(l));
+        }
+        kv.put(KIND_CEREMONY, &key, &value, expires)?;
+        Ok(Ok(()))
+    })
+    .map_err(store_error)?
+    .map_err(ratelimit::Limited::reply)?;
     Ok(id)
 }
 
@@ -359,7 +370,7 @@ fn register_start(ctx: &Ctx, r: &AuthRequest) -> Reply {
     let (options, state) = webauthn(ctx.config)?
         .start_passkey_registration(handle, &user, &user, Some(exclude))
         .map_err(|e| AuthReply::error(500, "internal", &format!("cannot start: {e}")))?;
-    let id = put_ceremony(ctx, &Ceremony::Register { user, new_user, handle, state }, now)?;
+    let id = put_ceremony(ctx, r.ip, &Ceremony::Register { user, new_user, handle, state }, now)?;
     Ok(start_reply(&id, to_json(&options)?))
 }
 
@@ -386,7 +397,7 @@ fn register_finish(ctx: &Ctx, r: &AuthRequest) -> Reply {
     let outcome = crate::store::write_job(ctx.writer, move |txn| {
         let mut kv = Kv::open(txn, now)?;
         let known_handle = kv.get(KIND_HANDLE, &owner)?;
-        if new_user && (known_handle.is_some() || kv.get(KIND_USER, &owner)?.is_some()) {
+        if new_user && (known_handle.is_some() || accounts::user_exists(&kv, &owner)?) {
             return Ok(Err(AuthReply::error(409, "user_exists", "this name was taken meanwhile")));
         }
         // Two first registrations of one existing user each drew a handle;
@@ -450,7 +461,7 @@ fn login_start(ctx: &Ctx, r: &AuthRequest) -> Reply {
     // The library asks for conditional mediation (autofill) on discoverable
     // sign-in; a button on a page wants the ordinary modal prompt.
     options.mediation = None;
-    let id = put_ceremony(ctx, &ceremony, now)?;
+    let id = put_ceremony(ctx, r.ip, &ceremony, now)?;
     Ok(start_reply(&id, to_json(&options)?))
 }
 

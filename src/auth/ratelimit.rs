@@ -26,6 +26,13 @@ pub struct Limit {
     pub window: Duration,
 }
 
+/// Sign-in ceremonies started (OAuth `start`, passkey `register/start` and
+/// `login/start`) per client address: each keeps single-use state in the
+/// store until it expires, so this bounds what one address can make the
+/// store hold.
+pub const CEREMONIES_PER_IP: Limit = Limit { max: 60, window: Duration::from_secs(60) };
+pub const SCOPE_CEREMONY_IP: &str = "ceremony-ip";
+
 /// The caller is over the limit and may try again in `retry_after_secs`
 /// (at least 1, for a `Retry-After` header).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,6 +65,18 @@ fn verdict(w: Option<Window>, limit: Limit, now_ms: u64) -> Result<(), Limited> 
             Err(Limited { retry_after_secs: w.end.saturating_sub(now_ms).div_ceil(1000).max(1) })
         }
         _ => Ok(()),
+    }
+}
+
+impl Limited {
+    /// The 429 answer, with `Retry-After`.
+    pub fn reply(self) -> crate::auth::service::AuthReply {
+        crate::auth::service::AuthReply::error(
+            429,
+            "rate_limited",
+            &format!("too many attempts; retry in {} s", self.retry_after_secs),
+        )
+        .with_header("Retry-After", self.retry_after_secs.to_string())
     }
 }
 

@@ -9,6 +9,7 @@ answers; a provider that answers with a redirect."""
 
 from __future__ import annotations
 
+import http.client
 import base64
 import http.cookiejar
 import http.server
@@ -522,3 +523,23 @@ def test_the_secret_comes_from_the_environment(roomcast_bin, tmp_path):
         proc.terminate()
         proc.wait(15)
     os.path.exists(cfg)
+
+
+def test_sign_ins_started_per_address_are_limited(rc):
+    # From an address of its own, so the module's other tests keep theirs.
+    def start_from(addr):
+        c = http.client.HTTPConnection("127.0.0.1", rc.port, timeout=10, source_address=(addr, 0))
+        try:
+            c.request("GET", "/v1/auth/oauth/op/start")
+            r = c.getresponse()
+            r.read()
+            return r.status, r.getheader("Retry-After")
+        finally:
+            c.close()
+
+    statuses = [start_from("127.0.0.77")[0] for _ in range(60)]
+    assert statuses == [302] * 60, statuses
+    status, retry = start_from("127.0.0.77")
+    assert status == 429 and retry and int(retry) >= 1, (status, retry)
+    # Another address is not affected.
+    assert start_from("127.0.0.78")[0] == 302
