@@ -96,6 +96,23 @@ pub fn handle(ctx: &Ctx, r: &AuthRequest) -> AuthReply {
     }
 }
 
+/// Auth workers run only on CPU time the event loops leave over
+/// (`SCHED_IDLE`, else nice 10): a storm of sign-ins, each tens of
+/// milliseconds of hashing, then slows sign-ins and not the messages of
+/// connected clients. A thread's scheduling policy on Linux is its own.
+fn idle_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        let param = libc::sched_param { sched_priority: 0 };
+        // SAFETY: plain integers and a pointer to a local that outlives the call.
+        let ok = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) } == 0;
+        if ok {
+            return;
+        }
+    }
+    crate::store::lower_priority();
+}
+
 /// A job for a worker: it gets the writer's channel.
 type Work = Box<dyn FnOnce(&Sender<WriterCmd>) + Send>;
 
@@ -116,7 +133,7 @@ impl AuthPool {
             let rx = rx.clone();
             let writer = writer.clone();
             let spawned = std::thread::Builder::new().name(format!("auth-{i}")).spawn(move || {
-                crate::store::lower_priority();
+                idle_priority();
                 for work in rx.iter() {
                     work(&writer);
                 }
