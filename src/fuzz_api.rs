@@ -9,3 +9,11 @@ pub mod record {
     pub use crate::store::codec::{decode, encode, ts_of};
     pub use crate::store::{StoreError, StoredMsg};
 }
+
+pub mod provider {
+    //! What an OAuth provider (or whoever answers in its place) sends back:
+    //! the HTTP answer parser of the provider client, and the redirect a
+    //! sign-in ends on.
+    pub use crate::auth::oauth::client::{read_response, ClientError, Response};
+    pub use crate::auth::oauth::{is_local_path, safe_redirect};
+}

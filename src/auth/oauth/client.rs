@@ -261,7 +261,9 @@ enum Framing {
 }
 
 /// Reads one answer from `s`.
-fn read_response<R: Read>(s: &mut R, max: usize, head_only: bool) -> Result<Response, ClientError> {
+/// Reads one answer from `s`: the parser `request` uses, public for the
+/// fuzz target of provider answers.
+pub fn read_response<R: Read>(s: &mut R, max: usize, head_only: bool) -> Result<Response, ClientError> {
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = [0u8; 8192];
     let mut parsed: Option<Head> = None;
@@ -314,7 +316,8 @@ fn parse_head(buf: &[u8], head_only: bool) -> Result<Option<Head>, ClientError> 
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(ClientError::Protocol(e.to_string())),
     };
-    let status = resp.code.unwrap_or(0);
+    // httparse takes any three digits; a status below 100 is no answer.
+    let status = resp.code.filter(|c| *c >= 100).ok_or_else(|| ClientError::Protocol("no valid status code".into()))?;
     let headers: Vec<(String, String)> = resp
         .headers
         .iter()
