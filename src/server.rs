@@ -156,7 +156,7 @@ pub fn run(config: Config) -> Result<(), ServerError> {
         println!("roomcast listening on https://{a}");
     }
     if let Some(t) = &running.page_token {
-        println!("roomcast: try it: http://{}/?token={t}", running.plain_addr);
+        println!("roomcast: try it: http://{}/#token={t}", running.plain_addr);
     }
     // Tests and tools wait for these lines; make sure they are out.
     use std::io::Write as _;

@@ -741,13 +741,32 @@ pub fn write_error(
     }
 }
 
+/// The prefix of the subprotocol entry that carries a token: browsers
+/// cannot set headers on a WebSocket, and a token in the URL lands in logs,
+/// so a browser offers `bearer.<jwt>` beside the protocol it speaks. A
+/// compact JWT (base64url and dots) is made of token characters only.
+pub const BEARER_PROTOCOL_PREFIX: &str = "bearer.";
+
 /// A valid WebSocket upgrade request.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Upgrade {
     /// Sec-WebSocket-Key as sent (trimmed), for the accept computation.
     pub key: Vec<u8>,
-    /// Offered subprotocols in order, trimmed.
+    /// Offered subprotocols in order, trimmed, without the bearer entry.
     pub protocols: Vec<String>,
+    /// The token of a `bearer.<token>` entry, never echoed nor printed.
+    pub bearer: Option<String>,
+}
+
+// By hand: the bearer entry is a credential and stays out of any output.
+impl std::fmt::Debug for Upgrade {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upgrade")
+            .field("key", &String::from_utf8_lossy(&self.key))
+            .field("protocols", &self.protocols)
+            .field("bearer", &self.bearer.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 /// Why an upgrade request is refused.
@@ -791,15 +810,24 @@ pub fn websocket_upgrade(req: &Request) -> Result<Option<Upgrade>, UpgradeError>
         return Err(UpgradeError::Bad("Sec-WebSocket-Key is not 16 bytes in base64"));
     }
     let mut protocols = Vec::new();
+    let mut bearer = None;
     for (_, value) in req.headers.iter().filter(|(n, _)| n == "sec-websocket-protocol") {
         for item in list_items(value) {
-            match std::str::from_utf8(item) {
-                Ok(p) if item.iter().all(|&b| is_tchar(b)) => protocols.push(p.to_owned()),
+            let p = match std::str::from_utf8(item) {
+                Ok(p) if item.iter().all(|&b| is_tchar(b)) => p,
                 _ => return Err(UpgradeError::Bad("invalid Sec-WebSocket-Protocol")),
+            };
+            match p.strip_prefix(BEARER_PROTOCOL_PREFIX) {
+                None => protocols.push(p.to_owned()),
+                Some("") => return Err(UpgradeError::Bad("the bearer subprotocol carries no token")),
+                Some(_) if bearer.is_some() => {
+                    return Err(UpgradeError::Bad("more than one bearer subprotocol"));
+                }
+                Some(t) => bearer = Some(t.to_owned()),
             }
         }
     }
-    Ok(Some(Upgrade { key: key.to_vec(), protocols }))
+    Ok(Some(Upgrade { key: key.to_vec(), protocols, bearer }))
 }
 
 /// 16 bytes in padded base64: 22 alphabet characters and `==`. The unused
@@ -1545,6 +1573,29 @@ mod tests {
         );
         let up = websocket_upgrade(&upgrade_req(&fields)).unwrap().unwrap();
         assert_eq!(up.protocols, vec!["roomcast.v1", "chat", "other"]);
+        assert_eq!(up.bearer, None);
+    }
+
+    #[test]
+    fn upgrade_bearer_subprotocol() {
+        let fields = format!("{GOOD}Sec-WebSocket-Protocol: roomcast.v1, bearer.aGk.e30.c2ln\r\n");
+        let up = websocket_upgrade(&upgrade_req(&fields)).unwrap().unwrap();
+        assert_eq!(up.protocols, vec!["roomcast.v1"]);
+        assert_eq!(up.bearer.as_deref(), Some("aGk.e30.c2ln"));
+        // The token never reaches Debug output.
+        let shown = format!("{up:?}");
+        assert!(!shown.contains("aGk") && shown.contains("redacted"), "{shown}");
+
+        // Only the exact lowercase prefix is a bearer entry.
+        let fields = format!("{GOOD}Sec-WebSocket-Protocol: Bearer.x, bearer\r\n");
+        let up = websocket_upgrade(&upgrade_req(&fields)).unwrap().unwrap();
+        assert_eq!(up.protocols, vec!["Bearer.x", "bearer"]);
+        assert_eq!(up.bearer, None);
+
+        for bad in ["bearer.", "bearer.a, bearer.b", "roomcast.v1, bearer.a\r\nSec-WebSocket-Protocol: bearer.b"] {
+            let fields = format!("{GOOD}Sec-WebSocket-Protocol: {bad}\r\n");
+            assert!(matches!(websocket_upgrade(&upgrade_req(&fields)), Err(UpgradeError::Bad(_))), "{bad}");
+        }
     }
 
     #[test]

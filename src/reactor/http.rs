@@ -587,6 +587,28 @@ impl Reactor {
     /// not a bearer token is refused, not ignored: in anonymous mode that
     /// would silently turn a broken client into an anonymous one.
     fn credentials(&self, req: &Request) -> Result<Option<crate::auth::Claims>, Answer> {
+        self.credentials_with(req, None)
+    }
+
+    /// The token of a request: its `Authorization: Bearer` header, else its
+    /// `access_token` query parameter, else (upgrades only) the `bearer.`
+    /// subprotocol entry. A bearer entry beside either of the others is
+    /// refused as ambiguous rather than one of them silently winning: two
+    /// credentials may name two users.
+    fn credentials_with(&self, req: &Request, bearer: Option<&str>) -> Result<Option<crate::auth::Claims>, Answer> {
+        if let Some(t) = bearer {
+            if req.header("authorization").is_some() || req.query_param("access_token").is_some() {
+                return Err(Answer::error(
+                    400,
+                    "bad_request",
+                    "a token in the bearer subprotocol and another in Authorization or access_token: give one",
+                ));
+            }
+            return match self.shared.auth.verify(t) {
+                Ok(c) => Ok(Some(c)),
+                Err(e) => Err(Answer::error(401, "unauthorized", &e.to_string())),
+            };
+        }
         let token = match req.header("authorization") {
             Some(h) => match bearer_token(h) {
                 Some(t) => t.to_string(),
@@ -628,11 +650,20 @@ impl Reactor {
         if self.draining() {
             return Outcome::Answer(Answer::error(503, "overloaded", "draining"));
         }
-        let protocol = if up.protocols.is_empty() {
-            None
-        } else if up.protocols.iter().any(|p| p == SUBPROTOCOL) {
+        // The bearer entry is never echoed: only `roomcast.v1` is. It
+        // comes with `roomcast.v1` or not at all (a browser that offered
+        // subprotocols fails a handshake that picks none of them).
+        let protocol = if up.protocols.iter().any(|p| p == SUBPROTOCOL) {
             Some(SUBPROTOCOL)
         } else if kind == WsKind::Echo {
+            None
+        } else if up.bearer.is_some() {
+            return Outcome::Answer(Answer::error(
+                400,
+                "bad_request",
+                "the bearer subprotocol needs roomcast.v1 offered beside it",
+            ));
+        } else if up.protocols.is_empty() {
             None
         } else {
             return Outcome::Answer(Answer::error(
@@ -641,31 +672,30 @@ impl Reactor {
                 "the only subprotocol spoken here is roomcast.v1",
             ));
         };
-        let (user, exp, rules) = if kind == WsKind::Echo {
-            (UserId::from("echo"), None, Arc::new(Rules::default_from(Patterns::none())))
-        } else {
-            match self.credentials(req) {
-                Err(a) => return Outcome::Answer(a),
-                Ok(Some(c)) => match self.rules_of(&c) {
-                    Ok(rules) => (UserId::from(c.sub.as_str()), Some(c.exp), rules),
+        let (user, exp, rules) =
+            if kind == WsKind::Echo {
+                (UserId::from("echo"), None, Arc::new(Rules::default_from(Patterns::none())))
+            } else {
+                match self.credentials_with(req, up.bearer.as_deref()) {
                     Err(a) => return Outcome::Answer(a),
-                },
-                Ok(None) if self.shared.config.anonymous => {
-                    let u = req.query_param("user").unwrap_or_else(anonymous_name);
-                    if let Err(m) = crate::auth::check_user_id(&u) {
-                        return Outcome::Answer(Answer::error(400, "bad_request", m));
+                    Ok(Some(c)) => match self.rules_of(&c) {
+                        Ok(rules) => (UserId::from(c.sub.as_str()), Some(c.exp), rules),
+                        Err(a) => return Outcome::Answer(a),
+                    },
+                    Ok(None) if self.shared.config.anonymous => {
+                        let u = req.query_param("user").unwrap_or_else(anonymous_name);
+                        if let Err(m) = crate::auth::check_user_id(&u) {
+                            return Outcome::Answer(Answer::error(400, "bad_request", m));
+                        }
+                        (UserId::from(u.as_str()), None, self.default_rules.clone())
                     }
-                    (UserId::from(u.as_str()), None, self.default_rules.clone())
-                }
-                Ok(None) => {
-                    return Outcome::Answer(Answer::error(
+                    Ok(None) => return Outcome::Answer(Answer::error(
                         401,
                         "unauthorized",
-                        "a token is required (Authorization: Bearer, or access_token)",
-                    ))
+                        "a token is required (Authorization: Bearer, the bearer.<token> subprotocol, or access_token)",
+                    )),
                 }
-            }
-        };
+            };
         let mut out = Vec::with_capacity(192);
         http::write_upgrade_response(&mut out, &accept_key(&up.key), protocol);
         self.send(key, Bytes::from(out));

@@ -4,10 +4,13 @@ Enough to load a page, run JavaScript in it, wait for a condition, type text
 and take a screenshot. It speaks CDP over one browser-level WebSocket and
 attaches to the page target with a flat session, so no HTTP call to /json is
 needed. Console output and uncaught exceptions from the page are collected in
-`Browser.console` to make failing tests readable.
+`Browser.console` to make failing tests readable; other events (those of a
+domain a test enabled, such as `Network`) in `Browser.events`, the newest
+few hundred.
 """
 
 import base64
+import collections
 import contextlib
 import itertools
 import json
@@ -48,6 +51,7 @@ class Browser:
     def __init__(self, binary=CHROMIUM, width=1100, height=720, timeout=30.0):
         self.timeout = timeout
         self.console = []
+        self.events = collections.deque(maxlen=500)
         self._stderr_tail = []
         self._ids = itertools.count(1)
         self._ws = None
@@ -144,6 +148,8 @@ class Browser:
             d = params.get("exceptionDetails", {})
             text = d.get("exception", {}).get("description") or d.get("text")
             self.console.append(f"exception: {text}")
+        elif method:
+            self.events.append((method, params))
 
     def navigate(self, url, timeout=None):
         """Loads `url` and waits until the document has finished loading."""

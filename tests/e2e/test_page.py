@@ -170,11 +170,21 @@ class Client:
         self._stack.close()
 
 
+def navigate_with_fragment(browser, url):
+    """Loads `url`, whose fragment the page removes from the address bar at
+    once (so `Browser.navigate`, which waits for the URL as given, cannot be
+    used); waits for the document without the fragment."""
+    res = browser.page("Page.navigate", url=url)
+    assert not res.get("errorText"), res
+    bare = url.split("#", 1)[0]
+    browser.wait_for(f"location.href === {json.dumps(bare)} && document.readyState === 'complete'")
+
+
 def open_page(browser, server, user, room):
-    browser.navigate(f"{server.base}/?token={mint(user)}&room={room}")
+    """Loads the page with a token in the fragment (it connects with it at once) and joins."""
+    navigate_with_fragment(browser, f"{server.base}/?room={room}#token={mint(user)}")
     assert browser.evaluate("document.querySelector('#room').value") == room
     assert browser.evaluate("document.querySelector('#token').value").count(".") == 2
-    browser.click("#connect")
     browser.wait_for("!document.querySelector('#join').disabled")
     browser.click("#join")
     browser.wait_for("!document.querySelector('#send').disabled")
@@ -312,8 +322,7 @@ def test_page_reports_errors(page_server, browser):
 
     # A token signed with another secret is refused before the upgrade.
     bad = mint("fay", secret="not-the-secret")
-    browser.navigate(f"{page_server.base}/?token={bad}&room=lobby")
-    browser.click("#connect")
+    navigate_with_fragment(browser, f"{page_server.base}/?room=lobby#token={bad}")
     status = browser.wait_for(
         "(() => { const s = document.querySelector('#status');"
         " return s.textContent.startsWith('disconnected') && s.textContent; })()"
@@ -375,3 +384,134 @@ def test_page_anonymous_user(anon_server, browser):
     seq = wait_body(browser, "no token needed")
     assert shown(browser) == [[seq, "kim", "no token needed"]]
     browser.wait_for("document.querySelector('#presence li[data-user=\"kim\"]')")
+
+
+def status_text(browser):
+    return browser.evaluate("document.querySelector('#status').textContent")
+
+
+def test_page_takes_its_token_from_the_fragment(page_server, browser):
+    room = unique_room("frag")
+    token = mint("lou")
+    navigate_with_fragment(browser, f"{page_server.base}/?room={room}#token={token}")
+    browser.wait_for("document.querySelector('#status').textContent === 'connected as lou'")
+    # The fragment is gone from the address bar (and so from the history and
+    # from whatever the address bar is copied into); the query is kept.
+    assert browser.evaluate("location.hash") == ""
+    assert browser.evaluate("location.href") == f"{page_server.base}/?room={room}"
+    # The OAuth callback's fragment works the same way, and keeps its
+    # refresh token in memory only.
+    other = mint("lou")
+    navigate_with_fragment(
+        browser, f"{page_server.base}/?room={room}#access_token={other}&token_type=Bearer"
+        "&expires_in=900&refresh_token=ab12",
+    )
+    browser.wait_for("document.querySelector('#status').textContent === 'connected as lou'")
+    assert browser.evaluate("location.hash") == ""
+    assert browser.evaluate("S.session && S.session.refresh") == "ab12"
+    assert browser.evaluate("localStorage.length + sessionStorage.length") == 0
+
+
+def test_page_ignores_a_token_in_the_query(page_server, browser):
+    # A query string lands in access logs: the page no longer reads a token there.
+    browser.navigate(f"{page_server.base}/?token={mint('max')}&room=lobby")
+    assert browser.evaluate("document.querySelector('#token').value") == ""
+    assert browser.evaluate("document.querySelector('#connect').disabled") is False
+    assert status_text(browser) == "not connected"
+
+
+def test_page_websocket_url_carries_no_token(page_server, browser):
+    """The token goes as a `bearer.` subprotocol entry, not in the URL: the
+    handshake as Chromium sent it (DevTools Network events)."""
+    browser.page("Network.enable")
+    try:
+        browser.events.clear()
+        room = unique_room("nourl")
+        open_page(browser, page_server, "ned", room)
+        handshakes = [p for m, p in browser.events if m == "Network.webSocketWillSendHandshakeRequest"]
+        created = [p["url"] for m, p in browser.events if m == "Network.webSocketCreated"]
+        assert handshakes and created, list(browser.events)[-20:]
+        assert created[-1] == page_server.ws_url, created
+        headers = {k.lower(): v for k, v in handshakes[-1]["request"]["headers"].items()}
+        offered = [x.strip() for x in headers["sec-websocket-protocol"].split(",")]
+        assert offered[0] == "roomcast.v1" and len(offered) == 2, offered
+        assert offered[1].startswith("bearer.") and offered[1].count(".") == 3, offered
+        assert "authorization" not in headers
+        answers = [p for m, p in browser.events if m == "Network.webSocketHandshakeResponseReceived"]
+        assert answers and answers[-1]["response"]["status"] == 101, answers
+        echoed = {k.lower(): v for k, v in answers[-1]["response"]["headers"].items()}
+        assert echoed.get("sec-websocket-protocol") == "roomcast.v1", echoed
+        # The entry is the page's token: the user it says it is.
+        sent = offered[1][len("bearer."):]
+        claims = json.loads(base64.urlsafe_b64decode(sent.split(".")[1] + "=="))
+        assert claims["sub"] == "ned", claims
+        # And the server logged nothing of it.
+        page_server.log.seek(0)
+        assert sent.encode() not in page_server.log.read()
+    finally:
+        browser.page("Network.disable")
+
+
+def test_page_login_form_registers_and_signs_in(page_server, browser):
+    name = f"pw-{uuid.uuid4().hex[:8]}"
+    room = unique_room("login")
+    browser.navigate(f"{page_server.base}/?room={room}")
+    browser.type_text("#login-user", name)
+    browser.type_text("#login-pass", "correct horse battery")
+    browser.click("#login-register")
+    browser.wait_for(f"document.querySelector('#status').textContent === 'connected as {name}'", timeout=20)
+    # The password does not stay in the field; the refresh token stays in memory only.
+    assert browser.evaluate("document.querySelector('#login-pass').value") == ""
+    first = browser.evaluate("S.session && S.session.refresh")
+    assert isinstance(first, str) and len(first) == 64, first
+    assert browser.evaluate("S.session.sub") == name
+    assert browser.evaluate("localStorage.length + sessionStorage.length") == 0
+    assert browser.evaluate("document.cookie") == ""
+    browser.click("#join")
+    browser.wait_for("!document.querySelector('#send').disabled")
+    page_send(browser, "signed up")
+    assert shown(browser) == [[wait_body(browser, "signed up"), name, "signed up"]]
+
+    # Sign out (disconnect, forget the token), then sign in with the password.
+    browser.click("#disconnect")
+    browser.wait_for("document.querySelector('#status').textContent.startsWith('disconnected')")
+    browser.evaluate("document.querySelector('#token').value = ''")
+    browser.type_text("#login-pass", "wrong password!")
+    browser.click("#login-signin")
+    browser.wait_for("document.querySelector('#status').textContent.startsWith('sign-in failed')", timeout=20)
+    assert browser.evaluate("document.querySelector('#connect').disabled") is False
+    browser.evaluate("document.querySelector('#login-pass').value = ''")
+    browser.type_text("#login-pass", "correct horse battery")
+    browser.click("#login-signin")
+    browser.wait_for(f"document.querySelector('#status').textContent === 'connected as {name}'", timeout=20)
+    signed_in = browser.evaluate("S.session.refresh")
+    assert signed_in != first
+
+    # Renewal spends the kept refresh token and keeps the one it rotated to.
+    # (A second later, so that the new access token differs from the current one.)
+    time.sleep(1.1)
+    browser.evaluate("renew()")
+    browser.wait_for("document.querySelector('#status').textContent.startsWith('token renewed')", timeout=20)
+    rotated = browser.evaluate("S.session.refresh")
+    assert rotated not in (first, signed_in), rotated
+    assert subOf_page(browser) == name
+    # The refresh token the page started with is spent: the server refuses it.
+    r = post_json(page_server, "/v1/auth/refresh", {"refresh_token": signed_in})
+    assert r[0] == 401, r
+    assert not [line for line in browser.console if line.startswith("exception")], browser.console
+
+
+def subOf_page(browser):
+    return browser.evaluate("subOf(S.token)")
+
+
+def post_json(server, path, body):
+    import http.client
+
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        c.request("POST", path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()

@@ -279,20 +279,27 @@ def _status(browser):
 @pytest.mark.timeout(90)
 def test_page_renews_its_token_before_expiry(srv, room, leeway):
     """The page gets a fresh token a little before `exp` and hands it to the open connection with
-    `refresh`; the connection outlives the first token. The refresh endpoint the page asks is
-    answered here by the test (the server has none yet): `fetch` is replaced in the page."""
+    `refresh`; the connection outlives the first token. The refresh endpoint the page asks
+    (with the refresh token it keeps from a sign-in) is answered here by the test: `fetch` is
+    replaced in the page, and the page's kept refresh token set as a sign-in would."""
     lw = leeway[0]
     with _browser() as browser:
         first = mint_token("pat", ttl=4, rooms=[room])
         _page_connect(browser, srv, first, room)
         fresh = mint_token("pat", ttl=3600, rooms=[room])
+        browser.evaluate("S.session = {refresh: 'refresh-1', sub: 'pat'}")
         browser.evaluate(
-            "window.fetch = async (url, opts) => (String(url) === '/v1/auth/refresh' && opts.method === 'POST')"
-            f" ? new Response(JSON.stringify({{access_token: {json.dumps(fresh)}}}), {{status: 200}})"
+            "window.fetch = async (url, opts) => (String(url) === '/v1/auth/refresh' && opts.method === 'POST'"
+            " && opts.headers['Content-Type'] === 'application/json'"
+            " && JSON.parse(opts.body).refresh_token === 'refresh-1')"
+            f" ? new Response(JSON.stringify({{access_token: {json.dumps(fresh)}, refresh_token: 'refresh-2'}}),"
+            " {status: 200})"
             " : new Response('{}', {status: 404})"
         )
         browser.wait_for("document.querySelector('#status').textContent.startsWith('token renewed')", timeout=10)
         assert browser.evaluate("document.querySelector('#token').value") == fresh
+        # Refresh tokens rotate: the page keeps the one of the answer.
+        assert browser.evaluate("S.session.refresh") == "refresh-2"
         # Past the first token's exp + leeway: still connected, still in the room.
         time.sleep(4 + lw + 1)
         assert not browser.evaluate("document.querySelector('#send').disabled"), _status(browser)

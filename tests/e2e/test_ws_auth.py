@@ -10,8 +10,9 @@ import pytest
 from helpers import mint_token, sign_jwt
 
 
-def upgrade_status(server, path="/v1/ws", headers=None) -> tuple:
-    """Sends a WebSocket upgrade by hand; returns (status, response)."""
+def upgrade_status(server, path="/v1/ws", headers=None, body=False) -> tuple:
+    """Sends a WebSocket upgrade by hand; returns (status, response), with
+    the body of a refusal when `body`."""
     c = server.http()
     try:
         hdrs = {
@@ -22,7 +23,7 @@ def upgrade_status(server, path="/v1/ws", headers=None) -> tuple:
         }
         hdrs.update(headers or {})
         c.send(c.build("GET", path, headers=hdrs))
-        r = c.read_response(head_only=True)
+        r = c.read_response(head_only=not body)
         assert r is not None, "closed without a response"
         return r.status, r
     finally:
@@ -175,3 +176,64 @@ def test_token_expiry_closes_4001(start_server, room):
     assert code == 4001, (code, reason)
     # Expiry is a deadline of its own: not left to the next ping or idle check.
     assert elapsed <= 6, f"closed {elapsed:.1f}s after a 2 s token with a 1 s leeway"
+
+
+# The token as a `bearer.<jwt>` subprotocol entry beside roomcast.v1: the way
+# a browser keeps it out of the URL (it cannot set headers on a WebSocket).
+
+
+def test_bearer_subprotocol(server, room):
+    tok = mint_token("bearer-user")
+    c = server.ws(None, subprotocols=["roomcast.v1", f"bearer.{tok}"])
+    # Only roomcast.v1 is echoed, never the bearer entry.
+    assert c.subprotocol == "roomcast.v1"
+    c.join(room)
+    c.call("send", room=room, body="hi")
+    assert c.wait(op="msg", room=room)["from"] == "bearer-user"
+    c.close()
+    # In any order.
+    c = server.ws(None, subprotocols=[f"bearer.{tok}", "roomcast.v1"])
+    assert c.subprotocol == "roomcast.v1"
+    c.close()
+    # The answer's head carries no trace of the token.
+    status, r = upgrade_status(server, headers={"Sec-WebSocket-Protocol": f"roomcast.v1, bearer.{tok}"})
+    assert status == 101, r
+    assert r.headers.get("sec-websocket-protocol") == "roomcast.v1", r
+    assert tok not in str(r.headers), r
+    # And the server prints nothing of it either.
+    assert tok not in server.output()
+
+
+def test_bad_bearer_subprotocol_401(server):
+    for tok in ["garbage", mint_token("ann", secret="other"), mint_token("ann", ttl=-3600)]:
+        status, r = upgrade_status(server, headers={"Sec-WebSocket-Protocol": f"roomcast.v1, bearer.{tok}"})
+        assert status == 401, (tok, r)
+
+
+def test_bearer_subprotocol_needs_roomcast_v1(server):
+    # A browser that offered subprotocols fails a handshake that picks none,
+    # so a bearer entry alone is refused rather than accepted without one.
+    tok = mint_token("ann")
+    for offer in [f"bearer.{tok}", f"chat, bearer.{tok}"]:
+        status, r = upgrade_status(server, headers={"Sec-WebSocket-Protocol": offer}, body=True)
+        assert status == 400, (offer, r)
+        assert "roomcast.v1" in r.json()["error"]["message"], r
+
+
+def test_bearer_subprotocol_beside_another_token_400(server):
+    # Two credentials might name two users: refused as ambiguous, whichever
+    # the other is, even when both are good and the same.
+    tok = mint_token("ann")
+    proto = {"Sec-WebSocket-Protocol": f"roomcast.v1, bearer.{tok}"}
+    status, r = upgrade_status(server, headers={**proto, "Authorization": f"Bearer {tok}"}, body=True)
+    assert status == 400, r
+    assert r.json()["error"]["code"] == "bad_request", r
+    status, r = upgrade_status(server, path=f"/v1/ws?access_token={tok}", headers=proto)
+    assert status == 400, r
+
+
+def test_malformed_bearer_subprotocols_400(server):
+    a, b = mint_token("ann"), mint_token("bob")
+    for offer in ["roomcast.v1, bearer.", f"roomcast.v1, bearer.{a}, bearer.{b}"]:
+        status, r = upgrade_status(server, headers={"Sec-WebSocket-Protocol": offer})
+        assert status == 400, (offer, r)
