@@ -243,6 +243,28 @@ fn session_json(ctx: &Ctx, user: &str, refresh: &str) -> Result<serde_json::Valu
 
 /// Creates user `name` without a password (one who signs in through a
 /// provider or a passkey) unless it exists; inside a write job.
+/// A name someone may sign up with: a user id without `:`, which is kept
+/// for the names of users signed in by a provider (`<provider>:<sub>`),
+/// so nobody can register a name a provider's user will get.
+pub fn check_new_name(name: &str) -> Result<(), &'static str> {
+    crate::auth::check_user_id(name)?;
+    if name.contains(':') {
+        return Err("`:` is kept for users of identity providers; pick a name without it");
+    }
+    Ok(())
+}
+
+/// Counts one registration attempt of address `ip` (a sign-up by another
+/// route, such as a passkey, counts like a password one): refused without
+/// a write when the address is over [`REGISTER_PER_IP`].
+pub fn count_registration(
+    ctx: &Ctx,
+    ip: Option<std::net::IpAddr>,
+    now: u64,
+) -> Result<Result<(), Limited>, StoreError> {
+    ratelimit::count(ctx.store, ctx.writer, (SCOPE_REGISTER_IP, ratelimit::ip_key(ip)), REGISTER_PER_IP, now)
+}
+
 /// Whether user `name` exists (with a password or not), inside a write job.
 pub fn user_exists(kv: &Kv, name: &str) -> Result<bool, StoreError> {
     Ok(kv.get(USER, name)?.is_some())
@@ -316,7 +338,7 @@ fn register(
     now: u64,
 ) -> Result<serde_json::Value, Refusal> {
     let c: Creds = parse(body, CREDS_SHAPE)?;
-    crate::auth::check_user_id(&c.username).map_err(Refusal::Bad)?;
+    check_new_name(&c.username).map_err(Refusal::Bad)?;
     check_password_len(&c.password)?;
     let ipk = ratelimit::ip_key(ip);
     ratelimit::check(ctx.store, SCOPE_REGISTER_IP, &ipk, REGISTER_PER_IP, now)??;
@@ -465,6 +487,10 @@ fn rotate(
     now: u64,
 ) -> Result<Presented, Refusal> {
     let (hash, next_hash, ipk) = (token_hash(presented), next.hash.clone(), ratelimit::ip_key(ip));
+    // Refused without a write (a commit) when the address is over its limit.
+    if let Err(l) = ratelimit::check(ctx.store, SCOPE_REFRESH_IP, &ipk, REFRESH_PER_IP, now)? {
+        return Ok(Presented::Limited(l));
+    }
     Ok(crate::store::write_job(ctx.writer, move |txn| {
         let mut kv = Kv::open(txn, now)?;
         if let Err(l) = ratelimit::hit(&mut kv, SCOPE_REFRESH_IP, &ipk, REFRESH_PER_IP, now)? {
@@ -504,6 +530,7 @@ fn refresh(ctx: &Ctx, body: &[u8], ip: Option<std::net::IpAddr>, now: u64) -> Re
 fn logout(ctx: &Ctx, body: &[u8], ip: Option<std::net::IpAddr>, now: u64) -> Result<serde_json::Value, Refusal> {
     let presented = refresh_token_from(body)?;
     let (hash, ipk) = (token_hash(&presented), ratelimit::ip_key(ip));
+    ratelimit::check(ctx.store, SCOPE_REFRESH_IP, &ipk, REFRESH_PER_IP, now)?.map_err(Refusal::Limited)?;
     let revoked = crate::store::write_job(ctx.writer, move |txn| {
         let mut kv = Kv::open(txn, now)?;
         if let Err(l) = ratelimit::hit(&mut kv, SCOPE_REFRESH_IP, &ipk, REFRESH_PER_IP, now)? {

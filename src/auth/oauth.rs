@@ -106,6 +106,34 @@ struct Pending {
     provider: String,
     verifier: String,
     redirect: String,
+    /// The value of the cookie set on the browser that started the
+    /// sign-in: only that browser may finish it (see [`binding_cookie`]).
+    binding: String,
+}
+
+/// The cookie that binds a sign-in to the browser that started it, one per
+/// sign-in (named after the first characters of its state, so several
+/// sign-ins can run side by side). Without it, a callback URL is a bearer
+/// credential: an attacker could send a victim their own callback (the
+/// victim is signed in as the attacker), or finish a victim's sign-in from a
+/// leaked callback URL. `SameSite=Lax` lets it come back on the provider's
+/// top-level redirect; it is `Secure` over TLS.
+fn binding_cookie(state: &str) -> String {
+    let short: String = state.chars().take(16).collect();
+    format!("roomcast-oauth-{short}")
+}
+
+/// The value of cookie `name` in the request's `Cookie` headers.
+fn cookie(r: &AuthRequest, name: &str) -> Option<String> {
+    r.req
+        .headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("cookie"))
+        .filter_map(|(_, v)| std::str::from_utf8(v).ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
 }
 
 /// A provider's endpoints, configured or discovered.
@@ -147,26 +175,18 @@ fn route(ctx: &Ctx, r: &AuthRequest, rest: &str) -> Result<AuthReply, OauthError
 
 fn start(ctx: &Ctx, r: &AuthRequest, p: &OauthProvider) -> Result<AuthReply, OauthError> {
     let redirect = safe_redirect(r.req.query_param("redirect").as_deref());
-    let endpoints = endpoints(ctx, p)?;
     let state = random_text()?;
     let verifier = random_text()?;
-    let pending = Pending { provider: p.name.clone(), verifier: verifier.clone(), redirect };
+    let binding = random_text()?;
+    let pending = Pending { provider: p.name.clone(), verifier: verifier.clone(), redirect, binding: binding.clone() };
     let value = serde_json::to_vec(&pending).map_err(|e| OauthError::Provider(e.to_string()))?;
     let now = crate::proto::now_ms();
     let ttl = u64::try_from(ctx.config.oauth_state_ttl.as_millis()).unwrap_or(u64::MAX);
     let expires = now.saturating_add(ttl).max(1);
-    let key = state.clone();
-    let ipk = ratelimit::ip_key(r.ip);
-    crate::store::write_job(ctx.writer, move |txn| {
-        let mut kv = Kv::open(txn, now)?;
-        if let Err(l) = ratelimit::hit(&mut kv, ratelimit::SCOPE_CEREMONY_IP, &ipk, ratelimit::CEREMONIES_PER_IP, now)?
-        {
-            return Ok(Err(l));
-        }
-        kv.put(STATE_KIND, &key, &value, expires)?;
-        Ok(Ok(()))
-    })?
-    .map_err(OauthError::Limited)?;
+    // Counted first: an address over its limit costs no provider call.
+    ratelimit::keep_ceremony(ctx.store, ctx.writer, r.ip, (STATE_KIND, state.clone()), value, expires, now)?
+        .map_err(OauthError::Limited)?;
+    let endpoints = endpoints(ctx, p)?;
     let mut q = FormBody::default();
     q.add("response_type", "code");
     q.add("client_id", &p.client_id);
@@ -176,7 +196,13 @@ fn start(ctx: &Ctx, r: &AuthRequest, p: &OauthProvider) -> Result<AuthReply, Oau
     q.add("code_challenge", &challenge(&verifier));
     q.add("code_challenge_method", "S256");
     let sep = if endpoints.authorization.contains('?') { '&' } else { '?' };
-    Ok(AuthReply::redirect(format!("{}{sep}{}", endpoints.authorization, q.0)))
+    let secure = if r.tls { "; Secure" } else { "" };
+    let set = format!(
+        "{}={binding}; Path=/v1/auth/oauth/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+        binding_cookie(&state),
+        ctx.config.oauth_state_ttl.as_secs().max(1)
+    );
+    Ok(AuthReply::redirect(format!("{}{sep}{}", endpoints.authorization, q.0)).with_header("Set-Cookie", set))
 }
 
 fn callback(ctx: &Ctx, r: &AuthRequest, p: &OauthProvider) -> Result<AuthReply, OauthError> {
@@ -186,19 +212,16 @@ fn callback(ctx: &Ctx, r: &AuthRequest, p: &OauthProvider) -> Result<AuthReply, 
     }
     let now = crate::proto::now_ms();
     // Spent whatever happens next: a state is good for one callback.
-    let spent = crate::store::write_job(ctx.writer, move |txn| {
-        let mut kv = Kv::open(txn, now)?;
-        let value = kv.get(STATE_KIND, &state)?;
-        if value.is_some() {
-            kv.remove(STATE_KIND, &state)?;
-        }
-        Ok(value)
-    })?;
+    let spent = kv::take_once(ctx.store, ctx.writer, STATE_KIND, &state, now)?;
     let pending: Pending = spent
         .and_then(|v| serde_json::from_slice(&v).ok())
         .ok_or(OauthError::State("unknown, expired or already used state; start the sign-in again"))?;
     if pending.provider != p.name {
         return Err(OauthError::State("this sign-in was started with another provider"));
+    }
+    let presented = cookie(r, &binding_cookie(&state)).unwrap_or_default();
+    if aws_lc_rs::constant_time::verify_slices_are_equal(presented.as_bytes(), pending.binding.as_bytes()).is_err() {
+        return Err(OauthError::State("this sign-in was started in another browser; start it again here"));
     }
     if let Some(error) = r.req.query_param("error") {
         return Err(OauthError::Refused(printable(&error, 100)));
@@ -222,7 +245,8 @@ fn callback(ctx: &Ctx, r: &AuthRequest, p: &OauthProvider) -> Result<AuthReply, 
             }
         }
     }
-    Ok(AuthReply::redirect(format!("{}#{}", pending.redirect, fragment.0)))
+    let clear = format!("{}=; Path=/v1/auth/oauth/; Max-Age=0; HttpOnly; SameSite=Lax", binding_cookie(&state));
+    Ok(AuthReply::redirect(format!("{}#{}", pending.redirect, fragment.0)).with_header("Set-Cookie", clear))
 }
 
 /// The code and verifier exchanged for the provider's access token.
@@ -419,7 +443,8 @@ pub fn safe_redirect(redirect: Option<&str>) -> String {
 /// after each further round of percent-decoding, starting with one `/` not
 /// followed by `/` or `\`, with no `\`, space or control character anywhere
 /// (browsers read `\` as `/`, and drop tabs and newlines). Starting with
-/// `/` it has no scheme. Text still encoded after four rounds is refused.
+/// `/` it has no scheme. Text still encoded after four rounds is refused,
+/// and so is anything under `/v1/`: the page is where a sign-in ends.
 pub fn is_local_path(p: &str) -> bool {
     if p.len() > MAX_REDIRECT_BYTES || p.contains('#') || !p.bytes().all(|b| b.is_ascii_graphic()) {
         return false;
@@ -434,7 +459,10 @@ pub fn is_local_path(p: &str) -> bool {
         }
         let next = percent_decode(&level);
         if next == level {
-            return true;
+            // Not back into the API: a redirect to another `/v1/` endpoint
+            // (a second `start`, say) would carry the tokens in the
+            // fragment on to wherever that one sends the browser.
+            return !level.starts_with(b"/v1/") && level != b"/v1";
         }
         level = next;
     }

@@ -288,20 +288,10 @@ fn put_ceremony(ctx: &Ctx, ip: Option<std::net::IpAddr>, ceremony: &Ceremony, no
     let id = new_ceremony_id()?;
     let value = serde_json::to_vec(ceremony)
         .map_err(|e| AuthReply::error(500, "internal", &format!("cannot keep the ceremony: {e}")))?;
-    let key = id.clone();
     let expires = now.saturating_add(CEREMONY_TTL_MS);
-    let ipk = ratelimit::ip_key(ip);
-    crate::store::write_job(ctx.writer, move |txn| {
-        let mut kv = Kv::open(txn, now)?;
-        if let Err(l) = ratelimit::hit(&mut kv, ratelimit::SCOPE_CEREMONY_IP, &ipk, ratelimit::CEREMONIES_PER_IP, now)?
-        {
-            return Ok(Err(l));
-        }
-        kv.put(KIND_CEREMONY, &key, &value, expires)?;
-        Ok(Ok(()))
-    })
-    .map_err(store_error)?
-    .map_err(ratelimit::Limited::reply)?;
+    ratelimit::keep_ceremony(ctx.store, ctx.writer, ip, (KIND_CEREMONY, id.clone()), value, expires, now)
+        .map_err(store_error)?
+        .map_err(ratelimit::Limited::reply)?;
     Ok(id)
 }
 
@@ -311,15 +301,9 @@ fn take_ceremony(ctx: &Ctx, id: &str, now: u64) -> Result<Ceremony, AuthReply> {
     if !ceremony_id_ok(id) {
         return Err(invalid_ceremony());
     }
-    let key = id.to_string();
-    let raw = crate::store::write_job(ctx.writer, move |txn| {
-        let mut kv = Kv::open(txn, now)?;
-        let value = kv.get(KIND_CEREMONY, &key)?;
-        kv.remove(KIND_CEREMONY, &key)?;
-        Ok(value)
-    })
-    .map_err(store_error)?
-    .ok_or_else(invalid_ceremony)?;
+    let raw = kv::take_once(ctx.store, ctx.writer, KIND_CEREMONY, id, now)
+        .map_err(store_error)?
+        .ok_or_else(invalid_ceremony)?;
     decode(&raw, "ceremony")
 }
 
@@ -342,7 +326,10 @@ fn register_start(ctx: &Ctx, r: &AuthRequest) -> Reply {
         (Some(user), Some(name)) if name == user => (user, false),
         (Some(_), Some(_)) => return Err(bad_request("a signed-in user registers passkeys for itself only")),
         (None, Some(name)) => {
-            check_user_id(&name).map_err(bad_request)?;
+            accounts::check_new_name(&name).map_err(bad_request)?;
+            // A sign-up, taken name or not: counted like a password one, so
+            // neither the sign-ups nor the names probed are unbounded.
+            accounts::count_registration(ctx, r.ip, now).map_err(store_error)?.map_err(ratelimit::Limited::reply)?;
             if taken(ctx, &name, now)? {
                 return Err(AuthReply::error(
                     409,
@@ -447,6 +434,11 @@ fn login_start(ctx: &Ctx, r: &AuthRequest) -> Reply {
             check_user_id(&user).map_err(bad_request)?;
             let keys = load_keys(ctx, &user, now)?;
             if keys.is_empty() {
+                // Counted like a ceremony, so names cannot be probed for free.
+                let scope = (ratelimit::SCOPE_CEREMONY_IP, ratelimit::ip_key(r.ip));
+                ratelimit::count(ctx.store, ctx.writer, scope, ratelimit::CEREMONIES_PER_IP, now)
+                    .map_err(store_error)?
+                    .map_err(ratelimit::Limited::reply)?;
                 return Err(AuthReply::error(404, "no_passkey", "this user has no passkey"));
             }
             let passkeys: Vec<Passkey> = keys.into_iter().map(|k| k.passkey).collect();

@@ -68,6 +68,48 @@ fn verdict(w: Option<Window>, limit: Limit, now_ms: u64) -> Result<(), Limited> 
     }
 }
 
+/// Counts one event of `(scope, key)` in a write job of its own; refused
+/// without a write when the key is over `limit` already.
+pub fn count(
+    store: &Store,
+    writer: &crossbeam_channel::Sender<crate::store::WriterCmd>,
+    (scope, key): (&'static str, String),
+    limit: Limit,
+    now_ms: u64,
+) -> Result<Result<(), Limited>, StoreError> {
+    if let Err(l) = check(store, scope, &key, limit, now_ms)? {
+        return Ok(Err(l));
+    }
+    crate::store::write_job(writer, move |txn| hit(&mut Kv::open(txn, now_ms)?, scope, &key, limit, now_ms))
+}
+
+/// Keeps single-use ceremony state (`kind`, `key`) until `expires_ms`,
+/// counted against the address's [`CEREMONIES_PER_IP`]. An address over
+/// the limit is refused before anything is written: a refusal costs no
+/// commit.
+pub fn keep_ceremony(
+    store: &Store,
+    writer: &crossbeam_channel::Sender<crate::store::WriterCmd>,
+    ip: Option<std::net::IpAddr>,
+    (kind, key): (&'static str, String),
+    value: Vec<u8>,
+    expires_ms: u64,
+    now_ms: u64,
+) -> Result<Result<(), Limited>, StoreError> {
+    let ipk = ip_key(ip);
+    if let Err(l) = check(store, SCOPE_CEREMONY_IP, &ipk, CEREMONIES_PER_IP, now_ms)? {
+        return Ok(Err(l));
+    }
+    crate::store::write_job(writer, move |txn| {
+        let mut kv = Kv::open(txn, now_ms)?;
+        if let Err(l) = hit(&mut kv, SCOPE_CEREMONY_IP, &ipk, CEREMONIES_PER_IP, now_ms)? {
+            return Ok(Err(l));
+        }
+        kv.put(kind, &key, &value, expires_ms)?;
+        Ok(Ok(()))
+    })
+}
+
 impl Limited {
     /// The 429 answer, with `Retry-After`.
     pub fn reply(self) -> crate::auth::service::AuthReply {

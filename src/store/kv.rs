@@ -47,6 +47,31 @@ pub fn get(store: &Store, kind: &str, key: &str, now_ms: u64) -> Result<Option<V
     Ok(table.get((kind, key))?.and_then(|v| live(v.value(), now_ms)))
 }
 
+/// Takes `(kind, key)` out of the store and returns what it held: a
+/// single-use value (OAuth state, a passkey ceremony) can be taken once.
+/// A key that is not there is answered from a read, without a write job,
+/// so guessing costs no commit.
+pub fn take_once(
+    store: &Store,
+    writer: &crossbeam_channel::Sender<super::WriterCmd>,
+    kind: &'static str,
+    key: &str,
+    now_ms: u64,
+) -> Result<Option<Vec<u8>>, StoreError> {
+    if get(store, kind, key, now_ms)?.is_none() {
+        return Ok(None);
+    }
+    let key = key.to_string();
+    super::write_job(writer, move |txn| {
+        let mut kv = Kv::open(txn, now_ms)?;
+        let value = kv.get(kind, &key)?;
+        if value.is_some() {
+            kv.remove(kind, &key)?;
+        }
+        Ok(value)
+    })
+}
+
 /// The identity tables inside one write transaction.
 pub struct Kv<'t> {
     auth: redb::Table<'t, (&'static str, &'static str), &'static [u8]>,

@@ -155,3 +155,12 @@ def test_a_login_storm_does_not_stall_websockets(start_server):
     assert figures["codes"] == {200: 50}, figures["codes"]
     assert figures["lost"] == 0
     assert figures["pings"].get("storm"), "no pings during the storm"
+
+
+def test_names_of_provider_users_cannot_be_registered(start_server):
+    # `provider:subject` is what an OAuth sign-in names its users: taking one
+    # in advance would let someone pass as that provider's user.
+    srv = start_server()
+    assert_error(call(srv, "/v1/auth/register", creds("op:alice", "a good password")), 400, "bad_request")
+    s, _, doc = call(srv, "/v1/auth/passkey/register/start", {"username": "op:alice"})
+    assert s == 400 and doc["error"]["code"] == "bad_request", doc

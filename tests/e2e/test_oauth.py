@@ -354,6 +354,25 @@ def test_a_replayed_state_is_refused(rc):
     assert "already used" in msg
 
 
+def test_a_callback_from_another_browser_is_refused(rc):
+    # The attacker signs in at the provider and hands the callback URL to a
+    # victim (login CSRF), or someone finishes a leaked callback URL: either
+    # way the browser finishing is not the one that started.
+    attacker = Browser()
+    back = login(rc, attacker, "mallory")
+    victim = Browser()
+    msg = error_of(*finish(victim, back), 400, "invalid_state")
+    assert "another browser" in msg
+    # The state is spent by the attempt: the attacker cannot use it either.
+    error_of(*finish(attacker, back), 400, "invalid_state")
+    # The binding cookie is HttpOnly, scoped to the OAuth endpoints, and cleared at the end.
+    status, headers, _ = attacker.go(f"{rc.http_base}/v1/auth/oauth/op/start")
+    assert status == 302
+    cookie = headers.get("set-cookie", "")
+    assert cookie.startswith("roomcast-oauth-") and "HttpOnly" in cookie and "SameSite=Lax" in cookie, cookie
+    assert "Path=/v1/auth/oauth/" in cookie, cookie
+
+
 def test_forged_states_are_refused(rc):
     browser = Browser()
     base = f"{rc.http_base}/v1/auth/oauth/op/callback"
@@ -388,7 +407,8 @@ def test_a_code_redeemed_with_another_flows_verifier_is_refused(rc):
 
 
 @pytest.mark.parametrize("evil", ["//evil.test", "https://evil.test", "/\\evil.test", "/%2F%2Fevil.test",
-                                  "/%5Cevil.test", "/\t/evil.test", "javascript:alert(1)"])
+                                  "/%5Cevil.test", "/\t/evil.test", "javascript:alert(1)",
+                                  "/v1/auth/oauth/op/start", "/%76%31/auth/oauth/op/start"])
 def test_open_redirects_land_on_the_root(rc, evil):
     browser = Browser()
     back = login(rc, browser, "frank", redirect=evil)
