@@ -175,6 +175,14 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     std::fs::create_dir_all(&config.data)
         .map_err(|e| startup(format!("data directory {}: {e}", config.data.display())))?;
     let (auth, secret_from_file) = Auth::from_config(&config).map_err(startup)?;
+    if (config.jwks.is_some() || config.jwt_public_key.is_some()) && config.jwt_audience.is_none() {
+        // An identity provider's tokens for other applications (its ID
+        // tokens too) verify with the same keys: only `aud` tells them apart.
+        eprintln!(
+            "roomcast: warning: public keys without --jwt-audience accept any token their issuer signs, \
+             whatever application it was made for"
+        );
+    }
 
     let store = Store::open_with_cache(&config.data, config.store_cache_bytes).map_err(startup)?;
     if let Some(c) = &config.cluster {

@@ -172,25 +172,13 @@ fn decode<T: serde::de::DeserializeOwned>(raw: Option<Vec<u8>>) -> Option<T> {
     raw.and_then(|v| serde_json::from_slice(&v).ok())
 }
 
-fn hex(bytes: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(bytes.len() * 2);
-    for b in bytes {
-        s.push(char::from(DIGITS[usize::from(b >> 4)]));
-        s.push(char::from(DIGITS[usize::from(b & 15)]));
-    }
-    s
-}
-
 fn random_hex(n: usize) -> Result<String, Refusal> {
-    let mut buf = vec![0u8; n];
-    getrandom::fill(&mut buf).map_err(|e| Refusal::Internal(format!("no randomness: {e}")))?;
-    Ok(hex(&buf))
+    super::random_hex(n).map_err(Refusal::Internal)
 }
 
 /// The key a refresh token is stored under.
 fn token_hash(token: &str) -> String {
-    hex(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
+    super::secret::hex_encode(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes()).as_ref())
 }
 
 fn millis(d: Duration) -> u64 {

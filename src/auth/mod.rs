@@ -334,6 +334,14 @@ impl Auth {
     }
 }
 
+/// `n` random bytes as lower-case hex: ids and opaque tokens. The error
+/// is the message to report (the system has no randomness to give).
+pub(crate) fn random_hex(n: usize) -> Result<String, String> {
+    let mut buf = vec![0u8; n];
+    getrandom::fill(&mut buf).map_err(|e| format!("no randomness: {e}"))?;
+    Ok(secret::hex_encode(&buf))
+}
+
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn now_unix() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())

@@ -34,10 +34,12 @@ use webauthn_rs::prelude::{
 
 use crate::config::Config;
 use crate::proto::http::Method;
+use crate::proto::now_ms;
 use crate::store::kv::{self, Kv};
 use crate::store::StoreError;
 
 use super::ratelimit;
+use super::secret::hex_encode as hex;
 use super::service::{AuthReply, AuthRequest, Ctx};
 use super::{accounts, check_user_id, AuthError};
 
@@ -193,22 +195,12 @@ fn refused(message: &str) -> AuthReply {
     AuthReply::error(401, "passkey_refused", message)
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn key_of(user: &str, cred_id: &[u8]) -> String {
     format!("{}/{}", hex(user.as_bytes()), hex(cred_id))
 }
 
 fn new_ceremony_id() -> Result<String, AuthReply> {
-    let mut b = [0u8; CEREMONY_ID_BYTES];
-    getrandom::fill(&mut b).map_err(|e| AuthReply::error(500, "internal", &format!("no randomness: {e}")))?;
-    Ok(hex(&b))
+    super::random_hex(CEREMONY_ID_BYTES).map_err(|e| AuthReply::error(500, "internal", &e))
 }
 
 /// Whether `id` has the shape of an id [`new_ceremony_id`] makes.

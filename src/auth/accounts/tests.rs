@@ -22,11 +22,11 @@ struct Fake {
 impl Passwords for Fake {
     fn hash(&self, password: &[u8]) -> Result<String, password::PasswordError> {
         self.hashes.fetch_add(1, Ordering::SeqCst);
-        Ok(format!("fake${}", hex(password)))
+        Ok(format!("fake${}", crate::auth::secret::hex_encode(password)))
     }
     fn verify(&self, phc: &str, password: &[u8]) -> bool {
         self.verified_against.lock().unwrap().push(phc.to_string());
-        phc == format!("fake${}", hex(password))
+        phc == format!("fake${}", crate::auth::secret::hex_encode(password))
     }
     fn dummy(&self) -> &str {
         "fake$dummy"
