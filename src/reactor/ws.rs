@@ -237,13 +237,8 @@ impl Reactor {
                     );
                 };
                 let (room, slot) = ws.rooms.swap_remove(i);
-                if let Slot::Listed(slot) = slot {
-                    self.unlist(&room, key, slot);
-                }
-                self.reply(key, msg::encode_left(r#ref.as_ref(), &room, None));
-                let owner = Reactor::owner_at(&self.shared, &room);
-                let leave = Leave { room, user, reactor: self.id, member: member_id(me) };
-                self.ask_owner(owner, Command::Leave(leave));
+                let left = msg::encode_left(r#ref.as_ref(), &room, None);
+                self.leave_room(key, user, (room, slot), left);
             }
             OwnedOp::Send { room, body, id } => {
                 if let Err(wait) = ws.bucket.take(rate, burst, now) {
@@ -296,7 +291,6 @@ impl Reactor {
             Ok(r) => r,
             Err(e) => return self.reply(key, unauthorized(&format!("invalid token: {e}"))),
         };
-        let me = self.conn_ref(key);
         let Some(State::Ws(ws)) = self.conns.get_mut(key as usize).map(|c| &mut c.state) else {
             return;
         };
@@ -311,13 +305,8 @@ impl Reactor {
         ws.rooms = kept;
         let user = ws.user.clone();
         for (room, slot) in gone {
-            if let Slot::Listed(slot) = slot {
-                self.unlist(&room, key, slot);
-            }
-            self.reply(key, msg::encode_left(None, &room, Some("forbidden")));
-            let owner = Reactor::owner_at(&self.shared, &room);
-            let leave = Leave { room, user: user.clone(), reactor: self.id, member: member_id(me) };
-            self.ask_owner(owner, Command::Leave(leave));
+            let left = msg::encode_left(None, &room, Some("forbidden"));
+            self.leave_room(key, user.clone(), (room, slot), left);
         }
         self.reply(key, msg::encode_refreshed(r#ref.as_ref(), claims.exp));
         // The expiry timer is filed anew: `schedule` keeps the earlier of
@@ -325,6 +314,19 @@ impl Reactor {
         // (`on_timer` computes deadlines from `exp`, never remembers them).
         let left = super::token_left(claims.exp, super::leeway_secs(&self.shared));
         self.schedule(key, super::timer::later(self.now, left));
+    }
+
+    /// Connection `key` (of `user`), just taken off its room list, leaves
+    /// `room`: off the local member list, the `left` frame to the client,
+    /// and the leave to the room's owner.
+    fn leave_room(&mut self, key: u32, user: crate::rooms::UserId, (room, slot): (RoomName, Slot), left: Bytes) {
+        if let Slot::Listed(slot) = slot {
+            self.unlist(&room, key, slot);
+        }
+        self.reply(key, left);
+        let owner = Reactor::owner_at(&self.shared, &room);
+        let leave = Leave { room, user, reactor: self.id, member: member_id(self.conn_ref(key)) };
+        self.ask_owner(owner, Command::Leave(leave));
     }
 
     /// Takes `key` out of the local member list of `room` (its slot there is
