@@ -221,13 +221,7 @@ fn decode<'a, T: Deserialize<'a>>(raw: &'a [u8], what: &str) -> Result<T, AuthRe
 /// signing up.
 fn bearer_user(ctx: &Ctx, r: &AuthRequest) -> Result<Option<String>, AuthReply> {
     let Some(h) = r.req.header("authorization") else { return Ok(None) };
-    let h = h.trim_ascii();
-    let token = h
-        .split_at_checked(7)
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case(b"bearer "))
-        .map(|(_, t)| t.trim_ascii())
-        .filter(|t| !t.is_empty() && t.iter().all(u8::is_ascii_graphic))
-        .and_then(|t| std::str::from_utf8(t).ok())
+    let token = crate::proto::http::bearer_token(h)
         .ok_or_else(|| AuthReply::error(401, "unauthorized", "the Authorization header must be `Bearer <token>`"))?;
     match ctx.auth.verify(token) {
         Ok(claims) => Ok(Some(claims.sub)),

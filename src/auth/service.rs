@@ -169,7 +169,10 @@ impl AuthPool {
             tx.take();
         }
         let threads = self.threads.lock().map(|mut t| std::mem::take(&mut *t)).unwrap_or_default();
-        for t in threads {
+        // A job's closure may hold the last handle on what owns the pool, so
+        // the pool can be dropped on one of its own threads: never join that.
+        let me = std::thread::current().id();
+        for t in threads.into_iter().filter(|t| t.thread().id() != me) {
             let _ = t.join();
         }
     }

@@ -134,6 +134,22 @@ impl Request {
     }
 }
 
+/// The credentials of an `Authorization: Bearer <token>` header value, or
+/// `None` when the scheme is another or the rest is not a plausible token
+/// (JWTs are ASCII: base64url and dots).
+pub fn bearer_token(h: &[u8]) -> Option<&str> {
+    let h = h.trim_ascii();
+    let (scheme, rest) = h.split_at_checked(7)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer ") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    if token.is_empty() || !token.iter().all(|b| b.is_ascii_graphic()) {
+        return None;
+    }
+    std::str::from_utf8(token).ok()
+}
+
 /// Why a request cannot be served. Every variant means: answer
 /// [`HttpError::status`] and close, since the framing of what follows is lost.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use crate::auth::rules::{Patterns, Rules};
 use crate::metrics::CloseReason;
-use crate::proto::http::{self, HttpError, Method, Request, UpgradeError};
+use crate::proto::http::{self, bearer_token, HttpError, Method, Request, UpgradeError};
 use crate::proto::msg;
 use crate::proto::ws::{accept_key, Decoder};
 use crate::rooms::{RoomName, UserId};
@@ -745,22 +745,6 @@ fn check_backup_name(n: &str) -> Result<(), &'static str> {
     } else {
         Err("`name` is a file name of 1 to 128 bytes of [A-Za-z0-9_.-], not starting with a dot")
     }
-}
-
-/// The credentials of an `Authorization: Bearer <token>` header value, or
-/// `None` when the scheme is another or the rest is not a plausible token
-/// (JWTs are ASCII: base64url and dots).
-pub(super) fn bearer_token(h: &[u8]) -> Option<&str> {
-    let h = h.trim_ascii();
-    let (scheme, rest) = h.split_at_checked(7)?;
-    if !scheme.eq_ignore_ascii_case(b"bearer ") {
-        return None;
-    }
-    let token = rest.trim_ascii();
-    if token.is_empty() || !token.iter().all(|b| b.is_ascii_graphic()) {
-        return None;
-    }
-    std::str::from_utf8(token).ok()
 }
 
 fn anonymous_name() -> String {
