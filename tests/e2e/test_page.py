@@ -470,7 +470,9 @@ def test_page_login_form_registers_and_signs_in(page_server, browser):
     browser.click("#join")
     browser.wait_for("!document.querySelector('#send').disabled")
     page_send(browser, "signed up")
-    assert shown(browser) == [[wait_body(browser, "signed up"), name, "signed up"]]
+    # Wait first: the left side of `==` is evaluated before the right.
+    seq = wait_body(browser, "signed up")
+    assert shown(browser) == [[seq, name, "signed up"]]
 
     # Sign out (disconnect, forget the token), then sign in with the password.
     browser.click("#disconnect")
