@@ -201,6 +201,13 @@ pub struct ReactorParts {
     pub writer: Option<crossbeam_channel::Sender<WriterCmd>>,
 }
 
+/// The key lists `take_list` swaps with the spare.
+#[derive(Clone, Copy)]
+enum List {
+    Flush,
+    Rerun,
+}
+
 /// How far one input-processing step got.
 enum Step {
     /// This many bytes were used; go on with the rest.
@@ -242,6 +249,10 @@ pub struct Reactor {
     forgotten: Vec<OwnedRoom>,
     local: LocalMembers,
     pending_flush: Vec<u32>,
+    /// The list being worked through while `pending_flush` and `rerun`
+    /// fill again: swapped, never replaced, so neither is reallocated on
+    /// every pass (a fresh list regrows to the member count each time).
+    spare: Vec<u32>,
     rerun: Vec<u32>,
     slow: Vec<u32>,
     /// `deliver_local` is working through `slow` (see there).
@@ -360,6 +371,7 @@ impl Reactor {
             forgotten: Vec::new(),
             local: LocalMembers::default(),
             pending_flush: Vec::new(),
+            spare: Vec::new(),
             rerun: Vec::new(),
             slow: Vec::new(),
             closing_slow: false,
@@ -467,8 +479,7 @@ impl Reactor {
     /// leftover work, mail, timers, drain, writes, mail to others, counters.
     fn after_events(&mut self, expired: &mut Vec<timer::Entry>) {
         // Writes cut short by their budget last pass go on in this one.
-        let again = mem::take(&mut self.flush_again);
-        self.pending_flush.extend(again);
+        self.pending_flush.append(&mut self.flush_again);
         self.revisit();
         self.drain_inbox();
         self.fire_timers(expired);
@@ -645,7 +656,8 @@ impl Reactor {
     /// bring back: budget-limited readers, accepts, paused accepts.
     fn revisit(&mut self) {
         if !self.rerun.is_empty() {
-            for key in mem::take(&mut self.rerun) {
+            let mut keys = self.take_list(List::Rerun);
+            for &key in &keys {
                 // What is buffered goes first; the socket is read only
                 // once it is used up (or stuck on an incomplete frame).
                 if self.process_buffered(key) {
@@ -653,6 +665,8 @@ impl Reactor {
                 }
                 self.on_readable(key, true);
             }
+            keys.clear();
+            self.spare = keys;
         }
         let resume = self.accept_paused_until.is_some_and(|t| self.now >= t);
         if resume {
@@ -884,10 +898,25 @@ impl Reactor {
     fn flush_pending(&mut self) {
         // Flushing never queues more flushes, but closing may; loop until quiet.
         while !self.pending_flush.is_empty() {
-            for key in mem::take(&mut self.pending_flush) {
+            let mut keys = self.take_list(List::Flush);
+            for &key in &keys {
                 self.flush(key);
             }
+            keys.clear();
+            self.spare = keys;
         }
+    }
+
+    /// Takes `pending_flush` or `rerun` to work through, leaving the spare
+    /// list (empty, with its capacity) in its place; the caller clears the
+    /// taken one and makes it the spare again.
+    fn take_list(&mut self, which: List) -> Vec<u32> {
+        let list = match which {
+            List::Flush => &mut self.pending_flush,
+            List::Rerun => &mut self.rerun,
+        };
+        let spare = mem::take(&mut self.spare);
+        mem::replace(list, spare)
     }
 
     fn flush(&mut self, key: u32) {

@@ -217,6 +217,15 @@ impl Harness {
         }
     }
 
+    /// Forgets what the reactor wrote to this peer, keeping the buffer's
+    /// capacity: a peer that reads and drops everything (for counting what
+    /// the reactor itself allocates).
+    pub fn discard_output(&mut self, c: ConnId) {
+        if let Some(p) = self.pipe(c) {
+            p.output.clear();
+        }
+    }
+
     /// Moves the clock forward by `d`, then runs an iteration (timers fire).
     pub fn advance(&mut self, d: Duration) {
         self.reactor.now = later(self.reactor.now, d);
