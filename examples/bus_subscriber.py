@@ -21,9 +21,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 import time
 
 import pynng
+
+
+_say_lock = threading.Lock()
+
+
+def say(text: str) -> None:
+    """One whole line on stderr. The connect callback runs on nng's thread;
+    `print` writes the text and the newline separately, so two threads'
+    lines could interleave mid-line without the lock."""
+    with _say_lock:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
 
 
 def main(argv=None) -> int:
@@ -39,13 +52,13 @@ def main(argv=None) -> int:
     with pynng.Sub0() as sub:
         sub.subscribe(args.prefix.encode())
         sub.recv_timeout = 200  # ms: wakes up to check the deadline
-        sub.add_post_pipe_connect_cb(lambda _pipe: print(f"connected {args.addr}", file=sys.stderr, flush=True))
+        sub.add_post_pipe_connect_cb(lambda _pipe: say(f"connected {args.addr}"))
         # Non-blocking dial: the subscriber may start before the node and connects when it can.
         sub.dial(args.addr, block=False)
-        print(f"subscribed {args.addr} {args.prefix}", file=sys.stderr, flush=True)
+        say(f"subscribed {args.addr} {args.prefix}")
         while args.count == 0 or got < args.count:
             if deadline is not None and time.monotonic() > deadline:
-                print(f"timed out after {got} messages", file=sys.stderr, flush=True)
+                say(f"timed out after {got} messages")
                 return 1
             try:
                 raw = sub.recv()
@@ -53,12 +66,12 @@ def main(argv=None) -> int:
                 continue
             topic, sep, payload = raw.partition(b"\0")
             if not sep or not topic.startswith(b"room/"):
-                print(f"skipping a message without a room topic: {raw[:80]!r}", file=sys.stderr, flush=True)
+                say(f"skipping a message without a room topic: {raw[:80]!r}")
                 continue
             try:
                 msg = json.loads(payload)
             except ValueError:
-                print(f"skipping a payload that is not JSON: {payload[:80]!r}", file=sys.stderr, flush=True)
+                say(f"skipping a payload that is not JSON: {payload[:80]!r}")
                 continue
             room = topic[len(b"room/"):].decode("utf-8", "replace")
             body = json.dumps(msg.get("body"), separators=(",", ":"), sort_keys=True)
