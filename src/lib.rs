@@ -15,6 +15,7 @@ pub mod reactor;
 pub mod rooms;
 pub mod server;
 pub mod store;
+pub mod wait;
 
 #[doc(hidden)]
 pub use reactor::testkit;

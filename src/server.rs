@@ -190,7 +190,7 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         crate::cluster::identity::check(c, &config.data, rooms.into_iter()).map_err(ServerError::Identity)?;
     }
     let readers = ReaderPool::new(store.clone(), READERS).map_err(|e| startup(format!("reader threads: {e}")))?;
-    let (writer_tx, writer_rx) = crossbeam_channel::bounded(WRITER_CAP);
+    let (writer_tx, writer_rx) = crate::wait::bounded(WRITER_CAP);
 
     let tls = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
         (Some(_), Some(cert), Some(key)) => Some(load_tls(cert, key)?),

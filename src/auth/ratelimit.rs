@@ -72,7 +72,7 @@ fn verdict(w: Option<Window>, limit: Limit, now_ms: u64) -> Result<(), Limited> 
 /// without a write when the key is over `limit` already.
 pub fn count(
     store: &Store,
-    writer: &crossbeam_channel::Sender<crate::store::WriterCmd>,
+    writer: &crate::wait::Sender<crate::store::WriterCmd>,
     (scope, key): (&'static str, String),
     limit: Limit,
     now_ms: u64,
@@ -89,7 +89,7 @@ pub fn count(
 /// commit.
 pub fn keep_ceremony(
     store: &Store,
-    writer: &crossbeam_channel::Sender<crate::store::WriterCmd>,
+    writer: &crate::wait::Sender<crate::store::WriterCmd>,
     ip: Option<std::net::IpAddr>,
     (kind, key): (&'static str, String),
     value: Vec<u8>,

@@ -16,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crate::wait::{Sender, TrySendError};
 
 use crate::config::Config;
 use crate::proto::http::Request;
@@ -127,7 +127,7 @@ impl AuthPool {
     /// sender of `store-writer`'s channel.
     pub fn new(n: usize, writer: &Sender<WriterCmd>) -> std::io::Result<AuthPool> {
         let n = n.max(1);
-        let (tx, rx) = crossbeam_channel::bounded::<Work>(n * QUEUE_PER_WORKER);
+        let (tx, rx) = crate::wait::bounded::<Work>(n * QUEUE_PER_WORKER);
         let mut threads = Vec::with_capacity(n);
         for i in 0..n {
             let rx = rx.clone();

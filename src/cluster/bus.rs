@@ -6,7 +6,7 @@
 
 use std::thread;
 
-use crossbeam_channel::{Receiver, Sender};
+use crate::wait::{Receiver, Sender};
 use nng::{Protocol, Socket};
 
 use crate::proto::msg::MsgFrame;
@@ -20,7 +20,7 @@ const QUEUE: usize = 64 * 1024;
 pub fn spawn(addr: &str) -> Result<Sender<(RoomName, MsgFrame)>, String> {
     let socket = Socket::new(Protocol::Pub0).map_err(|e| format!("bus-publish: {e}"))?;
     socket.listen(addr).map_err(|e| format!("bus-publish: cannot listen on {addr}: {e}"))?;
-    let (tx, rx) = crossbeam_channel::bounded(QUEUE);
+    let (tx, rx) = crate::wait::bounded(QUEUE);
     thread::Builder::new()
         .name("bus".into())
         .spawn(move || publish(socket, rx))
@@ -41,7 +41,7 @@ pub fn payload(room: &str, frame: &MsgFrame) -> Vec<u8> {
 
 fn publish(socket: Socket, rx: Receiver<(RoomName, MsgFrame)>) {
     // Ends when every reactor has dropped its sender (the server stopped).
-    for (room, frame) in rx {
+    for (room, frame) in rx.iter() {
         // Pub0 never blocks: with no subscriber or a slow one it drops.
         let _ = socket.send(payload(&room, &frame).as_slice());
     }

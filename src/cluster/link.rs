@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crate::wait::{Receiver, RecvTimeoutError, Sender};
 use nng::options::{Options, ReconnectMaxTime, ReconnectMinTime, RecvMaxSize, RecvTimeout, SendTimeout};
 use nng::{Protocol, Socket};
 
@@ -75,7 +75,7 @@ impl Outbound {
 /// background: any start order works, and nng reconnects).
 pub fn dial(addr: &str, stats: Arc<super::Handle>, peer: usize, stop: Arc<AtomicBool>) -> Result<Outbound, String> {
     let socket = Dialer::new(addr)?;
-    let (tx, rx) = crossbeam_channel::unbounded();
+    let (tx, rx) = crate::wait::unbounded();
     let out = Outbound { tx, rx: rx.clone(), queued: Arc::new(AtomicUsize::new(0)), gen: Arc::new(AtomicU64::new(0)) };
     let (queued, gen) = (out.queued.clone(), out.gen.clone());
     thread::Builder::new()

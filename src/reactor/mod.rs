@@ -130,13 +130,13 @@ pub struct Shared {
     pub limits: limits::Limits,
     /// Where large buffers of closed connections go to be freed off the
     /// reactor thread (see `reaper`); `None` frees them inline.
-    pub reaper: Option<crossbeam_channel::Sender<reaper::Garbage>>,
+    pub reaper: Option<crate::wait::Sender<reaper::Garbage>>,
     /// This node's place in a cluster; its node thread's mailbox is the
     /// last of `mailboxes`.
     pub cluster: Option<Arc<crate::cluster::Handle>>,
     /// Committed messages of the rooms this node owns, for the bus tap
     /// (`--bus-publish`); full means dropped (best effort).
-    pub bus: Option<crossbeam_channel::Sender<(crate::rooms::RoomName, crate::proto::msg::MsgFrame)>>,
+    pub bus: Option<crate::wait::Sender<(crate::rooms::RoomName, crate::proto::msg::MsgFrame)>>,
 }
 
 impl Shared {
@@ -198,7 +198,7 @@ pub struct ReactorParts {
     pub listeners: Vec<(TcpListener, bool)>,
     /// Appends to store-writer. Only reactors hold senders, so the writer
     /// finishes once every reactor has.
-    pub writer: Option<crossbeam_channel::Sender<WriterCmd>>,
+    pub writer: Option<crate::wait::Sender<WriterCmd>>,
 }
 
 /// The key lists `take_list` swaps with the spare.
@@ -283,7 +283,7 @@ pub struct Reactor {
     /// Whether heavy fan-out may hold writes (off in the harness, whose
     /// clock only moves when told).
     coalesce: bool,
-    writer: Option<crossbeam_channel::Sender<WriterCmd>>,
+    writer: Option<crate::wait::Sender<WriterCmd>>,
     /// The rules of identities without claims of their own
     /// (`--default-rooms`), shared by all their connections.
     default_rules: Arc<Rules>,

@@ -175,8 +175,7 @@ impl Reactor {
         self.append_retry = None;
         while let Some(recs) = self.append_backlog.pop_front() {
             if let Err(e) = w.try_send(WriterCmd::Append { reactor: self.id as u16, recs }) {
-                let (crossbeam_channel::TrySendError::Full(cmd) | crossbeam_channel::TrySendError::Disconnected(cmd)) =
-                    e;
+                let (crate::wait::TrySendError::Full(cmd) | crate::wait::TrySendError::Disconnected(cmd)) = e;
                 if let WriterCmd::Append { recs, .. } = cmd {
                     self.append_backlog.push_front(recs);
                 }

@@ -11,8 +11,8 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
+use crate::wait::{Receiver, RecvTimeoutError, Sender};
 use bytes::Bytes;
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 /// What a reactor hands over to be freed.
 pub enum Garbage {
@@ -41,7 +41,7 @@ const CAP: usize = 4096;
 const TRIM_AFTER_BYTES: usize = 8 << 20;
 
 pub fn spawn() -> std::io::Result<Sender<Garbage>> {
-    let (tx, rx) = crossbeam_channel::bounded(CAP);
+    let (tx, rx) = crate::wait::bounded(CAP);
     std::thread::Builder::new().name("reaper".into()).spawn(move || run(&rx))?;
     Ok(tx)
 }

@@ -110,7 +110,7 @@ impl Harness {
         let store = Store::open(data)?;
         let readers = ReaderPool::new(store.clone(), 1)?;
         let mut h = Harness::build(config, Some(store.clone()), Some(readers))?;
-        let (tx, rx) = crossbeam_channel::bounded(1024);
+        let (tx, rx) = crate::wait::bounded(1024);
         let cfg = WriterConfig {
             durable: false,
             retain_messages: h.reactor.shared.config.retain_messages,

@@ -53,7 +53,7 @@ pub fn get(store: &Store, kind: &str, key: &str, now_ms: u64) -> Result<Option<V
 /// so guessing costs no commit.
 pub fn take_once(
     store: &Store,
-    writer: &crossbeam_channel::Sender<super::WriterCmd>,
+    writer: &crate::wait::Sender<super::WriterCmd>,
     kind: &'static str,
     key: &str,
     now_ms: u64,

@@ -5,7 +5,7 @@
 
 use std::thread::JoinHandle;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crate::wait::{Sender, TrySendError};
 
 use super::Store;
 
@@ -32,34 +32,36 @@ impl ReaderPool {
     /// Starts `threads` (at least one) threads named `store-reader-N`.
     pub fn new(store: Store, threads: usize) -> std::io::Result<ReaderPool> {
         let n = threads.max(1);
-        let (tx, rx) = crossbeam_channel::bounded::<ReadWork>(n * QUEUE_PER_THREAD);
-        let (utx, urx) = crossbeam_channel::bounded::<ReadWork>(n * URGENT_PER_THREAD);
+        // One bell for both queues: a reader sleeps until either has work.
+        let bell = crate::wait::Bell::new();
+        let (tx, rx) = crate::wait::with_bell::<ReadWork>(n * QUEUE_PER_THREAD, &bell);
+        let (utx, urx) = crate::wait::with_bell::<ReadWork>(n * URGENT_PER_THREAD, &bell);
         let mut pool = ReaderPool { tx: Some(tx), urgent: Some(utx), threads: Vec::with_capacity(n) };
         for i in 0..n {
             let (pages, urgent) = (rx.clone(), urx.clone());
             let store = store.clone();
+            let bell = bell.clone();
             // On a spawn error, dropping `pool` stops the threads already started.
             let handle = std::thread::Builder::new().name(format!("store-reader-{i}")).spawn(move || {
                 lower_priority();
-                // Both channels close together (drop); what is queued on
-                // the other one is still served before the thread ends.
-                loop {
-                    crossbeam_channel::select_biased! {
-                        recv(urgent) -> w => match w {
-                            Ok(work) => work(&store),
-                            Err(_) => {
-                                pages.iter().for_each(|work| work(&store));
-                                break;
-                            }
-                        },
-                        recv(pages) -> w => match w {
-                            Ok(work) => work(&store),
-                            Err(_) => {
-                                urgent.iter().for_each(|work| work(&store));
-                                break;
-                            }
-                        },
-                    }
+                // Urgent reads first. Both queues close together (drop);
+                // what is queued on either is still served before the
+                // thread ends.
+                // `Some(Some(work))`: work; `Some(None)`: both closed and
+                // empty; `None`: nothing yet.
+                let next = || {
+                    let u = match urgent.try_recv() {
+                        Ok(work) => return Some(Some(work)),
+                        Err(e) => e,
+                    };
+                    let p = match pages.try_recv() {
+                        Ok(work) => return Some(Some(work)),
+                        Err(e) => e,
+                    };
+                    (u.is_disconnected() && p.is_disconnected()).then_some(None)
+                };
+                while let Some(Some(work)) = bell.wait_for(None, next) {
+                    work(&store);
                 }
             })?;
             pool.threads.push(handle);

@@ -154,7 +154,7 @@ fn second_open_is_locked_promptly() {
 fn writer_commits_waiting_appends_in_one_batch() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (tx, rx) = crossbeam_channel::bounded(2000);
+    let (tx, rx) = crate::wait::bounded(2000);
     // Two fake reactors, interleaved, each owning its own room.
     for i in 1..=500u64 {
         for (reactor, room) in [(0u16, "r0"), (1, "r1")] {
@@ -191,7 +191,7 @@ fn writer_commits_waiting_appends_in_one_batch() {
 fn writer_batches_are_capped_and_counts_add_up_in_order() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (tx, rx) = crossbeam_channel::bounded(2000);
+    let (tx, rx) = crate::wait::bounded(2000);
     for i in 1..=500u64 {
         for reactor in [3u16, 7] {
             let room = format!("room{reactor}");
@@ -214,7 +214,7 @@ fn writer_batches_are_capped_and_counts_add_up_in_order() {
 fn writer_commits_at_once_when_idle() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (tx, rx) = crossbeam_channel::bounded(16);
+    let (tx, rx) = crate::wait::bounded(16);
     let (sink, reports) = sink();
     let handle = spawn_writer(store.clone(), rx, cfg(), sink).unwrap();
     tx.send(WriterCmd::Append { reactor: 0, recs: vec![rec("a", 1, 1, "u", None)] }).unwrap();
@@ -285,7 +285,7 @@ fn dedup_entries_expire_from_disk() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let now = now_ms();
-    let (tx, rx) = crossbeam_channel::bounded(16);
+    let (tx, rx) = crate::wait::bounded(16);
     for (seq, until) in [(1, now - 1), (2, now + 3_600_000)] {
         let mut r = rec("r", seq, now, "ann", Some(&format!("m{seq}")));
         r.dedup_until_ms = until;
@@ -309,7 +309,7 @@ fn dedup_entries_expire_from_disk() {
 fn retention_by_count() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (tx, rx) = crossbeam_channel::bounded(4096);
+    let (tx, rx) = crate::wait::bounded(4096);
     // More than one slice's worth of deletions in room a.
     for seq in 1..=2500 {
         tx.send(WriterCmd::Append { reactor: 0, recs: vec![rec("a", seq, seq, "u", None)] }).unwrap();
@@ -337,7 +337,7 @@ fn retention_by_age() {
     let store = Store::open(dir.path()).unwrap();
     let now = now_ms();
     let old = now - 3_600_000;
-    let (tx, rx) = crossbeam_channel::bounded(4096);
+    let (tx, rx) = crate::wait::bounded(4096);
     for seq in 1..=1500 {
         let ts = if seq <= 1490 { old + seq } else { now };
         tx.send(WriterCmd::Append { reactor: 0, recs: vec![rec("a", seq, ts, "u", None)] }).unwrap();
@@ -363,7 +363,7 @@ fn retention_by_age() {
 fn backup_while_writer_commits_is_a_consistent_prefix() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
-    let (tx, rx) = crossbeam_channel::bounded(1024);
+    let (tx, rx) = crate::wait::bounded(1024);
     let (sink, reports) = sink();
     let handle = spawn_writer(store.clone(), rx, cfg(), sink).unwrap();
     let total = 30_000u64;

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, TryRecvError};
+use crate::wait::{Receiver, RecvTimeoutError, TryRecvError};
 use redb::{Durability, ReadableTable};
 
 use crate::proto::now_ms;
@@ -62,7 +62,7 @@ pub trait WriteJob: Send {
 /// Runs `f` on `store-writer` in one write transaction and waits for the
 /// commit: for threads that may block (the auth workers), never a reactor.
 /// `Err(StoreError::Db)` when the writer is gone or its queue stays full.
-pub fn write_job<T, F>(writer: &crossbeam_channel::Sender<WriterCmd>, f: F) -> Result<T, StoreError>
+pub fn write_job<T, F>(writer: &crate::wait::Sender<WriterCmd>, f: F) -> Result<T, StoreError>
 where
     T: Send + 'static,
     F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send + 'static,
@@ -70,7 +70,7 @@ where
     struct Job<T, F> {
         f: Option<F>,
         value: Option<T>,
-        tx: crossbeam_channel::Sender<Result<T, StoreError>>,
+        tx: crate::wait::Sender<Result<T, StoreError>>,
     }
     impl<T: Send, F: FnOnce(&redb::WriteTransaction) -> Result<T, StoreError> + Send> WriteJob for Job<T, F> {
         fn run(&mut self, txn: &redb::WriteTransaction) -> Result<(), StoreError> {
@@ -84,7 +84,7 @@ where
             let _ = tx.send(out);
         }
     }
-    let (tx, rx) = crossbeam_channel::bounded(1);
+    let (tx, rx) = crate::wait::bounded(1);
     let job = Box::new(Job { f: Some(f), value: None, tx });
     writer
         .send_timeout(WriterCmd::Job(job), JOB_WAIT)

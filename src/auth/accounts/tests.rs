@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use crossbeam_channel::Sender;
+use crate::wait::Sender;
 
 use super::*;
 use crate::auth::Auth;
@@ -56,11 +56,11 @@ impl World {
 
     fn at(dir: tempfile::TempDir) -> World {
         let store = Store::open(dir.path()).unwrap();
-        let (tx, rx) = crossbeam_channel::bounded::<WriterCmd>(16);
+        let (tx, rx) = crate::wait::bounded::<WriterCmd>(16);
         let s = store.clone();
         // Runs jobs as store-writer does: one transaction each.
         let thread = std::thread::spawn(move || {
-            for cmd in rx {
+            for cmd in rx.iter() {
                 if let WriterCmd::Job(mut job) = cmd {
                     let r = s.run_job(job.as_mut(), false);
                     job.done(r);
