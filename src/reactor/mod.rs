@@ -16,6 +16,7 @@
 //! This module knows connections and bytes; room rules live in `rooms`.
 
 pub mod browser;
+pub mod coalesce;
 mod conn;
 mod http;
 pub mod limits;
@@ -55,7 +56,9 @@ use transport::{ReadOutcome, Transport, WriteOutcome, READ_BUDGET};
 
 const WAKER: Token = Token(0);
 const LISTENER_BASE: usize = 1; // plain, then TLS
-const CONN_BASE: usize = 3;
+/// The alarm that ends a write hold (see `coalesce`).
+const HOLD: Token = Token(3);
+const CONN_BASE: usize = 4;
 
 /// Accepts per listener per wake: past it, the loop comes back at once
 /// rather than letting a connect storm starve established connections.
@@ -93,14 +96,6 @@ const HIGH_WATER: usize = 64 * 1024;
 /// answer queued while under the high-water mark (a capped history page
 /// or replay, an HTTP response).
 pub(crate) const OUT_SLACK: usize = HIGH_WATER + (4 << 20);
-/// Fan-out coalescing: once this many deliveries were queued since the last
-/// flush, and that flush was less than `COALESCE_WINDOW` ago, the reactor
-/// holds its writes until the window ends. Under heavy fan-out each member
-/// then gets several frames in one `writev` instead of one `writev` per
-/// frame (on loopback the kernel's per-write cost is most of a delivery's
-/// cost); at light load the previous flush is long past, nothing waits.
-const COALESCE_DELIVERIES: u64 = 64;
-const COALESCE_WINDOW: Duration = Duration::from_micros(500);
 
 /// What every reactor shares, read-only after start (plus the drain flag
 /// and the counters, which are atomics).
@@ -265,11 +260,11 @@ pub struct Reactor {
     mail_backlog: bool,
     drain_deadline: Option<Instant>,
     max_conns: usize,
-    /// When queued output was last written, and deliveries queued since.
-    last_flush: Instant,
-    /// Held writes go out at this instant (see `COALESCE_WINDOW`).
+    /// Whether to hold writes so that members get several frames per write.
+    coalescer: coalesce::Coalescer,
+    /// Held writes go out at this instant, when `alarm` rings.
     flush_at: Option<Instant>,
-    delivered_at_flush: u64,
+    alarm: coalesce::Alarm,
     /// When housekeeping (idle rooms, limiter sweeps) next runs, and how
     /// many rounds ran.
     next_housekeeping: Instant,
@@ -338,6 +333,7 @@ impl Reactor {
             retain_age: c.retain_age,
         };
         let max_conns = c.max_connections.div_ceil(n).max(1);
+        let alarm = coalesce::Alarm::new(parts.poll.registry(), HOLD);
         let now = Instant::now();
         // In a cluster, a peer's members of our rooms live on pseudo-reactor
         // `n + peer`: the core delivers to each node once per commit.
@@ -383,9 +379,9 @@ impl Reactor {
             mail_backlog: false,
             drain_deadline: None,
             max_conns,
-            last_flush: now,
+            coalescer: coalesce::Coalescer::new(now),
             flush_at: None,
-            delivered_at_flush: 0,
+            alarm,
             coalesce: true,
             mem_closed: Vec::new(),
             flush_again: Vec::new(),
@@ -429,7 +425,7 @@ impl Reactor {
 
             for ev in events.iter() {
                 match ev.token() {
-                    WAKER => {}
+                    WAKER | HOLD => {}
                     Token(t) if t < CONN_BASE => self.accept(t - LISTENER_BASE),
                     Token(t) => {
                         let key = (t - CONN_BASE) as u32;
@@ -490,13 +486,23 @@ impl Reactor {
             self.begin_drain();
         }
         if let Some(hold_until) = self.coalescing() {
-            // Writes wait (briefly) for more frames; poll wakes in time.
+            // Writes wait (briefly) for more frames; the alarm wakes the
+            // loop in time.
+            if self.flush_at != Some(hold_until) {
+                self.alarm.set(hold_until.saturating_duration_since(self.now));
+            }
             self.flush_at = Some(hold_until);
         } else {
             self.flush_at = None;
-            self.flush_pending();
-            self.last_flush = self.now;
-            self.delivered_at_flush = self.counters.delivered;
+            let delivered = self.counters.delivered;
+            if delivered != self.coalescer.delivered_at_flush() {
+                let conns = self.pending_flush.len();
+                let started = Instant::now();
+                self.flush_pending();
+                self.coalescer.flushed(self.now, started.elapsed(), conns, delivered);
+            } else {
+                self.flush_pending();
+            }
         }
         // Appends first: their commit report comes back as mail, which
         // must find them sent.
@@ -883,16 +889,13 @@ impl Reactor {
         }
     }
 
-    /// Whether to hold this iteration's writes, and until when: only under
-    /// heavy fan-out, only within the window after the last flush, never
-    /// while draining.
+    /// Whether to hold this iteration's writes, and until when (see
+    /// `coalesce`); never while draining.
     fn coalescing(&self) -> Option<Instant> {
         if !self.coalesce || self.drain_deadline.is_some() || self.pending_flush.is_empty() {
             return None;
         }
-        let heavy = self.counters.delivered - self.delivered_at_flush >= COALESCE_DELIVERIES;
-        let until = later(self.last_flush, COALESCE_WINDOW);
-        (heavy && self.now < until).then_some(until)
+        self.coalescer.hold(self.now, self.counters.delivered)
     }
 
     fn flush_pending(&mut self) {
