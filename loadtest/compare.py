@@ -30,6 +30,8 @@ import tempfile
 import time
 import urllib.request
 
+import perfprofile
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LT = os.path.join(ROOT, "target/release/roomcast-loadtest")
 RC = os.path.join(ROOT, "target/release/roomcast")
@@ -41,6 +43,8 @@ SECRET = "compare-secret-of-32-bytes-or-more"
 SERVER_CORE = "0"
 LOADGEN_CORE = "1"
 SERVERS = ["roomcast", "axum", "socketify"]
+# Loads that `--profile` records with perf.
+PROFILE_LOADS = ["fanout-10x100", "fanout-1x1000", "fanout-batch"]
 
 # Figures from ISSUE 3's independent load generator, for orientation only;
 # the verdicts below compare against figures measured in this run.
@@ -122,8 +126,12 @@ class Runner:
         self.work = work
         self.server = None
         self.loadgen = None
+        self.recorder = None
 
     def cleanup(self):
+        if self.recorder:
+            self.recorder.finish()
+            self.recorder = None
         kill_group(self.loadgen, grace=2.0)
         self.loadgen = None
         kill_group(self.server)
@@ -373,7 +381,12 @@ def main():
     ap.add_argument("--no-build", action="store_true", help="use the binaries already built")
     ap.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of " + ",".join(SERVERS))
     ap.add_argument("--only", help="comma-separated load keys to run (durable: 'durable')")
+    ap.add_argument("--profile", action="store_true",
+                    help="record the server with perf in the measured window of %s; writes bench/profile/"
+                         % ", ".join(PROFILE_LOADS))
     args = ap.parse_args()
+    if args.profile and not shutil.which("perf"):
+        sys.exit("compare: --profile needs perf, which is not installed")
 
     servers = [s for s in args.servers.split(",") if s]
     for s in servers:
@@ -392,7 +405,11 @@ def main():
         bench = os.path.join(ROOT, "docs/bench")
     results_dir = os.path.join(bench, "results")
     logs_dir = os.path.join(ROOT, "target/compare-logs")
+    profile_dir = os.path.join(bench, "profile")
     shutil.rmtree(results_dir, ignore_errors=True)
+    if args.profile:
+        shutil.rmtree(profile_dir, ignore_errors=True)
+        os.makedirs(profile_dir)
     shutil.rmtree(logs_dir, ignore_errors=True)
     os.makedirs(results_dir, exist_ok=True)
     os.makedirs(logs_dir, exist_ok=True)
@@ -423,7 +440,7 @@ def main():
     try:
         if not args.no_build:
             build("socketify" not in servers)
-        for tool in (RC, LT, AXUM):
+        for tool in [RC, LT] + ([AXUM] if "axum" in servers else []):
             if not os.path.exists(tool):
                 raise RuntimeError("%s is missing (build it or drop --no-build)" % tool)
         log("loadavg at start: %s" % " ".join(load_start))
@@ -446,7 +463,12 @@ def main():
             full = [scenario, "--url", "ws://127.0.0.1:%d/v1/ws" % port, "--server-pid", str(pid),
                     "--json", jpath, "--label", label] + argv
             timeout = 300 if scenario == "idle" else 200
+            perf_data = os.path.join(logs_dir, name + ".perf.data")
+            if args.profile and load_key in PROFILE_LOADS:
+                runner.recorder = perfprofile.Recorder(pid, lpath, perf_data, LOADGEN_CORE)
             rc = runner.run_loadgen(full, lpath, timeout)
+            recorded = runner.recorder.finish() if runner.recorder else False
+            runner.recorder = None
             runner.stop_server()
             if rc in (0, 1) and os.path.exists(jpath):
                 with open(jpath) as f:
@@ -461,6 +483,17 @@ def main():
                                 ", %s %s/s, server %s µs/%s" % (
                                     f_num(entry["result"].get("units_per_s")), entry["result"].get("unit"),
                                     f_num(cpu_per_unit(entry["result"])), entry["result"].get("unit"))))
+            if args.profile and load_key in PROFILE_LOADS:
+                entry["profile"] = perfprofile.summarise(perf_data) if recorded else None
+                ppath = os.path.join(profile_dir, "%s-%s.txt" % (load_key, server))
+                with open(ppath, "w") as f:
+                    f.write(perfprofile.text("%s / %s: %s" % (load_key, server, title), entry["result"],
+                                             entry["profile"], LOADGEN_CORE))
+                entry["profile_path"] = ppath
+                c = perfprofile.split(entry["result"], entry["profile"])
+                log("  profile: kernel %s, user %s µs/%s by perf (/proc: stime %s, utime %s); %s" % (
+                    f_num(c["kernel"]), f_num(c["user"]), (entry["result"] or {}).get("unit", "unit"),
+                    f_num(c["stime"]), f_num(c["utime"]), rel(ppath)))
             time.sleep(1)
             return entry
 
@@ -754,6 +787,37 @@ def write_markdown(md_path, bench, args, servers, runs, skipped, charts, started
         if load in charts:
             w("")
             w("![%s](%s)" % (load, os.path.relpath(charts[load], md_dir)))
+        w("")
+
+    # -- profiles --
+    profiled = [r for r in runs if "profile_path" in r]
+    if profiled:
+        w("## Where the time goes")
+        w("")
+        w("Server CPU per delivery in the fan-out loads, split into kernel and user time. The total is "
+          "utime+stime from `/proc/PID/stat` at the window's edges, as in the tables above; during the "
+          "same window `perf record -e cpu-clock -F %d -g -p PID` sampled the server (its threads only), "
+          "and the kernel's share of those samples splits the total (the sampling costs the server a "
+          "little CPU, which every figure of this run includes). \"/proc stime\" is the kernel's own "
+          "split, for comparison: %s \"Top user-space symbols\": the three with the most self time "
+          "outside the kernel. Each profile file has the top %d symbols, kernel ones included, the share "
+          "per thread and the time per system call." % (perfprofile.FREQ, perfprofile.TICK_NOTE,
+                                                        perfprofile.TOP))
+        w("")
+        w("| load | server | CPU µs/delivery | kernel µs/delivery | user µs/delivery | kernel share (perf) | "
+          "/proc stime | top user-space symbols | profile |")
+        w("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+        for r in sorted(profiled, key=lambda r: PROFILE_LOADS.index(r["load"])):
+            prof = r.get("profile")
+            c = perfprofile.split(r["result"], prof)
+            stime = ("%s µs (%.0f %%)" % (f_num(c["stime"]), 100 * c["stime"] / c["total"])
+                     if c["stime"] is not None and c["total"] else "–")
+            top = ", ".join("`%s` %.1f %%" % (s["sym"], s["pct"]) for s in prof["top_user"][:3]) \
+                if prof else "no samples"
+            w("| %s | %s | %s | %s | %s | %s | %s | %s | [%s](%s) |" % (
+                r["load"], r["server"], f_num(c["total"]) if r["result"] else r["status"],
+                f_num(c["kernel"]), f_num(c["user"]), "%.0f %%" % prof["kernel_pct"] if prof else "–",
+                stime, top, os.path.basename(r["profile_path"]), os.path.relpath(r["profile_path"], md_dir)))
         w("")
 
     # -- durable --

@@ -7,6 +7,9 @@
 #
 #   loadtest/compare.sh            # full run (10 s windows), writes BENCHMARKS.md
 #   loadtest/compare.sh --quick    # 3 s windows, writes target/compare-quick/
+#   loadtest/compare.sh --profile  # also perf-records the server in the fan-out
+#                                  # loads' measured windows: kernel/user CPU per
+#                                  # delivery and top symbols in docs/bench/profile/
 #   loadtest/compare.sh --help     # every option
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"

@@ -1081,6 +1081,7 @@ pub fn run(common: &Common, a: &ColdArgs) -> Result<(RunResult, String), RunErro
         server_rss_after_bytes: common.primary_pid().and_then(procfs::rss_bytes),
         loadgen_cpu_us,
         loadgen_cpu_us_per_unit: None,
+        ..Resources::default()
     };
     let mut params = serde_json::to_value(a).unwrap_or_default();
     if let (Some(obj), Ok(serde_json::Value::Object(c))) = (params.as_object_mut(), serde_json::to_value(common)) {

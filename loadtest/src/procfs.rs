@@ -1,6 +1,6 @@
 //! Reads CPU time, resident memory and open descriptors of a process from /proc.
 //!
-//! CPU figures are user + system time in clock ticks (usually 100 per
+//! CPU figures are user + system time (or each apart) in clock ticks (usually 100 per
 //! second), so a window should be seconds long for the per-unit figures to
 //! mean much.
 
@@ -19,28 +19,41 @@ fn ticks_per_s() -> f64 {
 
 /// utime + stime (and, with `children`, cutime + cstime) of a /proc stat line, in ticks.
 pub fn parse_stat_cpu(stat: &str, children: bool) -> Option<u64> {
+    parse_stat_times(stat, children).map(|(user, system)| user + system)
+}
+
+/// User and system time of a /proc stat line, in ticks: (utime, stime), or
+/// with `children` (utime + cutime, stime + cstime).
+pub fn parse_stat_times(stat: &str, children: bool) -> Option<(u64, u64)> {
     // The command name (field 2) may hold spaces and parentheses: fields
     // are counted from after its last ')'.
     let after = stat.get(stat.rfind(')')? + 1..)?;
     let fields: Vec<&str> = after.split_whitespace().collect();
     // After the name, field 3 (state) is index 0, so field N is index N-3.
     let get = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
-    let mut total = get(14)? + get(15)?;
+    let (mut user, mut system) = (get(14)?, get(15)?);
     if children {
-        total += get(16)? + get(17)?;
+        user += get(16)?;
+        system += get(17)?;
     }
-    Some(total)
+    Some((user, system))
 }
 
 /// CPU time of `pid` (or `self`) in microseconds.
 pub fn cpu_us(pid: Option<u32>, children: bool) -> Option<f64> {
+    cpu_times_us(pid, children).map(|(user, system)| user + system)
+}
+
+/// User and system CPU time of `pid` (or `self`) in microseconds, from one read.
+pub fn cpu_times_us(pid: Option<u32>, children: bool) -> Option<(f64, f64)> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_string(),
     };
     let stat = fs::read_to_string(path).ok()?;
-    let ticks = parse_stat_cpu(&stat, children)?;
-    Some(ticks as f64 * 1e6 / ticks_per_s())
+    let (user, system) = parse_stat_times(&stat, children)?;
+    let us = |ticks: u64| ticks as f64 * 1e6 / ticks_per_s();
+    Some((us(user), us(system)))
 }
 
 /// `VmRSS` of a /proc status file, in bytes.
@@ -81,6 +94,8 @@ mod tests {
         let stat = "1234 (a) b (c) S 1 2 3 4 5 6 7 8 9 10 150 25 7 3 20 0 1 0";
         assert_eq!(parse_stat_cpu(stat, false), Some(175));
         assert_eq!(parse_stat_cpu(stat, true), Some(185));
+        assert_eq!(parse_stat_times(stat, false), Some((150, 25)));
+        assert_eq!(parse_stat_times(stat, true), Some((157, 28)));
         assert_eq!(parse_stat_cpu("garbage", false), None);
     }
 

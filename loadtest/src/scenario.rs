@@ -328,20 +328,28 @@ struct Measured {
     servers: Vec<serde_json::Value>,
 }
 
+/// User and system CPU time in µs.
+type CpuTimes = (f64, f64);
+
 /// The servers' CPU and memory and the load generator's own CPU at one instant.
 struct Sample {
-    /// Per pid: CPU µs and RSS bytes.
-    per_pid: Vec<(u32, Option<f64>, Option<u64>)>,
+    /// Per pid: CPU µs (user, system) and RSS bytes.
+    per_pid: Vec<(u32, Option<CpuTimes>, Option<u64>)>,
     own_cpu: Option<f64>,
 }
 
 impl Sample {
     /// CPU summed over the pids; `None` without pids or when one could not be read.
     fn cpu(&self) -> Option<f64> {
+        self.cpu_times().map(|(user, system)| user + system)
+    }
+
+    /// User and system CPU summed over the pids, like [`Sample::cpu`].
+    fn cpu_times(&self) -> Option<CpuTimes> {
         if self.per_pid.is_empty() {
             return None;
         }
-        self.per_pid.iter().map(|p| p.1).sum()
+        self.per_pid.iter().try_fold((0.0, 0.0), |acc, p| p.1.map(|(u, s)| (acc.0 + u, acc.1 + s)))
     }
 
     /// RSS summed over the pids, like [`Sample::cpu`].
@@ -355,8 +363,16 @@ impl Sample {
 
 fn sample(pids: &[u32]) -> Sample {
     Sample {
-        per_pid: pids.iter().map(|&p| (p, procfs::cpu_us(Some(p), false), procfs::rss_bytes(p))).collect(),
+        per_pid: pids.iter().map(|&p| (p, procfs::cpu_times_us(Some(p), false), procfs::rss_bytes(p))).collect(),
         own_cpu: procfs::cpu_us(None, false),
+    }
+}
+
+/// The servers' user and system CPU between two samples.
+fn split_cpu(before: &Sample, after: &Sample) -> (Option<f64>, Option<f64>) {
+    match before.cpu_times().zip(after.cpu_times()) {
+        Some((b, a)) => (Some(a.0 - b.0), Some(a.1 - b.1)),
+        None => (None, None),
     }
 }
 
@@ -373,7 +389,7 @@ fn per_server(before: &Sample, after: &Sample) -> Vec<serde_json::Value> {
         .map(|(b, a)| {
             serde_json::json!({
                 "pid": b.0,
-                "cpu_us": a.1.zip(b.1).map(|(a, b)| a - b),
+                "cpu_us": a.1.zip(b.1).map(|(a, b)| (a.0 + a.1) - (b.0 + b.1)),
                 "rss_before_bytes": b.2,
                 "rss_after_bytes": a.2,
             })
@@ -462,6 +478,8 @@ fn coordinate(
 
     sleep_until(&shared, mstart);
     let before = sample(&common.server_pid);
+    // The window's edges, for a profiler watching this output.
+    eprintln!("window: start");
     let units0 = shared.units.load(Ordering::Relaxed);
     let t_start = shared.now_ns();
     let mut last_units = units0;
@@ -488,6 +506,7 @@ fn coordinate(
         std::thread::sleep(Duration::from_millis(10).min(Duration::from_nanos(mend - now)));
     }
     let after = sample(&common.server_pid);
+    eprintln!("window: end");
     let measured_s = (end_ns.saturating_sub(t_start)) as f64 / 1e9;
 
     // Drain: wait until deliveries stop arriving (at most 2 s).
@@ -509,9 +528,12 @@ fn coordinate(
         (Some(a), Some(b)) => Some(b - a),
         _ => None,
     };
+    let (user, system) = split_cpu(&before, &after);
     let resources = Resources {
         server_cpu_us: diff(before.cpu(), after.cpu()),
         server_cpu_us_per_unit: None,
+        server_user_cpu_us: user,
+        server_system_cpu_us: system,
         server_rss_before_bytes: before.rss(),
         server_rss_after_bytes: after.rss(),
         loadgen_cpu_us: diff(before.own_cpu, after.own_cpu).unwrap_or(0.0),
@@ -879,9 +901,12 @@ pub fn idle(common: &Common, a: &IdleArgs) -> Result<RunResult, RunError> {
     }
     let loadgen_cpu = procfs::cpu_us(None, true).unwrap_or(0.0);
     let (before_rss, after_rss) = (before.rss(), after.rss());
+    let (user, system) = split_cpu(&before, &after);
     let mut res = Resources {
         server_cpu_us: after.cpu().zip(before.cpu()).map(|(a, b)| a - b),
         server_cpu_us_per_unit: None,
+        server_user_cpu_us: user,
+        server_system_cpu_us: system,
         server_rss_before_bytes: before_rss,
         server_rss_after_bytes: after_rss,
         loadgen_cpu_us: loadgen_cpu,

@@ -69,6 +69,11 @@ pub struct Resources {
     /// Server CPU (user + system) over the window; `None` without `--server-pid`.
     pub server_cpu_us: Option<f64>,
     pub server_cpu_us_per_unit: Option<f64>,
+    /// The two parts of `server_cpu_us`: utime and stime over the window.
+    #[serde(default)]
+    pub server_user_cpu_us: Option<f64>,
+    #[serde(default)]
+    pub server_system_cpu_us: Option<f64>,
     pub server_rss_before_bytes: Option<u64>,
     pub server_rss_after_bytes: Option<u64>,
     pub loadgen_cpu_us: f64,
@@ -147,9 +152,13 @@ impl RunResult {
         }
         let r = &self.resources;
         if let Some(cpu) = r.server_cpu_us {
+            let split = match (r.server_user_cpu_us, r.server_system_cpu_us) {
+                (Some(u), Some(k)) => format!(" (user {:.0} ms, system {:.0} ms)", u / 1000.0, k / 1000.0),
+                _ => String::new(),
+            };
             let _ = writeln!(
                 s,
-                "server CPU: {:.0} ms, {:.2} µs per {}",
+                "server CPU: {:.0} ms{split}, {:.2} µs per {}",
                 cpu / 1000.0,
                 r.server_cpu_us_per_unit.unwrap_or(f64::NAN),
                 self.unit
