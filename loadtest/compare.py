@@ -406,7 +406,12 @@ def main():
     results_dir = os.path.join(bench, "results")
     logs_dir = os.path.join(ROOT, "target/compare-logs")
     profile_dir = os.path.join(bench, "profile")
-    shutil.rmtree(results_dir, ignore_errors=True)
+    # Only this tool's own results go: the other figures kept beside them
+    # (auth, cluster, stall runs: *.txt) come from other scripts.
+    if os.path.isdir(results_dir):
+        for old in os.listdir(results_dir):
+            if old.endswith(".json"):
+                os.remove(os.path.join(results_dir, old))
     if args.profile:
         shutil.rmtree(profile_dir, ignore_errors=True)
         os.makedirs(profile_dir)
