@@ -156,14 +156,6 @@ impl<T> Sender<T> {
         self.bell.ring();
         Ok(())
     }
-
-    pub fn len(&self) -> usize {
-        self.inner().len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.inner().is_empty()
-    }
 }
 
 pub struct Receiver<T> {
@@ -211,11 +203,6 @@ impl<T> Receiver<T> {
     /// Messages until every sender is gone.
     pub fn iter(&self) -> impl Iterator<Item = T> + '_ {
         std::iter::from_fn(|| self.recv().ok())
-    }
-
-    /// The bell this receiver sleeps on.
-    pub fn bell(&self) -> &Arc<Bell> {
-        &self.bell
     }
 }
 

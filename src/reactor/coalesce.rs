@@ -64,11 +64,6 @@ impl Coalescer {
         Coalescer { last_flush: now, delivered_at_flush: 0, rate_milli: 0, cost_ns: 0 }
     }
 
-    /// The delivery count when the last delivering flush began.
-    pub fn delivered_at_flush(&self) -> u64 {
-        self.delivered_at_flush
-    }
-
     /// The current hold window (zero: no hold is worth it).
     pub fn window(&self) -> Duration {
         let w = Duration::from_nanos(self.cost_ns.saturating_mul(u64::from(HOLD_PER_COST))).min(MAX_HOLD);
@@ -97,16 +92,19 @@ impl Coalescer {
         (now < until).then_some(until)
     }
 
-    /// A flush pass that carried deliveries began at `started`, wrote
-    /// `conns` connections and took `took`; `delivered` is the delivery
-    /// count when it began. Passes with replies only are not reported: the
-    /// rate is per interval between delivering passes, and after a quiet
-    /// spell longer than the window the next delivery goes out at once
-    /// (the window counts from the last delivering pass).
+    /// A flush pass began at `started`, wrote `conns` connections and took
+    /// `took`; `delivered` is the delivery count when it began. Passes that
+    /// carried no delivery (replies only, or nothing) are ignored: the rate
+    /// is per interval between delivering passes, and after a quiet spell
+    /// longer than the window the next delivery goes out at once (the
+    /// window counts from the last delivering pass).
     pub fn flushed(&mut self, started: Instant, took: Duration, conns: usize, delivered: u64) {
         let frames = delivered.saturating_sub(self.delivered_at_flush);
+        if frames == 0 {
+            return;
+        }
         let since = started.saturating_duration_since(self.last_flush);
-        if frames > 0 && conns > 0 {
+        if conns > 0 {
             let ns = since.as_nanos().max(1);
             let per_conn_milli = u128::from(frames) * 1_000 * 1_000_000_000 / ns.saturating_mul(conns as u128);
             self.rate_milli = smooth(self.rate_milli, u64::try_from(per_conn_milli).unwrap_or(u64::MAX));

@@ -196,13 +196,6 @@ pub struct ReactorParts {
     pub writer: Option<crate::wait::Sender<WriterCmd>>,
 }
 
-/// The key lists `take_list` swaps with the spare.
-#[derive(Clone, Copy)]
-enum List {
-    Flush,
-    Rerun,
-}
-
 /// How far one input-processing step got.
 enum Step {
     /// This many bytes were used; go on with the rest.
@@ -244,9 +237,10 @@ pub struct Reactor {
     forgotten: Vec<OwnedRoom>,
     local: LocalMembers,
     pending_flush: Vec<u32>,
-    /// The list being worked through while `pending_flush` and `rerun`
-    /// fill again: swapped, never replaced, so neither is reallocated on
-    /// every pass (a fresh list regrows to the member count each time).
+    /// The list being worked through while `pending_flush` or `rerun`
+    /// fills again: the two are swapped, the taken one cleared and kept as
+    /// the spare, so neither is reallocated on every pass (a fresh list
+    /// regrows to the member count each time).
     spare: Vec<u32>,
     rerun: Vec<u32>,
     slow: Vec<u32>,
@@ -494,15 +488,9 @@ impl Reactor {
             self.flush_at = Some(hold_until);
         } else {
             self.flush_at = None;
-            let delivered = self.counters.delivered;
-            if delivered != self.coalescer.delivered_at_flush() {
-                let conns = self.pending_flush.len();
-                let started = Instant::now();
-                self.flush_pending();
-                self.coalescer.flushed(self.now, started.elapsed(), conns, delivered);
-            } else {
-                self.flush_pending();
-            }
+            let (conns, delivered, started) = (self.pending_flush.len(), self.counters.delivered, Instant::now());
+            self.flush_pending();
+            self.coalescer.flushed(self.now, started.elapsed(), conns, delivered);
         }
         // Appends first: their commit report comes back as mail, which
         // must find them sent.
@@ -662,7 +650,7 @@ impl Reactor {
     /// bring back: budget-limited readers, accepts, paused accepts.
     fn revisit(&mut self) {
         if !self.rerun.is_empty() {
-            let mut keys = self.take_list(List::Rerun);
+            let mut keys = mem::replace(&mut self.rerun, mem::take(&mut self.spare));
             for &key in &keys {
                 // What is buffered goes first; the socket is read only
                 // once it is used up (or stuck on an incomplete frame).
@@ -901,25 +889,13 @@ impl Reactor {
     fn flush_pending(&mut self) {
         // Flushing never queues more flushes, but closing may; loop until quiet.
         while !self.pending_flush.is_empty() {
-            let mut keys = self.take_list(List::Flush);
+            let mut keys = mem::replace(&mut self.pending_flush, mem::take(&mut self.spare));
             for &key in &keys {
                 self.flush(key);
             }
             keys.clear();
             self.spare = keys;
         }
-    }
-
-    /// Takes `pending_flush` or `rerun` to work through, leaving the spare
-    /// list (empty, with its capacity) in its place; the caller clears the
-    /// taken one and makes it the spare again.
-    fn take_list(&mut self, which: List) -> Vec<u32> {
-        let list = match which {
-            List::Flush => &mut self.pending_flush,
-            List::Rerun => &mut self.rerun,
-        };
-        let spare = mem::take(&mut self.spare);
-        mem::replace(list, spare)
     }
 
     fn flush(&mut self, key: u32) {
