@@ -76,6 +76,10 @@ pub struct Counters {
     pub rooms_loaded: u64,
     pub rate_limited: u64,
     pub origin_refused: u64,
+    pub tls_full: u64,
+    pub tls_resumed: u64,
+    pub tls_not_tls: u64,
+    pub tls_handshake_timeouts: u64,
 }
 
 impl Counters {
@@ -102,6 +106,10 @@ pub struct Shared {
     rooms_loaded: AtomicU64,
     rate_limited: AtomicU64,
     origin_refused: AtomicU64,
+    tls_full: AtomicU64,
+    tls_resumed: AtomicU64,
+    tls_not_tls: AtomicU64,
+    tls_handshake_timeouts: AtomicU64,
 }
 
 impl Shared {
@@ -122,6 +130,10 @@ impl Shared {
         self.rooms_loaded.store(c.rooms_loaded, Relaxed);
         self.rate_limited.store(c.rate_limited, Relaxed);
         self.origin_refused.store(c.origin_refused, Relaxed);
+        self.tls_full.store(c.tls_full, Relaxed);
+        self.tls_resumed.store(c.tls_resumed, Relaxed);
+        self.tls_not_tls.store(c.tls_not_tls, Relaxed);
+        self.tls_handshake_timeouts.store(c.tls_handshake_timeouts, Relaxed);
     }
 }
 
@@ -129,7 +141,7 @@ impl Shared {
 pub fn render(all: &[Shared]) -> String {
     let mut out = String::with_capacity(4096);
     type Get = fn(&Shared) -> &AtomicU64;
-    let simple: [(&str, &str, &str, Get); 13] = [
+    let simple: [(&str, &str, &str, Get); 15] = [
         ("roomcast_connections_open", "gauge", "Connections open now.", |s| &s.open),
         ("roomcast_connections_accepted_total", "counter", "Connections accepted.", |s| &s.accepted),
         ("roomcast_frames_in_total", "counter", "WebSocket frames received.", |s| &s.frames_in),
@@ -153,12 +165,31 @@ pub fn render(all: &[Shared]) -> String {
         ("roomcast_origin_refused_total", "counter", "Requests to /v1/ refused for their Origin (403).", |s| {
             &s.origin_refused
         }),
+        (
+            "roomcast_tls_not_tls_total",
+            "counter",
+            "Connections to the TLS port whose first byte was not a TLS handshake record (closed at once).",
+            |s| &s.tls_not_tls,
+        ),
+        (
+            "roomcast_tls_handshake_timeouts_total",
+            "counter",
+            "TLS connections closed for not finishing the handshake within tls-handshake-timeout.",
+            |s| &s.tls_handshake_timeouts,
+        ),
     ];
     for (name, kind, help, get) in simple {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
         for (i, s) in all.iter().enumerate() {
             let _ = writeln!(out, "{name}{{reactor=\"{i}\"}} {}", get(s).load(Relaxed));
         }
+    }
+    let name = "roomcast_tls_handshakes_total";
+    let _ = writeln!(out, "# HELP {name} TLS handshakes finished, full or resumed (ticket or session id).");
+    let _ = writeln!(out, "# TYPE {name} counter");
+    for (i, s) in all.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{reactor=\"{i}\",kind=\"full\"}} {}", s.tls_full.load(Relaxed));
+        let _ = writeln!(out, "{name}{{reactor=\"{i}\",kind=\"resumed\"}} {}", s.tls_resumed.load(Relaxed));
     }
     let name = "roomcast_connections_closed_total";
     let _ = writeln!(out, "# HELP {name} Connections closed, by reason.\n# TYPE {name} counter");

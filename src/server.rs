@@ -193,7 +193,7 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     let (writer_tx, writer_rx) = crate::wait::bounded(WRITER_CAP);
 
     let tls = match (&config.tls_listen, &config.tls_cert, &config.tls_key) {
-        (Some(_), Some(cert), Some(key)) => Some(load_tls(cert, key)?),
+        (Some(_), Some(cert), Some(key)) => Some(load_tls(cert, key, &TlsOptions::of(&config))?),
         (Some(_), _, _) => return Err(startup("--tls-listen needs --tls-cert and --tls-key")),
         _ => None,
     };
@@ -383,8 +383,30 @@ fn local_addr(l: &mio::net::TcpListener) -> Result<SocketAddr, ServerError> {
     l.local_addr().map_err(|e| startup(format!("listener: {e}")))
 }
 
+/// How TLS sessions are resumed: the settings `load_tls` needs beside the
+/// certificate and key.
+#[derive(Debug, Clone, Copy)]
+pub struct TlsOptions {
+    /// `--tls-session-cache`: entries kept for resumption by session id.
+    pub session_cache: usize,
+    /// `--tls-tickets`: stateless tickets.
+    pub tickets: bool,
+}
+
+impl TlsOptions {
+    pub fn of(config: &Config) -> TlsOptions {
+        TlsOptions { session_cache: config.tls_session_cache, tickets: config.tls_tickets }
+    }
+}
+
 /// A rustls server config from PEM files (HTTP/1.1 over TLS).
-pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, ServerError> {
+///
+/// Resumption: with tickets on, rustls's aws-lc-rs `Ticketer` seals each
+/// session into the ticket the client keeps (a new key every 6 hours, the
+/// previous one still opening tickets), so a busy edge resumes any number
+/// of clients at no memory cost; the session-id cache (a bounded LRU) is
+/// what TLS 1.2 clients without ticket support fall back on.
+pub fn load_tls(cert: &Path, key: &Path, opts: &TlsOptions) -> Result<Arc<rustls::ServerConfig>, ServerError> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
@@ -403,6 +425,17 @@ pub fn load_tls(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, Se
         .with_single_cert(certs, key)
         .map_err(|e| startup(format!("tls: {e}")))?;
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.session_storage = if opts.session_cache == 0 {
+        Arc::new(rustls::server::NoServerSessionStorage {})
+    } else {
+        rustls::server::ServerSessionMemoryCache::new(opts.session_cache)
+    };
+    if opts.tickets {
+        cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(|e| startup(format!("tls tickets: {e}")))?;
+        // Two tickets per full handshake (rustls's default for TLS 1.3) let
+        // a client open two connections on one handshake; each is good for
+        // the ticketer's lifetime.
+    }
     Ok(Arc::new(cfg))
 }
 

@@ -208,6 +208,10 @@ pub struct ConnectArgs {
     /// Use wss:// (TLS) even if the URL says ws://.
     #[arg(long)]
     pub tls: bool,
+    /// TLS: keep no sessions, so every connection is a full handshake (by
+    /// default the client resumes with the tickets and session ids it got).
+    #[arg(long)]
+    pub full_handshakes: bool,
 }
 
 /// `idle` settings.
@@ -766,7 +770,14 @@ pub fn echo(common: &Common, a: &EchoArgs) -> Result<RunResult, RunError> {
 
 /// `connect`: N upgrades + joins at concurrency C.
 pub fn connect(common: &Common, a: &ConnectArgs) -> Result<RunResult, RunError> {
-    let env = env(common, a.tls)?;
+    let mut env = env(common, a.tls)?;
+    if a.full_handshakes {
+        if let Some(cfg) = &env.tls {
+            let mut cfg = rustls::ClientConfig::clone(cfg);
+            cfg.resumption = rustls::client::Resumption::disabled();
+            env.tls = Some(Arc::new(cfg));
+        }
+    }
     let room = format!("{}-connect", run_tag());
     let mut plans = plans(common, &env, vec![room], 0, Vec::new());
     let n = plans.len().max(1);

@@ -196,6 +196,25 @@ declare::settings! {
         flag "PEM", "PEM file with the TLS private key";
         docs "PEM private key; only with `--tls-listen`";
 
+    tls_handshake_timeout: Duration [duration] = Duration::from_secs(5);
+        flag "DURATION", "Time allowed for a TLS handshake, from accept", default "5s";
+        limit Limit::Positive(bounds::REQUEST_TIMEOUT);
+        docs "time from accept to a finished TLS handshake; a connection still handshaking then is closed (the \
+              HTTP head then has `request-timeout`, counted from accept too)";
+
+    tls_session_cache: usize [plain] = 16384;
+        flag "N", "TLS sessions kept in memory for resumption by session id; 0 keeps none", default "16384";
+        limit Limit::AtMost(bounds::TLS_SESSION_CACHE);
+        docs "TLS 1.2 sessions (and TLS 1.3 tickets' fallback) kept in memory for resumption by session id, \
+              least recently used dropped first; `0` keeps none. Resumption by stateless ticket needs no entry here \
+              (see `tls-tickets`)";
+
+    tls_tickets: bool [switch] = true;
+        flag "BOOL", "Resume TLS sessions with stateless tickets (keys rotated every 6 hours)", default "true";
+        docs "resume TLS sessions with stateless tickets: the session is sealed with a key only this process \
+              knows (AES-256-GCM, a new key every 6 hours, the previous one still accepted), so resumption costs \
+              no memory per client; `false` resumes by session id from `tls-session-cache` only";
+
     max_message_bytes: usize [size] = 64 * 1024;
         flag "SIZE", "Largest inbound message or HTTP body, e.g. 65536 or 64KiB", default "64KiB";
         limit Limit::Between(1, bounds::MAX_MESSAGE_BYTES);
@@ -568,6 +587,8 @@ pub mod bounds {
     pub const IDLE_TIMEOUT: Duration = Duration::from_secs(DAY);
     pub const PING_INTERVAL: Duration = Duration::from_secs(DAY);
     pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(HOUR);
+    /// Entries of the TLS session cache (each a few hundred bytes).
+    pub const TLS_SESSION_CACHE: usize = 10_000_000;
     /// Every token bucket refill rate, per second.
     pub const RATE: f64 = 1e6;
     /// Every token bucket size.

@@ -592,7 +592,7 @@ impl Reactor {
         }
         let transport = match (tls, &self.shared.tls) {
             (true, Some(cfg)) => match rustls::ServerConnection::new(cfg.clone()) {
-                Ok(c) => Transport::Tls(sock, Box::new(c)),
+                Ok(c) => Transport::Tls(sock, Box::new(transport::TlsConn::new(c))),
                 Err(_) => {
                     if let Some(s) = Transport::Plain(sock).socket() {
                         let _ = self.poll.registry().deregister(s);
@@ -641,7 +641,11 @@ impl Reactor {
         });
         self.counters.accepted += 1;
         self.counters.open += 1;
-        let at = later(self.now, self.shared.config.request_timeout);
+        let cfg = &self.shared.config;
+        let mut at = later(self.now, cfg.request_timeout);
+        if self.conns.get(key).is_some_and(|c| c.transport.is_tls()) {
+            at = at.min(later(self.now, cfg.tls_handshake_timeout));
+        }
         self.schedule(key as u32, at);
         key as u32
     }
@@ -694,6 +698,15 @@ impl Reactor {
             }
             let tls = conn.transport.is_tls();
             let r = conn.transport.read(&mut scratch);
+            if let Transport::Tls(_, t) = &mut conn.transport {
+                if !t.counted && !t.is_handshaking() {
+                    t.counted = true;
+                    match t.handshake_kind() {
+                        Some(rustls::HandshakeKind::Resumed) => self.counters.tls_resumed += 1,
+                        _ => self.counters.tls_full += 1,
+                    }
+                }
+            }
             if conn.transport.wants_write() {
                 // TLS handshake or alert bytes to send.
                 self.queue_flush(key);
@@ -720,9 +733,29 @@ impl Reactor {
                     self.peer_closed(key);
                     break;
                 }
+                Err(transport::TransportError::NotTls) => {
+                    // Plaintext on the TLS port, most likely `http://` for
+                    // `https://`: one plain answer that says so, then close.
+                    // Nothing of it reached rustls, so no alert is owed.
+                    // (nginx answers the same mistake with a 400 too.)
+                    self.counters.tls_not_tls += 1;
+                    let mut out = Vec::new();
+                    let why = "this port speaks TLS: use https:// or wss://";
+                    crate::proto::http::write_error(&mut out, 400, "bad_request", why, false, &[]);
+                    if let Some(sock) = self.conns.get_mut(key as usize).and_then(|c| c.transport.socket()) {
+                        // What was sent is read first: a close with unread
+                        // bytes is a reset, which can throw the answer away
+                        // at the peer before it reads it.
+                        let _ = io::Read::read(sock, &mut scratch);
+                        let _ = io::Write::write(sock, &out);
+                        let _ = sock.shutdown(std::net::Shutdown::Write);
+                    }
+                    self.close_now(key, CloseReason::Protocol);
+                    break;
+                }
                 Err(e) => {
                     let reason = match e {
-                        transport::TransportError::Tls(_) => CloseReason::Protocol,
+                        transport::TransportError::Tls(_) | transport::TransportError::NotTls => CloseReason::Protocol,
                         transport::TransportError::Io(_) => CloseReason::Io,
                     };
                     // One last write carries a TLS alert, if any.
@@ -971,7 +1004,11 @@ impl Reactor {
         self.leave_all(key);
         if let Some(mut conn) = self.conns.try_remove(key as usize) {
             if let Transport::Tls(sock, tls) = &mut conn.transport {
-                tls.send_close_notify();
+                // close_notify belongs to a finished handshake; before it,
+                // rustls may still queue an alert of its own to send.
+                if !tls.is_handshaking() {
+                    tls.send_close_notify();
+                }
                 let _ = tls.write_tls(sock);
             }
             if let Some(sock) = conn.transport.socket() {
@@ -1044,6 +1081,7 @@ impl Reactor {
         let now = self.now;
         let cfg = &self.shared.config;
         let (request_timeout, idle_timeout, ping_interval) = (cfg.request_timeout, cfg.idle_timeout, cfg.ping_interval);
+        let handshake_timeout = cfg.tls_handshake_timeout;
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return;
         };
@@ -1060,6 +1098,15 @@ impl Reactor {
                     return;
                 }
                 deadline
+            }
+            State::Http(h) if matches!(&conn.transport, Transport::Tls(_, t) if t.is_handshaking()) => {
+                let deadline = later(h.idle_since, handshake_timeout);
+                if now >= deadline {
+                    self.counters.tls_handshake_timeouts += 1;
+                    self.close_now(key, CloseReason::Timeout);
+                    return;
+                }
+                deadline.min(later(h.idle_since, request_timeout))
             }
             State::Http(h) => {
                 let since = h.started.unwrap_or(h.idle_since);

@@ -118,11 +118,46 @@ pub enum WriteOutcome {
 
 pub enum Transport {
     Plain(TcpStream),
-    Tls(TcpStream, Box<rustls::ServerConnection>),
+    Tls(TcpStream, Box<TlsConn>),
     /// An in-memory pipe with no socket under it: the test and fuzz harness
     /// (`crate::testkit`) drives a whole connection through it.
     Mem(Box<MemPipe>),
 }
+
+/// A rustls server connection and what the reactor tracks beside it.
+pub struct TlsConn {
+    pub tls: rustls::ServerConnection,
+    /// The first byte from the peer was seen to open a TLS handshake record.
+    /// Until then every read peeks at it first: plaintext (an `http://`
+    /// request sent to the TLS port) is refused at once, not left to wait
+    /// for rustls to make sense of it.
+    pub opened: bool,
+    /// The finished handshake was counted (full or resumed).
+    pub counted: bool,
+}
+
+impl TlsConn {
+    pub fn new(tls: rustls::ServerConnection) -> TlsConn {
+        TlsConn { tls, opened: false, counted: false }
+    }
+}
+
+impl std::ops::Deref for TlsConn {
+    type Target = rustls::ServerConnection;
+    fn deref(&self) -> &rustls::ServerConnection {
+        &self.tls
+    }
+}
+
+impl std::ops::DerefMut for TlsConn {
+    fn deref_mut(&mut self) -> &mut rustls::ServerConnection {
+        &mut self.tls
+    }
+}
+
+/// The content type of a TLS handshake record, the first byte a TLS client
+/// sends (RFC 8446 section 5.1; the same in TLS 1.2).
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Both directions of an in-memory connection, as the harness sees them.
 #[derive(Debug, Default)]
@@ -143,6 +178,9 @@ pub enum TransportError {
     Io(#[from] io::Error),
     #[error("tls: {0}")]
     Tls(#[from] rustls::Error),
+    /// The first byte on the TLS port was not a TLS record: plaintext.
+    #[error("tls: the peer did not open with a TLS handshake record")]
+    NotTls,
 }
 
 impl Transport {
@@ -199,11 +237,17 @@ fn read_plain(sock: &mut TcpStream, buf: &mut [u8]) -> Result<ReadOutcome, Trans
     }
 }
 
-fn read_tls(
-    sock: &mut TcpStream,
-    tls: &mut rustls::ServerConnection,
-    buf: &mut [u8],
-) -> Result<ReadOutcome, TransportError> {
+fn read_tls(sock: &mut TcpStream, tls: &mut TlsConn, buf: &mut [u8]) -> Result<ReadOutcome, TransportError> {
+    if !tls.opened {
+        let mut first = [0u8; 1];
+        match sock.peek(&mut first) {
+            Ok(0) => return Ok(ReadOutcome::Eof),
+            Ok(_) if first[0] == TLS_HANDSHAKE_RECORD => tls.opened = true,
+            Ok(_) => return Err(TransportError::NotTls),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(ReadOutcome::WouldBlock),
+            Err(e) => return Err(e.into()),
+        }
+    }
     loop {
         // Plaintext rustls already decrypted comes first: the socket will not
         // signal readiness for it again (redis tls.c's pending_list hazard).
@@ -325,7 +369,7 @@ fn send_vectored(sock: &mut TcpStream, iov: &[IoSlice<'_>]) -> io::Result<usize>
 
 fn flush_tls(
     sock: &mut TcpStream,
-    tls: &mut rustls::ServerConnection,
+    tls: &mut TlsConn,
     q: &mut OutQueue,
     budget: usize,
 ) -> Result<(WriteOutcome, usize), TransportError> {
@@ -335,10 +379,18 @@ fn flush_tls(
             return Ok((WriteOutcome::Budget, total));
         }
         // Hand plaintext to rustls while it takes it (its buffer limit bounds
-        // how far ahead of the socket we encrypt).
+        // how far ahead of the socket we encrypt). Several frames at once:
+        // rustls seals what one call gives it into as few records as fit
+        // (16 KiB each), where a call per frame would cost a record each
+        // (a header, a tag and an AEAD pass per delivery).
         while !q.is_empty() {
-            let Some(front) = q.chunks.front() else { break };
-            let took = tls.writer().write(&front[q.front_off..])?;
+            let mut iov: [IoSlice<'_>; MAX_IOV] = [IoSlice::new(&[]); MAX_IOV];
+            let mut n = 0;
+            for (i, c) in q.chunks.iter().take(MAX_IOV).enumerate() {
+                iov[i] = IoSlice::new(if i == 0 { &c[q.front_off..] } else { &c[..] });
+                n += 1;
+            }
+            let took = tls.writer().write_vectored(&iov[..n])?;
             if took == 0 {
                 break;
             }
