@@ -9,6 +9,7 @@ pub mod cluster;
 pub mod config;
 #[doc(hidden)]
 pub mod fuzz_api;
+pub mod log;
 pub mod metrics;
 pub mod proto;
 pub mod reactor;

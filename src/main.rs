@@ -26,7 +26,7 @@ fn main() -> ExitCode {
             // Started on the wrong data directory: a setup error, like a bad
             // setting (a supervisor must not just restart it).
             Err(e @ roomcast::server::ServerError::Identity(_)) => {
-                eprintln!("roomcast: {e}");
+                roomcast::log::fatal(&e.to_string());
                 return ExitCode::from(2);
             }
             r => r.map_err(|e| e.to_string()),
@@ -44,7 +44,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
-            eprintln!("roomcast: {message}");
+            roomcast::log::fatal(&message);
             ExitCode::from(1)
         }
     }

@@ -184,6 +184,9 @@ pub fn render(all: &[Shared]) -> String {
             let _ = writeln!(out, "{name}{{reactor=\"{i}\"}} {}", get(s).load(Relaxed));
         }
     }
+    let name = "roomcast_log_dropped_total";
+    let _ = writeln!(out, "# HELP {name} Log lines dropped because the log output did not keep up.");
+    let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", crate::log::dropped());
     let name = "roomcast_tls_handshakes_total";
     let _ = writeln!(out, "# HELP {name} TLS handshakes finished, full or resumed (ticket or session id).");
     let _ = writeln!(out, "# TYPE {name} counter");

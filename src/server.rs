@@ -19,6 +19,7 @@ use mio::{Poll, Waker};
 use crate::auth::Auth;
 use crate::cluster::node::{Node, NodeParts};
 use crate::config::{Config, Durability};
+use crate::log::Level;
 use crate::metrics;
 use crate::reactor::mail::{Inbox, Mail, Mailbox};
 use crate::reactor::{Reactor, ReactorParts, Shared};
@@ -138,7 +139,8 @@ fn install_panic_hook(shared: &Arc<Shared>) {
         if let Some(shared) = weak.upgrade() {
             let thread = thread::current();
             let name = thread.name().unwrap_or("unnamed");
-            eprintln!("roomcast: fatal: thread {name} panicked; stopping");
+            let msg = format!("fatal: thread {name} panicked; stopping");
+            crate::log::event(Level::Error, "panic", &msg, &[("thread", name.into())]);
             shared.fatal(&format!("thread {name} panicked: {info}"));
         }
     }));
@@ -148,25 +150,49 @@ fn startup(what: impl std::fmt::Display) -> ServerError {
     ServerError::Startup(what.to_string())
 }
 
+/// How long `serve` waits for the log thread to write what is queued.
+const LOG_FLUSH: Duration = Duration::from_secs(2);
+
 /// `roomcast serve`: starts, says where it listens, runs until drained.
 pub fn run(config: Config) -> Result<(), ServerError> {
-    let running = start(config)?;
-    println!("roomcast listening on http://{} ({} reactors)", running.plain_addr, running.threads.len());
+    crate::log::init(config.log_format, config.log_level).map_err(|e| startup(format!("log thread: {e}")))?;
+    let format = config.log_format;
+    let running = match start(config) {
+        Ok(r) => r,
+        Err(e) => {
+            crate::log::flush(LOG_FLUSH);
+            return Err(e);
+        }
+    };
+    // Tools wait for "listening on"; in text mode these lines go to stdout.
+    let url = format!("http://{}", running.plain_addr);
+    let threads = running.threads.len();
+    let msg = format!("listening on {url} ({threads} reactors)");
+    crate::log::announce("listening", &msg, &[("url", (&url).into()), ("reactors", threads.into())]);
     if let Some(a) = running.tls_addr {
-        println!("roomcast listening on https://{a}");
+        let url = format!("https://{a}");
+        crate::log::announce("listening", &format!("listening on {url}"), &[("url", (&url).into())]);
     }
-    if let Some(t) = &running.page_token {
-        println!("roomcast: try it: http://{}/#token={t}", running.plain_addr);
+    match &running.page_token {
+        // The link carries a token: a terminal's user asked for it, a log
+        // pipeline must never get it.
+        Some(t) if format == crate::log::Format::Text => {
+            crate::log::announce("page", &format!("try it: http://{}/#token={t}", running.plain_addr), &[]);
+        }
+        Some(_) => {
+            let msg = format!("the page is at {url}/ (mint a token with `roomcast token --sub USER`)");
+            crate::log::announce("page", &msg, &[]);
+        }
+        None => {}
     }
-    // Tests and tools wait for these lines; make sure they are out.
-    use std::io::Write as _;
-    let _ = std::io::stdout().flush();
+    crate::log::flush(LOG_FLUSH);
     let draining = running.shared.clone();
-    running.wait()?;
-    if draining.draining.load(Ordering::SeqCst) {
-        println!("roomcast: drained, bye");
+    let result = running.wait();
+    if result.is_ok() && draining.draining.load(Ordering::SeqCst) {
+        crate::log::announce("stopped", "drained, bye", &[]);
     }
-    Ok(())
+    crate::log::flush(LOG_FLUSH);
+    result
 }
 
 /// Starts every thread of the server and returns once it accepts.
@@ -178,9 +204,12 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
     if (config.jwks.is_some() || config.jwt_public_key.is_some()) && config.jwt_audience.is_none() {
         // An identity provider's tokens for other applications (its ID
         // tokens too) verify with the same keys: only `aud` tells them apart.
-        eprintln!(
-            "roomcast: warning: public keys without --jwt-audience accept any token their issuer signs, \
-             whatever application it was made for"
+        crate::log::event(
+            Level::Warn,
+            "config_warning",
+            "warning: public keys without --jwt-audience accept any token their issuer signs, whatever \
+             application it was made for",
+            &[],
         );
     }
 
@@ -335,14 +364,19 @@ fn spawn_signal_thread(shared: Arc<Shared>) -> Result<(), ServerError> {
                     // Reading the files here, off the reactors, is what keeps
                     // them from waiting on a disk.
                     match shared.auth.reload() {
-                        Ok(loaded) => eprintln!("roomcast: keys reloaded ({loaded})"),
-                        Err(e) => eprintln!("roomcast: keys not reloaded, the old ones stay: {e}"),
+                        Ok(loaded) => {
+                            crate::log::event(Level::Info, "reload", &format!("keys reloaded ({loaded})"), &[])
+                        }
+                        Err(e) => {
+                            let msg = format!("keys not reloaded, the old ones stay: {e}");
+                            crate::log::event(Level::Error, "reload_refused", &msg, &[]);
+                        }
                     }
                     continue;
                 }
                 seen += 1;
                 if seen == 1 {
-                    eprintln!("roomcast: draining (again to stop at once)");
+                    crate::log::event(Level::Info, "draining", "draining (again to stop at once)", &[]);
                     shared.start_drain();
                 } else {
                     std::process::exit(130);

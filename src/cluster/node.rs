@@ -1127,11 +1127,17 @@ impl Node {
         }
         let held = std::mem::take(quiet);
         *last = Some(now);
-        if held > 0 {
-            eprintln!("roomcast: cluster: {line} ({held} more such lines held back)");
+        let msg = if held > 0 {
+            format!("cluster: {line} ({held} more such lines held back)")
         } else {
-            eprintln!("roomcast: cluster: {line}");
-        }
+            format!("cluster: {line}")
+        };
+        crate::log::event(
+            crate::log::Level::Warn,
+            "peer_trouble",
+            &msg,
+            &[("peer", peer.into()), ("held", held.into())],
+        );
     }
 
     /// A frame a peer should not have sent: counted, logged, its link
@@ -1164,7 +1170,8 @@ impl Node {
     /// members here leave and its link starts over.
     fn peer_down(&mut self, peer: u16, why: &str) {
         let id = self.node_id(peer);
-        eprintln!("roomcast: cluster: node {id} is down ({why}); its members of this node's rooms left");
+        let msg = format!("cluster: node {id} is down ({why}); its members of this node's rooms left");
+        crate::log::event(crate::log::Level::Warn, "peer_down", &msg, &[("node", (&*id).into())]);
         self.link_lost(peer, why);
         if let Some(p) = self.peers.get_mut(peer as usize).and_then(|p| p.as_mut()) {
             p.incarnation = None;
@@ -1240,9 +1247,11 @@ impl Node {
             if up && !p.up {
                 came_up.push(p.idx);
                 p.down = false;
-                eprintln!("roomcast: cluster: node {} is up", p.id);
+                let msg = format!("cluster: node {} is up", p.id);
+                crate::log::event(crate::log::Level::Info, "peer_up", &msg, &[("node", (&*p.id).into())]);
             } else if p.up && !up {
-                eprintln!("roomcast: cluster: lost node {}", p.id);
+                let msg = format!("cluster: lost node {}", p.id);
+                crate::log::event(crate::log::Level::Warn, "peer_lost", &msg, &[("node", (&*p.id).into())]);
                 went.push(p.idx);
             }
             if up || p.up {

@@ -115,7 +115,7 @@ macro_rules! show_by_display {
         })*
     };
 }
-show_by_display!(SocketAddr, usize, u32, u64, f64, bool, String, Durability);
+show_by_display!(SocketAddr, usize, u32, u64, f64, bool, String, Durability, crate::log::Format, crate::log::Level);
 
 impl Show for PathBuf {
     fn show(&self) -> String {

@@ -62,6 +62,8 @@ pub const ENV_JWT_SECRET: &str = "ROOMCAST_JWT_SECRET";
 pub const ENV_CLUSTER_SECRET: &str = "ROOMCAST_CLUSTER_SECRET";
 /// The environment variable naming the TOML settings file.
 pub const ENV_CONFIG: &str = "ROOMCAST_CONFIG";
+/// The log level, under `ROOMCAST_LOG_LEVEL` and `--log-level`.
+pub const ENV_LOG: &str = "ROOMCAST_LOG";
 /// Largest settings file read; a real one is a few hundred bytes.
 pub const MAX_CONFIG_FILE_BYTES: u64 = 1 << 20;
 
@@ -182,6 +184,16 @@ declare::settings! {
         flag "MODE", "When a message counts as stored: after fsync, or once written", default "immediate";
         docs "`immediate`: a message is acknowledged only once synced to disk; `none`: once written, the operating \
               system syncs later";
+
+    log_format: crate::log::Format [plain] = crate::log::Format::Text;
+        flag "FORMAT", "Log lines as text, json or logfmt", default "text";
+        docs "`text`: the human lines of a terminal; `json` or `logfmt`: one structured line per event on stderr \
+              (`ts`, `level`, `event`, `msg` and the event's fields), see [Logs](#logs)";
+
+    log_level: crate::log::Level [plain] = crate::log::Level::Info;
+        flag "LEVEL", "Least severe events logged: off, error, warn, info or debug", default "info";
+        docs "least severe events logged: `off`, `error`, `warn`, `info` or `debug` (every refused upgrade and \
+              request); also read from `ROOMCAST_LOG` below `ROOMCAST_LOG_LEVEL`; changed by a reload";
 
     tls_listen: SocketAddr [plain optional] = None;
         flag "ADDR", "Address for HTTPS and WebSocket over TLS (needs --tls-cert and --tls-key)";
@@ -751,6 +763,11 @@ fn resolve(
         file.apply(&mut config);
     }
     sources.given = flags.cluster_setting().or(env_layer.cluster_setting()).or(sources.given);
+    // `ROOMCAST_LOG`: the short name log pipelines know, under the
+    // setting's own `ROOMCAST_LOG_LEVEL` and the flag.
+    if let Some(level) = env_value(env, ENV_LOG) {
+        config.log_level = level.parse().map_err(|e: String| ConfigError::setting(ENV_LOG, e))?;
+    }
     env_layer.apply(&mut config);
     flags.apply(&mut config);
     config.jwt_secret = env_value(env, ENV_JWT_SECRET).map(JwtSecret::new);

@@ -892,6 +892,18 @@ const ERROR_OPEN: &[u8] = b"{\"error\":{\"code\":";
 const ERROR_MIDDLE: &[u8] = b",\"message\":";
 const ERROR_CLOSE: &[u8] = b"}}";
 
+/// [`error_json`] read back (for a log line about an answer already made).
+#[derive(Debug, Default, Deserialize)]
+pub struct ErrorBody {
+    pub error: ErrorFields,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct ErrorFields {
+    pub code: String,
+    pub message: String,
+}
+
 /// `{"error":{"code":..,"message":..}}`: an HTTP error body.
 pub fn error_json(code: &str, message: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(error_json_len(code, message));

@@ -629,7 +629,34 @@ impl Reactor {
         }
     }
 
+    /// [`Self::upgrade_or_refuse`], with a log line for each refusal (its
+    /// status and reason; the path without its query, which may hold a
+    /// token).
     fn upgrade(&mut self, key: u32, req: &Request, kind: WsKind) -> Outcome {
+        let outcome = self.upgrade_or_refuse(key, req, kind);
+        if let Outcome::Answer(a) = &outcome {
+            if crate::log::enabled(crate::log::Level::Info) {
+                let ip = self.conns.get(key as usize).and_then(|c| c.ip).map(|ip| ip.to_string()).unwrap_or_default();
+                let err: Option<msg::ErrorBody> = serde_json::from_slice(&a.body).ok();
+                let (code, why) = err.map(|e| (e.error.code, e.error.message)).unwrap_or_default();
+                crate::log::event(
+                    crate::log::Level::Info,
+                    "upgrade_refused",
+                    &format!("upgrade refused: {} {why} ({ip} {})", a.status, req.path),
+                    &[
+                        ("status", a.status.into()),
+                        ("code", (&code).into()),
+                        ("reason", (&why).into()),
+                        ("path", crate::log::path_only(&req.path).into()),
+                        ("ip", (&ip).into()),
+                    ],
+                );
+            }
+        }
+        outcome
+    }
+
+    fn upgrade_or_refuse(&mut self, key: u32, req: &Request, kind: WsKind) -> Outcome {
         if req.method != Method::Get {
             let mut a = Answer::error(405, "method_not_allowed", "WebSocket upgrades use GET");
             a.extra.push(("Allow", "GET".to_string()));

@@ -43,6 +43,7 @@ use slab::Slab;
 use crate::auth::rules::{Patterns, Rules};
 use crate::auth::Auth;
 use crate::config::Config;
+use crate::log::Level;
 use crate::metrics::{self, CloseReason, Counters};
 use crate::proto::ws as wsproto;
 use crate::rooms::core::{self as room_core, Core, Effect, Input};
@@ -412,7 +413,8 @@ impl Reactor {
             self.now = Instant::now();
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
-                    eprintln!("roomcast: reactor {}: poll failed: {e}", self.id);
+                    let msg = format!("reactor {}: poll failed: {e}", self.id);
+                    crate::log::event(Level::Error, "poll_failed", &msg, &[("reactor", self.id.into())]);
                     return;
                 }
             }
@@ -539,7 +541,8 @@ impl Reactor {
                     // stays in the backlog; retry after a pause instead of
                     // spinning on a readiness we cannot clear.
                     if e.raw_os_error() != Some(libc::EMFILE) {
-                        eprintln!("roomcast: reactor {}: accept: {e}", self.id);
+                        let msg = format!("reactor {}: accept: {e}", self.id);
+                        crate::log::event(Level::Error, "accept_failed", &msg, &[("reactor", self.id.into())]);
                     }
                     self.accept_paused_until = Some(later(self.now, ACCEPT_PAUSE));
                     return;

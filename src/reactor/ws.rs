@@ -519,8 +519,27 @@ impl Reactor {
         if !matches!(conn.state, State::Ws(_)) {
             return;
         }
+        let queued = conn.out.len();
         let dropped = conn.out.truncate_unstarted();
         self.counters.queue_drops += dropped.len() as u64;
+        if crate::log::enabled(crate::log::Level::Warn) {
+            let ip = conn.ip.map(|ip| ip.to_string()).unwrap_or_default();
+            let user = match &conn.state {
+                State::Ws(ws) => ws.user.to_string(),
+                _ => String::new(),
+            };
+            crate::log::event(
+                crate::log::Level::Warn,
+                "slow_consumer",
+                &format!("slow consumer closed (4000): {user} at {ip}, {queued} bytes queued"),
+                &[
+                    ("user", (&user).into()),
+                    ("ip", (&ip).into()),
+                    ("queued_bytes", queued.into()),
+                    ("dropped_frames", dropped.len().into()),
+                ],
+            );
+        }
         self.reap(dropped);
         self.ws_close(key, 4000, "slow consumer", CloseReason::SlowConsumer);
     }

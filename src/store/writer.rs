@@ -219,7 +219,8 @@ impl Writer {
         // none`, and every pruning slice) reach the disk only with a later
         // durable commit: make one, so a clean stop loses nothing.
         if let Err(e) = self.store.sync() {
-            eprintln!("roomcast: store-writer: final sync: {e}");
+            let msg = format!("store-writer: final sync: {e}");
+            crate::log::event(crate::log::Level::Error, "store_error", &msg, &[]);
         }
     }
 
@@ -325,7 +326,8 @@ impl Writer {
 
     fn prune_slice(&mut self) {
         if let Err(e) = self.pruner.slice(&self.store, now_ms()) {
-            eprintln!("roomcast: store-writer: pruning: {e}");
+            let msg = format!("store-writer: pruning: {e}");
+            crate::log::event(crate::log::Level::Error, "store_error", &msg, &[]);
             // Back off instead of retrying in a tight loop.
             self.pruner.give_up(now_ms());
         }
