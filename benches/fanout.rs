@@ -15,6 +15,13 @@
 //! - `encode_per_member`: the naive design, one `encode_msg` per member,
 //!   for comparison: the ratio to `encode_once+share` is what sharing saves.
 //!
+//! `reactor_fanout_1000` drives the real reactor (the in-memory harness:
+//! the same code as `serve`, over pipes instead of sockets): one publish to
+//! a room of 1000 members, every frame written and taken, with the
+//! `/metrics` histograms on and off. Their ratio is what the histograms
+//! cost per delivery (the queue-bytes one is observed per connection per
+//! write; the latency ones once per message or write pass).
+//!
 //! `room_publish` times `OwnedRoom::publish`: assign seq and ts, encode the
 //! frame once, keep it in the tail (and record the dedup id when given).
 
@@ -142,6 +149,39 @@ fn bench_fanout(c: &mut Criterion) {
     g.finish();
 }
 
+fn bench_reactor(c: &mut Criterion) {
+    use roomcast::config::Config;
+    use roomcast::testkit::{client_frame, upgrade_request, ConnId, Harness};
+
+    fn member(h: &mut Harness, user: &str) -> ConnId {
+        let c = h.connect();
+        let t = h.token(user);
+        h.input(c, &upgrade_request(&t));
+        h.input(c, &client_frame(true, 1, br#"{"op":"join","room":"r"}"#));
+        h.discard_output(c);
+        c
+    }
+    let mut g = c.benchmark_group("reactor_fanout_1000");
+    g.throughput(Throughput::Elements(MEMBERS as u64));
+    for (name, on) in [("histograms_on", true), ("histograms_off", false)] {
+        let config = Config { threads: 1, send_rate: 0.0, metrics_histograms: on, ..Config::default() };
+        let Ok(mut h) = Harness::new(config) else { panic!("harness") };
+        let members: Vec<ConnId> = (0..MEMBERS).map(|i| member(&mut h, &format!("m{i}"))).collect();
+        let publisher = member(&mut h, "pub");
+        let frame = client_frame(true, 1, br#"{"op":"send","room":"r","body":{"text":"a hundred bytes or so of a chat message, as a load test would send it, give or take"}}"#);
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                h.input(publisher, black_box(&frame));
+                for c in &members {
+                    h.discard_output(*c);
+                }
+                h.discard_output(publisher);
+            })
+        });
+    }
+    g.finish();
+}
+
 fn bench_publish(c: &mut Criterion) {
     let room: RoomName = Arc::from(ROOM);
     let from: UserId = Arc::from(FROM);
@@ -204,6 +244,6 @@ fn bench_publish(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = common::config();
-    targets = bench_fanout, bench_publish
+    targets = bench_fanout, bench_reactor, bench_publish
 }
 criterion_main!(benches);

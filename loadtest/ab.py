@@ -3,6 +3,9 @@
 
     python3 loadtest/ab.py LOADS REPS LABEL=BINARY [LABEL=BINARY ...]
 
+A BINARY may be followed by serve flags, in one quoted word:
+    off="target/release/roomcast --metrics-histograms=false"
+
 LOADS is a comma list of 10x100, 1x1000, batch, halfmax (compare.py's
 fan-out loads). Every repetition runs each load against each binary in
 turn (server pinned to CPU 0, the load generator from target/release on
@@ -25,7 +28,8 @@ for r in range(reps):
   for load in loads:
     for label, b in bins:
       d = tempfile.mkdtemp(); port = random.randint(20000, 40000)
-      srv = subprocess.Popen(["taskset","-c","0",b,"serve","--listen",f"127.0.0.1:{port}","--data",d,"--threads","1","--send-rate","0","--max-queue-bytes","64MiB","--durability","none","--drain-timeout","1s"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+      b, *flags = b.split()
+      srv = subprocess.Popen(["taskset","-c","0",b,"serve","--listen",f"127.0.0.1:{port}","--data",d,"--threads","1","--send-rate","0","--max-queue-bytes","64MiB","--durability","none","--drain-timeout","1s"]+flags, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
       time.sleep(0.7)
       j = os.path.join(d, "result.json")
       lt = subprocess.run(["taskset","-c","1",os.path.join(ROOT, "target/release/roomcast-loadtest"),"fanout","--url",f"ws://127.0.0.1:{port}/v1/ws","--server-pid",str(srv.pid),"--body-bytes","100","--duration",os.environ.get("AB_DUR","5s"),"--warmup","1s","--sources","4","--json",j]+LOADS[load], env=env, capture_output=True, text=True)

@@ -88,6 +88,93 @@ impl Counters {
     }
 }
 
+/// Bucket bounds of the latency histograms, in microseconds: 50 µs to 5 s.
+pub const LATENCY_BOUNDS_US: [u64; 16] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000,
+];
+/// Bucket bounds of the queue histogram, in bytes: 64 B to 64 MiB.
+pub const BYTES_BOUNDS: [u64; 11] =
+    [64, 256, 1 << 10, 4 << 10, 16 << 10, 64 << 10, 256 << 10, 1 << 20, 4 << 20, 16 << 20, 64 << 20];
+
+/// A Prometheus histogram kept by one thread: counts per bucket (the last
+/// is `+Inf`), not cumulative, and the sum. `B` is the number of bounds.
+#[derive(Debug, Clone)]
+pub struct Histogram<const B: usize, const N: usize> {
+    bounds: &'static [u64; B],
+    counts: [u64; N],
+    sum: u64,
+}
+
+impl<const B: usize, const N: usize> Histogram<B, N> {
+    pub const fn new(bounds: &'static [u64; B]) -> Self {
+        Histogram { bounds, counts: [0; N], sum: 0 }
+    }
+
+    /// `n` observations of `v`: a bucket found by binary search, two adds.
+    pub fn observe_n(&mut self, v: u64, n: u64) {
+        let i = self.bounds.partition_point(|&b| b < v);
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += n;
+        }
+        self.sum = self.sum.saturating_add(v.saturating_mul(n));
+    }
+
+    pub fn observe(&mut self, v: u64) {
+        self.observe_n(v, 1);
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Latency (µs) and queue (bytes) histograms of one reactor.
+pub type LatencyHist = Histogram<16, 17>;
+pub type BytesHist = Histogram<11, 12>;
+
+/// A reactor's histograms (see `render` for their meaning).
+#[derive(Debug, Clone)]
+pub struct Hists {
+    pub publish_commit: LatencyHist,
+    pub commit_first_write: LatencyHist,
+    pub queue_bytes: BytesHist,
+    /// Something was observed since the last publish.
+    pub dirty: bool,
+}
+
+impl Default for Hists {
+    fn default() -> Hists {
+        Hists {
+            publish_commit: Histogram::new(&LATENCY_BOUNDS_US),
+            commit_first_write: Histogram::new(&LATENCY_BOUNDS_US),
+            queue_bytes: Histogram::new(&BYTES_BOUNDS),
+            dirty: false,
+        }
+    }
+}
+
+/// The published copy of one histogram.
+struct SharedHist<const N: usize> {
+    counts: [AtomicU64; N],
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Default for SharedHist<N> {
+    fn default() -> Self {
+        SharedHist { counts: std::array::from_fn(|_| AtomicU64::new(0)), sum: AtomicU64::new(0) }
+    }
+}
+
+impl<const N: usize> SharedHist<N> {
+    fn publish<const B: usize>(&self, h: &Histogram<B, N>) {
+        for (a, v) in self.counts.iter().zip(h.counts) {
+            a.store(v, Relaxed);
+        }
+        self.sum.store(h.sum, Relaxed);
+    }
+}
+
 /// The published copy, read by `/metrics` on any reactor.
 #[repr(align(128))]
 #[derive(Default)]
@@ -110,9 +197,24 @@ pub struct Shared {
     tls_resumed: AtomicU64,
     tls_not_tls: AtomicU64,
     tls_handshake_timeouts: AtomicU64,
+    publish_commit: SharedHist<17>,
+    commit_first_write: SharedHist<17>,
+    queue_bytes: SharedHist<12>,
 }
 
 impl Shared {
+    /// Publishes the histograms (only when something was observed: most
+    /// loop iterations of a quiet reactor store nothing).
+    pub fn publish_hists(&self, h: &mut Hists) {
+        if !h.dirty {
+            return;
+        }
+        h.dirty = false;
+        self.publish_commit.publish(&h.publish_commit);
+        self.commit_first_write.publish(&h.commit_first_write);
+        self.queue_bytes.publish(&h.queue_bytes);
+    }
+
     pub fn publish(&self, c: &Counters) {
         self.open.store(c.open, Relaxed);
         self.accepted.store(c.accepted, Relaxed);
@@ -184,6 +286,33 @@ pub fn render(all: &[Shared]) -> String {
             let _ = writeln!(out, "{name}{{reactor=\"{i}\"}} {}", get(s).load(Relaxed));
         }
     }
+    render_hist(
+        &mut out,
+        "roomcast_publish_commit_seconds",
+        "Time from a publish reaching its room's owner to its commit (each message).",
+        all,
+        |s| &s.publish_commit,
+        &LATENCY_BOUNDS_US,
+        1_000_000,
+    );
+    render_hist(
+        &mut out,
+        "roomcast_commit_first_write_seconds",
+        "Time from a commit to the first write of its deliveries, per reactor that writes them (one per write pass).",
+        all,
+        |s| &s.commit_first_write,
+        &LATENCY_BOUNDS_US,
+        1_000_000,
+    );
+    render_hist(
+        &mut out,
+        "roomcast_outbound_queue_bytes",
+        "Bytes queued to a connection when a write pass reaches it.",
+        all,
+        |s| &s.queue_bytes,
+        &BYTES_BOUNDS,
+        1,
+    );
     let name = "roomcast_log_dropped_total";
     let _ = writeln!(out, "# HELP {name} Log lines dropped because the log output did not keep up.");
     let _ = writeln!(out, "# TYPE {name} counter\n{name} {}", crate::log::dropped());
@@ -205,6 +334,52 @@ pub fn render(all: &[Shared]) -> String {
     out
 }
 
+/// One histogram family, per reactor: cumulative `_bucket`s with `le` in
+/// the family's unit (the stored integers divided by `per_unit`), `_sum`
+/// and `_count`.
+fn render_hist<const N: usize, const B: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    all: &[Shared],
+    get: fn(&Shared) -> &SharedHist<N>,
+    bounds: &[u64; B],
+    per_unit: u64,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+    for (i, s) in all.iter().enumerate() {
+        let h = get(s);
+        let mut total = 0;
+        for (k, c) in h.counts.iter().enumerate() {
+            total += c.load(Relaxed);
+            match bounds.get(k) {
+                Some(b) => {
+                    let le = decimal(*b, per_unit);
+                    let _ = writeln!(out, "{name}_bucket{{reactor=\"{i}\",le=\"{le}\"}} {total}");
+                }
+                None => {
+                    let _ = writeln!(out, "{name}_bucket{{reactor=\"{i}\",le=\"+Inf\"}} {total}");
+                }
+            }
+        }
+        let sum = decimal(h.sum.load(Relaxed), per_unit);
+        let _ = writeln!(out, "{name}_sum{{reactor=\"{i}\"}} {sum}\n{name}_count{{reactor=\"{i}\"}} {total}");
+    }
+}
+
+/// `v / per_unit` written exactly in decimal (`50 / 10^6` is `0.00005`,
+/// where a float would print `0.000049999999999999996`). `per_unit` is a
+/// power of ten.
+fn decimal(v: u64, per_unit: u64) -> String {
+    let (whole, frac) = (v / per_unit.max(1), v % per_unit.max(1));
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let width = per_unit.ilog10() as usize;
+    let digits = format!("{frac:0width$}");
+    format!("{whole}.{}", digits.trim_end_matches('0'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,5 +394,37 @@ mod tests {
         assert!(text.contains("roomcast_messages_delivered_total{reactor=\"1\"} 7"));
         assert!(text.contains("roomcast_connections_closed_total{reactor=\"1\",reason=\"slow_consumer\"} 1"));
         assert!(text.contains("roomcast_connections_open{reactor=\"0\"} 0"));
+    }
+
+    #[test]
+    fn decimals_are_exact() {
+        assert_eq!(decimal(50, 1_000_000), "0.00005");
+        assert_eq!(decimal(2_500_000, 1_000_000), "2.5");
+        assert_eq!(decimal(5_000_000, 1_000_000), "5");
+        assert_eq!(decimal(0, 1_000_000), "0");
+        assert_eq!(decimal(1 << 20, 1), "1048576");
+    }
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let shared: Vec<Shared> = (0..1).map(|_| Shared::default()).collect();
+        let mut h = Hists::default();
+        h.publish_commit.observe(40); // first bucket (<= 50 µs)
+        h.publish_commit.observe_n(50, 2); // still le 50 µs: bounds are inclusive
+        h.publish_commit.observe(7_000_000); // past 5 s: +Inf only
+        h.queue_bytes.observe(100);
+        h.dirty = true;
+        shared[0].publish_hists(&mut h);
+        assert!(!h.dirty);
+        let text = render(&shared);
+        let line = |l: &str| text.lines().any(|x| x == l);
+        assert!(line("roomcast_publish_commit_seconds_bucket{reactor=\"0\",le=\"0.00005\"} 3"), "{text}");
+        assert!(line("roomcast_publish_commit_seconds_bucket{reactor=\"0\",le=\"5\"} 3"), "{text}");
+        assert!(line("roomcast_publish_commit_seconds_bucket{reactor=\"0\",le=\"+Inf\"} 4"), "{text}");
+        assert!(line("roomcast_publish_commit_seconds_count{reactor=\"0\"} 4"), "{text}");
+        assert!(line("roomcast_publish_commit_seconds_sum{reactor=\"0\"} 7.00014"), "{text}");
+        assert!(line("roomcast_outbound_queue_bytes_bucket{reactor=\"0\",le=\"64\"} 0"), "{text}");
+        assert!(line("roomcast_outbound_queue_bytes_bucket{reactor=\"0\",le=\"256\"} 1"), "{text}");
+        assert!(line("roomcast_commit_first_write_seconds_count{reactor=\"0\"} 0"), "{text}");
     }
 }

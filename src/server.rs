@@ -49,7 +49,7 @@ impl CommitSink for Sink {
     fn committed(&self, reactor: u16, n: usize, result: Result<(), String>) {
         if let Some(mb) = self.mailboxes.get(reactor as usize) {
             // Blocking is fine here: reactors never wait on the writer.
-            if mb.tx.send(Mail::Committed(Commit { n, result })).is_ok() {
+            if mb.tx.send(Mail::Committed(Commit { n, result }, std::time::Instant::now())).is_ok() {
                 mb.wake();
             }
         }

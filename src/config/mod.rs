@@ -195,6 +195,11 @@ declare::settings! {
         docs "least severe events logged: `off`, `error`, `warn`, `info` or `debug` (every refused upgrade and \
               request); also read from `ROOMCAST_LOG` below `ROOMCAST_LOG_LEVEL`; changed by a reload";
 
+    metrics_histograms: bool [switch] = true;
+        flag "BOOL", "Keep the latency and queue histograms of /metrics", default "true";
+        docs "keep the histograms of `/metrics` (publish to commit, commit to first write, outbound queue bytes); \
+              they cost well under 1 % of a fan-out's CPU (see BENCHMARKS.md), `false` saves even that";
+
     tls_listen: SocketAddr [plain optional] = None;
         flag "ADDR", "Address for HTTPS and WebSocket over TLS (needs --tls-cert and --tls-key)";
         docs "address for HTTPS and WebSocket over TLS; needs `--tls-cert` and `--tls-key`, and must differ from \

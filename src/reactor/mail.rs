@@ -103,6 +103,9 @@ pub enum ClusterMail {
 pub struct Delivery {
     pub room: RoomName,
     pub frame: Bytes,
+    /// When the message was committed (for the commit-to-first-write
+    /// histogram); none for deliveries that come of no commit here.
+    pub committed: Option<std::time::Instant>,
 }
 
 /// An answer for an asker, encoded where the asker lives.
@@ -133,7 +136,8 @@ pub enum Mail {
     /// To a room's owner: a command for its core.
     Owner(Command<Asker>),
     /// To an owner, from store-writer: its next appends are committed (or not).
-    Committed(Commit),
+    /// It carries the instant of the commit.
+    Committed(Commit, std::time::Instant),
     /// To an owner, from a reader: a storage read its core asked for.
     ReadDone(ReadDone),
     /// From an owner to a member reactor.

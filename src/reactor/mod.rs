@@ -78,6 +78,11 @@ const WRITE_BUDGET: usize = 64 * 1024;
 /// iteration; the rest waits in its buffer for the next iteration.
 const STEP_BUDGET: usize = 16;
 /// How often housekeeping runs.
+/// A duration in whole microseconds, for the histograms.
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 const HOUSEKEEPING: Duration = Duration::from_secs(1);
 /// Rooms forgotten per housekeeping round at most, so one round stays short
 /// (each forgotten room frees its tail).
@@ -232,6 +237,18 @@ pub struct Reactor {
     /// This iteration's appends, sent as one batch at its end.
     appends: Vec<Record>,
     append_backlog: owner::AppendBacklog,
+    /// `--metrics-histograms`: the histograms below are kept.
+    hists_on: bool,
+    hists: metrics::Hists,
+    /// Appends handed towards store-writer and not yet reported committed:
+    /// (messages, when), in order, for `roomcast_publish_commit_seconds`.
+    /// As bounded as the appends in flight.
+    append_stamps: VecDeque<(usize, Instant)>,
+    /// While the core takes a commit report: when that commit was made.
+    feeding_commit: Option<Instant>,
+    /// The earliest commit whose deliveries wait for this reactor's next
+    /// write pass, for `roomcast_commit_first_write_seconds`.
+    first_write_from: Option<Instant>,
     /// When held-back appends are offered to store-writer again.
     append_retry: Option<Instant>,
     /// Rooms the core forgot, for the reaper.
@@ -358,6 +375,11 @@ impl Reactor {
             in_core: false,
             appends: Vec::new(),
             append_backlog: VecDeque::new(),
+            hists_on: shared.config.metrics_histograms,
+            hists: metrics::Hists::default(),
+            append_stamps: VecDeque::new(),
+            feeding_commit: None,
+            first_write_from: None,
             append_retry: None,
             forgotten: Vec::new(),
             local: LocalMembers::default(),
@@ -491,6 +513,12 @@ impl Reactor {
         } else {
             self.flush_at = None;
             let (conns, delivered, started) = (self.pending_flush.len(), self.counters.delivered, Instant::now());
+            if conns > 0 {
+                if let Some(t) = self.first_write_from.take() {
+                    self.hists.commit_first_write.observe(micros(started.saturating_duration_since(t)));
+                    self.hists.dirty = true;
+                }
+            }
             self.flush_pending();
             self.coalescer.flushed(self.now, started.elapsed(), conns, delivered);
         }
@@ -500,6 +528,33 @@ impl Reactor {
         self.pass_mail_on();
         self.core_counters();
         self.shared.metrics[self.id].publish(&self.counters);
+        self.shared.metrics[self.id].publish_hists(&mut self.hists);
+    }
+
+    /// A commit report for `n` of this reactor's appends, made at `at`:
+    /// their publish-to-commit times.
+    fn note_commit(&mut self, mut n: usize, at: Instant) {
+        while n > 0 {
+            let Some((left, sent)) = self.append_stamps.front_mut() else { break };
+            let k = (*left).min(n);
+            self.hists.publish_commit.observe_n(micros(at.saturating_duration_since(*sent)), k as u64);
+            self.hists.dirty = true;
+            *left -= k;
+            n -= k;
+            if *left == 0 {
+                self.append_stamps.pop_front();
+            }
+        }
+    }
+
+    /// Deliveries of the commit made at `at` (if known) wait for this
+    /// reactor's next write pass.
+    fn note_delivery(&mut self, at: Option<Instant>) {
+        if let Some(at) = at {
+            if self.first_write_from.is_none_or(|t| at < t) {
+                self.first_write_from = Some(at);
+            }
+        }
     }
 
     /// Once a second: forget rooms idle past `--room-idle-timeout`, and
@@ -942,6 +997,10 @@ impl Reactor {
         if conn.out.is_empty() && !conn.transport.wants_write() {
             self.after_flush(key);
             return;
+        }
+        if self.hists_on {
+            self.hists.queue_bytes.observe(conn.out.len() as u64);
+            self.hists.dirty = true;
         }
         match conn.transport.flush(&mut conn.out, WRITE_BUDGET) {
             Ok((outcome, n)) => {

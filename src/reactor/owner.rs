@@ -41,9 +41,19 @@ impl Reactor {
     pub(super) fn route_mail(&mut self, m: Mail) {
         match m {
             Mail::Owner(c) => self.owner_command(c),
-            Mail::Committed(c) => self.feed_core(Input::Committed(c)),
+            Mail::Committed(c, at) => {
+                if self.hists_on {
+                    self.note_commit(c.n, at);
+                    self.feeding_commit = Some(at);
+                }
+                self.feed_core(Input::Committed(c));
+                self.feeding_commit = None;
+            }
             Mail::ReadDone(r) => self.feed_core(Input::ReadDone(r)),
-            Mail::Deliver(d) => self.deliver_local(&d.room, d.frame),
+            Mail::Deliver(d) => {
+                self.note_delivery(d.committed);
+                self.deliver_local(&d.room, d.frame)
+            }
             Mail::Answer(a) => self.take_answer(a.to, a.reply),
             Mail::Http(h) => {
                 if let Some(key) = self.resolve(h.conn) {
@@ -138,9 +148,15 @@ impl Reactor {
                     self.appends.push(rec);
                 }
             }
-            Effect::Deliver { reactor, room, frame, .. } if reactor == self.id => self.deliver_local(&room, frame),
+            Effect::Deliver { reactor, room, frame, .. } if reactor == self.id => {
+                self.note_delivery(self.feeding_commit);
+                self.deliver_local(&room, frame)
+            }
             Effect::Deliver { reactor, room, seq, frame } => match self.shared.reactors() {
-                n if reactor < n => self.post(reactor, Mail::Deliver(Delivery { room, frame })),
+                n if reactor < n => {
+                    let committed = self.feeding_commit;
+                    self.post(reactor, Mail::Deliver(Delivery { room, frame, committed }))
+                }
                 // A peer node's members: once to its node, over the link.
                 n => {
                     if let Some(at) = self.shared.cluster.as_ref().map(|c| c.mailbox) {
@@ -170,6 +186,9 @@ impl Reactor {
         };
         if !self.appends.is_empty() {
             let batch = mem::take(&mut self.appends);
+            if self.hists_on {
+                self.append_stamps.push_back((batch.len(), std::time::Instant::now()));
+            }
             self.append_backlog.push_back(batch);
         }
         self.append_retry = None;

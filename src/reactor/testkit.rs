@@ -61,7 +61,7 @@ struct MailSink(Mailbox);
 
 impl CommitSink for MailSink {
     fn committed(&self, _reactor: u16, n: usize, result: Result<(), String>) {
-        let _ = self.0.tx.send(Mail::Committed(crate::rooms::core::Commit { n, result }));
+        let _ = self.0.tx.send(Mail::Committed(crate::rooms::core::Commit { n, result }, std::time::Instant::now()));
     }
 }
 
