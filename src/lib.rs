@@ -13,6 +13,7 @@ pub mod log;
 pub mod metrics;
 pub mod proto;
 pub mod reactor;
+pub mod reload;
 pub mod rooms;
 pub mod server;
 pub mod store;

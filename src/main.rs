@@ -22,7 +22,7 @@ fn main() -> ExitCode {
         }
     };
     let result = match invocation {
-        Invocation::Serve(config) => match roomcast::server::run(config) {
+        Invocation::Serve(config) => match roomcast::server::run(config, std::env::args_os().collect()) {
             // Started on the wrong data directory: a setup error, like a bad
             // setting (a supervisor must not just restart it).
             Err(e @ roomcast::server::ServerError::Identity(_)) => {

@@ -5,7 +5,7 @@
 //!
 //! Everything that can fail at startup (data directory, secret, key files,
 //! TLS files, bind) fails here, on the main thread, before any reactor
-//! runs. SIGHUP re-reads the key files while the server runs.
+//! runs. SIGHUP reloads the configuration (`reload`) while the server runs.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -154,10 +154,11 @@ fn startup(what: impl std::fmt::Display) -> ServerError {
 const LOG_FLUSH: Duration = Duration::from_secs(2);
 
 /// `roomcast serve`: starts, says where it listens, runs until drained.
-pub fn run(config: Config) -> Result<(), ServerError> {
+/// `args` is the command line, read again on a reload.
+pub fn run(config: Config, args: Vec<std::ffi::OsString>) -> Result<(), ServerError> {
     crate::log::init(config.log_format, config.log_level).map_err(|e| startup(format!("log thread: {e}")))?;
     let format = config.log_format;
-    let running = match start(config) {
+    let running = match start_with(config, args) {
         Ok(r) => r,
         Err(e) => {
             crate::log::flush(LOG_FLUSH);
@@ -196,7 +197,15 @@ pub fn run(config: Config) -> Result<(), ServerError> {
 }
 
 /// Starts every thread of the server and returns once it accepts.
+///
+/// A reload then re-reads the key and TLS files only; [`start_with`] gives
+/// it a command line to read again as well.
 pub fn start(config: Config) -> Result<Running, ServerError> {
+    start_with(config, Vec::new())
+}
+
+/// [`start`], with the command line a reload reads again.
+pub fn start_with(config: Config, args: Vec<std::ffi::OsString>) -> Result<Running, ServerError> {
     crate::reactor::reaper::tune_allocator();
     std::fs::create_dir_all(&config.data)
         .map_err(|e| startup(format!("data directory {}: {e}", config.data.display())))?;
@@ -289,7 +298,8 @@ pub fn start(config: Config) -> Result<Running, ServerError> {
         fatal: std::sync::Mutex::new(None),
         is_fatal: AtomicBool::new(false),
         quiet: (0..n).map(|_| AtomicBool::new(false)).collect(),
-        tls,
+        live: crate::reload::Live::new(crate::reload::Settings { config: config.clone(), tls }),
+        reloader: crate::reload::Reloader::new(args),
         auth,
         store: Some(store.clone()),
         readers: Some(readers),
@@ -348,9 +358,10 @@ fn bus_address(config: &Config) -> Option<String> {
     config.bus_publish.clone()
 }
 
-/// SIGINT and SIGTERM drain (a second one exits at once); SIGHUP re-reads
-/// the key files (`Auth::reload`), leaving every connection as it is and
-/// the old keys in place when the new files are bad.
+/// SIGINT and SIGTERM drain (a second one exits at once); SIGHUP reloads
+/// (`reload`: the config file, the TLS and key files), leaving every
+/// connection as it is and the old settings in place when the new ones are
+/// bad.
 fn spawn_signal_thread(shared: Arc<Shared>) -> Result<(), ServerError> {
     use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
     let mut signals =
@@ -363,15 +374,7 @@ fn spawn_signal_thread(shared: Arc<Shared>) -> Result<(), ServerError> {
                 if signal == SIGHUP {
                     // Reading the files here, off the reactors, is what keeps
                     // them from waiting on a disk.
-                    match shared.auth.reload() {
-                        Ok(loaded) => {
-                            crate::log::event(Level::Info, "reload", &format!("keys reloaded ({loaded})"), &[])
-                        }
-                        Err(e) => {
-                            let msg = format!("keys not reloaded, the old ones stay: {e}");
-                            crate::log::event(Level::Error, "reload_refused", &msg, &[]);
-                        }
-                    }
+                    let _ = shared.reloader.reload_logged(&shared, "SIGHUP");
                     continue;
                 }
                 seen += 1;

@@ -373,6 +373,30 @@ macro_rules! settings {
                 )*
                 Ok(())
             }
+
+            /// The settings (flag names) whose values differ between the two,
+            /// in declaration order; the tables and the secret aside.
+            pub fn changed_settings(&self, other: &Config) -> Vec<String> {
+                let mut changed = Vec::new();
+                $(
+                    if self.$field != other.$field {
+                        changed.push(Settings::long(stringify!($field)).to_string());
+                    }
+                )*
+                changed
+            }
+
+            /// Takes setting `long` (a flag name) from `other`; false when
+            /// there is no such setting.
+            pub fn take_setting(&mut self, other: &Config, long: &str) -> bool {
+                $(
+                    if long == Settings::long(stringify!($field)) {
+                        self.$field = other.$field.clone();
+                        return true;
+                    }
+                )*
+                false
+            }
         }
 
         /// One layer of serve settings: flags, environment or file. Every

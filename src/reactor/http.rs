@@ -54,7 +54,7 @@ enum Outcome {
 
 impl Reactor {
     pub(super) fn http_step(&mut self, key: u32, buf: &mut [u8]) -> Step {
-        let limits = http::Limits { max_body: self.shared.config.max_message_bytes, ..http::Limits::default() };
+        let limits = http::Limits { max_body: self.live.config.max_message_bytes, ..http::Limits::default() };
         let now = self.now;
         let Some(conn) = self.conns.get_mut(key as usize) else {
             return Step::Stop;
@@ -282,8 +282,9 @@ impl Reactor {
             "/__test/panic" => panic!("test-only panic trigger"),
             "/v1/ws" => self.upgrade(key, req, WsKind::App),
             "/v1/admin/backup" => self.admin_backup(key, req, p),
+            "/v1/api/reload" => self.api_reload(key, req, p),
             "/v1/cluster" => self.cluster_view(req),
-            "/v1/echo" if self.shared.config.echo => self.upgrade(key, req, WsKind::Echo),
+            "/v1/echo" if self.live.config.echo => self.upgrade(key, req, WsKind::Echo),
             _ if path.starts_with("/v1/auth/") => self.auth_route(key, req, p),
             _ => match path.strip_prefix("/v1/rooms/") {
                 Some(rest) => self.room_route(key, req, rest, p),
@@ -315,7 +316,7 @@ impl Reactor {
         // Reads draw on the connection's request bucket before their token is
         // checked: a pipelined flood must not buy one signature check each.
         if req.method != Method::Post {
-            let (rate, burst) = (self.shared.config.request_rate, self.shared.config.request_burst);
+            let (rate, burst) = (self.live.config.request_rate, self.live.config.request_burst);
             let now = self.now;
             if let Some(State::Http(h)) = self.conns.get_mut(key as usize).map(|c| &mut c.state) {
                 if let Err(wait) = h.requests.take(rate, burst, now) {
@@ -357,7 +358,7 @@ impl Reactor {
                     Ok(p) => p,
                     Err(e) => return Outcome::Answer(Answer::error(400, e.code, &e.message)),
                 };
-                if let Err(e) = msg::check_body(post.body.get(), self.shared.config.max_body_depth) {
+                if let Err(e) = msg::check_body(post.body.get(), self.live.config.max_body_depth) {
                     return Outcome::Answer(Answer::error(400, "bad_request", &e.to_string()));
                 }
                 // Posts are limited like WebSocket sends: per user (the send
@@ -443,6 +444,45 @@ impl Reactor {
         })
     }
 
+    /// `POST /v1/api/reload` (admin): what SIGHUP does, answered. The files
+    /// are read on a thread of its own, never on the reactor.
+    fn api_reload(&mut self, key: u32, req: &Request, p: Pending) -> Outcome {
+        if req.method != Method::Post {
+            let mut a = Answer::error(405, "method_not_allowed", "use POST");
+            a.extra.push(("Allow", "POST".to_string()));
+            return Outcome::Answer(a);
+        }
+        if let Err(a) = self.admin(req, "reloads need") {
+            return Outcome::Answer(a);
+        }
+        self.set_awaiting(key, Some(p));
+        let shared = self.shared.clone();
+        let me = self.conn_ref(key);
+        let spawned = std::thread::Builder::new().name("reload".into()).spawn(move || {
+            let mail = match shared.reloader.reload_logged(&shared, "api") {
+                Ok(o) => HttpAnswer::json(
+                    me,
+                    200,
+                    serde_json::json!({ "reloaded": true, "changed": o.changed,
+                    "restart_needed": o.restart_needed, "keys": o.keys })
+                    .to_string()
+                    .into_bytes(),
+                ),
+                Err(e) => HttpAnswer::json(
+                    me,
+                    422,
+                    msg::error_json("bad_config", &format!("not reloaded, the old config stays: {e}")),
+                ),
+            };
+            shared.post_from_thread(me.reactor as usize, Mail::Http(mail));
+        });
+        if spawned.is_err() {
+            self.set_awaiting(key, None);
+            return Outcome::Answer(Answer::error(503, "overloaded", "cannot start a reload now"));
+        }
+        Outcome::Done
+    }
+
     /// `POST /v1/admin/backup`: a consistent copy of the database, taken
     /// from one read transaction on a thread of its own while the server
     /// keeps serving. Body (optional): `{"name": "file.redb"}`, a plain file
@@ -489,7 +529,7 @@ impl Reactor {
         let Some(store) = self.shared.store.clone() else {
             return Outcome::Answer(Answer::error(500, "internal", "no storage"));
         };
-        let dir = self.shared.config.data.join("backups");
+        let dir = self.live.config.data.join("backups");
         let out = dir.join(&name);
         self.set_awaiting(key, Some(p));
         let shared = self.shared.clone();
@@ -564,7 +604,7 @@ impl Reactor {
     fn http_user(&self, req: &Request) -> Result<(UserId, Arc<Rules>), Answer> {
         match self.credentials(req)? {
             Some(c) => Ok((UserId::from(c.sub.as_str()), self.rules_of(&c)?)),
-            None if self.shared.config.anonymous => {
+            None if self.live.config.anonymous => {
                 let u = req.query_param("user").unwrap_or_else(|| "anonymous".to_string());
                 crate::auth::check_user_id(&u).map_err(|m| Answer::error(400, "bad_request", m))?;
                 Ok((UserId::from(u.as_str()), self.default_rules.clone()))
@@ -711,7 +751,7 @@ impl Reactor {
                         Ok(rules) => (UserId::from(c.sub.as_str()), Some(c.exp), rules),
                         Err(a) => return Outcome::Answer(a),
                     },
-                    Ok(None) if self.shared.config.anonymous => {
+                    Ok(None) if self.live.config.anonymous => {
                         let u = req.query_param("user").unwrap_or_else(anonymous_name);
                         if let Err(m) = crate::auth::check_user_id(&u) {
                             return Outcome::Answer(Answer::error(400, "bad_request", m));
@@ -728,7 +768,7 @@ impl Reactor {
         let mut out = Vec::with_capacity(192);
         http::write_upgrade_response(&mut out, &accept_key(&up.key), protocol);
         self.send(key, Bytes::from(out));
-        let cfg = &self.shared.config;
+        let cfg = &self.live.config;
         let ws = WsState {
             kind,
             decoder: Decoder::new(cfg.max_message_bytes),

@@ -11,6 +11,7 @@
 
 use std::collections::hash_map::{Entry, HashMap};
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -70,14 +71,37 @@ impl Rate {
     }
 }
 
+/// A [`Rate`] a reload may change while other threads read it. A reader
+/// may see a new rate with the old burst for an instant; either is a limit
+/// somebody configured.
+struct Tunable {
+    rate: AtomicU64,
+    burst: AtomicU32,
+}
+
+impl Tunable {
+    fn new(rate: f64, burst: u32) -> Tunable {
+        Tunable { rate: AtomicU64::new(rate.to_bits()), burst: AtomicU32::new(burst) }
+    }
+
+    fn get(&self) -> Rate {
+        Rate { rate: f64::from_bits(self.rate.load(Relaxed)), burst: self.burst.load(Relaxed) }
+    }
+
+    fn set(&self, rate: f64, burst: u32) {
+        self.rate.store(rate.to_bits(), Relaxed);
+        self.burst.store(burst, Relaxed);
+    }
+}
+
 pub struct Limits {
     /// Picks a shard with a key of this process's own, so nobody can choose
     /// addresses that all land on one shard.
     shard_hash: std::collections::hash_map::RandomState,
-    max_conns: usize,
-    connects: Rate,
-    ip_posts: Rate,
-    user_posts: Rate,
+    max_conns: AtomicUsize,
+    connects: Tunable,
+    ip_posts: Tunable,
+    user_posts: Tunable,
     ips: Vec<Mutex<HashMap<IpAddr, IpEntry>>>,
     users: Vec<Mutex<HashMap<Box<str>, TokenBucket>>>,
 }
@@ -98,13 +122,29 @@ impl Limits {
     pub fn new(cfg: &Config) -> Limits {
         Limits {
             shard_hash: std::collections::hash_map::RandomState::new(),
-            max_conns: cfg.max_conns_per_ip,
-            connects: Rate { rate: cfg.connect_rate_per_ip, burst: cfg.connect_burst_per_ip },
-            ip_posts: Rate { rate: cfg.post_rate_per_ip, burst: cfg.post_burst_per_ip },
-            user_posts: Rate { rate: cfg.send_rate, burst: cfg.send_burst },
+            max_conns: AtomicUsize::new(cfg.max_conns_per_ip),
+            connects: Tunable::new(cfg.connect_rate_per_ip, cfg.connect_burst_per_ip),
+            ip_posts: Tunable::new(cfg.post_rate_per_ip, cfg.post_burst_per_ip),
+            user_posts: Tunable::new(cfg.send_rate, cfg.send_burst),
             ips: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             users: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
         }
+    }
+
+    /// A reload's new limits. Whether connections are tracked at all must
+    /// not change (see [`Limits::tracks`]): the reload keeps that for a
+    /// restart.
+    pub fn retune(&self, cfg: &Config) {
+        self.max_conns.store(cfg.max_conns_per_ip, Relaxed);
+        self.connects.set(cfg.connect_rate_per_ip, cfg.connect_burst_per_ip);
+        self.ip_posts.set(cfg.post_rate_per_ip, cfg.post_burst_per_ip);
+        self.user_posts.set(cfg.send_rate, cfg.send_burst);
+    }
+
+    /// Whether `cfg` has connections counted per address: a reload that
+    /// turns this on or off would leave counts unmatched.
+    pub fn tracks(cfg: &Config) -> bool {
+        cfg.max_conns_per_ip > 0 || cfg.connect_rate_per_ip > 0.0
     }
 
     fn shard<T: std::hash::Hash + ?Sized>(&self, what: &T) -> usize {
@@ -113,7 +153,7 @@ impl Limits {
     }
 
     fn tracks_connections(&self) -> bool {
-        self.max_conns > 0 || self.connects.on()
+        self.max_conns.load(Relaxed) > 0 || self.connects.get().on()
     }
 
     /// Counts a new connection from `ip`, or says why it is refused.
@@ -130,10 +170,12 @@ impl Limits {
             Some(e) => e,
             None => return Err(Refused::Full),
         };
-        if self.max_conns > 0 && e.conns as usize >= self.max_conns {
+        let max_conns = self.max_conns.load(Relaxed);
+        if max_conns > 0 && e.conns as usize >= max_conns {
             return Err(Refused::Connections);
         }
-        e.connects.take(self.connects.rate, self.connects.burst, now).map_err(Refused::Rate)?;
+        let c = self.connects.get();
+        e.connects.take(c.rate, c.burst, now).map_err(Refused::Rate)?;
         e.conns += 1;
         Ok(())
     }
@@ -157,9 +199,9 @@ impl Limits {
     /// An HTTP post by `user` from `ip` (when known): both buckets must
     /// have a token.
     pub fn post(&self, ip: Option<IpAddr>, user: &str, now: Instant) -> Result<(), Refused> {
-        if self.user_posts.on() {
+        let rate = self.user_posts.get();
+        if rate.on() {
             let Ok(mut map) = self.users[self.shard(user)].lock() else { return Ok(()) };
-            let rate = self.user_posts;
             if !map.contains_key(user) {
                 if map.len() >= SHARD_CAP {
                     map.retain(|_, b| !b.is_full(rate.rate, rate.burst, now));
@@ -173,9 +215,9 @@ impl Limits {
                 b.take(rate.rate, rate.burst, now).map_err(Refused::Rate)?;
             }
         }
-        if let (Some(ip), true) = (ip.map(limit_key), self.ip_posts.on()) {
+        let rate = self.ip_posts.get();
+        if let (Some(ip), true) = (ip.map(limit_key), rate.on()) {
             let Ok(mut map) = self.ips[self.shard(&ip)].lock() else { return Ok(()) };
-            let rate = self.ip_posts;
             match self.entry(&mut map, ip, now) {
                 Some(e) => e.posts.take(rate.rate, rate.burst, now).map_err(Refused::Rate)?,
                 None => return Err(Refused::Full),
@@ -190,7 +232,7 @@ impl Limits {
             map.retain(|_, e| !self.idle(e, now));
             shrink(&mut map);
         }
-        let rate = self.user_posts;
+        let rate = self.user_posts.get();
         if let Some(Ok(mut map)) = self.users.get(shard).map(Mutex::lock) {
             map.retain(|_, b| !b.is_full(rate.rate, rate.burst, now));
             shrink(&mut map);
@@ -208,9 +250,8 @@ impl Limits {
     /// An entry says nothing a fresh one would not: no connection open and
     /// both buckets refilled.
     fn idle(&self, e: &IpEntry, now: Instant) -> bool {
-        e.conns == 0
-            && e.connects.is_full(self.connects.rate, self.connects.burst, now)
-            && e.posts.is_full(self.ip_posts.rate, self.ip_posts.burst, now)
+        let (c, p) = (self.connects.get(), self.ip_posts.get());
+        e.conns == 0 && e.connects.is_full(c.rate, c.burst, now) && e.posts.is_full(p.rate, p.burst, now)
     }
 
     /// The entry of `ip`, made if needed; `None` when the shard is full
@@ -225,8 +266,8 @@ impl Limits {
             }
             let fresh = IpEntry {
                 conns: 0,
-                connects: TokenBucket::new(self.connects.burst, now),
-                posts: TokenBucket::new(self.ip_posts.burst, now),
+                connects: TokenBucket::new(self.connects.get().burst, now),
+                posts: TokenBucket::new(self.ip_posts.get().burst, now),
             };
             map.insert(ip, fresh);
         }

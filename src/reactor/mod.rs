@@ -106,7 +106,13 @@ pub(crate) const OUT_SLACK: usize = HIGH_WATER + (4 << 20);
 /// What every reactor shares, read-only after start (plus the drain flag
 /// and the counters, which are atomics).
 pub struct Shared {
+    /// The configuration the server started with. Reactors read
+    /// `Reactor::live` instead, which a reload replaces.
     pub config: Config,
+    /// The settings in force now, and the TLS config built from them.
+    pub live: crate::reload::Live,
+    /// Re-reads the configuration (SIGHUP, `POST /v1/api/reload`).
+    pub reloader: crate::reload::Reloader,
     pub auth: Auth,
     pub metrics: Vec<metrics::Shared>,
     pub mailboxes: Vec<Mailbox>,
@@ -120,7 +126,6 @@ pub struct Shared {
     /// are quiet, since another reactor's in-flight request may still need
     /// it as a room's owner.
     pub quiet: Vec<AtomicBool>,
-    pub tls: Option<Arc<rustls::ServerConfig>>,
     pub store: Option<Store>,
     pub readers: Option<ReaderPool>,
     /// `--allowed-origins`, parsed.
@@ -237,6 +242,9 @@ pub struct Reactor {
     /// This iteration's appends, sent as one batch at its end.
     appends: Vec<Record>,
     append_backlog: owner::AppendBacklog,
+    /// The settings in force (see `reload`), and their generation.
+    live: Arc<crate::reload::Settings>,
+    live_gen: u64,
     /// `--metrics-histograms`: the histograms below are kept.
     hists_on: bool,
     hists: metrics::Hists,
@@ -375,6 +383,8 @@ impl Reactor {
             in_core: false,
             appends: Vec::new(),
             append_backlog: VecDeque::new(),
+            live: shared.live.get(),
+            live_gen: shared.live.generation(),
             hists_on: shared.config.metrics_histograms,
             hists: metrics::Hists::default(),
             append_stamps: VecDeque::new(),
@@ -433,6 +443,7 @@ impl Reactor {
             let polled = self.poll.poll(&mut events, timeout);
             self.inbox.awake();
             self.now = Instant::now();
+            self.take_reload();
             if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     let msg = format!("reactor {}: poll failed: {e}", self.id);
@@ -531,6 +542,17 @@ impl Reactor {
         self.shared.metrics[self.id].publish_hists(&mut self.hists);
     }
 
+    /// After a reload, before this iteration's events: new connections and
+    /// new requests see its settings (one atomic load when nothing moved).
+    fn take_reload(&mut self) {
+        let gen = self.shared.live.generation();
+        if gen != self.live_gen {
+            self.live = self.shared.live.get();
+            self.live_gen = gen;
+            self.hists_on = self.live.config.metrics_histograms;
+        }
+    }
+
     /// A commit report for `n` of this reactor's appends, made at `at`:
     /// their publish-to-commit times.
     fn note_commit(&mut self, mut n: usize, at: Instant) {
@@ -562,7 +584,7 @@ impl Reactor {
     fn housekeeping(&mut self) {
         self.next_housekeeping = later(self.now, HOUSEKEEPING);
         self.housekeeping_round = self.housekeeping_round.wrapping_add(1);
-        let idle_ms = u64::try_from(self.shared.config.room_idle_timeout.as_millis()).unwrap_or(u64::MAX);
+        let idle_ms = u64::try_from(self.live.config.room_idle_timeout.as_millis()).unwrap_or(u64::MAX);
         self.feed_core(Input::Tick { idle_ms, max: EVICT_PER_ROUND });
         if self.forgotten.len() >= EVICT_PER_ROUND {
             // More may be idle: come back soon rather than in a second.
@@ -648,7 +670,7 @@ impl Reactor {
             self.counters.closed(CloseReason::Io);
             return;
         }
-        let transport = match (tls, &self.shared.tls) {
+        let transport = match (tls, &self.live.tls) {
             (true, Some(cfg)) => match rustls::ServerConnection::new(cfg.clone()) {
                 Ok(c) => Transport::Tls(sock, Box::new(transport::TlsConn::new(c))),
                 Err(_) => {
@@ -671,7 +693,7 @@ impl Reactor {
     /// Files a new connection over `transport` in the slab, as a fresh
     /// HTTP connection with its request deadline. Returns its key.
     fn insert_conn(&mut self, transport: Transport) -> u32 {
-        let requests = conn::TokenBucket::new(self.shared.config.request_burst, self.now);
+        let requests = conn::TokenBucket::new(self.live.config.request_burst, self.now);
         let entry = self.conns.vacant_entry();
         let key = entry.key();
         self.next_gen = self.next_gen.wrapping_add(1);
@@ -699,7 +721,7 @@ impl Reactor {
         });
         self.counters.accepted += 1;
         self.counters.open += 1;
-        let cfg = &self.shared.config;
+        let cfg = &self.live.config;
         let mut at = later(self.now, cfg.request_timeout);
         if self.conns.get(key).is_some_and(|c| c.transport.is_tls()) {
             at = at.min(later(self.now, cfg.tls_handshake_timeout));
@@ -1046,7 +1068,7 @@ impl Reactor {
     /// more frames are queued behind the close.
     fn set_closing(&mut self, key: u32, await_peer_close: bool, reason: CloseReason) {
         self.leave_all(key);
-        let grace = if self.drain_deadline.is_some() { self.shared.config.drain_timeout } else { CLOSE_GRACE };
+        let grace = if self.drain_deadline.is_some() { self.live.config.drain_timeout } else { CLOSE_GRACE };
         let until = self.drain_deadline.unwrap_or(later(self.now, grace)).min(later(self.now, grace));
         if let Some(conn) = self.conns.get_mut(key as usize) {
             conn.state = State::Closing(Closing { until, await_peer_close, reason });
@@ -1141,7 +1163,7 @@ impl Reactor {
     /// never has to touch the wheel.
     fn on_timer(&mut self, key: u32) {
         let now = self.now;
-        let cfg = &self.shared.config;
+        let cfg = &self.live.config;
         let (request_timeout, idle_timeout, ping_interval) = (cfg.request_timeout, cfg.idle_timeout, cfg.ping_interval);
         let handshake_timeout = cfg.tls_handshake_timeout;
         let Some(conn) = self.conns.get_mut(key as usize) else {
@@ -1309,7 +1331,7 @@ impl Reactor {
     // ------------------------------------------------------------- drain
 
     fn begin_drain(&mut self) {
-        let mut timeout = self.shared.config.drain_timeout;
+        let mut timeout = self.live.config.drain_timeout;
         if self.shared.is_fatal.load(Ordering::SeqCst) {
             timeout = timeout.min(FATAL_DRAIN);
         }

@@ -175,7 +175,7 @@ impl Reactor {
     fn op(&mut self, key: u32, r#ref: Option<Ref>, op: OwnedOp) {
         let me = self.conn_ref(key);
         let now = self.now;
-        let cfg = &self.shared.config;
+        let cfg = &self.live.config;
         let (rate, burst) = (cfg.send_rate, cfg.send_burst);
         let (req_rate, req_burst) = (cfg.request_rate, cfg.request_burst);
         let max_depth = cfg.max_body_depth;
@@ -421,7 +421,7 @@ impl Reactor {
                 // comes along whole (it is live traffic): past the cap the
                 // member is a slow consumer, as it would be had those frames
                 // come one by one.
-                let cap = self.shared.config.max_queue_bytes;
+                let cap = self.live.config.max_queue_bytes;
                 if self.conns.get(key as usize).is_some_and(|c| c.out.len() > cap) {
                     return self.slow_consumer(key);
                 }
@@ -462,7 +462,7 @@ impl Reactor {
     /// queue push each, no copy. Members past their queue cap are closed
     /// with 4000 afterwards; nobody else waits for them.
     pub(super) fn deliver_local(&mut self, room: &str, frame: Bytes) {
-        let cap = self.shared.config.max_queue_bytes;
+        let cap = self.live.config.max_queue_bytes;
         let members = self.local.members(room);
         self.counters.delivered += members.len() as u64;
         self.counters.frames_out += members.len() as u64;
