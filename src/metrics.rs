@@ -202,7 +202,30 @@ pub struct Shared {
     queue_bytes: SharedHist<12>,
 }
 
+/// The totals `info` of the server API shows for one reactor.
+pub struct Snapshot {
+    pub open: u64,
+    pub accepted: u64,
+    pub rooms_loaded: u64,
+    pub published: u64,
+    pub delivered: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+}
+
 impl Shared {
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            open: self.open.load(Relaxed),
+            accepted: self.accepted.load(Relaxed),
+            rooms_loaded: self.rooms_loaded.load(Relaxed),
+            published: self.published.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+        }
+    }
+
     /// Publishes the histograms (only when something was observed: most
     /// loop iterations of a quiet reactor store nothing).
     pub fn publish_hists(&self, h: &mut Hists) {

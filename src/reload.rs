@@ -36,6 +36,7 @@ pub const RELOADABLE: &[&str] = &[
     "tls-tickets",
     "tls-handshake-timeout",
     "log-level",
+    "api-keys",
     "send-rate",
     "send-burst",
     "request-rate",

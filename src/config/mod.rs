@@ -195,6 +195,12 @@ declare::settings! {
         docs "least severe events logged: `off`, `error`, `warn`, `info` or `debug` (every refused upgrade and \
               request); also read from `ROOMCAST_LOG` below `ROOMCAST_LOG_LEVEL`; changed by a reload";
 
+    api_keys: String [plain optional] = None;
+        flag "HASHES", "SHA-256 hashes of the server API's keys, comma-separated: sha256:<64 hex>,...";
+        docs "comma-separated `sha256:<64 hex digits>` entries: the SHA-256 of each key the server API \
+              (`/v1/api/`) accepts as `Authorization: apikey <key>`; the keys themselves are never stored \
+              (`printf %s \"$KEY\" | sha256sum` makes an entry); changed by a reload";
+
     metrics_histograms: bool [switch] = true;
         flag "BOOL", "Keep the latency and queue histograms of /metrics", default "true";
         docs "keep the histograms of `/metrics` (publish to commit, commit to first write, outbound queue bytes); \
@@ -482,7 +488,33 @@ declare::settings! {
               under load";
 }
 
+/// `--api-keys`: each entry `sha256:` and 64 hex digits.
+fn parse_api_keys(s: &str) -> Result<Vec<[u8; 32]>, String> {
+    let mut out = Vec::new();
+    for entry in s.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let hex = entry
+            .strip_prefix("sha256:")
+            .ok_or_else(|| "each entry is sha256:<64 hex digits> (the hash of a key, never the key)".to_string())?;
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err("each entry is sha256:<64 hex digits>".into());
+        }
+        let mut h = [0u8; 32];
+        for (i, byte) in h.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2).unwrap_or("zz"), 16)
+                .map_err(|_| "each entry is sha256:<64 hex digits>".to_string())?;
+        }
+        out.push(h);
+    }
+    Ok(out)
+}
+
 impl Config {
+    /// The hashes of `--api-keys` (checked by `validate`; a bad entry, which
+    /// `validate` refuses, gives none).
+    pub fn api_key_hashes(&self) -> Vec<[u8; 32]> {
+        self.api_keys.as_deref().map(|k| parse_api_keys(k).unwrap_or_default()).unwrap_or_default()
+    }
+
     /// Parses `roomcast serve ARGS...` (without the program name and `serve`)
     /// against the environment lookup `env`, then validates. This is the same
     /// path `main` takes, minus the process environment.
@@ -506,6 +538,9 @@ impl Config {
     /// the rules between settings; the first problem is the one reported.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.check_each()?;
+        if let Some(keys) = &self.api_keys {
+            parse_api_keys(keys).map_err(|m| ConfigError::setting("api-keys", m))?;
+        }
         check_jwt_secret(self.jwt_secret.as_ref())?;
         self.check_combinations()
     }

@@ -19,6 +19,9 @@ use super::conn::{Pending, State, TokenBucket, WsKind, WsState};
 use super::mail::{Asker, HttpAnswer, Mail};
 use super::timer::later;
 use super::{Reactor, Step};
+
+#[path = "api.rs"]
+mod api;
 use crate::rooms::core::{Command, History, Presence, Publish};
 
 /// The page served at `GET /`.
@@ -282,10 +285,13 @@ impl Reactor {
             "/__test/panic" => panic!("test-only panic trigger"),
             "/v1/ws" => self.upgrade(key, req, WsKind::App),
             "/v1/admin/backup" => self.admin_backup(key, req, p),
-            "/v1/api/reload" => self.api_reload(key, req, p),
             "/v1/cluster" => self.cluster_view(req),
             "/v1/echo" if self.live.config.echo => self.upgrade(key, req, WsKind::Echo),
             _ if path.starts_with("/v1/auth/") => self.auth_route(key, req, p),
+            _ if path.starts_with("/v1/api/") => {
+                let method = path.strip_prefix("/v1/api/").unwrap_or("").to_string();
+                self.api_route(key, req, &method, p)
+            }
             _ => match path.strip_prefix("/v1/rooms/") {
                 Some(rest) => self.room_route(key, req, rest, p),
                 None => Outcome::Answer(Answer::error(404, "not_found", "no such endpoint")),
@@ -444,7 +450,8 @@ impl Reactor {
         })
     }
 
-    /// `POST /v1/api/reload` (admin): what SIGHUP does, answered. The files
+    /// `POST /v1/api/reload` (an API key or an admin token): what SIGHUP
+    /// does, answered. The files
     /// are read on a thread of its own, never on the reactor.
     fn api_reload(&mut self, key: u32, req: &Request, p: Pending) -> Outcome {
         if req.method != Method::Post {
@@ -452,7 +459,7 @@ impl Reactor {
             a.extra.push(("Allow", "POST".to_string()));
             return Outcome::Answer(a);
         }
-        if let Err(a) = self.admin(req, "reloads need") {
+        if let Err(a) = self.api_authorised(req) {
             return Outcome::Answer(a);
         }
         self.set_awaiting(key, Some(p));

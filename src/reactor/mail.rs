@@ -108,6 +108,14 @@ pub struct Delivery {
     pub committed: Option<std::time::Instant>,
 }
 
+/// The server API's `disconnect`: every connection of `user` closes with
+/// `code` and `reason`.
+pub struct Kick {
+    pub user: Box<str>,
+    pub code: u16,
+    pub reason: Box<str>,
+}
+
 /// An answer for an asker, encoded where the asker lives.
 pub struct Answer {
     pub to: Asker,
@@ -147,6 +155,8 @@ pub enum Mail {
     Http(HttpAnswer),
     /// To the cluster node thread.
     Cluster(ClusterMail),
+    /// To every reactor: close the connections of a user (`disconnect`).
+    Kick(Kick),
     /// Everything one reactor had for another at the end of a loop
     /// iteration, in order: one channel send instead of one per message.
     Batch(Vec<Mail>),

@@ -67,6 +67,7 @@ impl Reactor {
             }
             // For the cluster node thread only.
             Mail::Cluster(_) => {}
+            Mail::Kick(k) => self.kick(k),
         }
     }
 
