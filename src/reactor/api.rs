@@ -64,6 +64,26 @@ struct PublishReq<'a> {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct BroadcastReq<'a> {
+    rooms: Vec<String>,
+    #[serde(borrow)]
+    body: &'a RawValue,
+    id: Option<String>,
+    from: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeReq {
+    user: String,
+    room: String,
+}
+
+/// Rooms one `broadcast` may name.
+pub const MAX_BROADCAST_ROOMS: usize = 1000;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RoomReq {
     room: String,
 }
@@ -106,7 +126,7 @@ impl Reactor {
         if method == "reload" {
             return self.api_reload(key, req, p);
         }
-        if !matches!(method, "publish" | "history" | "presence" | "info" | "disconnect") {
+        if !matches!(method, "publish" | "broadcast" | "history" | "presence" | "info" | "disconnect" | "unsubscribe") {
             return Outcome::Answer(Answer::error(404, "not_found", "no such API method"));
         }
         if req.method != Method::Post {
@@ -120,6 +140,8 @@ impl Reactor {
         let body: &[u8] = if req.body.iter().all(u8::is_ascii_whitespace) { b"{}" } else { &req.body };
         let result = match method {
             "publish" => self.api_publish(key, body, p),
+            "broadcast" => self.api_broadcast(body),
+            "unsubscribe" => self.api_unsubscribe(body),
             "history" => self.api_history(key, body, p),
             "presence" => self.api_presence(key, body, p),
             "disconnect" => self.api_disconnect(body),
@@ -157,6 +179,65 @@ impl Reactor {
         self.set_awaiting(key, Some(p));
         self.ask_owner(owner, command);
         Ok(Outcome::Done)
+    }
+
+    /// One message to many rooms: each room's owner publishes it as if
+    /// `publish` had been called once per room, with nobody waiting for the
+    /// seqs (202; `history` shows them). All or nothing at the door: a
+    /// bad room name, or an owner backed up, refuses the whole call before
+    /// any room gets it.
+    fn api_broadcast(&mut self, body: &[u8]) -> Result<Outcome, Outcome> {
+        let r: BroadcastReq = parse(body, r#"{"rooms": ["..."], "body": <JSON>, "id"?: "...", "from"?: "user"}"#)?;
+        if r.rooms.is_empty() || r.rooms.len() > MAX_BROADCAST_ROOMS {
+            return Err(bad(&format!("rooms lists 1 to {MAX_BROADCAST_ROOMS} rooms")));
+        }
+        let from = r.from.unwrap_or_else(|| "api".to_string());
+        crate::auth::check_user_id(&from).map_err(|m| bad(&format!("from: {m}")))?;
+        msg::check_body(r.body.get(), self.live.config.max_body_depth).map_err(|e| bad(&e.to_string()))?;
+        if r.id.as_ref().is_some_and(|id| id.is_empty() || id.len() > 128) {
+            return Err(bad("id is 1 to 128 bytes"));
+        }
+        let mut rooms: Vec<RoomName> = Vec::with_capacity(r.rooms.len());
+        for name in &r.rooms {
+            let room = self.api_room(name)?;
+            if !rooms.contains(&room) {
+                rooms.push(room);
+            }
+        }
+        if rooms.iter().any(|room| self.backed_up(Reactor::owner_at(&self.shared, room))) {
+            let mut a = Answer::error(503, "overloaded", "a room's owner is busy; retry");
+            a.extra.push(("Retry-After", "1".to_string()));
+            return Err(Outcome::Answer(a));
+        }
+        let user = UserId::from(from.as_str());
+        let n = rooms.len();
+        for room in rooms {
+            let owner = Reactor::owner_at(&self.shared, &room);
+            let publish = Publish {
+                room,
+                user: user.clone(),
+                body: r.body.to_owned(),
+                id: r.id.clone().map(String::into_boxed_str),
+                asker: Asker::nobody(self.id as u16),
+            };
+            self.ask_owner(owner, Command::Publish(publish));
+        }
+        let body = serde_json::json!({ "rooms": n });
+        Ok(Outcome::Answer(Answer::json(202, body.to_string().into_bytes())))
+    }
+
+    /// Takes every connection of `user` on this node out of `room`, as a
+    /// `leave` would; each gets `{"op":"left","room":..,"reason":"unsubscribed"}`.
+    fn api_unsubscribe(&mut self, body: &[u8]) -> Result<Outcome, Outcome> {
+        let r: UnsubscribeReq = parse(body, r#"{"user": "...", "room": "..."}"#)?;
+        crate::auth::check_user_id(&r.user).map_err(|m| bad(&format!("user: {m}")))?;
+        let room = self.api_room(&r.room)?;
+        let n = self.shared.reactors();
+        for to in 0..n {
+            self.post(to, Mail::Unsubscribe { user: r.user.clone().into(), room: room.clone() });
+        }
+        let body = serde_json::json!({ "user": r.user, "room": &*room, "reactors": n });
+        Ok(Outcome::Answer(Answer::json(200, body.to_string().into_bytes())))
     }
 
     fn api_history(&mut self, key: u32, body: &[u8], p: Pending) -> Result<Outcome, Outcome> {
@@ -247,6 +328,27 @@ impl Reactor {
             .collect();
         for key in keys {
             self.ws_close(key, k.code, &k.reason, CloseReason::Normal);
+        }
+    }
+}
+
+impl Reactor {
+    /// An `unsubscribe` reached this reactor.
+    pub(in crate::reactor) fn unsubscribe(&mut self, user: &str, room: &RoomName) {
+        let mut found: Vec<(u32, crate::rooms::UserId, super::super::conn::Slot)> = Vec::new();
+        for (key, c) in self.conns.iter_mut() {
+            if let State::Ws(ws) = &mut c.state {
+                if &*ws.user == user {
+                    if let Some(i) = ws.rooms.iter().position(|(r, _)| r == room) {
+                        let (_, slot) = ws.rooms.remove(i);
+                        found.push((key as u32, ws.user.clone(), slot));
+                    }
+                }
+            }
+        }
+        for (key, u, slot) in found {
+            let left = msg::encode_left(None, room, Some("unsubscribed"));
+            self.leave_room(key, u, (room.clone(), slot), left);
         }
     }
 }

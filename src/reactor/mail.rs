@@ -37,6 +37,9 @@ pub enum AskerKind {
     /// list): the answer goes back over the link, and `conn.key` is the
     /// peer's ticket for it (0: the peer wants no answer).
     Peer(u16),
+    /// Nobody waits for the answer (the server API's `broadcast`): it is
+    /// dropped where it arrives.
+    Nobody,
 }
 
 /// Who asked, as the room core sees it: an opaque reply address. The
@@ -53,6 +56,11 @@ pub struct Asker {
 impl Asker {
     pub fn ws(conn: ConnRef, r#ref: Option<Ref>) -> Asker {
         Asker { kind: AskerKind::Ws, conn, r#ref, tag: 0 }
+    }
+
+    /// An asker whose answer is dropped, at reactor `reactor`.
+    pub fn nobody(reactor: u16) -> Asker {
+        Asker { kind: AskerKind::Nobody, conn: ConnRef { reactor, key: 0, gen: 0 }, r#ref: None, tag: 0 }
     }
 
     pub fn http(conn: ConnRef) -> Asker {
@@ -157,6 +165,12 @@ pub enum Mail {
     Cluster(ClusterMail),
     /// To every reactor: close the connections of a user (`disconnect`).
     Kick(Kick),
+    /// To every reactor: take a user's connections out of a room
+    /// (`unsubscribe`).
+    Unsubscribe {
+        user: Box<str>,
+        room: RoomName,
+    },
     /// Everything one reactor had for another at the end of a loop
     /// iteration, in order: one channel send instead of one per message.
     Batch(Vec<Mail>),

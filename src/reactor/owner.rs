@@ -68,6 +68,7 @@ impl Reactor {
             // For the cluster node thread only.
             Mail::Cluster(_) => {}
             Mail::Kick(k) => self.kick(k),
+            Mail::Unsubscribe { user, room } => self.unsubscribe(&user, &room),
         }
     }
 
@@ -306,6 +307,9 @@ impl Reactor {
 
     /// An answer for one of this reactor's connections, encoded for its kind.
     fn take_answer(&mut self, to: Asker, reply: Reply) {
+        if let AskerKind::Nobody = to.kind {
+            return;
+        }
         if let AskerKind::Peer(_) = to.kind {
             // A history page read for a peer lands here: pass it on.
             return self.answer(to, reply);
@@ -318,6 +322,7 @@ impl Reactor {
                 self.http_answer(key, status, body, retry_after);
             }
             AskerKind::Peer(_) => {} // answered over the link (`answer`)
+            AskerKind::Nobody => {}
         }
     }
 

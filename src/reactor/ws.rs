@@ -319,7 +319,13 @@ impl Reactor {
     /// Connection `key` (of `user`), just taken off its room list, leaves
     /// `room`: off the local member list, the `left` frame to the client,
     /// and the leave to the room's owner.
-    fn leave_room(&mut self, key: u32, user: crate::rooms::UserId, (room, slot): (RoomName, Slot), left: Bytes) {
+    pub(super) fn leave_room(
+        &mut self,
+        key: u32,
+        user: crate::rooms::UserId,
+        (room, slot): (RoomName, Slot),
+        left: Bytes,
+    ) {
         if let Slot::Listed(slot) = slot {
             self.unlist(&room, key, slot);
         }

@@ -136,3 +136,47 @@ def test_a_key_in_place_of_a_hash_is_refused_at_start(roomcast_bin, tmp_path):
     r = subprocess.run([roomcast_bin, "serve", "--data", str(tmp_path), "--api-keys", KEY],
                        capture_output=True, text=True, timeout=20)
     assert r.returncode == 2 and "api-keys" in r.stderr, (r.stdout, r.stderr)
+
+
+def test_broadcast_publishes_to_every_room_once(api_server):
+    srv = api_server
+    a, b = srv.ws("ann"), srv.ws("bob")
+    try:
+        a.join("bc-1")
+        b.join("bc-2")
+        status, body = curl(srv, "broadcast", '{"rooms":["bc-1","bc-2","bc-3","bc-1"],"body":{"n":1}}')
+        assert status == 202 and body["rooms"] == 3, (status, body)
+        assert a.wait(op="msg", room="bc-1")["body"] == {"n": 1}
+        assert b.wait(op="msg", room="bc-2")["from"] == "api"
+        for room in ("bc-1", "bc-2", "bc-3"):
+            status, h = call(srv, "history", {"room": room})
+            assert [m["body"] for m in h["messages"]] == [{"n": 1}], (room, h)
+        # All or nothing: one bad name refuses the call before any room gets it.
+        status, e = call(srv, "broadcast", {"rooms": ["bc-1", "bad room"], "body": 2})
+        assert status == 400, e
+        assert len(call(srv, "history", {"room": "bc-1"})[1]["messages"]) == 1
+        assert call(srv, "broadcast", {"rooms": [], "body": 1})[0] == 400
+        assert call(srv, "broadcast", {"rooms": [f"r{i}" for i in range(1001)], "body": 1})[0] == 400
+    finally:
+        a.close()
+        b.close()
+
+
+def test_unsubscribe_takes_a_user_out_of_a_room(api_server):
+    srv = api_server
+    a, b = srv.ws("ann"), srv.ws("bob")
+    try:
+        a.join("un-room")
+        b.join("un-room")
+        status, body = call(srv, "unsubscribe", {"user": "ann", "room": "un-room"})
+        assert status == 200 and body["reactors"] == 2, body
+        left = a.wait(op="left", room="un-room")
+        assert left.get("reason") == "unsubscribed", left
+        assert call(srv, "publish", {"room": "un-room", "body": "after"})[0] == 201
+        assert b.wait(op="msg", room="un-room")["body"] == "after"
+        assert [m for m in a.drain(0.5) if m.get("op") == "msg"] == []
+        status, p = call(srv, "presence", {"room": "un-room"})
+        assert "ann" not in json.dumps(p["members"]) and "bob" in json.dumps(p["members"]), p
+    finally:
+        a.close()
+        b.close()
