@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::*;
-use crate::reactor::mail::Kick;
+use crate::reactor::mail::{ConnRef, Kick};
 
 /// `Authorization: apikey <key>`: the scheme, any case, then the key.
 fn api_key(req: &Request) -> Option<&[u8]> {
@@ -79,6 +79,23 @@ struct UnsubscribeReq {
     room: String,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RoomsReq {
+    prefix: Option<String>,
+    after: Option<String>,
+    limit: Option<usize>,
+}
+
+/// A `rooms` listing waiting for the parts of every reactor.
+pub struct Gather {
+    gen: u32,
+    remaining: usize,
+    limit: usize,
+    rooms: Vec<crate::rooms::core::RoomInfo>,
+    more: bool,
+}
+
 /// Rooms one `broadcast` may name.
 pub const MAX_BROADCAST_ROOMS: usize = 1000;
 
@@ -126,7 +143,8 @@ impl Reactor {
         if method == "reload" {
             return self.api_reload(key, req, p);
         }
-        if !matches!(method, "publish" | "broadcast" | "history" | "presence" | "info" | "disconnect" | "unsubscribe") {
+        let known = ["publish", "broadcast", "history", "presence", "info", "disconnect", "unsubscribe", "rooms"];
+        if !known.contains(&method) {
             return Outcome::Answer(Answer::error(404, "not_found", "no such API method"));
         }
         if req.method != Method::Post {
@@ -142,6 +160,7 @@ impl Reactor {
             "publish" => self.api_publish(key, body, p),
             "broadcast" => self.api_broadcast(body),
             "unsubscribe" => self.api_unsubscribe(body),
+            "rooms" => self.api_rooms(key, body, p),
             "history" => self.api_history(key, body, p),
             "presence" => self.api_presence(key, body, p),
             "disconnect" => self.api_disconnect(body),
@@ -240,6 +259,27 @@ impl Reactor {
         Ok(Outcome::Answer(Answer::json(200, body.to_string().into_bytes())))
     }
 
+    /// The rooms in memory on this node (every room with members is), in
+    /// name order, a page at a time: each reactor sends its first `limit`
+    /// after the cursor and this one merges them.
+    fn api_rooms(&mut self, key: u32, body: &[u8], p: Pending) -> Result<Outcome, Outcome> {
+        let r: RoomsReq = parse(body, r#"{"prefix"?: "...", "after"?: "room", "limit"?: 1..1000}"#)?;
+        let limit = r.limit.unwrap_or(100).clamp(1, 1000);
+        let prefix = r.prefix.unwrap_or_default();
+        if prefix.len() > 128 || r.after.as_ref().is_some_and(|a| a.len() > 128) {
+            return Err(bad("prefix and after are at most 128 bytes"));
+        }
+        let to = self.conn_ref(key);
+        let n = self.shared.reactors();
+        self.gathers.insert(key, Gather { gen: to.gen, remaining: n, limit, rooms: Vec::new(), more: false });
+        self.set_awaiting(key, Some(p));
+        for reactor in 0..n {
+            let after = r.after.clone().map(String::into_boxed_str);
+            self.post(reactor, Mail::RoomsAsk { to, prefix: prefix.clone().into(), after, limit });
+        }
+        Ok(Outcome::Done)
+    }
+
     fn api_history(&mut self, key: u32, body: &[u8], p: Pending) -> Result<Outcome, Outcome> {
         let r: HistoryReq = parse(body, r#"{"room": "...", "before"?: seq, "after"?: seq, "limit"?: n}"#)?;
         let room = self.api_room(&r.room)?;
@@ -333,6 +373,40 @@ impl Reactor {
 }
 
 impl Reactor {
+    /// One reactor's part of a `rooms` listing; the last part answers.
+    pub(in crate::reactor) fn rooms_part(&mut self, to: ConnRef, rooms: Vec<crate::rooms::core::RoomInfo>, more: bool) {
+        let key = to.key;
+        let done = match self.gathers.get_mut(&key) {
+            Some(g) if g.gen == to.gen => {
+                g.rooms.extend(rooms);
+                g.more |= more;
+                g.remaining = g.remaining.saturating_sub(1);
+                g.remaining == 0
+            }
+            _ => return,
+        };
+        if !done {
+            return;
+        }
+        let Some(mut g) = self.gathers.remove(&key) else { return };
+        g.rooms.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let more = g.more || g.rooms.len() > g.limit;
+        g.rooms.truncate(g.limit);
+        let next = if more { g.rooms.last().map(|r| r.name.to_string()) } else { None };
+        let list: Vec<serde_json::Value> = g
+            .rooms
+            .iter()
+            .map(|r| {
+                serde_json::json!({ "room": &*r.name, "connections": r.connections, "users": r.users,
+                    "last_seq": r.last_seq })
+            })
+            .collect();
+        let body = serde_json::json!({ "rooms": list, "next": next });
+        if let Some(key) = self.resolve(to) {
+            self.http_answer(key, 200, body.to_string().into_bytes(), None);
+        }
+    }
+
     /// An `unsubscribe` reached this reactor.
     pub(in crate::reactor) fn unsubscribe(&mut self, user: &str, room: &RoomName) {
         let mut found: Vec<(u32, crate::rooms::UserId, super::super::conn::Slot)> = Vec::new();

@@ -23,6 +23,7 @@ use super::{Reactor, Step};
 #[path = "api.rs"]
 mod api;
 use crate::rooms::core::{Command, History, Presence, Publish};
+pub(super) use api::Gather;
 
 /// The page served at `GET /`.
 const PAGE: &str = include_str!("../../static/index.html");

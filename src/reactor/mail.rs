@@ -171,6 +171,19 @@ pub enum Mail {
         user: Box<str>,
         room: RoomName,
     },
+    /// To every reactor: its part of a `rooms` listing, for `to`.
+    RoomsAsk {
+        to: ConnRef,
+        prefix: Box<str>,
+        after: Option<Box<str>>,
+        limit: usize,
+    },
+    /// The answer to `RoomsAsk`.
+    RoomsPart {
+        to: ConnRef,
+        rooms: Vec<crate::rooms::core::RoomInfo>,
+        more: bool,
+    },
     /// Everything one reactor had for another at the end of a loop
     /// iteration, in order: one channel send instead of one per message.
     Batch(Vec<Mail>),

@@ -245,6 +245,10 @@ pub struct Reactor {
     /// The settings in force (see `reload`), and their generation.
     live: Arc<crate::reload::Settings>,
     live_gen: u64,
+    /// `rooms` listings of the server API waiting for every reactor's part,
+    /// by connection key (at most one per connection: it reads no further
+    /// request while one is answered).
+    gathers: std::collections::HashMap<u32, http::Gather>,
     /// `--metrics-histograms`: the histograms below are kept.
     hists_on: bool,
     hists: metrics::Hists,
@@ -385,6 +389,7 @@ impl Reactor {
             append_backlog: VecDeque::new(),
             live: shared.live.get(),
             live_gen: shared.live.generation(),
+            gathers: std::collections::HashMap::new(),
             hists_on: shared.config.metrics_histograms,
             hists: metrics::Hists::default(),
             append_stamps: VecDeque::new(),

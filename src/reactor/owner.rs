@@ -69,6 +69,11 @@ impl Reactor {
             Mail::Cluster(_) => {}
             Mail::Kick(k) => self.kick(k),
             Mail::Unsubscribe { user, room } => self.unsubscribe(&user, &room),
+            Mail::RoomsAsk { to, prefix, after, limit } => {
+                let (rooms, more) = self.core.rooms_page(&prefix, after.as_deref(), limit);
+                self.post(to.reactor as usize, Mail::RoomsPart { to, rooms, more });
+            }
+            Mail::RoomsPart { to, rooms, more } => self.rooms_part(to, rooms, more),
         }
     }
 

@@ -318,6 +318,15 @@ struct Entry<A> {
     checked: HashSet<(UserId, Box<str>)>,
 }
 
+/// One room of [`Core::rooms_page`].
+#[derive(Debug, Clone)]
+pub struct RoomInfo {
+    pub name: RoomName,
+    pub connections: usize,
+    pub users: usize,
+    pub last_seq: u64,
+}
+
 /// Counters the caller publishes.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct CoreStats {
@@ -373,6 +382,27 @@ impl<A: Clone> Core<A> {
     }
 
     /// Rooms held (loaded or loading).
+    /// The loaded rooms whose names start with `prefix` and sort after
+    /// `after`, in name order, at most `limit`, and whether more follow:
+    /// (name, member connections, users, last seq) each. A scan of this
+    /// core's rooms: for the server API, not for a hot path.
+    pub fn rooms_page(&self, prefix: &str, after: Option<&str>, limit: usize) -> (Vec<RoomInfo>, bool) {
+        let mut found: Vec<RoomInfo> = self
+            .rooms
+            .iter()
+            .filter(|(name, _)| name.starts_with(prefix) && after.is_none_or(|a| &***name > a))
+            .filter_map(|(name, e)| {
+                let r = e.room.as_ref()?;
+                let (connections, users) = r.counts();
+                Some(RoomInfo { name: name.clone(), connections, users, last_seq: r.last_seq() })
+            })
+            .collect();
+        found.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        let more = found.len() > limit;
+        found.truncate(limit);
+        (found, more)
+    }
+
     pub fn len(&self) -> usize {
         self.rooms.len()
     }

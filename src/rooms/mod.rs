@@ -212,6 +212,11 @@ impl OwnedRoom {
         Some(msg::encode_presence_diff(&self.name, &[], &[user]))
     }
 
+    /// Member connections and distinct users now.
+    pub fn counts(&self) -> (usize, usize) {
+        (self.joined.len(), self.users.len())
+    }
+
     pub fn presence(&self) -> impl Iterator<Item = Member<'_>> {
         self.users.iter().map(|(u, p)| Member { user: u, since: p.since })
     }

@@ -180,3 +180,26 @@ def test_unsubscribe_takes_a_user_out_of_a_room(api_server):
     finally:
         a.close()
         b.close()
+
+
+def test_rooms_lists_member_counts_in_pages(api_server):
+    srv = api_server
+    a, b, c = srv.ws("ann"), srv.ws("bob"), srv.ws("cat")
+    try:
+        a.join("ls-a")
+        a.join("ls-b")
+        b.join("ls-b")
+        c.join("other")
+        status, body = call(srv, "rooms", {"prefix": "ls-"})
+        assert status == 200, body
+        got = {r["room"]: (r["connections"], r["users"]) for r in body["rooms"]}
+        assert got == {"ls-a": (1, 1), "ls-b": (2, 2)} and body["next"] is None, body
+        status, page = curl(srv, "rooms", '{"prefix":"ls-","limit":1}')
+        assert [r["room"] for r in page["rooms"]] == ["ls-a"] and page["next"] == "ls-a", page
+        status, page = call(srv, "rooms", {"prefix": "ls-", "limit": 1, "after": page["next"]})
+        assert [r["room"] for r in page["rooms"]] == ["ls-b"] and page["next"] is None, page
+        status, everything = call(srv, "rooms", {})
+        assert {"ls-a", "ls-b", "other"} <= {r["room"] for r in everything["rooms"]}, everything
+    finally:
+        for x in (a, b, c):
+            x.close()
