@@ -98,14 +98,24 @@ fn is_own(origin: &str, req: &Request, tls: bool) -> bool {
 /// origin, no framing, no plugins, no base or form targets elsewhere.
 pub fn page_csp(page: &str) -> &'static str {
     static CSP: OnceLock<String> = OnceLock::new();
-    CSP.get_or_init(|| {
+    CSP.get_or_init(|| csp(page))
+}
+
+/// [`page_csp`] for the admin page (its own blocks, its own hashes).
+pub fn admin_csp(page: &str) -> &'static str {
+    static CSP: OnceLock<String> = OnceLock::new();
+    CSP.get_or_init(|| csp(page))
+}
+
+fn csp(page: &str) -> String {
+    {
         let scripts = hashes(page, "<script>", "</script>");
         let styles = hashes(page, "<style>", "</style>");
         format!(
             "default-src 'none'; script-src {scripts}; style-src {styles}; connect-src 'self'; img-src 'self' data:; \
              base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
         )
-    })
+    }
 }
 
 /// `'sha256-..'` of every block between `open` and `close` in `page`.

@@ -27,6 +27,9 @@ pub(super) use api::Gather;
 
 /// The page served at `GET /`.
 const PAGE: &str = include_str!("../../static/index.html");
+/// The admin page (`/admin`): public like the page, useless without an
+/// admin token, which it sends to the server API only.
+const ADMIN_PAGE: &str = include_str!("../../static/admin.html");
 /// The subprotocol of protocol v1.
 const SUBPROTOCOL: &str = "roomcast.v1";
 
@@ -280,7 +283,19 @@ impl Reactor {
                     ("Referrer-Policy", "no-referrer".to_string()),
                 ],
             }),
-            "/healthz" | "/metrics" | "/" | "/index.html" => allow("GET, HEAD"),
+            "/admin" if get => Outcome::Answer(Answer {
+                status: 200,
+                content_type: "text/html; charset=utf-8",
+                body: ADMIN_PAGE.as_bytes().to_vec(),
+                extra: vec![
+                    ("Cache-Control", "no-cache".to_string()),
+                    ("Content-Security-Policy", browser::admin_csp(ADMIN_PAGE).to_string()),
+                    ("X-Content-Type-Options", "nosniff".to_string()),
+                    ("X-Frame-Options", "DENY".to_string()),
+                    ("Referrer-Policy", "no-referrer".to_string()),
+                ],
+            }),
+            "/healthz" | "/metrics" | "/" | "/index.html" | "/admin" => allow("GET, HEAD"),
             // Test builds only: the way to make a reactor thread panic.
             #[cfg(test)]
             "/__test/panic" => panic!("test-only panic trigger"),
