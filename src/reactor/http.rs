@@ -271,30 +271,8 @@ impl Reactor {
                 },
                 extra: Vec::new(),
             }),
-            "/" | "/index.html" if get => Outcome::Answer(Answer {
-                status: 200,
-                content_type: "text/html; charset=utf-8",
-                body: PAGE.as_bytes().to_vec(),
-                extra: vec![
-                    ("Cache-Control", "no-cache".to_string()),
-                    ("Content-Security-Policy", browser::page_csp(PAGE).to_string()),
-                    ("X-Content-Type-Options", "nosniff".to_string()),
-                    ("X-Frame-Options", "DENY".to_string()),
-                    ("Referrer-Policy", "no-referrer".to_string()),
-                ],
-            }),
-            "/admin" if get => Outcome::Answer(Answer {
-                status: 200,
-                content_type: "text/html; charset=utf-8",
-                body: ADMIN_PAGE.as_bytes().to_vec(),
-                extra: vec![
-                    ("Cache-Control", "no-cache".to_string()),
-                    ("Content-Security-Policy", browser::admin_csp(ADMIN_PAGE).to_string()),
-                    ("X-Content-Type-Options", "nosniff".to_string()),
-                    ("X-Frame-Options", "DENY".to_string()),
-                    ("Referrer-Policy", "no-referrer".to_string()),
-                ],
-            }),
+            "/" | "/index.html" if get => html_page(PAGE, browser::page_csp(PAGE)),
+            "/admin" if get => html_page(ADMIN_PAGE, browser::admin_csp(ADMIN_PAGE)),
             "/healthz" | "/metrics" | "/" | "/index.html" | "/admin" => allow("GET, HEAD"),
             // Test builds only: the way to make a reactor thread panic.
             #[cfg(test)]
@@ -819,6 +797,23 @@ impl Reactor {
         self.schedule(key, first);
         Outcome::Done
     }
+}
+
+/// A built-in page with its CSP and the headers that keep it from being
+/// framed, sniffed or cached stale.
+fn html_page(page: &'static str, csp: &'static str) -> Outcome {
+    Outcome::Answer(Answer {
+        status: 200,
+        content_type: "text/html; charset=utf-8",
+        body: page.as_bytes().to_vec(),
+        extra: vec![
+            ("Cache-Control", "no-cache".to_string()),
+            ("Content-Security-Policy", csp.to_string()),
+            ("X-Content-Type-Options", "nosniff".to_string()),
+            ("X-Frame-Options", "DENY".to_string()),
+            ("Referrer-Policy", "no-referrer".to_string()),
+        ],
+    })
 }
 
 /// A backup's file name: one plain path component, so the copy cannot land
