@@ -53,6 +53,8 @@ pub const RELOADABLE: &[&str] = &[
     "ping-interval",
     "drain-timeout",
     "metrics-histograms",
+    "permessage-deflate",
+    "deflate-min-bytes",
 ];
 
 /// What every reactor reads: the configuration and what is built from it.

@@ -1,6 +1,9 @@
 //! Fuzzes the WebSocket frame decoder with arbitrary client bytes, fed in
 //! reads of a size the input chooses, so that partial frames and the
 //! decoder's resume-after-`Ok(None)` path are exercised as well as whole ones.
+//! The first byte also picks permessage-deflate (RSV1 frames are inflated,
+//! with or without context takeover), so inflation and its size limit are
+//! fuzzed through the same path.
 
 #![no_main]
 
@@ -14,9 +17,12 @@ fuzz_target!(|data: &[u8]| {
     let Some((&step, rest)) = data.split_first() else {
         return;
     };
-    let step = usize::from(step) + 1;
-    let mut input = rest.to_vec();
     let mut dec = Decoder::new(MAX_MESSAGE);
+    if step & 0x80 != 0 {
+        dec = dec.with_deflate(step & 0x40 != 0);
+    }
+    let step = usize::from(step & 0x3F) + 1;
+    let mut input = rest.to_vec();
     let mut start = 0;
     let mut avail = 0;
     while avail < input.len() {

@@ -148,6 +148,8 @@ pub struct Plan {
     /// Connect scenario: total connections over all threads.
     pub connect_total: u64,
     pub setup_concurrency: usize,
+    /// Offer permessage-deflate; inflate RSV1 frames.
+    pub deflate: bool,
 }
 
 impl Plan {
@@ -229,6 +231,10 @@ pub struct Tally {
     pub acks_in_window: u64,
     pub sent_total: u64,
     pub msgs_received_total: u64,
+    /// Bytes read from the sockets (after TLS), upgrade answers included.
+    pub bytes_received_total: u64,
+    /// Frames that came compressed (RSV1) and were inflated.
+    pub deflated_frames_total: u64,
     pub closed_by_server: u64,
 }
 
@@ -247,6 +253,8 @@ impl Tally {
             acks_in_window: 0,
             sent_total: 0,
             msgs_received_total: 0,
+            bytes_received_total: 0,
+            deflated_frames_total: 0,
             closed_by_server: 0,
         }
     }
@@ -278,6 +286,8 @@ impl Tally {
         self.acks_in_window += other.acks_in_window;
         self.sent_total += other.sent_total;
         self.msgs_received_total += other.msgs_received_total;
+        self.bytes_received_total += other.bytes_received_total;
+        self.deflated_frames_total += other.deflated_frames_total;
         self.closed_by_server += other.closed_by_server;
     }
 
@@ -352,6 +362,11 @@ struct Worker<'a> {
     poll: Poll,
     conns: Slab<Conn>,
     rbuf: Vec<u8>,
+    /// permessage-deflate: the server compresses every message on its own
+    /// (`server_no_context_takeover`), so one inflater serves every
+    /// connection, reset after each message.
+    inflater: roomcast::proto::deflate::Inflater,
+    inflated: Vec<u8>,
     scratch: Vec<u8>,
     tally: Tally,
     /// Connections with output to flush at the end of this iteration.
@@ -382,6 +397,8 @@ pub fn run_worker(plan: &Plan, shared: &Shared) -> io::Result<Tally> {
         timer,
         conns: Slab::with_capacity(plan.specs.len().max(plan.connect_slots)),
         rbuf: vec![0; 4 * MIN_READ],
+        inflater: roomcast::proto::deflate::Inflater::new(true),
+        inflated: Vec::new(),
         scratch: Vec::with_capacity(256 + plan.body_bytes),
         tally: Tally::new(),
         dirty: Vec::new(),
@@ -522,7 +539,13 @@ impl Worker<'_> {
             phase: Phase::Connecting,
             role: spec.role,
             target: target_ix,
-            out: net::upgrade_request(target, &query, bearer.as_deref()),
+            out: {
+                let mut req = net::upgrade_request(target, &query, bearer.as_deref());
+                if plan.deflate {
+                    net::offer_deflate(&mut req);
+                }
+                req
+            },
             out_pos: 0,
             left: Vec::new(),
             check: SeqCheck::default(),
@@ -628,7 +651,7 @@ impl Worker<'_> {
         let body_start = s.iter().rposition(|&b| b == b'{').unwrap_or(0);
         let body_so_far = s.len() - body_start + 2; // closing `"}`
         let pad = self.plan.body_bytes.saturating_sub(body_so_far);
-        s.resize(s.len() + pad, b'x');
+        chat_text(s, pad, k ^ intended);
         s.extend_from_slice(b"\"}}");
         let mask = self.mask();
         if let Some(conn) = self.conns.get_mut(key) {
@@ -798,6 +821,7 @@ impl Worker<'_> {
                 }
             };
             let end = left + n;
+            self.tally.bytes_received_total += n as u64;
             let now = self.shared.now_ns();
             let (consumed, verdict) = self.process(key, end, now);
             match verdict {
@@ -851,6 +875,26 @@ impl Worker<'_> {
             let stop = start + f.payload_len;
             pos += f.total_len();
             match f.opcode {
+                frame::OP_TEXT if f.fin && f.rsv1 => {
+                    self.inflated.clear();
+                    let payload = self.rbuf.get(start..stop).unwrap_or_default();
+                    let ok = self.inflater.push(payload, MAX_FRAME, &mut self.inflated).is_ok()
+                        && self.inflater.finish(MAX_FRAME, &mut self.inflated).is_ok();
+                    if !ok {
+                        return (end, Verdict::Close("bad compressed frame".into()));
+                    }
+                    self.tally.deflated_frames_total += 1;
+                    // `on_text` reads its bytes from `rbuf`: lend it the
+                    // inflated message for the call.
+                    let len = self.inflated.len();
+                    let inflated = std::mem::take(&mut self.inflated);
+                    let saved = std::mem::replace(&mut self.rbuf, inflated);
+                    let v = self.on_text(key, 0, len, now);
+                    self.inflated = std::mem::replace(&mut self.rbuf, saved);
+                    if let Some(v) = v {
+                        return (pos, v);
+                    }
+                }
                 frame::OP_TEXT if f.fin => {
                     if let Some(v) = self.on_text(key, start, stop, now) {
                         return (pos, v);
@@ -1041,6 +1085,74 @@ impl Worker<'_> {
     }
 }
 
+/// Words of chat-like text, for message bodies that compress as real chat
+/// JSON does (a run of one byte would compress far better than any real
+/// message).
+const WORDS: [&str; 48] = [
+    "the",
+    "meeting",
+    "moved",
+    "to",
+    "thursday",
+    "can",
+    "you",
+    "bring",
+    "slides",
+    "and",
+    "notes",
+    "from",
+    "last",
+    "week",
+    "sure",
+    "I",
+    "will",
+    "ask",
+    "sam",
+    "about",
+    "budget",
+    "numbers",
+    "deploy",
+    "went",
+    "fine",
+    "after",
+    "lunch",
+    "release",
+    "candidate",
+    "is",
+    "ready",
+    "for",
+    "review",
+    "please",
+    "check",
+    "logs",
+    "on",
+    "staging",
+    "thanks",
+    "great",
+    "see",
+    "tomorrow",
+    "morning",
+    "coffee",
+    "new",
+    "design",
+    "looks",
+    "good",
+];
+
+/// Appends `n` bytes of words (no quote or backslash: fits a JSON string),
+/// chosen by a small generator seeded with `seed`.
+pub fn chat_text(out: &mut Vec<u8>, n: usize, seed: u64) {
+    let end = out.len() + n;
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    while out.len() < end {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let w = WORDS.get((x >> 33) as usize % WORDS.len()).copied().unwrap_or("x");
+        out.extend_from_slice(w.as_bytes());
+        out.push(b' ');
+    }
+    out.truncate(end);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1091,6 +1203,7 @@ mod tests {
             connect_slots: 0,
             connect_total: 0,
             setup_concurrency: 1,
+            deflate: false,
         };
         let port = |i| plan.target(i).map(|t| t.addr.port());
         assert_eq!([port(0), port(1), port(2), port(3), port(7)], [Some(1), Some(2), Some(3), Some(1), Some(2)]);

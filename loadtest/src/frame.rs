@@ -28,6 +28,9 @@ pub enum FrameError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Frame {
     pub fin: bool,
+    /// RSV1: a permessage-deflate message (only if the upgrade offered it;
+    /// the server sets it on nothing else).
+    pub rsv1: bool,
     pub opcode: u8,
     /// Offset of the payload from the frame's start.
     pub header_len: usize,
@@ -49,7 +52,7 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
         [b0, b1, ..] => (*b0, *b1),
         _ => return Ok(None),
     };
-    if b0 & 0x70 != 0 {
+    if b0 & 0x30 != 0 {
         return Err(FrameError::Reserved);
     }
     if b1 & 0x80 != 0 {
@@ -73,7 +76,7 @@ pub fn parse(buf: &[u8], max: usize) -> Result<Option<Frame>, FrameError> {
     if buf.len() < header_len + payload_len {
         return Ok(None);
     }
-    Ok(Some(Frame { fin: b0 & 0x80 != 0, opcode: b0 & 0x0F, header_len, payload_len }))
+    Ok(Some(Frame { fin: b0 & 0x80 != 0, rsv1: b0 & 0x40 != 0, opcode: b0 & 0x0F, header_len, payload_len }))
 }
 
 /// Appends a FIN, masked client frame carrying `payload` to `out`, with
@@ -111,7 +114,9 @@ mod tests {
     #[test]
     fn refuses_masked_oversized_and_reserved() {
         assert_eq!(parse(&[0x81, 0x85, 0, 0, 0, 0], 100), Err(FrameError::Masked));
-        assert_eq!(parse(&[0xC1, 0x00], 100), Err(FrameError::Reserved));
+        assert_eq!(parse(&[0xA1, 0x00], 100), Err(FrameError::Reserved));
+        assert_eq!(parse(&[0x91, 0x00], 100), Err(FrameError::Reserved));
+        assert!(parse(&[0xC1, 0x00], 100).unwrap().unwrap().rsv1);
         assert_eq!(parse(&[0x81, 126, 0x01, 0x00], 100), Err(FrameError::TooLarge(256)));
     }
 

@@ -171,6 +171,14 @@ pub fn upgrade_request(target: &Target, query: &str, bearer: Option<&str>) -> Ve
     req.into_bytes()
 }
 
+/// Adds a permessage-deflate offer to a request from [`upgrade_request`].
+pub fn offer_deflate(req: &mut Vec<u8>) {
+    if req.ends_with(b"\r\n\r\n") {
+        req.truncate(req.len() - 2);
+        req.extend_from_slice(b"Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n");
+    }
+}
+
 /// Outcome of looking for the upgrade response at the start of `buf`.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Upgrade {

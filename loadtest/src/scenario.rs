@@ -100,6 +100,10 @@ pub struct Common {
     /// Connections being set up at once, per thread.
     #[arg(long, default_value_t = 256)]
     pub setup_concurrency: usize,
+    /// Offer permessage-deflate in every upgrade and inflate the compressed
+    /// frames that come back (sends stay uncompressed).
+    #[arg(long)]
+    pub deflate: bool,
     /// Give up when setup takes longer than this.
     #[arg(long, default_value = "120s", value_parser = parse_duration)]
     #[serde(serialize_with = "ser_dur")]
@@ -318,6 +322,7 @@ fn plans(common: &Common, env: &Env, rooms: Vec<String>, body_bytes: usize, spec
             connect_slots: 0,
             connect_total: 0,
             setup_concurrency: common.setup_concurrency,
+            deflate: common.deflate,
         })
         .collect()
 }
@@ -568,6 +573,8 @@ fn finish_result(
     counts.insert("sent_total".into(), t.sent_total.into());
     counts.insert("acks_in_window".into(), t.acks_in_window.into());
     counts.insert("msgs_received_total".into(), t.msgs_received_total.into());
+    counts.insert("bytes_received_total".into(), t.bytes_received_total.into());
+    counts.insert("deflated_frames_total".into(), t.deflated_frames_total.into());
     counts.insert("closed_by_server".into(), t.closed_by_server.into());
     if !m.servers.is_empty() {
         counts.insert("servers".into(), m.servers.into());

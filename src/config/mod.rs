@@ -244,6 +244,19 @@ declare::settings! {
         docs "largest inbound WebSocket message (a larger one closes the connection with 1009) and largest HTTP \
               request body (a larger one is answered `413`); at most `max-queue-bytes`";
 
+    permessage_deflate: bool [switch] = true;
+        flag "BOOL", "Negotiate permessage-deflate (RFC 7692) with clients that offer it", default "true";
+        docs "negotiate permessage-deflate (RFC 7692) with clients that offer it, always with \
+              `server_no_context_takeover`: a message is compressed once (per reactor) and the same bytes go to \
+              every member that negotiated it; compressed input is inflated up to `max-message-bytes` (past it, \
+              1009). Costs about 43 KiB per connection that sends compressed messages (its inflater)";
+
+    deflate_min_bytes: usize [size] = 128;
+        flag "SIZE", "Messages shorter than this go uncompressed even where permessage-deflate was negotiated", default "128";
+        limit Limit::AtMost(bounds::MAX_MESSAGE_BYTES);
+        docs "outbound messages shorter than this go uncompressed (RSV1 clear) even to connections that \
+              negotiated permessage-deflate: the same choice for every member, made once per message";
+
     echo: bool [switch] = false;
         flag "BOOL", "Serve the /v1/echo WebSocket endpoint, for conformance suites";
         docs "serve the `/v1/echo` WebSocket endpoint, for conformance suites";

@@ -859,14 +859,17 @@ fn is_base64_of_16_bytes(key: &[u8]) -> bool {
 }
 
 /// Appends `101 Switching Protocols` with the given Sec-WebSocket-Accept
-/// and, if chosen, Sec-WebSocket-Protocol.
-pub fn write_upgrade_response(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>) {
+/// and, if chosen, Sec-WebSocket-Protocol and Sec-WebSocket-Extensions.
+pub fn write_upgrade_response(out: &mut Vec<u8>, accept: &str, protocol: Option<&str>, extensions: Option<&str>) {
     out.extend_from_slice(
         b"HTTP/1.1 101 Switching Protocols\r\nServer: roomcast\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
     );
     push_header(out, "Sec-WebSocket-Accept", accept);
     if let Some(protocol) = protocol {
         push_header(out, "Sec-WebSocket-Protocol", protocol);
+    }
+    if let Some(extensions) = extensions {
+        push_header(out, "Sec-WebSocket-Extensions", extensions);
     }
     out.extend_from_slice(b"\r\n");
 }
@@ -1727,15 +1730,18 @@ mod tests {
     #[test]
     fn upgrade_response_format() {
         let mut out = Vec::new();
-        write_upgrade_response(&mut out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None);
+        write_upgrade_response(&mut out, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=", None, None);
         assert_eq!(
             out,
             b"HTTP/1.1 101 Switching Protocols\r\nServer: roomcast\r\nUpgrade: websocket\r\n\
               Connection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
         );
         out.clear();
-        write_upgrade_response(&mut out, "abc=", Some("roomcast.v1"));
-        assert!(out.ends_with(b"Sec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: roomcast.v1\r\n\r\n"));
+        write_upgrade_response(&mut out, "abc=", Some("roomcast.v1"), Some("permessage-deflate"));
+        assert!(out.ends_with(
+            b"Sec-WebSocket-Accept: abc=\r\nSec-WebSocket-Protocol: roomcast.v1\r\n\
+              Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+        ));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! [`json`], and, here, the ASCII decimal of HTTP lengths and JSON numbers
 //! ([`push_decimal`]).
 
+pub mod deflate;
 pub mod http;
 pub mod json;
 pub mod msg;

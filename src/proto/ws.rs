@@ -13,13 +13,21 @@
 //! no allocation. Only fragmented messages are copied, into one assembly
 //! buffer that is reused from message to message.
 //!
-//! Strictness follows what Autobahn|Testsuite checks for a server without
-//! extensions: every error is reported as soon as the bytes that prove it
+//! With permessage-deflate negotiated (RFC 7692, see `proto::deflate`),
+//! RSV1 on the first frame of a data message marks it compressed: each of
+//! its frames is inflated as it completes, into a buffer bounded by the
+//! message limit (a bomb fails with 1009 at the first byte past it), and
+//! text is validated as it is inflated. RSV1 anywhere else, and RSV2 and
+//! RSV3 always, are protocol errors.
+//!
+//! Strictness follows what Autobahn|Testsuite checks: every error is reported as soon as the bytes that prove it
 //! have arrived (a bad header from its first bytes, an oversized frame from
 //! its length field, bad UTF-8 from the first invalid byte even in the middle
 //! of a frame), and maps to the close code the caller must send.
 
 use tungstenite::protocol::frame::coding::{CloseCode, Control, Data, OpCode};
+
+use super::deflate::{InflateError, Inflater};
 
 /// Continuation frame.
 pub const OP_CONT: u8 = 0x0;
@@ -161,6 +169,8 @@ fn utf8_width(lead: u8) -> usize {
 #[derive(Debug, Clone, Copy)]
 struct Header {
     fin: bool,
+    /// RSV1: the message this frame starts is compressed.
+    rsv1: bool,
     opcode: u8,
     mask: [u8; 4],
     /// Bytes before the payload.
@@ -194,6 +204,14 @@ pub struct Decoder {
     /// The last event borrowed `assembly`; empty it on the next call. It
     /// cannot be emptied earlier because the event is still borrowed.
     release_assembly: bool,
+    /// permessage-deflate was negotiated: `Some(client_no_context_takeover)`.
+    deflate: Option<bool>,
+    /// The message in flight is compressed (its first frame had RSV1).
+    compressed: bool,
+    /// Made on the first compressed message (see `proto::deflate`).
+    inflater: Option<Box<Inflater>>,
+    /// The inflated message in flight; released like `assembly`.
+    inflated: Vec<u8>,
 }
 
 impl Decoder {
@@ -207,7 +225,26 @@ impl Decoder {
             utf8: Utf8State::default(),
             front_done: 0,
             release_assembly: false,
+            deflate: None,
+            compressed: false,
+            inflater: None,
+            inflated: Vec::new(),
         }
+    }
+
+    /// The same decoder on a connection that negotiated permessage-deflate;
+    /// `client_no_context_takeover` says each compressed message inflates
+    /// on its own.
+    pub fn with_deflate(mut self, client_no_context_takeover: bool) -> Self {
+        self.deflate = Some(client_no_context_takeover);
+        self
+    }
+
+    /// The largest compressed frame payload taken: a compressed message
+    /// may be a little longer than its text (stored blocks), and is bounded
+    /// anyway by the inflated limit.
+    fn compressed_frame_limit(&self) -> usize {
+        self.max_message.saturating_add(self.max_message / 8).saturating_add(64)
     }
 
     /// Bytes held in the fragment-assembly buffer (for memory accounting).
@@ -215,7 +252,7 @@ impl Decoder {
         if self.release_assembly {
             0
         } else {
-            self.assembly.len()
+            self.assembly.len() + self.inflated.len()
         }
     }
 
@@ -235,6 +272,11 @@ impl Decoder {
             } else {
                 self.assembly.clear();
             }
+            if self.inflated.capacity() > KEEP_ASSEMBLY_CAPACITY {
+                self.inflated = Vec::new();
+            } else {
+                self.inflated.clear();
+            }
         }
         let Some(h) = self.parse_header(buf)? else {
             return Ok(None);
@@ -253,11 +295,12 @@ impl Decoder {
         }
 
         let is_text = h.opcode == OP_TEXT || self.message_opcode == Some(OP_TEXT);
+        let compressed = if h.opcode == OP_CONT { self.compressed } else { h.rsv1 };
         let arrived = buf.len().saturating_sub(h.len).min(h.payload_len);
         if arrived > self.front_done {
             if let Some(fresh) = buf.get_mut(h.len + self.front_done..h.len + arrived) {
                 unmask(fresh, rotate_mask(h.mask, self.front_done));
-                if is_text {
+                if is_text && !compressed {
                     // Fail fast: bad UTF-8 closes the connection before the
                     // rest of the frame arrives.
                     self.utf8.feed(fresh)?;
@@ -273,6 +316,9 @@ impl Decoder {
             return Ok(None);
         };
 
+        if compressed {
+            return self.inflate_frame(h, end, is_text, payload);
+        }
         if h.opcode == OP_CONT {
             self.assembly.extend_from_slice(payload);
             if !h.fin {
@@ -302,6 +348,47 @@ impl Decoder {
         Ok(Some((end, Some(event))))
     }
 
+    /// Inflates the complete data frame `payload` of a compressed message,
+    /// and returns the message when the frame is its last.
+    fn inflate_frame<'a>(
+        &'a mut self,
+        h: Header,
+        end: usize,
+        is_text: bool,
+        payload: &[u8],
+    ) -> Result<Option<(usize, Option<Event<'a>>)>, WsError> {
+        let no_context_takeover = self.deflate.unwrap_or(true);
+        let limit = self.max_message;
+        let inflater = self.inflater.get_or_insert_with(|| Box::new(Inflater::new(no_context_takeover)));
+        let start = self.inflated.len();
+        inflater.push(payload, limit, &mut self.inflated).map_err(inflate_error)?;
+        if h.fin {
+            inflater.finish(limit, &mut self.inflated).map_err(inflate_error)?;
+        }
+        if is_text {
+            // Validated as it is inflated: bad UTF-8 fails at the frame
+            // that brings it.
+            self.utf8.feed(self.inflated.get(start..).unwrap_or_default())?;
+        }
+        if !h.fin {
+            if h.opcode != OP_CONT {
+                self.message_opcode = Some(h.opcode);
+                self.compressed = true;
+            }
+            return Ok(Some((end, None)));
+        }
+        self.message_opcode = None;
+        self.compressed = false;
+        self.release_assembly = true;
+        let event = if is_text {
+            self.utf8.finish()?;
+            Event::Text(&self.inflated)
+        } else {
+            Event::Binary(&self.inflated)
+        };
+        Ok(Some((end, Some(event))))
+    }
+
     /// Parses and checks the header at the front of `buf`. Each rule is
     /// checked as soon as the byte it depends on has arrived, so a bad frame
     /// fails before the rest of its header (or its payload) is waited for.
@@ -310,10 +397,17 @@ impl Decoder {
             return Ok(None);
         };
         let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
+        let rsv1 = b0 & 0x40 != 0;
+        if b0 & 0x30 != 0 || (rsv1 && self.deflate.is_none()) {
             return Err(WsError::Protocol("reserved bits set without an extension"));
         }
         let opcode = b0 & 0x0F;
+        if rsv1 && opcode == OP_CONT {
+            return Err(WsError::Protocol("RSV1 on a continuation frame"));
+        }
+        if rsv1 && opcode >= OP_CLOSE {
+            return Err(WsError::Protocol("RSV1 on a control frame"));
+        }
         match OpCode::from(opcode) {
             OpCode::Data(Data::Continue) => {
                 if self.message_opcode.is_none() {
@@ -367,8 +461,15 @@ impl Decoder {
         if !is_control {
             // The limit is known from the length field alone: refuse now
             // rather than buffer a payload that will be refused anyway.
-            let already = if opcode == OP_CONT { self.assembly.len() } else { 0 };
-            let room = self.max_message.saturating_sub(already);
+            // A compressed frame is bounded on its own (its inflated bytes
+            // are what the message limit counts, checked as it inflates).
+            let compressed = if opcode == OP_CONT { self.compressed } else { rsv1 };
+            let room = if compressed {
+                self.compressed_frame_limit()
+            } else {
+                let already = if opcode == OP_CONT { self.assembly.len() } else { 0 };
+                self.max_message.saturating_sub(already)
+            };
             if payload_len > room as u64 {
                 return Err(WsError::TooBig);
             }
@@ -377,7 +478,15 @@ impl Decoder {
         let Some(mask) = buf.get(mask_at..mask_at + 4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
             return Ok(None);
         };
-        Ok(Some(Header { fin, opcode, mask, len: mask_at + 4, payload_len }))
+        Ok(Some(Header { fin, rsv1, opcode, mask, len: mask_at + 4, payload_len }))
+    }
+}
+
+/// The close an inflate failure calls for.
+fn inflate_error(e: InflateError) -> WsError {
+    match e {
+        InflateError::TooBig => WsError::TooBig,
+        InflateError::Corrupt => WsError::Protocol("invalid compressed data"),
     }
 }
 
@@ -438,12 +547,13 @@ pub fn header_len(payload_len: usize) -> usize {
 /// ([`header_len`], plus 4 with a mask).
 fn encode_header(
     fin: bool,
+    rsv1: bool,
     opcode: u8,
     payload_len: usize,
     mask: Option<[u8; 4]>,
 ) -> ([u8; MAX_HEADER_LEN + 4], usize) {
     let mut h = [0u8; MAX_HEADER_LEN + 4];
-    h[0] = if fin { 0x80 } else { 0 } | (opcode & 0x0F);
+    h[0] = if fin { 0x80 } else { 0 } | if rsv1 { 0x40 } else { 0 } | (opcode & 0x0F);
     let mut n = header_len(payload_len);
     match n {
         2 => h[1] = payload_len as u8,
@@ -466,8 +576,25 @@ fn encode_header(
 
 /// Writes a FIN, unmasked server frame header into the end of `out`.
 pub fn write_header(out: &mut Vec<u8>, opcode: u8, payload_len: usize) {
-    let (h, n) = encode_header(true, opcode, payload_len, None);
+    let (h, n) = encode_header(true, false, opcode, payload_len, None);
     out.extend_from_slice(&h[..n]);
+}
+
+/// Writes a FIN, unmasked server frame header with RSV1 set (a message
+/// compressed with permessage-deflate) into the end of `out`.
+pub fn write_header_rsv1(out: &mut Vec<u8>, opcode: u8, payload_len: usize) {
+    let (h, n) = encode_header(true, true, opcode, payload_len, None);
+    out.extend_from_slice(&h[..n]);
+}
+
+/// Appends a masked client frame whose first byte has RSV1 set (a
+/// compressed message's first frame, for test peers and the load generator).
+pub fn write_masked_frame_rsv1(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) {
+    let start = out.len();
+    write_masked_frame(out, fin, opcode, payload, mask);
+    if let Some(b0) = out.get_mut(start) {
+        *b0 |= 0x40;
+    }
 }
 
 /// Writes the header into buf[..header_len(payload_len)] (for frames whose payload was built after a reserved gap).
@@ -477,7 +604,7 @@ pub fn write_header(out: &mut Vec<u8>, opcode: u8, payload_len: usize) {
 /// # Panics
 /// If `buf` is shorter than `header_len(payload_len)`.
 pub fn put_header(buf: &mut [u8], opcode: u8, payload_len: usize) -> usize {
-    let (h, n) = encode_header(true, opcode, payload_len, None);
+    let (h, n) = encode_header(true, false, opcode, payload_len, None);
     buf[..n].copy_from_slice(&h[..n]);
     n
 }
@@ -486,7 +613,7 @@ pub fn put_header(buf: &mut [u8], opcode: u8, payload_len: usize) -> usize {
 /// peers, benchmarks): header with the mask bit and key, then `payload`
 /// masked with `mask`.
 pub fn write_masked_frame(out: &mut Vec<u8>, fin: bool, opcode: u8, payload: &[u8], mask: [u8; 4]) {
-    let (h, n) = encode_header(fin, opcode, payload.len(), Some(mask));
+    let (h, n) = encode_header(fin, false, opcode, payload.len(), Some(mask));
     out.reserve(n + payload.len());
     out.extend_from_slice(&h[..n]);
     let start = out.len();
@@ -1108,6 +1235,138 @@ mod tests {
         assert_eq!(accept_key(b"dGhlIHNhbXBsZSBub25jZQ=="), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
     }
 
+    /// A message compressed as a permessage-deflate peer sends it.
+    fn deflated(payload: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        crate::proto::deflate::Deflater::new().compress(payload, &mut out);
+        out
+    }
+
+    #[test]
+    fn rsv_rules_with_and_without_deflate() {
+        let text = "a text that compresses, a text that compresses".as_bytes();
+        let z = deflated(text);
+        // RSV1 without the extension: 1002, as before.
+        let mut plain = Decoder::new(100);
+        let mut f = raw_frame(0xC0 | OP_TEXT, &z, Some(MASK));
+        assert!(matches!(plain.decode(&mut f), Err(WsError::Protocol(_))));
+        let dec = || Decoder::new(100).with_deflate(true);
+        // RSV1 on the first frame: compressed.
+        assert_eq!(one_with(dec(), &raw_frame(0xC0 | OP_TEXT, &z, Some(MASK))), Ok(Some(Owned::Text(text.to_vec()))));
+        // RSV2, RSV3: never.
+        for first in [0xA0 | OP_TEXT, 0x90 | OP_BINARY, 0xE0 | OP_TEXT] {
+            let mut f = raw_frame(first, &z, Some(MASK));
+            assert!(matches!(dec().decode(&mut f), Err(WsError::Protocol(_))), "{first:#x}");
+        }
+        // RSV1 on a control frame or a continuation: 1002.
+        for first in [0xC0 | OP_PING, 0xC0 | OP_PONG, 0xC0 | OP_CLOSE] {
+            let mut f = raw_frame(first, b"", Some(MASK));
+            assert_eq!(dec().decode(&mut f), Err(WsError::Protocol("RSV1 on a control frame")), "{first:#x}");
+        }
+        let mut bytes = raw_frame(0x40 | OP_TEXT, &z[..3], Some(MASK));
+        bytes.extend(raw_frame(0xC0 | OP_CONT, &z[3..], Some(MASK)));
+        assert_eq!(decode_all(&mut dec(), &bytes).1, Some(WsError::Protocol("RSV1 on a continuation frame")));
+        // Uncompressed messages still pass on a deflate connection.
+        assert_eq!(one_with(dec(), &frame(true, OP_TEXT, b"plain")), Ok(Some(Owned::Text(b"plain".to_vec()))));
+    }
+
+    fn one_with(mut dec: Decoder, bytes: &[u8]) -> Result<Option<Owned>, WsError> {
+        let mut buf = bytes.to_vec();
+        dec.decode(&mut buf).map(|r| r.and_then(|(_, ev)| ev.as_ref().map(own)))
+    }
+
+    #[test]
+    fn compressed_messages_fragmented_and_with_control_frames_between() {
+        let text = "ünïcödé JSON {\"a\":1} ".repeat(40);
+        let z = deflated(text.as_bytes());
+        for cut in [0, 1, z.len() / 2, z.len()] {
+            let mut bytes = raw_frame(0x40 | OP_TEXT, &z[..cut], Some(MASK));
+            bytes.extend(frame(true, OP_PING, b"p"));
+            bytes.extend(frame(true, OP_CONT, &z[cut..]));
+            bytes.extend(frame(true, OP_BINARY, b"after"));
+            let mut dec = Decoder::new(1 << 16).with_deflate(false);
+            let want = vec![
+                Owned::Ping(b"p".to_vec()),
+                Owned::Text(text.as_bytes().to_vec()),
+                Owned::Binary(b"after".to_vec()),
+            ];
+            assert_eq!(decode_all(&mut dec, &bytes), (want.clone(), None), "cut {cut}");
+            let mut dec = Decoder::new(1 << 16).with_deflate(false);
+            assert_eq!(decode_chunked(&mut dec, &bytes, &[7, 3, 50]), (want, None), "cut {cut}");
+        }
+    }
+
+    #[test]
+    fn compressed_bomb_is_1009_and_bad_data_1002_bad_utf8_1007() {
+        let limit = 64 * 1024;
+        let bomb = deflated(&vec![b'a'; 16 << 20]);
+        assert!(bomb.len() < limit, "the bomb fits in a frame: {}", bomb.len());
+        let mut dec = Decoder::new(limit).with_deflate(true);
+        let mut f = raw_frame(0xC0 | OP_TEXT, &bomb, Some(MASK));
+        assert_eq!(dec.decode(&mut f), Err(WsError::TooBig));
+        assert_eq!(WsError::TooBig.close_code(), 1009);
+        assert!(dec.inflated.capacity() <= limit + 1, "{}", dec.inflated.capacity());
+        // Exactly at the limit passes; spread over fragments, one over fails.
+        let at = deflated(&vec![b'a'; limit]);
+        assert_eq!(
+            one_with(Decoder::new(limit).with_deflate(true), &raw_frame(0xC0 | OP_BINARY, &at, Some(MASK)))
+                .map(|e| e.is_some()),
+            Ok(true)
+        );
+        let over = deflated(&vec![b'a'; limit + 1]);
+        let mut bytes = raw_frame(0x40 | OP_BINARY, &over[..over.len() / 2], Some(MASK));
+        bytes.extend(frame(true, OP_CONT, &over[over.len() / 2..]));
+        assert_eq!(decode_all(&mut Decoder::new(limit).with_deflate(true), &bytes).1, Some(WsError::TooBig));
+        // Not DEFLATE.
+        let mut f = raw_frame(0xC0 | OP_BINARY, &[0xff, 0xff, 0xff, 0xff], Some(MASK));
+        assert_eq!(
+            Decoder::new(limit).with_deflate(true).decode(&mut f),
+            Err(WsError::Protocol("invalid compressed data"))
+        );
+        // Bad UTF-8 is found after inflating.
+        let mut f = raw_frame(0xC0 | OP_TEXT, &deflated(b"ok \xff not utf-8"), Some(MASK));
+        assert_eq!(Decoder::new(limit).with_deflate(true).decode(&mut f), Err(WsError::InvalidUtf8));
+        // Binary is not checked.
+        let f = raw_frame(0xC0 | OP_BINARY, &deflated(b"\xff"), Some(MASK));
+        assert_eq!(one_with(Decoder::new(limit).with_deflate(true), &f), Ok(Some(Owned::Binary(vec![0xff]))));
+        // A compressed frame far longer than any message is refused from its header.
+        let mut hdr = vec![0xC0 | OP_BINARY, 0x80 | 127];
+        hdr.extend_from_slice(&(u64::from(u32::MAX)).to_be_bytes());
+        hdr.extend_from_slice(&MASK);
+        assert_eq!(Decoder::new(limit).with_deflate(true).decode(&mut hdr), Err(WsError::TooBig));
+    }
+
+    #[test]
+    fn context_takeover_across_messages() {
+        use flate2::{Compress, Compression, FlushCompress};
+        let mut c = Compress::new(Compression::default(), false);
+        let body = "{\"op\":\"send\",\"room\":\"lobby\",\"body\":\"the same words again\"}".repeat(8);
+        let mut bytes = Vec::new();
+        for _ in 0..3 {
+            let mut z = Vec::with_capacity(4096);
+            c.compress_vec(body.as_bytes(), &mut z, FlushCompress::Sync).unwrap();
+            z.truncate(z.len() - 4);
+            bytes.extend(raw_frame(0xC0 | OP_TEXT, &z, Some(MASK)));
+        }
+        let mut dec = Decoder::new(1 << 16).with_deflate(false);
+        let want = vec![Owned::Text(body.as_bytes().to_vec()); 3];
+        assert_eq!(decode_all(&mut dec, &bytes), (want.clone(), None));
+        // A decoder told there is no context takeover cannot follow it
+        // (what it makes of the later messages is not the text).
+        let mut dec = Decoder::new(1 << 16).with_deflate(true);
+        assert_ne!(decode_all(&mut dec, &bytes), (want, None));
+    }
+
+    #[test]
+    fn server_frames_with_rsv1() {
+        let mut out = Vec::new();
+        write_header_rsv1(&mut out, OP_TEXT, 300);
+        assert_eq!(&out[..2], &[0xC1, 126]);
+        let mut c = Vec::new();
+        write_masked_frame_rsv1(&mut c, true, OP_BINARY, b"xy", MASK);
+        assert_eq!(c[0], 0xC2);
+    }
+
     #[test]
     fn close_codes_of_errors() {
         assert_eq!(WsError::Protocol("x").close_code(), 1002);
@@ -1196,6 +1455,8 @@ mod tests {
             chunks in proptest::collection::vec(1usize..50, 1..4),
         ) {
             let mut dec = Decoder::new(256);
+            let _ = decode_chunked(&mut dec, &bytes, &chunks);
+            let mut dec = Decoder::new(256).with_deflate(false);
             let _ = decode_chunked(&mut dec, &bytes, &chunks);
         }
     }

@@ -43,6 +43,11 @@ pub struct Conn {
     pub write_blocked: bool,
     /// Found past its cap by fan-out and listed to be closed with 4000.
     pub slow: bool,
+    /// permessage-deflate: the longest message that goes to this connection
+    /// compressed (`Agreed::max_deflated_len`); 0 when not negotiated. Kept
+    /// here, not in the boxed `WsState`, so fan-out reads it from the slot
+    /// it touches anyway.
+    pub deflate_max: usize,
 }
 
 pub enum State {

@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::auth::rules::{Patterns, Rules};
 use crate::metrics::CloseReason;
+use crate::proto::deflate;
 use crate::proto::http::{self, bearer_token, HttpError, Method, Request, UpgradeError};
 use crate::proto::msg;
 use crate::proto::ws::{accept_key, Decoder};
@@ -766,13 +767,25 @@ impl Reactor {
                     )),
                 }
             };
-        let mut out = Vec::with_capacity(192);
-        http::write_upgrade_response(&mut out, &accept_key(&up.key), protocol);
+        let cfg = &self.live.config;
+        let deflate = if cfg.permessage_deflate {
+            let offers = req.headers.iter().filter(|(n, _)| n == "sec-websocket-extensions").map(|(_, v)| v.as_slice());
+            deflate::negotiate(offers)
+        } else {
+            None
+        };
+        let mut out = Vec::with_capacity(256);
+        let extensions = deflate.map(|a| a.response());
+        http::write_upgrade_response(&mut out, &accept_key(&up.key), protocol, extensions.as_deref());
         self.send(key, Bytes::from(out));
         let cfg = &self.live.config;
+        let mut decoder = Decoder::new(cfg.max_message_bytes);
+        if let Some(a) = deflate {
+            decoder = decoder.with_deflate(a.client_no_context_takeover);
+        }
         let ws = WsState {
             kind,
-            decoder: Decoder::new(cfg.max_message_bytes),
+            decoder,
             user,
             exp,
             rules,
@@ -793,6 +806,7 @@ impl Reactor {
         }
         if let Some(conn) = self.conns.get_mut(key as usize) {
             conn.state = State::Ws(Box::new(ws));
+            conn.deflate_max = deflate.map_or(0, |a| a.max_deflated_len());
         }
         self.schedule(key, first);
         Outcome::Done

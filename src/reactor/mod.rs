@@ -276,6 +276,10 @@ pub struct Reactor {
     slow: Vec<u32>,
     /// `deliver_local` is working through `slow` (see there).
     closing_slow: bool,
+    /// permessage-deflate's compressor, shared by every connection here:
+    /// fan-out compresses a message at most once per reactor with it, and
+    /// echo replies go through it (see `proto::deflate`).
+    deflater: crate::proto::deflate::Deflater,
     counters: Counters,
     scratch: Vec<u8>,
     now: Instant,
@@ -403,6 +407,7 @@ impl Reactor {
             rerun: Vec::new(),
             slow: Vec::new(),
             closing_slow: false,
+            deflater: crate::proto::deflate::Deflater::new(),
             counters: Counters::default(),
             scratch: vec![0; SCRATCH],
             now,
@@ -723,6 +728,7 @@ impl Reactor {
             last_write: self.now,
             write_blocked: false,
             slow: false,
+            deflate_max: 0,
         });
         self.counters.accepted += 1;
         self.counters.open += 1;

@@ -101,6 +101,7 @@ impl Reactor {
             return Step::Stop;
         };
         let kind = ws.kind;
+        let deflate_max = conn.deflate_max;
         let (used, action) = match ws.decoder.decode(buf) {
             Ok(None) => return Step::NeedMore,
             Ok(Some((used, None))) => (used, Action::Nothing),
@@ -108,7 +109,9 @@ impl Reactor {
                 ws.last_rx = now;
                 ws.ping_sent = false;
                 self.counters.frames_in += 1;
-                (used, act(kind, ev))
+                let deflate =
+                    Deflate { deflater: &mut self.deflater, max: deflate_max, min: self.live.config.deflate_min_bytes };
+                (used, act(kind, ev, deflate))
             }
             Err(e) => {
                 // Failing the connection (RFC 6455 7.1.7): say why in a close
@@ -467,8 +470,22 @@ impl Reactor {
     /// Queues the same frame on every local member: a refcount bump and a
     /// queue push each, no copy. Members past their queue cap are closed
     /// with 4000 afterwards; nobody else waits for them.
+    ///
+    /// Members that negotiated permessage-deflate get the compressed twin
+    /// of the frame instead, made here at most once, on the first member
+    /// that takes it, and shared the same way. Whether a message goes
+    /// compressed is decided once (`deflate-min-bytes`), not per member;
+    /// per member is only the window its client allowed (`deflate_max`).
     pub(super) fn deliver_local(&mut self, room: &str, frame: Bytes) {
         let cap = self.live.config.max_queue_bytes;
+        // Anything but one data frame (none is expected) goes plain to all.
+        let plain_len = crate::proto::deflate::split_server_frame(&frame).map_or(0, |(_, p)| p.len());
+        // No permessage-deflate connection has `deflate_max` above 0, so
+        // with the setting off no member takes the compressed branch.
+        let deflatable = plain_len > 0 && plain_len >= self.live.config.deflate_min_bytes;
+        // `None` until the first deflate member; `Some(None)` when the
+        // frame cannot or should not be compressed (then all get it plain).
+        let mut deflated: Option<Option<Bytes>> = None;
         let members = self.local.members(room);
         self.counters.delivered += members.len() as u64;
         self.counters.frames_out += members.len() as u64;
@@ -476,7 +493,12 @@ impl Reactor {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 continue;
             };
-            conn.out.push(frame.clone());
+            let twin = if deflatable && plain_len <= conn.deflate_max {
+                deflated.get_or_insert_with(|| self.deflater.deflate_frame(&frame)).as_ref()
+            } else {
+                None
+            };
+            conn.out.push(twin.unwrap_or(&frame).clone());
             if !conn.flush_queued {
                 conn.flush_queued = true;
                 self.pending_flush.push(key);
@@ -559,18 +581,37 @@ fn member_id(c: super::mail::ConnRef) -> crate::rooms::MemberId {
     (u64::from(c.reactor) << 32) | u64::from(c.key)
 }
 
+/// What an echo reply needs to go compressed on a permessage-deflate
+/// connection.
+struct Deflate<'a> {
+    deflater: &'a mut crate::proto::deflate::Deflater,
+    /// The connection's `deflate_max` (0: not negotiated).
+    max: usize,
+    /// `deflate-min-bytes`.
+    min: usize,
+}
+
+impl Deflate<'_> {
+    /// The frame an echo sends back: compressed when negotiated and worth it.
+    fn echo(self, opcode: u8, payload: &[u8]) -> Bytes {
+        let plain = wsproto::encode_frame(opcode, payload);
+        if payload.len() >= self.min && payload.len() <= self.max {
+            if let Some(f) = self.deflater.deflate_frame(&plain) {
+                return f;
+            }
+        }
+        Bytes::from(plain)
+    }
+}
+
 /// Turns one decoded frame into what should happen next.
-fn act(kind: WsKind, ev: Event<'_>) -> Action {
+fn act(kind: WsKind, ev: Event<'_>, deflate: Deflate<'_>) -> Action {
     match ev {
         Event::Ping(p) => Action::Pong(Bytes::from(wsproto::encode_frame(wsproto::OP_PONG, p))),
         Event::Pong(_) => Action::Nothing,
         Event::Close { code, .. } => Action::PeerClose(code),
-        Event::Text(t) if kind == WsKind::Echo => {
-            Action::Reply(Bytes::from(wsproto::encode_frame(wsproto::OP_TEXT, t)))
-        }
-        Event::Binary(b) if kind == WsKind::Echo => {
-            Action::Reply(Bytes::from(wsproto::encode_frame(wsproto::OP_BINARY, b)))
-        }
+        Event::Text(t) if kind == WsKind::Echo => Action::Reply(deflate.echo(wsproto::OP_TEXT, t)),
+        Event::Binary(b) if kind == WsKind::Echo => Action::Reply(deflate.echo(wsproto::OP_BINARY, b)),
         Event::Binary(_) => {
             Action::Reply(msg::encode_error(None, "bad_request", "binary frames are not part of the protocol", None))
         }
@@ -637,6 +678,115 @@ mod tests {
         let c = h.connect();
         h.input(c, req.as_bytes());
         String::from_utf8_lossy(&h.take_output(c)).into_owned()
+    }
+
+    /// Upgrades with `extensions` offered; returns the connection and the
+    /// `Sec-WebSocket-Extensions` answer, if any.
+    fn ws_offering(h: &mut Harness, token: &str, extensions: &str) -> (ConnId, Option<String>) {
+        let c = h.connect();
+        let mut req = String::from_utf8(upgrade_request(token)).unwrap();
+        req.truncate(req.len() - 2);
+        req.push_str(&format!("Sec-WebSocket-Extensions: {extensions}\r\n\r\n"));
+        h.input(c, req.as_bytes());
+        let head = String::from_utf8_lossy(&h.take_output(c)).into_owned();
+        assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+        let ext = head.lines().find_map(|l| l.strip_prefix("Sec-WebSocket-Extensions: ")).map(str::to_string);
+        (c, ext)
+    }
+
+    /// Raw server frames: (first byte, payload).
+    fn raw_frames(out: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut frames = Vec::new();
+        let mut rest = out;
+        while let Some((op, payload)) = crate::proto::deflate::split_server_frame_prefix(rest) {
+            frames.push((rest[0], payload.to_vec()));
+            rest = &rest[crate::proto::ws::header_len(payload.len()) + payload.len()..];
+            let _ = op;
+        }
+        frames
+    }
+
+    fn inflate(z: &[u8]) -> Vec<u8> {
+        let mut inf = crate::proto::deflate::Inflater::new(true);
+        let mut out = Vec::new();
+        inf.push(z, 1 << 20, &mut out).unwrap();
+        inf.finish(1 << 20, &mut out).unwrap();
+        out
+    }
+
+    #[test]
+    fn deflate_members_get_the_compressed_frame_others_the_plain_one() {
+        let mut h = Harness::new(Config { send_rate: 0.0, ..Config::default() }).unwrap();
+        let (z1, e1) = ws_offering(&mut h, &token(json!({"sub": "z1"})), "permessage-deflate; client_max_window_bits");
+        assert_eq!(e1.as_deref(), Some("permessage-deflate; server_no_context_takeover"));
+        let (z2, e2) = ws_offering(
+            &mut h,
+            &token(json!({"sub": "z2"})),
+            "foo, permessage-deflate; bad_param, permessage-deflate; client_no_context_takeover",
+        );
+        assert_eq!(e2.as_deref(), Some("permessage-deflate; server_no_context_takeover; client_no_context_takeover"));
+        // A 9-bit window: messages over 512 bytes go plain to it.
+        let (small, e3) =
+            ws_offering(&mut h, &token(json!({"sub": "w9"})), "permessage-deflate; server_max_window_bits=9");
+        assert_eq!(e3.as_deref(), Some("permessage-deflate; server_no_context_takeover; server_max_window_bits=9"));
+        let plain = ws(&mut h, &token(json!({"sub": "p"})));
+        for c in [z1, z2, small, plain] {
+            call(&mut h, c, json!({"op":"join","room":"r"}));
+        }
+        for c in [z1, z2, small, plain] {
+            h.take_output(c);
+        }
+        let text: String = (0..40).map(|i| format!("{{\"n\":{i},\"text\":\"hello room\"}},")).collect();
+        h.input(
+            plain,
+            &client_frame(true, 1, json!({"op":"send","room":"r","body":{"t": text}}).to_string().as_bytes()),
+        );
+        let mut wire = Vec::new();
+        for c in [z1, z2, small, plain] {
+            let out = h.take_output(c);
+            let frames = raw_frames(&out);
+            let (b0, payload) = frames
+                .iter()
+                .find(|(b0, p)| {
+                    let body = if b0 & 0x40 != 0 { inflate(p) } else { p.clone() };
+                    String::from_utf8_lossy(&body).contains("\"op\":\"msg\"")
+                })
+                .expect("a msg frame")
+                .clone();
+            let body = if b0 & 0x40 != 0 { inflate(&payload) } else { payload.clone() };
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["body"]["t"], text.as_str());
+            wire.push((b0, payload.len(), body.len()));
+        }
+        // Compressed (RSV1) to the two deflate members, and the same bytes;
+        // plain to the small window and the plain member.
+        assert_eq!(wire[0].0, 0xC1);
+        assert_eq!(wire[1], wire[0]);
+        assert_eq!(wire[2].0, 0x81);
+        assert_eq!(wire[3].0, 0x81);
+        assert!(wire[0].1 * 3 < wire[3].1, "{wire:?}");
+        // Short frames (the ack, under deflate-min-bytes) go plain to deflate members too.
+        let got = call(&mut h, z1, json!({"op":"ping","ref":"p"}));
+        assert!(op_of(&got, "pong", "p"));
+        // Input compressed by the client is understood.
+        let mut z = Vec::new();
+        crate::proto::deflate::Deflater::new().compress(json!({"op":"ping","ref":"zz"}).to_string().as_bytes(), &mut z);
+        let mut f = Vec::new();
+        crate::proto::ws::write_masked_frame_rsv1(&mut f, true, 1, &z, [1, 2, 3, 4]);
+        h.input(z2, &f);
+        assert!(op_of(&frames(&mut h, z2), "pong", "zz"));
+        // ... but not from a connection that did not negotiate it: 1002.
+        h.input(plain, &f);
+        let out = h.take_output(plain);
+        assert_eq!(&out[..4], &[0x88, out[1], 0x03, 0xEA], "{out:?}");
+        h.check_invariants().unwrap();
+    }
+
+    #[test]
+    fn deflate_off_negotiates_nothing() {
+        let mut h = Harness::new(Config { permessage_deflate: false, ..Config::default() }).unwrap();
+        let (_, ext) = ws_offering(&mut h, &token(json!({})), "permessage-deflate");
+        assert_eq!(ext, None);
     }
 
     #[test]
