@@ -175,14 +175,16 @@ pub fn event(level: Level, event: &str, msg: &str, fields: &[(&str, Val<'_>)]) {
     emit(level, event, msg, fields, false);
 }
 
-/// [`event`] for the lines that say where the server listens: in text mode
-/// they go to stdout, as they always have.
+/// [`event`] for the lines that say where the server listens (and that it
+/// stopped): in text mode they go to stdout, as they always have, and they
+/// are written whatever the level, since tools wait for them.
 pub fn announce(event: &str, msg: &str, fields: &[(&str, Val<'_>)]) {
     emit(Level::Info, event, msg, fields, true);
 }
 
 fn emit(level: Level, event: &str, msg: &str, fields: &[(&str, Val<'_>)], stdout: bool) {
-    if !enabled(level) {
+    // Where the server listens is said at every level: tools wait for it.
+    if !stdout && !enabled(level) {
         return;
     }
     let Some(logger) = LOGGER.get() else {

@@ -47,7 +47,6 @@ pub const RELOADABLE: &[&str] = &[
     "post-burst-per-ip",
     "max-conns-per-ip",
     "max-message-bytes",
-    "max-queue-bytes",
     "request-timeout",
     "idle-timeout",
     "ping-interval",
@@ -109,6 +108,25 @@ pub struct Outcome {
     pub keys: String,
 }
 
+/// The new TLS config with the old one's ticket keys and session cache when
+/// their settings did not change: a certificate renewal must not send every
+/// client back to a full handshake at once.
+fn keep_sessions(
+    fresh: Arc<rustls::ServerConfig>,
+    old: Option<&Arc<rustls::ServerConfig>>,
+    opts: &crate::server::TlsOptions,
+    old_opts: &crate::server::TlsOptions,
+) -> Arc<rustls::ServerConfig> {
+    let Some(old) = old else { return fresh };
+    if opts.session_cache != old_opts.session_cache || opts.tickets != old_opts.tickets {
+        return fresh;
+    }
+    let mut cfg = Arc::try_unwrap(fresh).unwrap_or_else(|shared| (*shared).clone());
+    cfg.ticketer = old.ticketer.clone();
+    cfg.session_storage = old.session_storage.clone();
+    Arc::new(cfg)
+}
+
 /// Why a reload was refused.
 #[derive(Debug)]
 pub enum Refused {
@@ -165,6 +183,12 @@ impl Reloader {
         self.prepare(shared).map_err(Refused::Config)?.apply(shared)
     }
 
+    /// Whether a reload runs now (the API answers 409 rather than queue
+    /// another behind it).
+    pub fn busy(&self) -> bool {
+        self.one_at_a_time.try_lock().is_err()
+    }
+
     fn prepare(&self, shared: &Shared) -> Result<Prepared, String> {
         let old = shared.live.get();
         if self.args.is_empty() {
@@ -203,12 +227,16 @@ impl Reloader {
                 }
             }
         }
+        // Settings kept at their old values may not fit the new ones (a
+        // message limit above a queue cap that waits for a restart).
+        merged.validate().map_err(|e| format!("{e} (with the settings that wait for a restart kept)"))?;
         // The TLS files are read again whatever changed: a renewed
         // certificate keeps its path.
         let tls = match (&merged.tls_listen, &merged.tls_cert, &merged.tls_key) {
             (Some(_), Some(cert), Some(key)) => {
                 let opts = crate::server::TlsOptions::of(&merged);
-                Some(crate::server::load_tls(cert, key, &opts).map_err(|e| e.to_string())?)
+                let fresh = crate::server::load_tls(cert, key, &opts).map_err(|e| e.to_string())?;
+                Some(keep_sessions(fresh, old.tls.as_ref(), &opts, &crate::server::TlsOptions::of(&old.config)))
             }
             _ => None,
         };

@@ -198,8 +198,8 @@ pub fn run(config: Config, args: Vec<std::ffi::OsString>) -> Result<(), ServerEr
 
 /// Starts every thread of the server and returns once it accepts.
 ///
-/// A reload then re-reads the key and TLS files only; [`start_with`] gives
-/// it a command line to read again as well.
+/// A reload then re-reads the key files only; [`start_with`] gives it a
+/// command line to read again (and the TLS files with it).
 pub fn start(config: Config) -> Result<Running, ServerError> {
     start_with(config, Vec::new())
 }

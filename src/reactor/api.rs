@@ -98,6 +98,9 @@ pub struct Gather {
 
 /// Rooms one `broadcast` may name.
 pub const MAX_BROADCAST_ROOMS: usize = 1000;
+/// Body bytes one `broadcast` may put in flight (rooms × body): each room's
+/// publish carries its own copy to its owner.
+pub const MAX_BROADCAST_BYTES: usize = 4 << 20;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +144,9 @@ impl Reactor {
     /// `/v1/api/{method}`.
     pub(super) fn api_route(&mut self, key: u32, req: &Request, method: &str, p: Pending) -> Outcome {
         if method == "reload" {
+            if api_key(req).is_some() {
+                return Outcome::Answer(Answer::error(403, "forbidden", "reloads need an admin token, not an API key"));
+            }
             return self.api_reload(key, req, p);
         }
         let known = ["publish", "broadcast", "history", "presence", "info", "disconnect", "unsubscribe", "rooms"];
@@ -216,12 +222,17 @@ impl Reactor {
         if r.id.as_ref().is_some_and(|id| id.is_empty() || id.len() > 128) {
             return Err(bad("id is 1 to 128 bytes"));
         }
+        let mut seen = std::collections::HashSet::with_capacity(r.rooms.len());
         let mut rooms: Vec<RoomName> = Vec::with_capacity(r.rooms.len());
         for name in &r.rooms {
             let room = self.api_room(name)?;
-            if !rooms.contains(&room) {
+            if seen.insert(room.clone()) {
                 rooms.push(room);
             }
+        }
+        if rooms.len().saturating_mul(r.body.get().len()) > MAX_BROADCAST_BYTES {
+            let m = format!("rooms × body bytes is at most {MAX_BROADCAST_BYTES}; split the broadcast");
+            return Err(Outcome::Answer(Answer::error(413, "too_large", &m)));
         }
         if rooms.iter().any(|room| self.backed_up(Reactor::owner_at(&self.shared, room))) {
             let mut a = Answer::error(503, "overloaded", "a room's owner is busy; retry");

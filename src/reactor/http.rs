@@ -23,6 +23,9 @@ use super::{Reactor, Step};
 
 #[path = "api.rs"]
 mod api;
+
+/// Refused upgrades logged per second per reactor (see `refusal_may_log`).
+const REFUSALS_PER_SECOND: u32 = 20;
 use crate::rooms::core::{Command, History, Presence, Publish};
 pub(super) use api::Gather;
 
@@ -445,8 +448,7 @@ impl Reactor {
         })
     }
 
-    /// `POST /v1/api/reload` (an API key or an admin token): what SIGHUP
-    /// does, answered. The files
+    /// `POST /v1/api/reload` (an admin token): what SIGHUP does, answered. The files
     /// are read on a thread of its own, never on the reactor.
     fn api_reload(&mut self, key: u32, req: &Request, p: Pending) -> Outcome {
         if req.method != Method::Post {
@@ -454,8 +456,13 @@ impl Reactor {
             a.extra.push(("Allow", "POST".to_string()));
             return Outcome::Answer(a);
         }
-        if let Err(a) = self.api_authorised(req) {
+        // Admins only: a reload reads the server's files and its answer
+        // quotes what is wrong in them.
+        if let Err(a) = self.admin(req, "reloads need") {
             return Outcome::Answer(a);
+        }
+        if self.shared.reloader.busy() {
+            return Outcome::Answer(Answer::error(409, "bad_request", "a reload is running; try again when it ends"));
         }
         self.set_awaiting(key, Some(p));
         let shared = self.shared.clone();
@@ -673,29 +680,58 @@ impl Reactor {
 
     /// [`Self::upgrade_or_refuse`], with a log line for each refusal (its
     /// status and reason; the path without its query, which may hold a
-    /// token).
+    /// token): at info up to `REFUSALS_PER_SECOND` a second per reactor,
+    /// past that at debug (a flood of bad tokens does not crowd the other
+    /// lines out of the log queue unless debug lines were asked for).
     fn upgrade(&mut self, key: u32, req: &Request, kind: WsKind) -> Outcome {
+        use crate::log::Level;
         let outcome = self.upgrade_or_refuse(key, req, kind);
-        if let Outcome::Answer(a) = &outcome {
-            if crate::log::enabled(crate::log::Level::Info) {
-                let ip = self.conns.get(key as usize).and_then(|c| c.ip).map(|ip| ip.to_string()).unwrap_or_default();
-                let err: Option<msg::ErrorBody> = serde_json::from_slice(&a.body).ok();
-                let (code, why) = err.map(|e| (e.error.code, e.error.message)).unwrap_or_default();
-                crate::log::event(
-                    crate::log::Level::Info,
-                    "upgrade_refused",
-                    &format!("upgrade refused: {} {why} ({ip} {})", a.status, req.path),
-                    &[
-                        ("status", a.status.into()),
-                        ("code", (&code).into()),
-                        ("reason", (&why).into()),
-                        ("path", crate::log::path_only(&req.path).into()),
-                        ("ip", (&ip).into()),
-                    ],
-                );
-            }
+        let Outcome::Answer(a) = &outcome else { return outcome };
+        if !crate::log::enabled(Level::Info) {
+            return outcome;
         }
+        let level = if self.refusal_may_log() { Level::Info } else { Level::Debug };
+        if !crate::log::enabled(level) {
+            return outcome;
+        }
+        let held = if level == Level::Info { std::mem::take(&mut self.refusals_logged.2) } else { 0 };
+        let ip = self.conns.get(key as usize).and_then(|c| c.ip).map(|ip| ip.to_string()).unwrap_or_default();
+        let err: Option<msg::ErrorBody> = serde_json::from_slice(&a.body).ok();
+        let (code, why) = err.map(|e| (e.error.code, e.error.message)).unwrap_or_default();
+        let mut line = format!("upgrade refused: {} {why} ({ip} {})", a.status, req.path);
+        if held > 0 {
+            line.push_str(&format!(" ({held} more refusals held back)"));
+        }
+        crate::log::event(
+            level,
+            "upgrade_refused",
+            &line,
+            &[
+                ("status", a.status.into()),
+                ("code", (&code).into()),
+                ("reason", (&why).into()),
+                ("path", crate::log::path_only(&req.path).into()),
+                ("ip", (&ip).into()),
+                ("held", held.into()),
+            ],
+        );
         outcome
+    }
+
+    /// At most `REFUSALS_PER_SECOND` refusal lines a second per reactor;
+    /// the rest are counted and the next line says how many were held.
+    fn refusal_may_log(&mut self) -> bool {
+        let (since, n, held) = &mut self.refusals_logged;
+        if self.now.saturating_duration_since(*since) >= std::time::Duration::from_secs(1) {
+            *since = self.now;
+            *n = 0;
+        }
+        if *n >= REFUSALS_PER_SECOND {
+            *held += 1;
+            return false;
+        }
+        *n += 1;
+        true
     }
 
     fn upgrade_or_refuse(&mut self, key: u32, req: &Request, kind: WsKind) -> Outcome {

@@ -249,6 +249,10 @@ pub struct Reactor {
     /// by connection key (at most one per connection: it reads no further
     /// request while one is answered).
     gathers: std::collections::HashMap<u32, http::Gather>,
+    /// Refused upgrades logged in the current second (from when), and those
+    /// held back since the last line: a flood of bad tokens must not fill
+    /// the log queue ahead of the lines that matter.
+    refusals_logged: (Instant, u32, u64),
     /// `--metrics-histograms`: the histograms below are kept.
     hists_on: bool,
     hists: metrics::Hists,
@@ -394,6 +398,7 @@ impl Reactor {
             live: shared.live.get(),
             live_gen: shared.live.generation(),
             gathers: std::collections::HashMap::new(),
+            refusals_logged: (Instant::now(), 0, 0),
             hists_on: shared.config.metrics_histograms,
             hists: metrics::Hists::default(),
             append_stamps: VecDeque::new(),
@@ -569,8 +574,10 @@ impl Reactor {
         while n > 0 {
             let Some((left, sent)) = self.append_stamps.front_mut() else { break };
             let k = (*left).min(n);
-            self.hists.publish_commit.observe_n(micros(at.saturating_duration_since(*sent)), k as u64);
-            self.hists.dirty = true;
+            if self.hists_on {
+                self.hists.publish_commit.observe_n(micros(at.saturating_duration_since(*sent)), k as u64);
+                self.hists.dirty = true;
+            }
             *left -= k;
             n -= k;
             if *left == 0 {
@@ -581,7 +588,11 @@ impl Reactor {
 
     /// Deliveries of the commit made at `at` (if known) wait for this
     /// reactor's next write pass.
-    fn note_delivery(&mut self, at: Option<Instant>) {
+    fn note_delivery(&mut self, room: &str, at: Option<Instant>) {
+        // Only deliveries that queue something here wait for a write.
+        if !self.hists_on || self.local.members(room).is_empty() {
+            return;
+        }
         if let Some(at) = at {
             if self.first_write_from.is_none_or(|t| at < t) {
                 self.first_write_from = Some(at);

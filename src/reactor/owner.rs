@@ -42,16 +42,14 @@ impl Reactor {
         match m {
             Mail::Owner(c) => self.owner_command(c),
             Mail::Committed(c, at) => {
-                if self.hists_on {
-                    self.note_commit(c.n, at);
-                    self.feeding_commit = Some(at);
-                }
+                self.note_commit(c.n, at);
+                self.feeding_commit = Some(at);
                 self.feed_core(Input::Committed(c));
                 self.feeding_commit = None;
             }
             Mail::ReadDone(r) => self.feed_core(Input::ReadDone(r)),
             Mail::Deliver(d) => {
-                self.note_delivery(d.committed);
+                self.note_delivery(&d.room, d.committed);
                 self.deliver_local(&d.room, d.frame)
             }
             Mail::Answer(a) => self.take_answer(a.to, a.reply),
@@ -156,7 +154,7 @@ impl Reactor {
                 }
             }
             Effect::Deliver { reactor, room, frame, .. } if reactor == self.id => {
-                self.note_delivery(self.feeding_commit);
+                self.note_delivery(&room, self.feeding_commit);
                 self.deliver_local(&room, frame)
             }
             Effect::Deliver { reactor, room, seq, frame } => match self.shared.reactors() {
@@ -193,9 +191,9 @@ impl Reactor {
         };
         if !self.appends.is_empty() {
             let batch = mem::take(&mut self.appends);
-            if self.hists_on {
-                self.append_stamps.push_back((batch.len(), std::time::Instant::now()));
-            }
+            // Kept whether or not the histograms are on: a reload that
+            // turns them on must find every batch in flight stamped.
+            self.append_stamps.push_back((batch.len(), std::time::Instant::now()));
             self.append_backlog.push_back(batch);
         }
         self.append_retry = None;

@@ -397,9 +397,14 @@ impl<A: Clone> Core<A> {
                 Some(RoomInfo { name: name.clone(), connections, users, last_seq: r.last_seq() })
             })
             .collect();
-        found.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+        // Only the first `limit` by name are sorted: a selection first keeps
+        // a page of a large core at one linear pass.
         let more = found.len() > limit;
-        found.truncate(limit);
+        if more {
+            found.select_nth_unstable_by(limit, |a, b| a.name.cmp(&b.name));
+            found.truncate(limit);
+        }
+        found.sort_unstable_by(|a, b| a.name.cmp(&b.name));
         (found, more)
     }
 

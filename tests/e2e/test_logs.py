@@ -108,15 +108,33 @@ def test_logfmt_lines(start_server):
     assert any("event=upgrade_refused" in l and "status=401" in l and "path=/v1/ws" in l for l in lines), lines
 
 
+def test_a_refusal_flood_is_held_back_at_info(start_server):
+    """Past 20 refusal lines a second per reactor, refusals are counted, not
+    logged, at the default level; the next line says how many were held."""
+    srv = start_server("--log-format", "json", "--threads", "1", "--request-rate", "0", "--connect-rate-per-ip", "0")
+    for _ in range(200):
+        refused_upgrade(srv)
+    time.sleep(1.1)
+    refused_upgrade(srv)
+    wait_for(srv, '"held":')
+    time.sleep(0.3)
+    events = [json.loads(l) for l in srv.output().splitlines() if l.strip()]
+    refused = [e for e in events if e["event"] == "upgrade_refused"]
+    assert 20 <= len(refused) <= 60, len(refused)
+    assert sum(e["held"] for e in refused) + len(refused) >= 200, refused[-3:]
+
+
 def test_log_level_filters(start_server):
     srv = start_server("--log-format", "json", "--log-level", "warn", "--send-rate", "0",
                        "--max-queue-bytes", "64KiB")
+    # Where it listens is said at every level.
+    wait_for(srv, '"event":"listening"')
     refused_upgrade(srv)
     slow_consumer(srv, "lvl-room")
     wait_for(srv, '"event":"slow_consumer"')
     assert srv.stop(15) == 0
     events = [json.loads(l) for l in srv.output().splitlines() if l.strip()]
-    assert all(e["level"] in ("warn", "error") for e in events), events
+    assert all(e["level"] in ("warn", "error") or e["event"] in ("listening", "stopped") for e in events), events
     assert "upgrade_refused" not in [e["event"] for e in events]
 
 
@@ -125,7 +143,8 @@ def test_roomcast_log_env(start_server):
     refused_upgrade(srv)
     time.sleep(0.3)
     assert srv.stop(15) == 0
-    assert srv.output().strip() == "", srv.output()
+    events = [json.loads(l)["event"] for l in srv.output().splitlines() if l.strip()]
+    assert set(events) <= {"listening", "stopped"}, srv.output()
     # The setting's own variable and the flag come before ROOMCAST_LOG.
     srv = start_server("--log-format", "json", env={"ROOMCAST_LOG": "error", "ROOMCAST_LOG_LEVEL": "info"})
     wait_for(srv, '"event":"listening"')
@@ -140,12 +159,13 @@ def test_bad_log_settings_exit_2(roomcast_bin, tmp_path):
 
 
 def test_a_full_log_pipe_drops_lines_and_the_server_goes_on(roomcast_bin, tmp_path):
-    """stderr is a pipe nobody reads. Thousands of refused upgrades later the
-    server still answers at once, and says how many lines it dropped."""
+    """stderr is a pipe nobody reads. Thousands of refused upgrades later
+    (each one a line at debug level) the server still answers at once, and
+    says how many lines it dropped."""
     port = free_port()
     proc = subprocess.Popen(
         [roomcast_bin, "serve", "--listen", f"{HOST}:{port}", "--data", str(tmp_path), "--threads", "1",
-         "--log-format", "json", "--request-rate", "0", "--connect-rate-per-ip", "0"],
+         "--log-format", "json", "--log-level", "debug", "--request-rate", "0", "--connect-rate-per-ip", "0"],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         env={**os.environ, "ROOMCAST_JWT_SECRET": "s" * 40})
     try:
