@@ -80,6 +80,7 @@ pub struct Counters {
     pub tls_resumed: u64,
     pub tls_not_tls: u64,
     pub tls_handshake_timeouts: u64,
+    pub deflated: u64,
 }
 
 impl Counters {
@@ -197,6 +198,7 @@ pub struct Shared {
     tls_resumed: AtomicU64,
     tls_not_tls: AtomicU64,
     tls_handshake_timeouts: AtomicU64,
+    deflated: AtomicU64,
     publish_commit: SharedHist<17>,
     commit_first_write: SharedHist<17>,
     queue_bytes: SharedHist<12>,
@@ -259,6 +261,7 @@ impl Shared {
         self.tls_resumed.store(c.tls_resumed, Relaxed);
         self.tls_not_tls.store(c.tls_not_tls, Relaxed);
         self.tls_handshake_timeouts.store(c.tls_handshake_timeouts, Relaxed);
+        self.deflated.store(c.deflated, Relaxed);
     }
 }
 
@@ -266,7 +269,7 @@ impl Shared {
 pub fn render(all: &[Shared]) -> String {
     let mut out = String::with_capacity(4096);
     type Get = fn(&Shared) -> &AtomicU64;
-    let simple: [(&str, &str, &str, Get); 15] = [
+    let simple: [(&str, &str, &str, Get); 16] = [
         ("roomcast_connections_open", "gauge", "Connections open now.", |s| &s.open),
         ("roomcast_connections_accepted_total", "counter", "Connections accepted.", |s| &s.accepted),
         ("roomcast_frames_in_total", "counter", "WebSocket frames received.", |s| &s.frames_in),
@@ -295,6 +298,12 @@ pub fn render(all: &[Shared]) -> String {
             "counter",
             "Connections to the TLS port whose first byte was not a TLS handshake record (closed at once).",
             |s| &s.tls_not_tls,
+        ),
+        (
+            "roomcast_deflate_compressions_total",
+            "counter",
+            "Messages this reactor compressed for permessage-deflate members (once per message for all reactors).",
+            |s| &s.deflated,
         ),
         (
             "roomcast_tls_handshake_timeouts_total",

@@ -610,7 +610,12 @@ impl Node {
         for (r, n) in per_reactor.iter().enumerate() {
             if *n > 0 {
                 if let Some(out) = outbox.get_mut(r) {
-                    out.push(Mail::Deliver(Delivery { room: room.clone(), frame: frame.clone(), committed: None }));
+                    out.push(Mail::Deliver(Delivery {
+                        room: room.clone(),
+                        frame: frame.clone(),
+                        twin: None,
+                        committed: None,
+                    }));
                 }
             }
         }

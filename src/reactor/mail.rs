@@ -108,9 +108,17 @@ pub enum ClusterMail {
 }
 
 /// One frame for every local member of a room.
+/// A message's permessage-deflate frame, made once by whichever reactor
+/// needs it first and shared by every reactor the message goes to (`None`
+/// inside: it would not be shorter, or the frame is not one data frame).
+pub type Twin = std::sync::Arc<std::sync::OnceLock<Option<Bytes>>>;
+
 pub struct Delivery {
     pub room: RoomName,
     pub frame: Bytes,
+    /// Shared with the owner's other deliveries of the same message; none
+    /// from another node (each reactor then compresses for itself).
+    pub twin: Option<Twin>,
     /// When the message was committed (for the commit-to-first-write
     /// histogram); none for deliveries that come of no commit here.
     pub committed: Option<std::time::Instant>,

@@ -256,6 +256,9 @@ pub struct Reactor {
     /// held back since the last line: a flood of bad tokens must not fill
     /// the log queue ahead of the lines that matter.
     refusals_logged: (Instant, u32, u64),
+    /// The last message's frame and its shared compressed twin (see
+    /// `twin_of`).
+    last_twin: Option<(Bytes, mail::Twin)>,
     /// Writes since start, for sampling `roomcast_outbound_queue_bytes`.
     queue_sample: u32,
     /// `--metrics-histograms`: the histograms below are kept.
@@ -405,6 +408,7 @@ impl Reactor {
             gathers: std::collections::HashMap::new(),
             refusals_logged: (Instant::now(), 0, 0),
             queue_sample: 0,
+            last_twin: None,
             hists_on: shared.config.metrics_histograms,
             hists: metrics::Hists::default(),
             append_stamps: VecDeque::new(),

@@ -50,7 +50,7 @@ impl Reactor {
             Mail::ReadDone(r) => self.feed_core(Input::ReadDone(r)),
             Mail::Deliver(d) => {
                 self.note_delivery(&d.room, d.committed);
-                self.deliver_local(&d.room, d.frame)
+                self.deliver_local(&d.room, d.frame, d.twin.as_ref())
             }
             Mail::Answer(a) => self.take_answer(a.to, a.reply),
             Mail::Http(h) => {
@@ -155,12 +155,14 @@ impl Reactor {
             }
             Effect::Deliver { reactor, room, frame, .. } if reactor == self.id => {
                 self.note_delivery(&room, self.feeding_commit);
-                self.deliver_local(&room, frame)
+                let twin = self.twin_of(&frame);
+                self.deliver_local(&room, frame, twin.as_ref())
             }
             Effect::Deliver { reactor, room, seq, frame } => match self.shared.reactors() {
                 n if reactor < n => {
                     let committed = self.feeding_commit;
-                    self.post(reactor, Mail::Deliver(Delivery { room, frame, committed }))
+                    let twin = self.twin_of(&frame);
+                    self.post(reactor, Mail::Deliver(Delivery { room, frame, twin, committed }))
                 }
                 // A peer node's members: once to its node, over the link.
                 n => {
@@ -180,6 +182,25 @@ impl Reactor {
             Effect::Read(r) => self.read(r),
             Effect::Forget(room) => self.forgotten.push(room),
         }
+    }
+
+    /// The shared compressed frame of `frame`: the same one for every
+    /// reactor a message goes to (the core emits one `Deliver` per member
+    /// reactor, one after another, with clones of the same frame). The
+    /// cached clone keeps that frame alive, so its address cannot be reused
+    /// by another message while it is the key. Nothing with deflate off.
+    fn twin_of(&mut self, frame: &bytes::Bytes) -> Option<super::mail::Twin> {
+        if !self.live.config.permessage_deflate {
+            return None;
+        }
+        if let Some((f, t)) = &self.last_twin {
+            if f.as_ptr() == frame.as_ptr() && f.len() == frame.len() {
+                return Some(t.clone());
+            }
+        }
+        let t = super::mail::Twin::default();
+        self.last_twin = Some((frame.clone(), t.clone()));
+        Some(t)
     }
 
     /// Sends this iteration's appends to store-writer as one batch (or keeps

@@ -472,11 +472,14 @@ impl Reactor {
     /// with 4000 afterwards; nobody else waits for them.
     ///
     /// Members that negotiated permessage-deflate get the compressed twin
-    /// of the frame instead, made here at most once, on the first member
-    /// that takes it, and shared the same way. Whether a message goes
+    /// of the frame instead, made at most once per message: by the first
+    /// reactor with a member that takes it, in `twin` (shared by every
+    /// reactor the owner sends the message to; a `OnceLock`, so a second
+    /// reactor needing it meanwhile waits for that one compression, per
+    /// message, never per member), and shared the same way. Whether a message goes
     /// compressed is decided once (`deflate-min-bytes`), not per member;
     /// per member is only the window its client allowed (`deflate_max`).
-    pub(super) fn deliver_local(&mut self, room: &str, frame: Bytes) {
+    pub(super) fn deliver_local(&mut self, room: &str, frame: Bytes, twin: Option<&super::mail::Twin>) {
         let cap = self.live.config.max_queue_bytes;
         // Anything but one data frame (none is expected) goes plain to all.
         let plain_len = crate::proto::deflate::split_server_frame(&frame).map_or(0, |(_, p)| p.len());
@@ -493,12 +496,26 @@ impl Reactor {
             let Some(conn) = self.conns.get_mut(key as usize) else {
                 continue;
             };
-            let twin = if deflatable && plain_len <= conn.deflate_max {
-                deflated.get_or_insert_with(|| self.deflater.deflate_frame(&frame)).as_ref()
+            let compressed = if deflatable && plain_len <= conn.deflate_max {
+                // Once per message: the owner's other reactors share it.
+                deflated
+                    .get_or_insert_with(|| match twin {
+                        Some(t) => t
+                            .get_or_init(|| {
+                                self.counters.deflated += 1;
+                                self.deflater.deflate_frame(&frame)
+                            })
+                            .clone(),
+                        None => {
+                            self.counters.deflated += 1;
+                            self.deflater.deflate_frame(&frame)
+                        }
+                    })
+                    .as_ref()
             } else {
                 None
             };
-            conn.out.push(twin.unwrap_or(&frame).clone());
+            conn.out.push(compressed.unwrap_or(&frame).clone());
             if !conn.flush_queued {
                 conn.flush_queued = true;
                 self.pending_flush.push(key);

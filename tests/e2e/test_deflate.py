@@ -225,3 +225,28 @@ def test_node_ws_client_with_permessage_deflate(start_server, room):
     r = subprocess.run([node, "--test", "--test-reporter=spec", "deflate_client.js"], cwd=NODE_DIR, env=env,
                        capture_output=True, text=True, timeout=80)
     assert r.returncode == 0, f"node --test failed:\n{r.stdout[-6000:]}\n{r.stderr[-3000:]}"
+
+
+def test_each_message_is_compressed_once_for_every_reactor(start_server, room):
+    """Deflate members spread over both reactors: the compressed frame is
+    made once per message and shared, not once per reactor."""
+    srv = start_server("--send-rate", "0", "--threads", "2")
+    members = [raw(srv, f"z{i}", OFFER) for i in range(8)]
+    for rw in members:
+        rw.send_json({"op": "join", "room": room, "ref": "j"})
+        while rw.recv_json().get("op") != "joined":
+            pass
+    m = srv.metrics()
+    per_reactor = {r: m.total("roomcast_connections_open", reactor=r) for r in ("0", "1")}
+    if min(per_reactor.values()) < 1:
+        pytest.skip(f"the kernel put every connection on one reactor: {per_reactor}")
+    before = m.total("roomcast_deflate_compressions_total")
+    sender = srv.ws("sender")
+    n = 10
+    for i in range(n):
+        assert sender.call("send", room=room, body=chat_body(i)).get("op") == "ack"
+    for rw in members:
+        z = recv_msgs(rw, n)
+        assert all(c for c, _, _ in z)
+    sender.close()
+    assert srv.metrics().total("roomcast_deflate_compressions_total") - before == n
