@@ -60,6 +60,15 @@ pub const RELOADABLE: &[&str] = &[
 pub struct Settings {
     pub config: Config,
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// `config.api_keys`, parsed once here rather than on every API call.
+    pub api_keys: Vec<[u8; 32]>,
+}
+
+impl Settings {
+    pub fn new(config: Config, tls: Option<Arc<rustls::ServerConfig>>) -> Settings {
+        let api_keys = config.api_key_hashes();
+        Settings { config, tls, api_keys }
+    }
 }
 
 /// The current [`Settings`], swapped whole by a reload.
@@ -157,7 +166,7 @@ impl Prepared {
         self.out.keys = shared.auth.reload().map_err(|e| Refused::Keys(e.to_string()))?.to_string();
         shared.limits.retune(&self.merged);
         log::set_level(self.merged.log_level);
-        shared.live.swap(Settings { config: self.merged, tls: self.tls });
+        shared.live.swap(Settings::new(self.merged, self.tls));
         Ok(self.out)
     }
 }

@@ -298,7 +298,7 @@ pub fn start_with(config: Config, args: Vec<std::ffi::OsString>) -> Result<Runni
         fatal: std::sync::Mutex::new(None),
         is_fatal: AtomicBool::new(false),
         quiet: (0..n).map(|_| AtomicBool::new(false)).collect(),
-        live: crate::reload::Live::new(crate::reload::Settings { config: config.clone(), tls }),
+        live: crate::reload::Live::new(crate::reload::Settings::new(config.clone(), tls)),
         reloader: crate::reload::Reloader::new(args),
         auth,
         store: Some(store.clone()),

@@ -133,7 +133,7 @@ impl Reactor {
     /// token; else its 401 or 403.
     pub(super) fn api_authorised(&self, req: &Request) -> Result<(), Answer> {
         if let Some(key) = api_key(req) {
-            if key_matches(key, &self.live.config.api_key_hashes()) {
+            if key_matches(key, &self.live.api_keys) {
                 return Ok(());
             }
             return Err(Answer::error(401, "unauthorized", "unknown API key"));

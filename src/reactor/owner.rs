@@ -190,7 +190,8 @@ impl Reactor {
     /// cached clone keeps that frame alive, so its address cannot be reused
     /// by another message while it is the key. Nothing with deflate off.
     fn twin_of(&mut self, frame: &bytes::Bytes) -> Option<super::mail::Twin> {
-        if !self.live.config.permessage_deflate {
+        // Frames below `deflate-min-bytes` go plain to everyone: no twin.
+        if !self.live.config.permessage_deflate || frame.len() < self.live.config.deflate_min_bytes {
             return None;
         }
         if let Some((f, t)) = &self.last_twin {

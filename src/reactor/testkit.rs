@@ -86,7 +86,7 @@ impl Harness {
             fatal: std::sync::Mutex::new(None),
             is_fatal: AtomicBool::new(false),
             quiet: vec![AtomicBool::new(false)],
-            live: crate::reload::Live::new(crate::reload::Settings { config: config.clone(), tls: None }),
+            live: crate::reload::Live::new(crate::reload::Settings::new(config.clone(), None)),
             reloader: crate::reload::Reloader::new(Vec::new()),
             store,
             readers,

@@ -65,6 +65,24 @@ def free_port() -> int:
     return port
 
 
+# --------------------------------------------------------------------------- node
+
+
+def node_or_skip(node_dir) -> str:
+    """The `node` binary, once `ws` is known to be installed in `node_dir`:
+    skips without node, fails without the modules scripts/test.sh installs."""
+    import shutil
+
+    import pytest
+
+    node = shutil.which("node")
+    if not node:
+        pytest.skip("node is not installed")
+    if not (node_dir / "node_modules" / "ws").is_dir():
+        pytest.fail("tests/node/node_modules/ws missing: run `npm ci` in tests/node (scripts/test.sh does)")
+    return node
+
+
 # --------------------------------------------------------------------------- process
 
 

@@ -10,7 +10,6 @@ nothing. Raw clients (helpers.RawWs) see the frame bits and count payload bytes.
 import json
 import os
 import pathlib
-import shutil
 import struct
 import subprocess
 import time
@@ -18,7 +17,7 @@ import zlib
 
 import pytest
 
-from helpers import OP_TEXT, RawWs, HOST, _WS_EXTRA, Client, encode_frame, mint_token, ws_connect
+from helpers import node_or_skip, OP_TEXT, RawWs, HOST, _WS_EXTRA, Client, encode_frame, mint_token, ws_connect
 
 NODE_DIR = pathlib.Path(__file__).resolve().parents[1] / "node"
 OFFER = {"Sec-WebSocket-Extensions": "permessage-deflate; client_max_window_bits"}
@@ -214,11 +213,7 @@ def test_negotiation_answers(start_server):
 
 @pytest.mark.timeout(90)
 def test_node_ws_client_with_permessage_deflate(start_server, room):
-    node = shutil.which("node")
-    if not node:
-        pytest.skip("node is not installed")
-    if not (NODE_DIR / "node_modules" / "ws").is_dir():
-        pytest.fail("tests/node/node_modules/ws missing: run `npm ci` in tests/node (scripts/test.sh does)")
+    node = node_or_skip(NODE_DIR)
     srv = start_server("--send-rate", "0")
     env = dict(os.environ, ROOMCAST_WS_URL=f"{srv.ws_base}/v1/ws", ROOMCAST_TOKEN=mint_token("node-z"),
                ROOMCAST_TOKEN2=mint_token("node-p"), ROOMCAST_ROOM=room)

@@ -2,23 +2,18 @@
 
 import os
 import pathlib
-import shutil
 import subprocess
 
 import pytest
 
-from helpers import mint_token
+from helpers import mint_token, node_or_skip
 
 NODE_DIR = pathlib.Path(__file__).resolve().parents[1] / "node"
 
 
 @pytest.mark.timeout(90)
 def test_node_ws_client(start_server, room):
-    node = shutil.which("node")
-    if not node:
-        pytest.skip("node is not installed")
-    if not (NODE_DIR / "node_modules" / "ws").is_dir():
-        pytest.fail("tests/node/node_modules/ws missing: run `npm ci` in tests/node (scripts/test.sh does)")
+    node = node_or_skip(NODE_DIR)
     srv = start_server("--send-rate", "0")
     env = dict(os.environ)
     env.update(
