@@ -516,6 +516,33 @@ mod tests {
     }
 
     #[test]
+    fn incompressible_messages_inflate_whole() {
+        // Random bytes a client compressed (stored blocks, longer than the
+        // input): every byte comes out, whole or in 256-byte fragments.
+        let mut x = 0x2545_f491_4f6c_dd1d_u64;
+        let body: Vec<u8> = (0..65_536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let mut c = Compress::new(Compression::default(), false);
+        let mut m = Vec::with_capacity(body.len() * 2);
+        c.compress_vec(&body, &mut m, FlushCompress::Sync).unwrap();
+        assert!(m.ends_with(&TAIL));
+        let m = &m[..m.len() - TAIL.len()];
+        assert_eq!(inflate_all(&[m], true, 1 << 20).unwrap(), body);
+        let parts: Vec<&[u8]> = m.chunks(256).collect();
+        assert_eq!(inflate_all(&parts, true, 1 << 20).unwrap(), body);
+        // And ours, compressing the same bytes to send them.
+        let mut ours = Vec::new();
+        Deflater::new().compress(&body, &mut ours);
+        assert_eq!(inflate_all(&[&ours], true, 1 << 20).unwrap(), body);
+    }
+
+    #[test]
     fn compress_inflate_round_trips() {
         let mut d = Deflater::new();
         for body in
