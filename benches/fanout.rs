@@ -151,23 +151,15 @@ fn bench_fanout(c: &mut Criterion) {
 
 fn bench_reactor(c: &mut Criterion) {
     use roomcast::config::Config;
-    use roomcast::testkit::{client_frame, upgrade_request, ConnId, Harness};
+    use roomcast::testkit::{client_frame, ConnId, Harness};
 
-    fn member(h: &mut Harness, user: &str) -> ConnId {
-        let c = h.connect();
-        let t = h.token(user);
-        h.input(c, &upgrade_request(&t));
-        h.input(c, &client_frame(true, 1, br#"{"op":"join","room":"r"}"#));
-        h.discard_output(c);
-        c
-    }
     let mut g = c.benchmark_group("reactor_fanout_1000");
     g.throughput(Throughput::Elements(MEMBERS as u64));
     for (name, on) in [("histograms_on", true), ("histograms_off", false)] {
         let config = Config { threads: 1, send_rate: 0.0, metrics_histograms: on, ..Config::default() };
         let Ok(mut h) = Harness::new(config) else { panic!("harness") };
-        let members: Vec<ConnId> = (0..MEMBERS).map(|i| member(&mut h, &format!("m{i}"))).collect();
-        let publisher = member(&mut h, "pub");
+        let members: Vec<ConnId> = (0..MEMBERS).map(|i| h.member(&format!("m{i}"), "r")).collect();
+        let publisher = h.member("pub", "r");
         let frame = client_frame(true, 1, br#"{"op":"send","room":"r","body":{"text":"a hundred bytes or so of a chat message, as a load test would send it, give or take"}}"#);
         g.bench_function(name, |b| {
             b.iter(|| {

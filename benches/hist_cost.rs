@@ -15,7 +15,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use roomcast::config::Config;
-use roomcast::testkit::{client_frame, upgrade_request, ConnId, Harness};
+use roomcast::testkit::{client_frame, ConnId, Harness};
 
 const MEMBERS: usize = 1000;
 
@@ -25,20 +25,11 @@ struct Side {
     publisher: ConnId,
 }
 
-fn member(h: &mut Harness, user: &str) -> ConnId {
-    let c = h.connect();
-    let t = h.token(user);
-    h.input(c, &upgrade_request(&t));
-    h.input(c, &client_frame(true, 1, br#"{"op":"join","room":"r"}"#));
-    h.discard_output(c);
-    c
-}
-
 fn side(histograms: bool) -> Side {
     let config = Config { threads: 1, send_rate: 0.0, metrics_histograms: histograms, ..Config::default() };
     let Ok(mut h) = Harness::new(config) else { panic!("harness") };
-    let members = (0..MEMBERS).map(|i| member(&mut h, &format!("m{i}"))).collect();
-    let publisher = member(&mut h, "pub");
+    let members = (0..MEMBERS).map(|i| h.member(&format!("m{i}"), "r")).collect();
+    let publisher = h.member("pub", "r");
     Side { h, members, publisher }
 }
 

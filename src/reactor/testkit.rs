@@ -162,6 +162,18 @@ impl Harness {
         ConnId { key, gen }
     }
 
+    /// A connection of `user` that has upgraded and joined `room`, with
+    /// everything it was sent so far taken.
+    pub fn member(&mut self, user: &str, room: &str) -> ConnId {
+        let c = self.connect();
+        let t = self.token(user);
+        self.input(c, &upgrade_request(&t));
+        let room = serde_json::Value::from(room);
+        self.input(c, &client_frame(true, 1, format!(r#"{{"op":"join","room":{room}}}"#).as_bytes()));
+        self.discard_output(c);
+        c
+    }
+
     fn pipe(&mut self, c: ConnId) -> Option<&mut MemPipe> {
         let conn = self.reactor.conns.get_mut(c.key as usize).filter(|conn| conn.gen == c.gen)?;
         match &mut conn.transport {
