@@ -245,8 +245,9 @@ impl Deflater {
     }
 
     /// Appends `payload` compressed on its own (empty window, sync flush,
-    /// the `00 00 ff ff` tail taken off) to `out`.
-    pub fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) {
+    /// the `00 00 ff ff` tail taken off) to `out`. False if the compressor
+    /// failed (then `out` holds a cut-short stream that must not be sent).
+    pub fn compress(&mut self, payload: &[u8], out: &mut Vec<u8>) -> bool {
         self.c.reset();
         let start_in = self.c.total_in();
         let start_len = out.len();
@@ -262,11 +263,12 @@ impl Deflater {
             let consumed = usize::try_from(self.c.total_in() - start_in).unwrap_or(usize::MAX);
             let rest = payload.get(consumed..).unwrap_or_default();
             out.reserve(rest.len() / 2 + 64);
-            // Errors only come from misuse of the stream (none here); a
-            // failed compression still leaves a valid prefix, and the loop
-            // below stops when nothing moves.
+            // Errors only come from misuse of the stream (none here), but
+            // a stream cut short by one must not go out as a message.
             let before = (self.c.total_in(), out.len());
-            let _ = self.c.compress_vec(rest, out, FlushCompress::Sync);
+            if self.c.compress_vec(rest, out, FlushCompress::Sync).is_err() {
+                return false;
+            }
             let consumed = usize::try_from(self.c.total_in() - start_in).unwrap_or(usize::MAX);
             let full = out.len() == out.capacity();
             if consumed >= payload.len() && !full && !after_full {
@@ -280,6 +282,7 @@ impl Deflater {
         if out.len() >= start_len + TAIL.len() && out.ends_with(&TAIL) {
             out.truncate(out.len() - TAIL.len());
         }
+        true
     }
 
     /// The compressed twin of a complete, unmasked server data frame: the
@@ -290,8 +293,7 @@ impl Deflater {
         let (opcode, payload) = split_server_frame(frame)?;
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.clear();
-        self.compress(payload, &mut scratch);
-        let out = if scratch.len() < payload.len() {
+        let out = if self.compress(payload, &mut scratch) && scratch.len() < payload.len() {
             let mut f = Vec::with_capacity(super::ws::header_len(scratch.len()) + scratch.len());
             super::ws::write_header_rsv1(&mut f, opcode, scratch.len());
             f.extend_from_slice(&scratch);
@@ -356,6 +358,10 @@ pub struct Inflater {
     /// Reset after every message (the client agreed not to take its window
     /// over from one message to the next).
     no_context_takeover: bool,
+    /// The message's stream ended with a final block (RFC 7692 7.2.3.4
+    /// allows one): what is left of the message, and the tail, are not
+    /// DEFLATE data of the next stream and are dropped.
+    ended: bool,
 }
 
 impl std::fmt::Debug for Inflater {
@@ -366,7 +372,7 @@ impl std::fmt::Debug for Inflater {
 
 impl Inflater {
     pub fn new(no_context_takeover: bool) -> Self {
-        Self { d: Decompress::new(false), no_context_takeover }
+        Self { d: Decompress::new(false), no_context_takeover, ended: false }
     }
 
     /// Inflates one compressed frame payload of a message, appending to
@@ -379,6 +385,9 @@ impl Inflater {
     /// window when context takeover is off.
     pub fn finish(&mut self, limit: usize, out: &mut Vec<u8>) -> Result<(), InflateError> {
         let r = self.feed(&TAIL, limit, out);
+        // Ordering hazard: cleared after the tail went through `feed`, so a
+        // stream that ended in a final block never sees the tail.
+        self.ended = false;
         if self.no_context_takeover {
             self.d.reset(false);
         }
@@ -386,6 +395,9 @@ impl Inflater {
     }
 
     fn feed(&mut self, input: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), InflateError> {
+        if self.ended {
+            return Ok(());
+        }
         let start_in = self.d.total_in();
         let mut after_full = false;
         loop {
@@ -415,6 +427,7 @@ impl Inflater {
                 // A final block ends the stream; the next message starts a
                 // new one (whatever follows in this one is ignored).
                 self.d.reset(false);
+                self.ended = true;
                 return Ok(());
             }
             let progressed = (self.d.total_in(), out.len()) != before;
@@ -610,6 +623,45 @@ mod tests {
             // Ours, which grows its output in steps.
             c.truncate(c.len() - TAIL.len());
             assert!(inflate_all(&[&c], true, 1 << 20).unwrap() == body, "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn a_message_ending_in_a_final_block_leaves_the_next_one_alone() {
+        // RFC 7692 7.2.3.4: a sender may end a message with BFINAL set. The
+        // tail `finish` feeds must then not start the next stream, where it
+        // read as a stored-block header and swallowed the next message.
+        fn finished(body: &[u8], level: u32) -> Vec<u8> {
+            let mut c = Compress::new(Compression::new(level), false);
+            let mut m = Vec::with_capacity(body.len() + 64);
+            c.compress_vec(body, &mut m, FlushCompress::Finish).unwrap();
+            m
+        }
+        fn synced(body: &[u8], level: u32) -> Vec<u8> {
+            let mut c = Compress::new(Compression::new(level), false);
+            let mut m = Vec::with_capacity(body.len() + 64);
+            c.compress_vec(body, &mut m, FlushCompress::Sync).unwrap();
+            m.truncate(m.len() - TAIL.len());
+            m
+        }
+        let (a, b) = (json_body(3000), json_body(500));
+        for no_ctx in [false, true] {
+            // The next message either Huffman-coded or stored (level 0, which
+            // starts with the 0x00 byte the stale header waited for).
+            for level in [6, 0] {
+                let mut inf = Inflater::new(no_ctx);
+                let first = finished(&a, 6);
+                let (p1, p2) = first.split_at(first.len() / 2);
+                let mut out = Vec::new();
+                inf.push(p1, 1 << 20, &mut out).unwrap();
+                inf.push(p2, 1 << 20, &mut out).unwrap();
+                inf.finish(1 << 20, &mut out).unwrap();
+                assert!(out == a);
+                let mut out = Vec::new();
+                inf.push(&synced(&b, level), 1 << 20, &mut out).unwrap();
+                inf.finish(1 << 20, &mut out).unwrap();
+                assert!(out == b, "no_ctx {no_ctx} level {level}: {} bytes", out.len());
+            }
         }
     }
 

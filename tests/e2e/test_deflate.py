@@ -284,3 +284,29 @@ def test_compressed_echo_returns_every_byte(start_server):
             assert len(got) == len(body) and got == body, f"seed {seed}: {len(got)} of {len(body)} bytes"
     finally:
         conn.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_message_ending_in_a_final_block_is_followed_by_intact_ones(start_server):
+    # RFC 7692 7.2.3.4 lets a sender end a message with BFINAL set. With context takeover
+    # the tail the server adds must not leak into the next message (it used to read as
+    # a stored-block header: the next message was closed as 1007 or came back as garbage).
+    srv = start_server("--echo")
+    rw = RawWs(HOST, srv.port, f"/v1/echo?access_token={mint_token('bfinal')}",
+               {"Sec-WebSocket-Extensions": "permessage-deflate"})
+    first = json.dumps(chat_body(1)).encode()
+    c = zlib.compressobj(wbits=-15)
+    rw.send_frame(OP_TEXT, c.compress(first) + c.flush(zlib.Z_FINISH), rsv=4)
+    # The next ones from fresh streams, Huffman-coded and stored (level 0 starts with 0x00).
+    nexts = []
+    for level in (6, 0, 6):
+        body = json.dumps(chat_body(len(nexts) + 2)).encode()
+        c = zlib.compressobj(level, zlib.DEFLATED, -15)
+        out = c.compress(body) + c.flush(zlib.Z_SYNC_FLUSH)
+        rw.send_frame(OP_TEXT, out[:-4], rsv=4)
+        nexts.append(body)
+    for want in [first] + nexts:
+        b0, payload = recv_raw(rw)
+        assert b0 & 0x0F == OP_TEXT, f"frame {b0:#x}: {payload[:40]!r}"
+        got = inflate(payload) if b0 & 0x40 else payload
+        assert got == want
