@@ -290,7 +290,7 @@ def test_compressed_echo_returns_every_byte(start_server):
 def test_a_message_ending_in_a_final_block_is_followed_by_intact_ones(start_server):
     # RFC 7692 7.2.3.4 lets a sender end a message with BFINAL set. With context takeover
     # the tail the server adds must not leak into the next message (it used to read as
-    # a stored-block header: the next message was closed as 1007 or came back as garbage).
+    # a stored-block header: the next message was closed with 1002 or came back as garbage).
     srv = start_server("--echo")
     rw = RawWs(HOST, srv.port, f"/v1/echo?access_token={mint_token('bfinal')}",
                {"Sec-WebSocket-Extensions": "permessage-deflate"})
