@@ -139,7 +139,7 @@ pub struct Shared {
     pub limits: limits::Limits,
     /// Where large buffers of closed connections go to be freed off the
     /// reactor thread (see `reaper`); `None` frees them inline.
-    pub reaper: Option<crate::wait::Sender<reaper::Garbage>>,
+    pub reaper: Option<reaper::Reaper>,
     /// This node's place in a cluster; its node thread's mailbox is the
     /// last of `mailboxes`.
     pub cluster: Option<Arc<crate::cluster::Handle>>,
@@ -1153,16 +1153,21 @@ impl Reactor {
     }
 
     /// Frees a large queue off this thread (see `reaper`), a small one here.
+    /// Either way the reaper learns how much was let go of, so that it
+    /// trims after many small queues as after one large one.
     fn reap(&mut self, queue: std::collections::VecDeque<Bytes>) {
         if queue.len() >= reaper::INLINE_CHUNKS {
             self.hand_over(reaper::Garbage::Queue(queue));
+        } else if let Some(r) = &self.shared.reaper {
+            if !queue.is_empty() {
+                r.released(reaper::queue_bytes(&queue));
+            }
         }
     }
 
     fn hand_over(&mut self, garbage: reaper::Garbage) {
-        if let Some(tx) = &self.shared.reaper {
-            // Full: it is freed here after all.
-            let _ = tx.try_send(garbage);
+        if let Some(r) = &self.shared.reaper {
+            r.hand_over(garbage);
         }
     }
 
