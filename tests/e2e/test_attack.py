@@ -18,7 +18,13 @@ Asserted (functional outcomes only):
   attack's 16 KiB messages are stored: 4 MiB of it alone is a fifth of the
   server's RSS, so the smallest cache is used). With rooms forgotten after
   1 s idle and the smallest page cache, what is left after an attack is what
-  the attack left behind, not those caches.
+  the attack left behind, not those caches. One more cache fills only once:
+  the store readers' first history reads give each of them an allocator arena
+  and fill the page cache from it. A first message flood leaves about 3.4 MiB
+  of it (a sixth of the RSS: +18 %), a second one 0.3 MiB and a third 0.1 MiB.
+  So a short message flood is run first, unmeasured, and the scenario's
+  figures are the growth past that warm state; it must leave the server
+  healthy like any other attack.
 
 Latency figures (the healthy ping p99 during each attack against the calm p99
 just before it, the goal p99 <= 2 x calm + 5 ms) are REPORTED, NOT ASSERTED:
@@ -47,6 +53,8 @@ LOG_DIR = REPO / "target" / "e2e-logs"
 # Short windows and a quarter of the full connection counts: the whole run
 # takes about 45 s.
 ATTACK_ARGS = ["--calm", "1s", "--duration-per-attack", "1500ms", "--settle", "2500ms", "--scale", "0.25"]
+# The unmeasured warm-up flood (see the module's docstring).
+WARM_UP_ARGS = ["--calm", "500ms", "--duration-per-attack", "1s", "--settle", "500ms", "--scale", "0.25"]
 SERVER_FLAGS = ["--send-rate", "0", "--room-idle-timeout", "1s", "--store-cache-bytes", "1MiB"]
 ATTACKS = [
     "slowloris",
@@ -82,19 +90,20 @@ def test_healthy_clients_and_server_survive_every_attack(roomcast_bin, start_ser
     out = tmp_path / "attack.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ROOMCAST_")}
     env["ROOMCAST_JWT_SECRET"] = SECRET
-    cmd = [
-        str(lt),
-        "attack",
-        "--url",
-        f"ws://127.0.0.1:{srv.port}/v1/ws",
-        "--server-pid",
-        str(srv.proc.pid),
-        "--attacks",
-        ",".join(ATTACKS),
-        "--json",
-        str(out),
-        *ATTACK_ARGS,
-    ]
+    base = [str(lt), "attack", "--url", f"ws://127.0.0.1:{srv.port}/v1/ws", "--server-pid", str(srv.proc.pid)]
+    warm_out = tmp_path / "warm-up.json"
+    warm = subprocess.run(
+        [*base, "--attacks", "message-flood", "--json", str(warm_out), *WARM_UP_ARGS],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=60,
+    )
+    assert warm.returncode in (0, 1), f"warm-up could not run (exit {warm.returncode}):\n{warm.stdout[-4000:]}"
+    warm_server = json.loads(warm_out.read_text())["attacks"][0]["server"]
+    assert warm_server["alive_after"] is True and warm_server["healthz_after"], f"after the warm-up: {warm_server}"
+    cmd = [*base, "--attacks", ",".join(ATTACKS), "--json", str(out), *ATTACK_ARGS]
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=200)
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     (LOG_DIR / "attack.log").write_text(proc.stdout)
