@@ -387,8 +387,15 @@ def test_publish_through_non_owners(make_cluster, room):
                 doc = resp.json()
                 assert doc["room"] == r and isinstance(doc["seq"], int) and isinstance(doc["ts"], int), doc
                 posted[r][mid] = doc["seq"]
+        # finish() stops new ids: on a slow machine the HTTP posts can be done before every
+        # publisher has sent its `limit`, so wait for them (each stops by itself there).
+        wait_for(lambda: all(len(p.sent) >= p.limit or p.dropped for p in pubs), 60,
+                 lambda: "publishers to send all theirs: " + ", ".join(
+                     f"{p.prefix} {len(p.sent)}/{p.limit}" for p in pubs))
     finally:
         finish_all(pubs)
+    dropped = [p.prefix for p in pubs if p.dropped]
+    assert not dropped, f"publishers disconnected: {dropped}"
     for r in rooms.values():
         hist = check_room(cl, r, pubs, members, posted=posted[r])
         assert len(hist) == 350 + 10, f"{r}: {len(hist)} stored, 360 sent"
