@@ -1159,9 +1159,7 @@ impl Reactor {
         if queue.len() >= reaper::INLINE_CHUNKS {
             self.hand_over(reaper::Garbage::Queue(queue));
         } else if let Some(r) = &self.shared.reaper {
-            if !queue.is_empty() {
-                r.released(reaper::queue_bytes(&queue));
-            }
+            r.released(reaper::queue_bytes(&queue));
         }
     }
 
